@@ -1,0 +1,197 @@
+//! Command-line definitions (clap). Doc comments here are the `--help` text users read, so they
+//! say what a flag does and what its default is. Run options live at the top level because
+//! running is the default command; the review commands are subcommands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::llm::Provider;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "improve",
+    version,
+    about = "Improve a Python project's pytest suite overnight, one verified commit at a time.",
+    long_about = "Runs numbered iterations against a Python repository: each picks a module, asks an \
+LLM for new pytest tests, applies them on a git branch in its own worktree, verifies them with \
+pytest and keeps them only if they pass. Progress is saved after every step: run the same command \
+again to resume an interrupted run.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The git repository to improve (default: the current directory).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+
+    /// Where run state, artifacts, worktrees and reports live (default: <repo>/.improve).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print only errors and the final summary.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Where the run stands.
+    Status {
+        /// Print one JSON object (fields as in the contract).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One row per finished iteration.
+    Log {
+        /// Print a JSON array, one object per finished iteration.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One iteration: target, focus, outcome, reason, pytest summary, timings, diff.
+    Show {
+        /// The iteration number.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        n: u32,
+    },
+    /// Write the run's report (Markdown).
+    Report {
+        /// Write the report here instead of <state-dir>/report.md.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Run the whole loop on a bundled example, offline (no API key, no network).
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Iterations to run on the demo project.
+    #[arg(short = 'n', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iterations: u32,
+
+    /// How to invoke pytest (default: $VIRTUAL_ENV/bin/python, else ./.venv/bin/python, else
+    /// python3, each with `-m pytest`).
+    #[arg(long, value_name = "CMD")]
+    pub test_cmd: Option<String>,
+}
+
+/// Options of a run. Every one is optional here so that the environment and
+/// `[tool.improve]` can fill what the command line leaves out (see config.rs).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Iterations in this run (default 10); on resume, a larger N extends the run.
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub iterations: Option<u32>,
+
+    /// Iterations in flight at once (default 1).
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+
+    /// Which wire format to speak: openai (any OpenAI-compatible server), anthropic, or replay.
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderArg>,
+
+    /// Base URL of the LLM server; for openai it ends before /chat/completions
+    /// (e.g. http://127.0.0.1:8080/v1).
+    #[arg(long, env = "IMPROVE_LLM_URL", value_name = "URL")]
+    pub llm_url: Option<String>,
+
+    /// Model name sent to the server.
+    #[arg(long, env = "IMPROVE_MODEL", value_name = "NAME")]
+    pub model: Option<String>,
+
+    /// Answer LLM calls from a recorded file (implies --provider replay).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+
+    /// Record every LLM exchange to this file (no secrets are written).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+
+    /// How to invoke pytest (default: <repo>/.venv/bin/python -m pytest if it exists, else
+    /// python3 -m pytest).
+    #[arg(long, value_name = "CMD")]
+    pub test_cmd: Option<String>,
+
+    /// The source package, relative to the repo (auto-detected).
+    #[arg(long, value_name = "DIR")]
+    pub package: Option<String>,
+
+    /// The tests folder, relative to the repo (auto-detected: tests/ or test/).
+    #[arg(long, value_name = "DIR")]
+    pub tests_dir: Option<String>,
+
+    /// Focus areas rotated across iterations, comma-separated.
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    pub focus: Option<Vec<String>>,
+
+    /// Where the run branch starts (default HEAD).
+    #[arg(long, value_name = "REV")]
+    pub base: Option<String>,
+
+    /// Start a new run even though an unfinished one exists (the old state is archived).
+    #[arg(long)]
+    pub fresh: bool,
+
+    /// Stop cleanly (resumable) after this much wall time, e.g. 8h, 90m.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub max_duration: Option<std::time::Duration>,
+
+    /// Stop cleanly (resumable) once this many tokens (in + out) were spent.
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u64>,
+
+    /// Time limit of one pytest invocation (default 5m); its whole process group is killed past it.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub test_timeout: Option<std::time::Duration>,
+
+    /// Time limit of one HTTP request to the LLM (default 5m).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub llm_timeout: Option<std::time::Duration>,
+
+    /// Consecutive iterations failing on the LLM before the run stops (default 5).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_llm_failures: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProviderArg {
+    Openai,
+    Anthropic,
+    Replay,
+}
+
+impl From<ProviderArg> for Provider {
+    fn from(p: ProviderArg) -> Provider {
+        match p {
+            ProviderArg::Openai => Provider::OpenAi,
+            ProviderArg::Anthropic => Provider::Anthropic,
+            ProviderArg::Replay => Provider::Replay,
+        }
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 90s, 30m, 8h"))?;
+    if d.is_zero() {
+        return Err("a duration must be longer than zero".into());
+    }
+    Ok(d)
+}

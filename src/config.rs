@@ -1,0 +1,514 @@
+//! Resolved settings of a run: command line > environment > `[tool.improve]` in pyproject.toml
+//! (or improve.toml) > the saved settings of a resumed run > defaults. Also detects the package
+//! and the tests folder, because a guess that is ambiguous must stop the run before it starts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{RunArgs, parse_duration};
+use crate::error::UsageError;
+use crate::llm::Provider;
+
+pub const DEFAULT_FOCUS: &[&str] = &[
+    "edge cases",
+    "error handling",
+    "input validation",
+    "state and resource management",
+    "business rules",
+];
+
+/// The settings a run is made with. Saved in state.json (no secrets in here) so that a resume
+/// without flags uses what the run started with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunSettings {
+    pub provider: Provider,
+    pub llm_url: String,
+    pub model: String,
+    pub replay: Option<PathBuf>,
+    pub record: Option<PathBuf>,
+    pub test_cmd: Vec<String>,
+    pub package: String,
+    pub tests_dir: String,
+    pub focus: Vec<String>,
+    pub jobs: u32,
+    #[serde(with = "humantime_serde_secs")]
+    pub test_timeout: Duration,
+    #[serde(with = "humantime_serde_secs")]
+    pub llm_timeout: Duration,
+    pub max_llm_failures: u32,
+    pub max_tokens: Option<u64>,
+    pub max_duration_s: Option<u64>,
+}
+
+mod humantime_serde_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[tool.improve]` / improve.toml. Unknown keys are an error: a typo in a setting that silently
+/// does nothing would cost a night.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    #[serde(alias = "iterations")]
+    pub iterations: Option<u32>,
+    pub jobs: Option<u32>,
+    pub provider: Option<String>,
+    #[serde(alias = "llm_url")]
+    pub llm_url: Option<String>,
+    pub model: Option<String>,
+    #[serde(alias = "test_cmd")]
+    pub test_cmd: Option<String>,
+    pub package: Option<String>,
+    #[serde(alias = "tests_dir")]
+    pub tests_dir: Option<String>,
+    pub focus: Option<Vec<String>>,
+    pub base: Option<String>,
+    #[serde(alias = "max_duration")]
+    pub max_duration: Option<String>,
+    #[serde(alias = "max_tokens")]
+    pub max_tokens: Option<u64>,
+    #[serde(alias = "test_timeout")]
+    pub test_timeout: Option<String>,
+    #[serde(alias = "llm_timeout")]
+    pub llm_timeout: Option<String>,
+    #[serde(alias = "max_llm_failures")]
+    pub max_llm_failures: Option<u32>,
+}
+
+/// Reads `improve.toml` (whole file) or else `[tool.improve]` of `pyproject.toml`.
+pub fn load_file_config(repo_root: &Path) -> Result<FileConfig, UsageError> {
+    let improve_toml = repo_root.join("improve.toml");
+    if improve_toml.is_file() {
+        let text = read(&improve_toml)?;
+        return toml::from_str(&text).map_err(|e| {
+            UsageError(format!(
+                "{} is not valid: {}",
+                improve_toml.display(),
+                one_line(&e.to_string())
+            ))
+        });
+    }
+    let pyproject = repo_root.join("pyproject.toml");
+    if !pyproject.is_file() {
+        return Ok(FileConfig::default());
+    }
+    let text = read(&pyproject)?;
+    let value: toml::Table = match toml::from_str(&text) {
+        Ok(v) => v,
+        // A pyproject.toml we cannot parse is the project's business, not a reason to refuse.
+        Err(e) => {
+            tracing::warn!("ignoring {}: {}", pyproject.display(), one_line(&e.to_string()));
+            return Ok(FileConfig::default());
+        }
+    };
+    let Some(section) = value
+        .get("tool")
+        .and_then(|t| t.get("improve"))
+        .cloned()
+    else {
+        return Ok(FileConfig::default());
+    };
+    section.try_into().map_err(|e: toml::de::Error| {
+        UsageError(format!(
+            "[tool.improve] in {} is not valid: {}",
+            pyproject.display(),
+            one_line(&e.to_string())
+        ))
+    })
+}
+
+fn read(path: &Path) -> Result<String, UsageError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Everything a run needs besides the repository handle and the secret.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub iterations: u32,
+    pub base: String,
+    pub max_duration: Option<Duration>,
+    pub settings: RunSettings,
+}
+
+/// Merges the layers. `saved` is the settings of the run being resumed, if any.
+pub fn resolve(
+    repo_root: &Path,
+    cli: &RunArgs,
+    file: &FileConfig,
+    saved: Option<&RunSettings>,
+) -> Result<Resolved, UsageError> {
+    let replay = cli.replay.clone().or_else(|| saved.and_then(|s| s.replay.clone()));
+    let provider = match (cli.provider, &file.provider) {
+        (Some(p), _) => p.into(),
+        (None, _) if cli.replay.is_some() => Provider::Replay,
+        (None, Some(name)) => parse_provider(name)?,
+        (None, None) => saved.map(|s| s.provider).unwrap_or(if replay.is_some() {
+            Provider::Replay
+        } else {
+            Provider::OpenAi
+        }),
+    };
+    if provider == Provider::Replay && replay.is_none() {
+        return Err(UsageError(
+            "--provider replay needs --replay FILE (a file written by --record)".into(),
+        ));
+    }
+    if let Some(path) = &replay
+        && provider == Provider::Replay
+        && !path.is_file()
+    {
+        return Err(UsageError(format!(
+            "--replay {}: no such file",
+            path.display()
+        )));
+    }
+
+    let llm_url = cli
+        .llm_url
+        .clone()
+        .or_else(|| file.llm_url.clone())
+        .or_else(|| saved.filter(|s| s.provider == provider).map(|s| s.llm_url.clone()))
+        .unwrap_or_else(|| default_url(provider).to_string());
+    if provider != Provider::Replay && !(llm_url.starts_with("http://") || llm_url.starts_with("https://")) {
+        return Err(UsageError(format!(
+            "--llm-url `{llm_url}` must start with http:// or https://"
+        )));
+    }
+    let model = cli
+        .model
+        .clone()
+        .or_else(|| file.model.clone())
+        .or_else(|| saved.filter(|s| s.provider == provider).map(|s| s.model.clone()));
+    let model = match (model, provider) {
+        (Some(m), _) if !m.trim().is_empty() => m,
+        (_, Provider::Replay) => "replay".to_string(),
+        _ => {
+            return Err(UsageError(
+                "no model given: pass --model NAME or set IMPROVE_MODEL".into(),
+            ));
+        }
+    };
+
+    let test_cmd_text = cli.test_cmd.clone().or_else(|| file.test_cmd.clone());
+    let test_cmd = match test_cmd_text {
+        Some(text) => parse_test_cmd(&text)?,
+        None => match saved {
+            Some(s) => s.test_cmd.clone(),
+            None => default_test_cmd(repo_root),
+        },
+    };
+
+    let package = match cli.package.clone().or_else(|| file.package.clone()) {
+        Some(p) => check_dir(repo_root, &p, "--package")?,
+        None => match saved {
+            Some(s) => s.package.clone(),
+            None => detect_package(repo_root)?,
+        },
+    };
+    let tests_dir = match cli.tests_dir.clone().or_else(|| file.tests_dir.clone()) {
+        Some(t) => check_dir(repo_root, &t, "--tests-dir")?,
+        None => match saved {
+            Some(s) => s.tests_dir.clone(),
+            None => detect_tests_dir(repo_root)?,
+        },
+    };
+
+    let focus: Vec<String> = cli
+        .focus
+        .clone()
+        .or_else(|| file.focus.clone())
+        .or_else(|| saved.map(|s| s.focus.clone()))
+        .unwrap_or_else(|| DEFAULT_FOCUS.iter().map(|s| s.to_string()).collect())
+        .into_iter()
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    if focus.is_empty() {
+        return Err(UsageError("--focus needs at least one area".into()));
+    }
+
+    let file_duration = |v: &Option<String>, name: &str| -> Result<Option<Duration>, UsageError> {
+        v.as_deref()
+            .map(|s| parse_duration(s).map_err(|e| UsageError(format!("{name} in the config file: {e}"))))
+            .transpose()
+    };
+    let test_timeout = cli
+        .test_timeout
+        .or(file_duration(&file.test_timeout, "test-timeout")?)
+        .or(saved.map(|s| s.test_timeout))
+        .unwrap_or(Duration::from_secs(300));
+    let llm_timeout = cli
+        .llm_timeout
+        .or(file_duration(&file.llm_timeout, "llm-timeout")?)
+        .or(saved.map(|s| s.llm_timeout))
+        .unwrap_or(Duration::from_secs(300));
+    let max_duration = cli
+        .max_duration
+        .or(file_duration(&file.max_duration, "max-duration")?)
+        .or(saved.and_then(|s| s.max_duration_s.map(Duration::from_secs)));
+
+    let iterations = cli.iterations.or(file.iterations).unwrap_or(10);
+    if iterations == 0 {
+        return Err(UsageError("iterations must be at least 1".into()));
+    }
+    let jobs = cli.jobs.or(file.jobs).or(saved.map(|s| s.jobs)).unwrap_or(1);
+    if jobs == 0 {
+        return Err(UsageError("jobs must be at least 1".into()));
+    }
+
+    Ok(Resolved {
+        iterations,
+        base: cli.base.clone().or_else(|| file.base.clone()).unwrap_or_else(|| "HEAD".into()),
+        max_duration,
+        settings: RunSettings {
+            provider,
+            llm_url,
+            model,
+            replay,
+            record: cli.record.clone().or_else(|| saved.and_then(|s| s.record.clone())),
+            test_cmd,
+            package,
+            tests_dir,
+            focus,
+            jobs,
+            test_timeout,
+            llm_timeout,
+            max_llm_failures: cli
+                .max_llm_failures
+                .or(file.max_llm_failures)
+                .or(saved.map(|s| s.max_llm_failures))
+                .unwrap_or(5),
+            max_tokens: cli.max_tokens.or(file.max_tokens).or(saved.and_then(|s| s.max_tokens)),
+            max_duration_s: max_duration.map(|d| d.as_secs()),
+        },
+    })
+}
+
+fn parse_provider(name: &str) -> Result<Provider, UsageError> {
+    match name {
+        "openai" => Ok(Provider::OpenAi),
+        "anthropic" => Ok(Provider::Anthropic),
+        "replay" => Ok(Provider::Replay),
+        other => Err(UsageError(format!(
+            "provider `{other}` is unknown: use openai, anthropic or replay"
+        ))),
+    }
+}
+
+fn default_url(provider: Provider) -> &'static str {
+    match provider {
+        Provider::OpenAi => "https://api.openai.com/v1",
+        Provider::Anthropic => "https://api.anthropic.com",
+        Provider::Replay => "replay",
+    }
+}
+
+pub fn parse_test_cmd(text: &str) -> Result<Vec<String>, UsageError> {
+    let words = shell_words::split(text)
+        .map_err(|e| UsageError(format!("--test-cmd `{text}` cannot be split into words: {e}")))?;
+    if words.is_empty() {
+        return Err(UsageError("--test-cmd is empty".into()));
+    }
+    Ok(words)
+}
+
+pub fn default_test_cmd(repo_root: &Path) -> Vec<String> {
+    let venv_python = repo_root.join(".venv/bin/python");
+    let python = if venv_python.is_file() {
+        venv_python.display().to_string()
+    } else {
+        "python3".to_string()
+    };
+    vec![python, "-m".into(), "pytest".into()]
+}
+
+/// A relative folder inside the repo, normalized to forward slashes without a trailing one.
+fn check_dir(repo_root: &Path, rel: &str, flag: &str) -> Result<String, UsageError> {
+    let trimmed = rel.trim().trim_end_matches('/').to_string();
+    let p = Path::new(&trimmed);
+    if trimmed.is_empty()
+        || p.is_absolute()
+        || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(UsageError(format!(
+            "{flag} `{rel}` must be a folder relative to the repository, without `..`"
+        )));
+    }
+    if !repo_root.join(p).is_dir() {
+        return Err(UsageError(format!(
+            "{flag} `{rel}`: no such folder in {}",
+            repo_root.display()
+        )));
+    }
+    Ok(trimmed)
+}
+
+const NOT_PACKAGES: &[&str] = &["tests", "test", "docs", "examples", "build", "dist", "venv", "env"];
+
+/// Finds the one package (a folder with `__init__.py`) at the root or under `src/`.
+pub fn detect_package(repo_root: &Path) -> Result<String, UsageError> {
+    let mut found = Vec::new();
+    for parent in ["", "src"] {
+        let dir = repo_root.join(parent);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') || name.starts_with('_') || NOT_PACKAGES.contains(&name.as_str()) {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() && path.join("__init__.py").is_file() {
+                found.push(if parent.is_empty() { name } else { format!("{parent}/{name}") });
+            }
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 => Err(UsageError(format!(
+            "no Python package (a folder with __init__.py) found in {} or its src/: pass --package DIR",
+            repo_root.display()
+        ))),
+        1 => Ok(found.remove(0)),
+        _ => Err(UsageError(format!(
+            "several packages found ({}): pass --package DIR to choose one",
+            found.join(", ")
+        ))),
+    }
+}
+
+pub fn detect_tests_dir(repo_root: &Path) -> Result<String, UsageError> {
+    let found: Vec<&str> = ["tests", "test"]
+        .into_iter()
+        .filter(|d| repo_root.join(d).is_dir())
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(UsageError(format!(
+            "no tests folder (tests/ or test/) in {}: create one or pass --tests-dir DIR",
+            repo_root.display()
+        ))),
+        _ => Err(UsageError(
+            "both tests/ and test/ exist: pass --tests-dir DIR to choose one".into(),
+        )),
+    }
+}
+
+/// Resolves `--repo`: it must exist; relative paths are taken from the current directory.
+pub fn repo_root(arg: Option<&Path>) -> Result<PathBuf, UsageError> {
+    let path = match arg {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_dir()
+            .map_err(|e| UsageError(format!("cannot read the current directory: {e}")))?,
+    };
+    if !path.is_dir() {
+        return Err(UsageError(format!(
+            "--repo {}: no such directory",
+            path.display()
+        )));
+    }
+    path.canonicalize()
+        .map_err(|e| UsageError(format!("--repo {}: {e}", path.display())))
+}
+
+pub fn state_dir(repo_root: &Path, arg: Option<&Path>) -> PathBuf {
+    match arg {
+        Some(p) if p.is_absolute() => p.to_path_buf(),
+        Some(p) => std::env::current_dir()
+            .map(|cwd| cwd.join(p))
+            .unwrap_or_else(|_| p.to_path_buf()),
+        None => repo_root.join(".improve"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_with(dirs: &[&str], files: &[&str]) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in dirs {
+            std::fs::create_dir_all(tmp.path().join(d)).unwrap();
+        }
+        for f in files {
+            std::fs::write(tmp.path().join(f), "").unwrap();
+        }
+        tmp
+    }
+
+    #[test]
+    fn detects_the_single_package_and_tests_folder() {
+        let tmp = repo_with(&["pkg", "tests", "docs"], &["pkg/__init__.py"]);
+        assert_eq!(detect_package(tmp.path()).unwrap(), "pkg");
+        assert_eq!(detect_tests_dir(tmp.path()).unwrap(), "tests");
+    }
+
+    #[test]
+    fn detects_src_layout() {
+        let tmp = repo_with(&["src/pkg", "tests"], &["src/pkg/__init__.py"]);
+        assert_eq!(detect_package(tmp.path()).unwrap(), "src/pkg");
+    }
+
+    #[test]
+    fn ambiguous_package_is_an_error_naming_both() {
+        let tmp = repo_with(&["a", "b"], &["a/__init__.py", "b/__init__.py"]);
+        let err = detect_package(tmp.path()).unwrap_err().0;
+        assert!(err.contains("a, b") && err.contains("--package"), "{err}");
+    }
+
+    #[test]
+    fn missing_tests_folder_says_what_to_do() {
+        let tmp = repo_with(&["pkg"], &["pkg/__init__.py"]);
+        let err = detect_tests_dir(tmp.path()).unwrap_err().0;
+        assert!(err.contains("--tests-dir"), "{err}");
+    }
+
+    #[test]
+    fn command_line_beats_file_beats_saved() {
+        let tmp = repo_with(&["pkg", "tests"], &["pkg/__init__.py"]);
+        let file: FileConfig =
+            toml::from_str("model = \"from-file\"\nfocus = [\"a\", \"b\"]\ntest-timeout = \"10s\"")
+                .unwrap();
+        let cli = RunArgs {
+            model: Some("from-cli".into()),
+            ..RunArgs::default()
+        };
+        let r = resolve(tmp.path(), &cli, &file, None).unwrap();
+        assert_eq!(r.settings.model, "from-cli");
+        assert_eq!(r.settings.focus, vec!["a", "b"]);
+        assert_eq!(r.settings.test_timeout, Duration::from_secs(10));
+        let r2 = resolve(tmp.path(), &RunArgs::default(), &file, None).unwrap();
+        assert_eq!(r2.settings.model, "from-file");
+    }
+
+    #[test]
+    fn unknown_file_key_is_rejected() {
+        let err = toml::from_str::<FileConfig>("iteratoins = 3").unwrap_err();
+        assert!(err.to_string().contains("iteratoins"));
+    }
+
+    #[test]
+    fn missing_model_is_a_usage_error() {
+        let tmp = repo_with(&["pkg", "tests"], &["pkg/__init__.py"]);
+        let err = resolve(tmp.path(), &RunArgs::default(), &FileConfig::default(), None).unwrap_err();
+        assert!(err.0.contains("--model"));
+    }
+}

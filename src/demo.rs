@@ -1,0 +1,109 @@
+//! `improve demo`: the whole loop, offline, on the bundled `examples/demo` package with its
+//! recorded LLM answers. The project is written to a new folder (kept afterwards, so the user
+//! can review it with the same commands as a real run).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use include_dir::{Dir, include_dir};
+
+use crate::cli::{DemoArgs, GlobalArgs, RunArgs};
+use crate::driver::{self, Printer};
+use crate::error::{RunEnd, UsageError};
+use crate::git;
+
+static DEMO: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/examples/demo");
+const RECORDING: &str = "recording.json";
+
+/// The Python to run pytest with when none is given: an active venv, then `./.venv` (where the
+/// README's set-up puts one), then `python3`.
+fn default_test_cmd() -> String {
+    let candidates = [
+        std::env::var_os("VIRTUAL_ENV").map(|v| PathBuf::from(v).join("bin/python")),
+        std::env::current_dir().ok().map(|d| d.join(".venv/bin/python")),
+    ];
+    let python = candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "python3".into());
+    shell_words::join([python.as_str(), "-m", "pytest"])
+}
+
+fn write_tree(dir: &Dir<'_>, to: &Path) -> Result<()> {
+    for file in dir.files() {
+        if file.path() == Path::new(RECORDING) {
+            continue;
+        }
+        let dest = to.join(file.path());
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        std::fs::write(&dest, file.contents()).with_context(|| format!("write {}", dest.display()))?;
+    }
+    for sub in dir.dirs() {
+        write_tree(sub, to)?;
+    }
+    Ok(())
+}
+
+fn init_repo(root: &Path) -> Result<()> {
+    let repo = git2::Repository::init(root).with_context(|| format!("git init {}", root.display()))?;
+    let mut index = repo.index()?;
+    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
+    index.write()?;
+    let tree = repo.find_tree(index.write_tree()?)?;
+    let sig = git::signature(&repo)?;
+    repo.commit(Some("HEAD"), &sig, &sig, "inventory demo: initial import", &tree, &[])?;
+    Ok(())
+}
+
+pub async fn run(global: &GlobalArgs, args: &DemoArgs, printer: Printer) -> Result<RunEnd> {
+    let root = match &global.repo {
+        Some(p) => {
+            if p.exists() && std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                return Err(UsageError(format!(
+                    "--repo {} is not empty: the demo creates its project in a new or empty folder",
+                    p.display()
+                ))
+                .into());
+            }
+            std::fs::create_dir_all(p).with_context(|| format!("create {}", p.display()))?;
+            p.canonicalize()?
+        }
+        None => tempfile::Builder::new()
+            .prefix("improve-demo-")
+            .tempdir()
+            .context("create a folder for the demo")?
+            .keep(),
+    };
+    write_tree(&DEMO, &root)?;
+    init_repo(&root)?;
+    let state_dir = global.state_dir.clone().unwrap_or_else(|| root.join(".improve"));
+    std::fs::create_dir_all(&state_dir)?;
+    let recording = state_dir.join("demo-recording.json");
+    let recorded = DEMO
+        .get_file(RECORDING)
+        .context("the demo's recording is missing from this build")?;
+    std::fs::write(&recording, recorded.contents())?;
+    printer.line(&format!("demo project: {} (a git repository with an inventory package)", root.display()));
+
+    let run_global = GlobalArgs {
+        repo: Some(root.clone()),
+        state_dir: Some(state_dir),
+        ..global.clone()
+    };
+    let run_args = RunArgs {
+        iterations: Some(args.iterations),
+        replay: Some(recording),
+        test_cmd: Some(args.test_cmd.clone().unwrap_or_else(default_test_cmd)),
+        ..RunArgs::default()
+    };
+    let end = driver::run(&run_global, &run_args, printer).await?;
+    eprintln!(
+        "try: improve log --repo {0}   improve show 1 --repo {0}   improve status --repo {0}",
+        root.display()
+    );
+    Ok(end)
+}

@@ -1,0 +1,401 @@
+//! The loop: opens the repo and the state, starts or resumes the run, measures the baseline, then
+//! plans and advances iterations until the target is reached, a limit or the LLM stops it, or a
+//! signal interrupts it. It knows nothing of HTTP, git internals or pytest flags.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{GlobalArgs, RunArgs};
+use crate::config::{self, Resolved};
+use crate::error::{RunEnd, UsageError, UserError};
+use crate::git;
+use crate::iteration::{self, RunContext, StepError};
+use crate::llm::{ApiKey, LlmClient, LlmSettings, Provider, RetryPolicy};
+use crate::prompt::Templates;
+use crate::pytest::{self, CaseOutcome, CoverageSpec, TestCommand};
+use crate::report;
+use crate::state::{Baseline, Iteration, Kind, RunState, RunStatus, SCHEMA_VERSION, StateStore};
+use crate::target;
+
+/// The API key, from the environment only: IMPROVE_API_KEY, else the provider's usual variable.
+pub fn api_key(provider: Provider) -> Option<ApiKey> {
+    let specific = match provider {
+        Provider::OpenAi => Some("OPENAI_API_KEY"),
+        Provider::Anthropic => Some("ANTHROPIC_API_KEY"),
+        Provider::Replay => None,
+    };
+    std::iter::once("IMPROVE_API_KEY")
+        .chain(specific)
+        .filter_map(|name| std::env::var(name).ok())
+        .find(|v| !v.trim().is_empty())
+        .map(ApiKey::new)
+}
+
+fn new_run_id() -> String {
+    format!("{}-{:04x}", Utc::now().format("%Y%m%d-%H%M%S"), fastrand::u16(..))
+}
+
+/// Prints progress lines unless `-q`; the final summary always.
+#[derive(Clone, Copy)]
+pub struct Printer {
+    pub quiet: bool,
+}
+
+impl Printer {
+    pub fn line(&self, text: &str) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "{text}");
+        }
+    }
+}
+
+pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Result<RunEnd> {
+    let repo_root = config::repo_root(global.repo.as_deref())?;
+    let repo = git::open(&repo_root)?;
+    let state_dir = config::state_dir(&repo_root, global.state_dir.as_deref());
+    let store = StateStore::new(state_dir.clone());
+    let _lock = store.lock()?;
+    git::exclude_state_dir(&repo, &repo_root, &state_dir)?;
+    let file = config::load_file_config(&repo_root)?;
+
+    let existing = match store.load() {
+        Ok(s) => s,
+        Err(e) if args.fresh => {
+            let to = store.archive_current(None)?;
+            printer.line(&format!(
+                "the unreadable state file was archived to {} ({e})",
+                to.map(|p| p.display().to_string()).unwrap_or_default()
+            ));
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let resume = existing.filter(|s| s.status != RunStatus::Complete && !args.fresh);
+    if resume.is_none()
+        && let Some(old_id) = store.load().ok().flatten().map(|s| s.run_id)
+    {
+        let to = store.archive_current(Some(&old_id))?;
+        printer.line(&format!(
+            "previous run {old_id} archived to {}",
+            to.map(|p| p.display().to_string()).unwrap_or_default()
+        ));
+    }
+
+    let resolved = config::resolve(&repo_root, args, &file, resume.as_ref().map(|s| &s.settings))?;
+    if resolved.settings.jobs > 1 {
+        printer.line("note: --jobs above 1 is not available yet; iterations run one at a time");
+    }
+    let settings = &resolved.settings;
+    let llm = LlmClient::new(
+        LlmSettings {
+            provider: settings.provider,
+            url: settings.llm_url.clone(),
+            model: settings.model.clone(),
+            request_timeout: settings.llm_timeout,
+            retry: RetryPolicy::from_env_or_default(),
+            replay: settings.replay.clone(),
+            record: settings.record.clone(),
+        },
+        api_key(settings.provider),
+    )
+    .map_err(|e| UserError(e.to_string()))?;
+
+    let scratch = state_dir.join("scratch");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    let mut test_cmd = TestCommand {
+        words: settings.test_cmd.clone(),
+        coverage: None,
+        timeout: settings.test_timeout,
+    };
+    let has_coverage = pytest::preflight(&test_cmd, &scratch, &scratch).await.map_err(UserError)?;
+    if has_coverage {
+        test_cmd.coverage = Some(CoverageSpec {
+            source: settings.package.clone(),
+        });
+    } else {
+        printer.line("note: coverage.py is not available to the test command; coverage will not be measured");
+    }
+
+    let mut state = match resume {
+        Some(mut s) => {
+            if git::branch_tip(&repo, &s.run_branch)?.is_none() {
+                return Err(git::GitError::RunBranchMissing { branch: s.run_branch }.into());
+            }
+            if let Some(n) = args.iterations {
+                s.iterations_target = n;
+            }
+            s.settings = resolved.settings.clone();
+            s.status = RunStatus::Running;
+            s.stop_reason = None;
+            // A resume is a fresh chance for the LLM: the breaker counts within a session.
+            s.consecutive_llm_failures = 0;
+            printer.line(&format!(
+                "resuming run {} ({} of {} iterations done) on {}",
+                s.run_id,
+                s.iterations_done(),
+                s.iterations_target,
+                s.run_branch
+            ));
+            s
+        }
+        None => new_run(&repo, &resolved, &printer)?,
+    };
+
+    let ctx = RunContext {
+        repo_root: repo_root.clone(),
+        repo,
+        store,
+        templates: Templates::load(Some(&state_dir))?,
+        llm,
+        test_cmd,
+        cancel: CancellationToken::new(),
+        session_start: Instant::now(),
+        elapsed_before: state.elapsed_s,
+    };
+    ctx.save(&mut state)?;
+    iteration::crash_point("started", 0);
+    install_signal_handlers(ctx.cancel.clone());
+
+    let end = drive(&ctx, &mut state, &resolved, &printer).await?;
+    match &end {
+        RunEnd::Complete => {
+            state.status = RunStatus::Complete;
+            state.stop_reason = None;
+        }
+        RunEnd::Stopped(reason) => {
+            state.status = RunStatus::Interrupted;
+            state.stop_reason = Some(reason.clone());
+        }
+        RunEnd::Interrupted => {
+            state.status = RunStatus::Interrupted;
+            state.stop_reason = Some("interrupted by a signal".into());
+        }
+    }
+    ctx.save(&mut state)?;
+    let report_path = ctx.store.dir().join("report.md");
+    if end == RunEnd::Complete {
+        report::write(&ctx.repo, &state, &ctx.templates, &report_path)?;
+    }
+    print_summary(&state, &end, &report_path, &repo_root);
+    Ok(end)
+}
+
+fn new_run(repo: &git2::Repository, resolved: &Resolved, printer: &Printer) -> Result<RunState> {
+    let base = git::resolve_commit(repo, &resolved.base).map_err(|e| UsageError(e.to_string()))?;
+    let run_id = new_run_id();
+    let run_branch = format!("improve/{run_id}");
+    git::create_branch(repo, &run_branch, base, false)?;
+    printer.line(&format!("new run {run_id} on branch {run_branch} from {}", git::short(&base.to_string())));
+    Ok(RunState {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        run_branch,
+        base_commit: base.to_string(),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+        status: RunStatus::Running,
+        stop_reason: None,
+        iterations_target: resolved.iterations,
+        settings: resolved.settings.clone(),
+        baseline: None,
+        iterations: Vec::new(),
+        elapsed_s: 0.0,
+        consecutive_llm_failures: 0,
+    })
+}
+
+/// Runs the whole suite at the base commit in a worktree of its own (never in the user's tree).
+async fn measure_baseline(ctx: &RunContext, state: &mut RunState, printer: &Printer) -> Result<(), StepError> {
+    printer.line("measuring the baseline: running the whole suite at the base commit");
+    let base = git2::Oid::from_str(&state.base_commit).map_err(|source| git::GitError::Op {
+        context: "read the base commit".into(),
+        source,
+    })?;
+    let name = format!("improve-{}-baseline", state.run_id);
+    let path = ctx.store.worktrees_dir().join(format!("{}-baseline", state.run_id));
+    let branch = format!("improve-wip/{}/baseline", state.run_id);
+    git::add_worktree(&ctx.repo, &name, &path, &branch, base)?;
+    let dir = ctx.store.run_dir(&state.run_id).join("baseline");
+    let run = pytest::run(&ctx.test_cmd, &path, &[], &dir, "pytest-suite", true, &ctx.cancel).await;
+    let _ = git::remove_worktree(&ctx.repo, &name, &path);
+    let _ = git::delete_branch(&ctx.repo, &branch);
+    let run = run?;
+    if run.timed_out {
+        return Err(StepError::Pytest(format!(
+            "the suite at the base commit did not finish within --test-timeout ({}): raise --test-timeout",
+            humantime::format_duration(ctx.test_cmd.timeout)
+        )));
+    }
+    if run.cases.is_empty() && !matches!(run.exit_code, Some(0) | Some(5)) {
+        return Err(StepError::Pytest(format!(
+            "pytest could not run the suite at the base commit (exit {:?}): {} (full output: {})",
+            run.exit_code,
+            run.tail(1).trim(),
+            run.output_path.display()
+        )));
+    }
+    let failed = [run.ids_with(CaseOutcome::Failed), run.ids_with(CaseOutcome::Error)].concat();
+    state.baseline = Some(Baseline {
+        tests: run.cases.len() as u32,
+        passed: run.ids_with(CaseOutcome::Passed),
+        failed,
+        skipped: run.count(CaseOutcome::Skipped) as u32,
+        summary: run.summary.clone(),
+        coverage: run.coverage.clone(),
+        seconds: run.duration.as_secs_f64(),
+    });
+    printer.line(&format!(
+        "baseline: {}{}",
+        if run.summary.is_empty() { "no tests" } else { &run.summary },
+        run.coverage.as_ref().map(|c| format!(", coverage {:.1}%", c.percent)).unwrap_or_default()
+    ));
+    Ok(())
+}
+
+async fn drive(ctx: &RunContext, state: &mut RunState, resolved: &Resolved, printer: &Printer) -> Result<RunEnd> {
+    let step = |r: Result<(), StepError>| -> Result<Option<RunEnd>> {
+        match r {
+            Ok(()) => Ok(None),
+            Err(StepError::Cancelled) => Ok(Some(RunEnd::Interrupted)),
+            Err(StepError::Pytest(msg)) => Err(UserError(msg).into()),
+            Err(e) => Err(e.into()),
+        }
+    };
+    if state.baseline.is_none() {
+        if let Some(end) = step(measure_baseline(ctx, state, printer).await)? {
+            return Ok(end);
+        }
+        ctx.save(state)?;
+        iteration::crash_point("baseline", 0);
+    }
+    let modules = target::list_modules(&ctx.repo_root, &state.settings.package);
+    if modules.is_empty() {
+        return Err(UserError(format!(
+            "the package {} has no Python modules to write tests for: pass --package DIR",
+            state.settings.package
+        ))
+        .into());
+    }
+    let session_start = Instant::now();
+    loop {
+        if ctx.cancel.is_cancelled() {
+            return Ok(RunEnd::Interrupted);
+        }
+        // An iteration cut off mid-way is finished before anything new starts.
+        let idx = match state.iterations.iter().position(|i| !i.is_finished()) {
+            Some(idx) => idx,
+            None => {
+                if state.iterations_done() >= state.iterations_target {
+                    return Ok(RunEnd::Complete);
+                }
+                if let Some(reason) = limit_reached(state, resolved.max_duration, session_start) {
+                    return Ok(RunEnd::Stopped(reason));
+                }
+                let n = state.iterations.len() as u32 + 1;
+                let coverage = state.coverage_now().cloned();
+                let Some(target) = target::choose_target(&modules, state, coverage.as_ref(), &[]) else {
+                    return Ok(RunEnd::Complete);
+                };
+                let focus = target::focus_for(n, &state.settings.focus);
+                state.iterations.push(Iteration::new(n, target, focus, Kind::Add));
+                ctx.save(state)?;
+                iteration::crash_point("planned", n);
+                state.iterations.len() - 1
+            }
+        };
+        if let Some(end) = step(iteration::advance(ctx, state, idx).await)? {
+            return Ok(end);
+        }
+        print_iteration(&state.iterations[idx], state.iterations_target, printer);
+        if state.consecutive_llm_failures >= state.settings.max_llm_failures {
+            let last = state.iterations[idx].reason.clone().unwrap_or_default();
+            return Ok(RunEnd::Stopped(format!(
+                "{} iterations in a row failed on the LLM (last: {last})",
+                state.consecutive_llm_failures
+            )));
+        }
+    }
+}
+
+fn limit_reached(state: &RunState, max_duration: Option<Duration>, session_start: Instant) -> Option<String> {
+    if let Some(max) = max_duration
+        && session_start.elapsed() >= max
+    {
+        return Some(format!("--max-duration {} reached", humantime::format_duration(max)));
+    }
+    if let Some(max) = state.settings.max_tokens {
+        let (i, o) = state.tokens();
+        if i + o >= max {
+            return Some(format!("--max-tokens {max} reached ({} spent)", i + o));
+        }
+    }
+    None
+}
+
+fn print_iteration(it: &Iteration, target: u32, printer: &Printer) {
+    let outcome = it.outcome.map(|o| format!("{o:?}").to_lowercase()).unwrap_or_default();
+    let detail = match (&it.commit, &it.reason) {
+        (Some(c), _) => format!("+{} tests, {}", it.tests_added, git::short(c)),
+        (None, Some(r)) => r.clone(),
+        _ => String::new(),
+    };
+    printer.line(&format!(
+        "[{:>3}/{target}] {outcome:<8} {} ({}) {detail} [{:.1}s]",
+        it.n, it.target, it.focus, it.seconds.total
+    ));
+}
+
+fn print_summary(state: &RunState, end: &RunEnd, report: &Path, repo_root: &Path) {
+    let added: u32 = state.kept().map(|i| i.tests_added).sum();
+    let coverage = match (state.baseline.as_ref().and_then(|b| b.coverage.as_ref()), state.coverage_now()) {
+        (Some(a), Some(b)) => format!(", coverage {:.1}% -> {:.1}%", a.percent, b.percent),
+        _ => String::new(),
+    };
+    let headline = match end {
+        RunEnd::Complete => "run complete".to_string(),
+        RunEnd::Stopped(reason) => format!("run stopped: {reason}; run the same command again to resume"),
+        RunEnd::Interrupted => "run interrupted; run the same command again to resume".to_string(),
+    };
+    let repo_arg = PathBuf::from(repo_root);
+    eprintln!(
+        "{headline}\n{} of {} iterations: {} kept, {} rejected, {} errors; {added} tests added{coverage}\n\
+         branch: {}   review: git -C {} log {}{}",
+        state.iterations_done(),
+        state.iterations_target,
+        state.count(crate::state::Outcome::Kept),
+        state.count(crate::state::Outcome::Rejected),
+        state.count(crate::state::Outcome::Error),
+        state.run_branch,
+        repo_arg.display(),
+        state.run_branch,
+        if *end == RunEnd::Complete { format!("\nreport: {}", report.display()) } else { String::new() },
+    );
+}
+
+fn install_signal_handlers(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+            return;
+        };
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            count += 1;
+            if count == 1 {
+                eprintln!("stopping: saving state (press Ctrl-C again to quit at once)");
+                cancel.cancel();
+            } else {
+                // Every save is atomic, so quitting here still leaves a consistent state.
+                std::process::exit(130);
+            }
+        }
+    });
+}

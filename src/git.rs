@@ -1,0 +1,315 @@
+//! Everything git, through libgit2: the run branch, one linked worktree and branch per
+//! iteration, commits, and the single compare-and-swap ref update that keeps an iteration. The
+//! user's checked-out branch, index and working tree are never written: every write here goes to
+//! a worktree under the state dir or to a ref of our own.
+
+use std::path::{Path, PathBuf};
+
+use git2::{BranchType, Oid, Repository, Signature, WorktreeAddOptions, WorktreePruneOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("{path} is not a git repository: run improve inside a git checkout or pass --repo PATH")]
+    NotARepo { path: String },
+    #[error("{path} is a bare repository: improve needs a checkout with a working tree")]
+    Bare { path: String },
+    #[error("the repository at {path} has no commits yet: commit your code first, then run improve")]
+    NoCommits { path: String },
+    #[error("--base `{rev}` is not a commit in this repository: {detail}")]
+    BadBase { rev: String, detail: String },
+    #[error(
+        "the run branch {branch} is gone (deleted or renamed by hand?): restore it, or run with \
+         --fresh to start a new run"
+    )]
+    RunBranchMissing { branch: String },
+    #[error("git: {context}: {source}")]
+    Op {
+        context: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("git: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+trait Context<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, GitError>;
+}
+
+impl<T> Context<T> for Result<T, git2::Error> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, GitError> {
+        self.map_err(|source| GitError::Op {
+            context: context(),
+            source,
+        })
+    }
+}
+
+impl<T> Context<T> for Result<T, std::io::Error> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, GitError> {
+        self.map_err(|source| GitError::Io {
+            context: context(),
+            source,
+        })
+    }
+}
+
+/// Opens the repository at exactly `path` and checks it can be worked on.
+pub fn open(path: &Path) -> Result<Repository, GitError> {
+    let repo = Repository::open(path).map_err(|_| GitError::NotARepo {
+        path: path.display().to_string(),
+    })?;
+    if repo.is_bare() {
+        return Err(GitError::Bare {
+            path: path.display().to_string(),
+        });
+    }
+    if repo.head().is_err() || repo.is_empty().unwrap_or(true) {
+        return Err(GitError::NoCommits {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(repo)
+}
+
+pub fn resolve_commit(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
+    repo.revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .map(|c| c.id())
+        .map_err(|e| GitError::BadBase {
+            rev: rev.to_string(),
+            detail: e.message().to_string(),
+        })
+}
+
+/// Keeps the state dir out of `git status` by listing it in `.git/info/exclude` (shared by all
+/// worktrees), never in the user's tracked `.gitignore`.
+pub fn exclude_state_dir(repo: &Repository, repo_root: &Path, state_dir: &Path) -> Result<(), GitError> {
+    let Ok(rel) = state_dir.strip_prefix(repo_root) else {
+        return Ok(());
+    };
+    let line = format!("/{}/", rel.display());
+    let exclude = repo.commondir().join("info").join("exclude");
+    let existing = std::fs::read_to_string(&exclude).unwrap_or_default();
+    if existing.lines().any(|l| l.trim() == line) {
+        return Ok(());
+    }
+    if let Some(parent) = exclude.parent() {
+        std::fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
+    }
+    let mut text = existing;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str("# improve's state dir\n");
+    text.push_str(&line);
+    text.push('\n');
+    std::fs::write(&exclude, text).ctx(|| format!("write {}", exclude.display()))
+}
+
+pub fn branch_tip(repo: &Repository, branch: &str) -> Result<Option<Oid>, GitError> {
+    match repo.find_branch(branch, BranchType::Local) {
+        Ok(b) => Ok(b.get().target()),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("read branch {branch}")),
+    }
+}
+
+pub fn create_branch(repo: &Repository, branch: &str, at: Oid, force: bool) -> Result<(), GitError> {
+    let commit = repo.find_commit(at).ctx(|| format!("find commit {at}"))?;
+    repo.branch(branch, &commit, force)
+        .ctx(|| format!("create branch {branch}"))?;
+    Ok(())
+}
+
+pub fn delete_branch(repo: &Repository, branch: &str) -> Result<(), GitError> {
+    match repo.find_branch(branch, BranchType::Local) {
+        Ok(mut b) => b.delete().ctx(|| format!("delete branch {branch}")),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("find branch {branch}")),
+    }
+}
+
+/// A linked worktree checked out on its own branch.
+#[derive(Debug, Clone)]
+pub struct Worktree {
+    pub name: String,
+    pub path: PathBuf,
+    pub branch: String,
+}
+
+/// Creates (or re-creates, after a crash) a worktree at `path` on `branch`, which is (re)set to
+/// `at`. Whatever a crashed attempt left there is discarded first.
+pub fn add_worktree(
+    repo: &Repository,
+    name: &str,
+    path: &Path,
+    branch: &str,
+    at: Oid,
+) -> Result<Worktree, GitError> {
+    remove_worktree(repo, name, path)?;
+    create_branch(repo, branch, at, true)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
+    }
+    let reference = repo
+        .find_reference(&format!("refs/heads/{branch}"))
+        .ctx(|| format!("find branch {branch}"))?;
+    let mut opts = WorktreeAddOptions::new();
+    opts.reference(Some(&reference));
+    repo.worktree(name, path, Some(&opts))
+        .ctx(|| format!("add worktree {}", path.display()))?;
+    Ok(Worktree {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        branch: branch.to_string(),
+    })
+}
+
+/// Removes a worktree folder and its administrative entry; absent ones are fine.
+pub fn remove_worktree(repo: &Repository, name: &str, path: &Path) -> Result<(), GitError> {
+    if path.exists() {
+        std::fs::remove_dir_all(path).ctx(|| format!("remove {}", path.display()))?;
+    }
+    if let Ok(wt) = repo.find_worktree(name) {
+        let mut opts = WorktreePruneOptions::new();
+        opts.valid(true).working_tree(true).locked(true);
+        wt.prune(Some(&mut opts))
+            .ctx(|| format!("prune worktree {name}"))?;
+    }
+    Ok(())
+}
+
+pub fn signature(repo: &Repository) -> Result<Signature<'static>, GitError> {
+    repo.signature()
+        .or_else(|_| Signature::now("improve", "improve@localhost"))
+        .ctx(|| "make a commit signature".into())
+}
+
+/// Commits the given files (paths relative to the worktree) on the worktree's branch.
+pub fn commit_files(worktree: &Path, files: &[String], message: &str) -> Result<Oid, GitError> {
+    let repo = Repository::open(worktree).ctx(|| format!("open worktree {}", worktree.display()))?;
+    let mut index = repo.index().ctx(|| "read the worktree index".into())?;
+    for f in files {
+        index
+            .add_path(Path::new(f))
+            .ctx(|| format!("stage {f}"))?;
+    }
+    index.write().ctx(|| "write the worktree index".into())?;
+    let tree_id = index.write_tree().ctx(|| "write tree".into())?;
+    let tree = repo.find_tree(tree_id).ctx(|| "find tree".into())?;
+    let parent = repo
+        .head()
+        .and_then(|h| h.peel_to_commit())
+        .ctx(|| "read the worktree HEAD".into())?;
+    let sig = signature(&repo)?;
+    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
+        .ctx(|| "commit in the worktree".into())
+}
+
+/// The unified diff a commit introduces over its first parent.
+pub fn commit_patch(repo: &Repository, commit: Oid) -> Result<String, GitError> {
+    let c = repo.find_commit(commit).ctx(|| format!("find commit {commit}"))?;
+    let tree = c.tree().ctx(|| "read tree".into())?;
+    let parent_tree = match c.parent(0) {
+        Ok(p) => Some(p.tree().ctx(|| "read parent tree".into())?),
+        Err(_) => None,
+    };
+    let diff = repo
+        .diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)
+        .ctx(|| "diff".into())?;
+    let mut out = Vec::new();
+    diff.print(git2::DiffFormat::Patch, |_, _, line| {
+        if matches!(line.origin(), '+' | '-' | ' ') {
+            out.push(line.origin() as u8);
+        }
+        out.extend_from_slice(line.content());
+        true
+    })
+    .ctx(|| "print diff".into())?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Paths a commit adds or changes relative to its first parent.
+pub fn commit_files_changed(repo: &Repository, commit: Oid) -> Result<Vec<String>, GitError> {
+    let c = repo.find_commit(commit).ctx(|| format!("find commit {commit}"))?;
+    let tree = c.tree().ctx(|| "read tree".into())?;
+    let parent_tree = c.parent(0).ok().and_then(|p| p.tree().ok());
+    let diff = repo
+        .diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)
+        .ctx(|| "diff".into())?;
+    Ok(diff
+        .deltas()
+        .filter_map(|d| d.new_file().path().map(|p| p.display().to_string()))
+        .collect())
+}
+
+pub fn commit_message(repo: &Repository, commit: Oid) -> Result<String, GitError> {
+    let c = repo.find_commit(commit).ctx(|| format!("find commit {commit}"))?;
+    Ok(c.message().unwrap_or_default().to_string())
+}
+
+/// The commit on the run branch that carries these trailers, if the iteration was already kept
+/// (a crash between the ref update and the state save leaves exactly this situation).
+pub fn find_kept_commit(
+    repo: &Repository,
+    run_branch: &str,
+    run_id: &str,
+    n: u32,
+    stop_at: Oid,
+) -> Result<Option<Oid>, GitError> {
+    let Some(tip) = branch_tip(repo, run_branch)? else {
+        return Ok(None);
+    };
+    let mut walk = repo.revwalk().ctx(|| "walk the run branch".into())?;
+    walk.push(tip).ctx(|| "walk the run branch".into())?;
+    walk.hide(stop_at).ctx(|| "walk the run branch".into())?;
+    let run_trailer = format!("Improve-Run: {run_id}");
+    let n_trailer = format!("Improve-Iteration: {n}");
+    for oid in walk {
+        let oid = oid.ctx(|| "walk the run branch".into())?;
+        let msg = commit_message(repo, oid)?;
+        if msg.lines().any(|l| l.trim() == run_trailer) && msg.lines().any(|l| l.trim() == n_trailer) {
+            return Ok(Some(oid));
+        }
+    }
+    Ok(None)
+}
+
+/// Keeps an iteration: a commit with `tree_of`'s tree and the final message on top of the run
+/// branch tip, and one compare-and-swap update of the run branch. Fails (changing nothing) when
+/// the tip is no longer `expected_tip`.
+pub fn keep_on_run_branch(
+    repo: &Repository,
+    run_branch: &str,
+    expected_tip: Oid,
+    tree_of: Oid,
+    message: &str,
+) -> Result<Oid, GitError> {
+    let source = repo.find_commit(tree_of).ctx(|| format!("find commit {tree_of}"))?;
+    let tree = source.tree().ctx(|| "read tree".into())?;
+    let parent = repo
+        .find_commit(expected_tip)
+        .ctx(|| format!("find commit {expected_tip}"))?;
+    let sig = signature(repo)?;
+    let new = repo
+        .commit(None, &sig, &sig, message, &tree, &[&parent])
+        .ctx(|| "write the kept commit".into())?;
+    repo.reference_matching(
+        &format!("refs/heads/{run_branch}"),
+        new,
+        true,
+        expected_tip,
+        &format!("improve: keep {}", message.lines().next().unwrap_or_default()),
+    )
+    .ctx(|| format!("move {run_branch} (did it change under the run?)"))?;
+    Ok(new)
+}
+
+pub fn short(oid: &str) -> &str {
+    oid.get(..10).unwrap_or(oid)
+}

@@ -1,0 +1,573 @@
+//! One iteration as a durable state machine: Plan → Ask → Apply → Verify → Keep | Reject. Each
+//! arrow ends in an atomic save of the state, so a resume continues after the last durable step;
+//! the LLM answer is an artifact on disk before the state says `asked`, so it is never paid for
+//! twice. Git effects stay in the iteration's worktree and branch until Keep, which is one
+//! compare-and-swap update of the run branch.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use chrono::Utc;
+use git2::{Oid, Repository};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::git::{self, GitError};
+use crate::llm::{ChatMessage, ChatRequest, ChatResponse, LlmClient, LlmError, Role};
+use crate::prompt::{self, Templates};
+use crate::proposal;
+use crate::pytest::{self, CaseOutcome, PytestError, TestCommand};
+use crate::state::{Outcome, RunState, StateError, StateStore, Step, Verdict, write_atomic};
+use crate::target;
+
+/// Why an iteration could not go on. Everything else that goes wrong with a proposal is a
+/// normal outcome (rejected / error) recorded in the state, not an error here.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("interrupted")]
+    Cancelled,
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Template(#[from] prompt::TemplateError),
+    #[error("{0}")]
+    Pytest(String),
+    #[error("cannot write the artifact {path}: {source}")]
+    Artifact { path: String, source: std::io::Error },
+}
+
+impl From<PytestError> for StepError {
+    fn from(e: PytestError) -> Self {
+        match e {
+            PytestError::Cancelled => StepError::Cancelled,
+            other => StepError::Pytest(other.to_string()),
+        }
+    }
+}
+
+/// What every iteration needs from the run; owned by the driver.
+pub struct RunContext {
+    pub repo_root: PathBuf,
+    pub repo: Repository,
+    pub store: StateStore,
+    pub templates: Templates,
+    pub llm: LlmClient,
+    pub test_cmd: TestCommand,
+    pub cancel: CancellationToken,
+    /// When this session started, and the run's elapsed time before it.
+    pub session_start: Instant,
+    pub elapsed_before: f64,
+}
+
+impl RunContext {
+    /// The one way the driver and the iteration persist the run.
+    pub fn save(&self, state: &mut RunState) -> Result<(), StateError> {
+        state.elapsed_s = self.elapsed_before + self.session_start.elapsed().as_secs_f64();
+        self.store.save(state)
+    }
+
+    pub fn worktree_path(&self, run_id: &str, n: u32) -> PathBuf {
+        self.store.worktrees_dir().join(format!("{run_id}-{n:04}"))
+    }
+}
+
+/// Test-only crash injection: `IMPROVE_TEST_ABORT_AT=<checkpoint>[:<n>]` kills the process with
+/// SIGKILL right after that checkpoint, exactly as `kill -9` would.
+pub fn crash_point(name: &str, n: u32) {
+    let Ok(spec) = std::env::var("IMPROVE_TEST_ABORT_AT") else {
+        return;
+    };
+    let (point, at) = match spec.split_once(':') {
+        Some((p, k)) => (p.to_string(), k.parse::<u32>().ok()),
+        None => (spec.clone(), None),
+    };
+    if point == name && at.is_none_or(|k| k == n) {
+        // SAFETY: sending a signal to ourselves.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+fn worktree_name(run_id: &str, n: u32) -> String {
+    format!("improve-{run_id}-{n:04}")
+}
+
+fn iteration_branch(run_id: &str, n: u32) -> String {
+    format!("improve-wip/{run_id}/{n:04}")
+}
+
+fn artifact(path: PathBuf, bytes: &[u8]) -> Result<(), StepError> {
+    write_atomic(&path, bytes).map_err(|source| StepError::Artifact {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Accumulates the iteration's own wall time across checkpoints and sessions.
+struct Clock(Instant);
+
+impl Clock {
+    fn lap(&mut self) -> f64 {
+        let s = self.0.elapsed().as_secs_f64();
+        self.0 = Instant::now();
+        s
+    }
+}
+
+/// Drives iteration `idx` from its last durable step to Finished.
+pub async fn advance(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), StepError> {
+    let mut clock = Clock(Instant::now());
+    loop {
+        let step = state.iterations[idx].step;
+        match step {
+            Step::Planned => ask(ctx, state, idx).await?,
+            Step::Asked => apply(ctx, state, idx).await?,
+            Step::Applied => verify(ctx, state, idx).await?,
+            Step::Verified => keep_or_reject(ctx, state, idx)?,
+            Step::Finished => return Ok(()),
+        }
+        state.iterations[idx].seconds.total += clock.lap();
+        ctx.save(state)?;
+        let it = &state.iterations[idx];
+        crash_point(step_name(it.step), it.n);
+    }
+}
+
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::Planned => "planned",
+        Step::Asked => "asked",
+        Step::Applied => "applied",
+        Step::Verified => "verified",
+        Step::Finished => "finished",
+    }
+}
+
+/// Ends the iteration without keeping anything.
+fn finish(ctx: &RunContext, state: &mut RunState, idx: usize, outcome: Outcome, reason: String) {
+    let run_id = state.run_id.clone();
+    let it = &mut state.iterations[idx];
+    it.outcome = Some(outcome);
+    it.reason = Some(reason);
+    it.step = Step::Finished;
+    it.finished_at = Some(Utc::now());
+    cleanup(ctx, &run_id, it.n);
+}
+
+/// Removes the iteration's worktree and branch. Failing to clean up loses nothing (the state
+/// and artifacts hold the iteration), so it is logged, not fatal.
+fn cleanup(ctx: &RunContext, run_id: &str, n: u32) {
+    let path = ctx.worktree_path(run_id, n);
+    if let Err(e) = git::remove_worktree(&ctx.repo, &worktree_name(run_id, n), &path) {
+        tracing::warn!("could not remove the worktree of iteration {n}: {e}");
+    }
+    if let Err(e) = git::delete_branch(&ctx.repo, &iteration_branch(run_id, n)) {
+        tracing::warn!("could not delete the branch of iteration {n}: {e}");
+    }
+}
+
+#[derive(Serialize)]
+struct PromptData {
+    module_path: String,
+    module_stem: String,
+    import_name: String,
+    focus: String,
+    focus_slug: String,
+    source: String,
+    coverage: Option<f64>,
+    tests_dir: String,
+    existing_tests: Vec<NamedText>,
+    guidelines: Vec<NamedText>,
+}
+
+#[derive(Serialize)]
+struct NamedText {
+    name: String,
+    path: String,
+    text: String,
+}
+
+/// Files longer than this are cut in the prompt, so one huge module cannot blow the context.
+const MAX_SOURCE_CHARS: usize = 24_000;
+const MAX_EXAMPLE_CHARS: usize = 6_000;
+const MAX_GUIDELINE_CHARS: usize = 4_000;
+
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n# ... (cut: {} more characters)\n", &text[..end], text.len() - end)
+}
+
+/// Reads prompt material from the run branch's tip, not from the user's working tree (which may
+/// hold uncommitted edits the tests would not see).
+fn read_at_tip(repo: &Repository, tip: Oid, path: &str) -> Option<String> {
+    let commit = repo.find_commit(tip).ok()?;
+    let entry = commit.tree().ok()?.get_path(std::path::Path::new(path)).ok()?;
+    let blob = repo.find_blob(entry.id()).ok()?;
+    Some(String::from_utf8_lossy(blob.content()).into_owned())
+}
+
+fn build_request(ctx: &RunContext, state: &RunState, idx: usize, tip: Oid) -> Result<ChatRequest, StepError> {
+    let it = &state.iterations[idx];
+    let settings = &state.settings;
+    let import_name = target::import_name(&it.target, &settings.package);
+    let source = read_at_tip(&ctx.repo, tip, &it.target).unwrap_or_default();
+    let existing_tests = target::tests_importing(&ctx.repo_root, &settings.tests_dir, &import_name, 2)
+        .into_iter()
+        .map(|(path, text)| NamedText {
+            name: path.clone(),
+            path,
+            text: cut(&text, MAX_EXAMPLE_CHARS),
+        })
+        .collect();
+    let guidelines = ["CLAUDE.md", "AGENTS.md", "CONTRIBUTING.md"]
+        .iter()
+        .filter_map(|name| {
+            read_at_tip(&ctx.repo, tip, name).map(|text| NamedText {
+                name: name.to_string(),
+                path: name.to_string(),
+                text: cut(&text, MAX_GUIDELINE_CHARS),
+            })
+        })
+        .collect();
+    let module_stem = std::path::Path::new(&it.target)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let data = PromptData {
+        module_path: it.target.clone(),
+        module_stem,
+        import_name,
+        focus: it.focus.clone(),
+        focus_slug: it.focus.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        source: cut(&source, MAX_SOURCE_CHARS),
+        coverage: state.coverage_now().and_then(|c| c.modules.get(&it.target).copied()),
+        tests_dir: settings.tests_dir.clone(),
+        existing_tests,
+        guidelines,
+    };
+    Ok(ChatRequest {
+        tag: format!("add:{}", it.target),
+        system: ctx.templates.render(prompt::SYSTEM, &data)?,
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: ctx.templates.render(prompt::ADD, &data)?,
+        }],
+        max_tokens: 4096,
+        temperature: 0.2,
+    })
+}
+
+async fn ask(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), StepError> {
+    let n = state.iterations[idx].n;
+    let dir = ctx.store.iteration_dir(&state.run_id, n);
+    let response_path = dir.join("response.json");
+    let saved: Option<ChatResponse> = std::fs::read_to_string(&response_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let response = match saved {
+        // A crash after the answer was saved: reuse it, never pay for it twice.
+        Some(r) => r,
+        None => {
+            let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| GitError::RunBranchMissing {
+                branch: state.run_branch.clone(),
+            })?;
+            let request = build_request(ctx, state, idx, tip)?;
+            let prompt_text = format!(
+                "# system\n\n{}\n\n# user\n\n{}\n",
+                request.system,
+                request.messages.first().map(|m| m.content.as_str()).unwrap_or("")
+            );
+            artifact(dir.join("prompt.md"), prompt_text.as_bytes())?;
+            let started = Instant::now();
+            let result = ctx.llm.complete(&request, &ctx.cancel).await;
+            state.iterations[idx].seconds.llm += started.elapsed().as_secs_f64();
+            match result {
+                Ok(r) => {
+                    let json = serde_json::to_vec_pretty(&r).unwrap_or_default();
+                    artifact(response_path, &json)?;
+                    r
+                }
+                Err(LlmError::Cancelled) => return Err(StepError::Cancelled),
+                Err(e) => {
+                    state.consecutive_llm_failures += 1;
+                    state.iterations[idx].llm_calls += 1;
+                    finish(ctx, state, idx, Outcome::Error, format!("llm: {e}"));
+                    return Ok(());
+                }
+            }
+        }
+    };
+    state.consecutive_llm_failures = 0;
+    let it = &mut state.iterations[idx];
+    it.llm_calls += 1;
+    it.tokens_in += response.tokens_in;
+    it.tokens_out += response.tokens_out;
+    it.step = Step::Asked;
+    Ok(())
+}
+
+async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), StepError> {
+    let run_id = state.run_id.clone();
+    let n = state.iterations[idx].n;
+    let dir = ctx.store.iteration_dir(&run_id, n);
+    let response: Option<ChatResponse> = std::fs::read_to_string(dir.join("response.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let Some(response) = response else {
+        // The artifact vanished (removed by hand): ask again rather than guess.
+        state.iterations[idx].step = Step::Planned;
+        return Ok(());
+    };
+    let proposal = match proposal::parse(&response.text) {
+        Ok(p) => p,
+        Err(e) => {
+            let cut_off = if response.truncated() { " (the answer hit the token limit)" } else { "" };
+            finish(ctx, state, idx, Outcome::Rejected, format!("{e}{cut_off}"));
+            return Ok(());
+        }
+    };
+    let proposal_file = dir.join("proposal.py");
+    artifact(proposal_file.clone(), proposal.code.as_bytes())?;
+    let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
+    if let Err(msg) = pytest::check_syntax(&python, &proposal_file, &dir).await {
+        finish(ctx, state, idx, Outcome::Rejected, format!("invalid Python: {msg}"));
+        return Ok(());
+    }
+
+    let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| GitError::RunBranchMissing {
+        branch: state.run_branch.clone(),
+    })?;
+    let wt_path = ctx.worktree_path(&run_id, n);
+    let branch = iteration_branch(&run_id, n);
+    git::add_worktree(&ctx.repo, &worktree_name(&run_id, n), &wt_path, &branch, tip)?;
+
+    let it = &state.iterations[idx];
+    let stem = std::path::Path::new(&it.target)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "module".into());
+    let rel = match proposal::choose_test_path(&wt_path, &state.settings.tests_dir, proposal.path_hint.as_deref(), &stem, n) {
+        Ok(rel) => rel,
+        Err(e) => {
+            finish(ctx, state, idx, Outcome::Rejected, e.to_string());
+            return Ok(());
+        }
+    };
+    let abs = wt_path.join(&rel);
+    if let Some(parent) = abs.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| StepError::Artifact {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    std::fs::write(&abs, &proposal.code).map_err(|source| StepError::Artifact {
+        path: abs.display().to_string(),
+        source,
+    })?;
+    let oid = git::commit_files(&wt_path, std::slice::from_ref(&rel), &format!("improve: proposal of iteration {n} for {}", it.target))?;
+    let patch = git::commit_patch(&ctx.repo, oid)?;
+    artifact(dir.join("diff.patch"), patch.as_bytes())?;
+
+    let it = &mut state.iterations[idx];
+    it.test_file = Some(rel);
+    it.iteration_commit = Some(oid.to_string());
+    it.step = Step::Applied;
+    Ok(())
+}
+
+fn names(ids: &[String], max: usize) -> String {
+    let short: Vec<&str> = ids.iter().take(max).map(|id| id.rsplit("::").next().unwrap_or(id)).collect();
+    let more = if ids.len() > max { format!(" and {} more", ids.len() - max) } else { String::new() };
+    format!("{}{more}", short.join(", "))
+}
+
+async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), StepError> {
+    let run_id = state.run_id.clone();
+    let it = &state.iterations[idx];
+    let n = it.n;
+    let (Some(test_file), Some(commit)) = (it.test_file.clone(), it.iteration_commit.clone()) else {
+        state.iterations[idx].step = Step::Asked;
+        return Ok(());
+    };
+    let commit_oid = Oid::from_str(&commit).map_err(|source| GitError::Op {
+        context: "read the iteration commit from the state".into(),
+        source,
+    })?;
+    let wt_path = ctx.worktree_path(&run_id, n);
+    if !wt_path.join(".git").exists() {
+        // Removed by hand or by a crash mid-cleanup: re-create it from the iteration commit.
+        git::add_worktree(&ctx.repo, &worktree_name(&run_id, n), &wt_path, &iteration_branch(&run_id, n), commit_oid)?;
+    }
+    let dir = ctx.store.iteration_dir(&run_id, n);
+
+    let started = Instant::now();
+    let new = pytest::run(&ctx.test_cmd, &wt_path, std::slice::from_ref(&test_file), &dir, "pytest-new", false, &ctx.cancel).await;
+    state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
+    let new = new?;
+    let mut verdict = Verdict {
+        pytest_summary: new.summary.clone(),
+        new_failed: [new.ids_with(CaseOutcome::Failed), new.ids_with(CaseOutcome::Error)].concat(),
+        ..Verdict::default()
+    };
+    let passed_new = new.ids_with(CaseOutcome::Passed);
+    let reject_reason = if new.timed_out {
+        Some(format!("timed out: the new tests ran past --test-timeout ({})", humantime::format_duration(ctx.test_cmd.timeout)))
+    } else if new.cases.is_empty() {
+        Some(match new.exit_code {
+            Some(5) => "no tests collected from the proposal".to_string(),
+            _ => format!("does not collect: {}", new.tail(1).trim()),
+        })
+    } else if new.cases.iter().any(|c| c.outcome == CaseOutcome::Error && !c.id.contains("::")) {
+        let msg = new.cases.iter().find(|c| c.outcome == CaseOutcome::Error).map(|c| c.message.clone()).unwrap_or_default();
+        Some(format!("does not collect: {msg}"))
+    } else if !verdict.new_failed.is_empty() {
+        Some(format!("{} of {} new tests fail: {}", verdict.new_failed.len(), new.cases.len(), names(&verdict.new_failed, 3)))
+    } else if passed_new.is_empty() {
+        Some("no new test ran (all skipped)".to_string())
+    } else {
+        None
+    };
+    if let Some(reason) = reject_reason {
+        verdict.reason = Some(reason);
+        finish_verified(state, idx, verdict);
+        return Ok(());
+    }
+
+    let started = Instant::now();
+    let suite = pytest::run(&ctx.test_cmd, &wt_path, &[], &dir, "pytest-suite", true, &ctx.cancel).await;
+    state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
+    let suite = suite?;
+    let suite_passed = suite.ids_with(CaseOutcome::Passed);
+    verdict.pytest_summary = suite.summary.clone();
+    verdict.suite_tests = suite.cases.len() as u32;
+    verdict.suite_passed = suite_passed.len() as u32;
+    verdict.coverage = suite.coverage.clone();
+    verdict.regressions = state
+        .passing_at_tip()
+        .into_iter()
+        .filter(|id| !suite_passed.contains(id))
+        .collect();
+    let new_failing_in_suite: Vec<String> = passed_new.iter().filter(|id| !suite_passed.contains(id)).cloned().collect();
+    verdict.reason = if suite.timed_out {
+        Some(format!("timed out: the suite ran past --test-timeout ({})", humantime::format_duration(ctx.test_cmd.timeout)))
+    } else if !verdict.regressions.is_empty() {
+        Some(format!("breaks {} passing tests: {}", verdict.regressions.len(), names(&verdict.regressions, 3)))
+    } else if !new_failing_in_suite.is_empty() {
+        Some(format!("{} new tests fail in the whole suite: {}", new_failing_in_suite.len(), names(&new_failing_in_suite, 3)))
+    } else {
+        None
+    };
+    verdict.keep = verdict.reason.is_none();
+    verdict.new_tests = passed_new;
+    finish_verified(state, idx, verdict);
+    Ok(())
+}
+
+fn finish_verified(state: &mut RunState, idx: usize, verdict: Verdict) {
+    let it = &mut state.iterations[idx];
+    it.verdict = Some(verdict);
+    it.step = Step::Verified;
+}
+
+fn commit_message(state: &RunState, idx: usize, verdict: &Verdict) -> String {
+    let it = &state.iterations[idx];
+    let added = verdict.new_tests.len();
+    let file = it.test_file.clone().unwrap_or_default();
+    let coverage = match (state.coverage_now(), &verdict.coverage) {
+        (Some(before), Some(after)) => {
+            let module = match (before.modules.get(&it.target), after.modules.get(&it.target)) {
+                (Some(b), Some(a)) => format!(" ({}: {b:.1}% -> {a:.1}%)", it.target),
+                (None, Some(a)) => format!(" ({}: {a:.1}%)", it.target),
+                _ => String::new(),
+            };
+            format!("{:.1}% -> {:.1}%{module}", before.percent, after.percent)
+        }
+        _ => "not measured".to_string(),
+    };
+    format!(
+        "improve #{n}: add {added} tests for {target}\n\n\
+         Target: {target}\n\
+         Focus: {focus}\n\
+         Kind: add\n\
+         Tests added: {added} ({file})\n\
+         Tests fixed: 0\n\
+         Pytest: {summary}\n\
+         Coverage: {coverage}\n\n\
+         Improve-Run: {run}\n\
+         Improve-Iteration: {n}\n",
+        n = it.n,
+        target = it.target,
+        focus = it.focus,
+        summary = verdict.pytest_summary,
+        run = state.run_id,
+    )
+}
+
+fn keep_or_reject(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), StepError> {
+    let run_id = state.run_id.clone();
+    let it = &state.iterations[idx];
+    let n = it.n;
+    let Some(verdict) = it.verdict.clone() else {
+        state.iterations[idx].step = Step::Applied;
+        return Ok(());
+    };
+    if !verdict.keep {
+        let reason = verdict.reason.unwrap_or_else(|| "rejected".into());
+        finish(ctx, state, idx, Outcome::Rejected, reason);
+        return Ok(());
+    }
+    let base = Oid::from_str(&state.base_commit).map_err(|source| GitError::Op {
+        context: "read the base commit from the state".into(),
+        source,
+    })?;
+    let kept = match git::find_kept_commit(&ctx.repo, &state.run_branch, &run_id, n, base)? {
+        // The ref was moved before a crash cut the state save short: it is already kept.
+        Some(oid) => oid,
+        None => {
+            let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| GitError::RunBranchMissing {
+                branch: state.run_branch.clone(),
+            })?;
+            let iteration_commit = it
+                .iteration_commit
+                .as_deref()
+                .and_then(|c| Oid::from_str(c).ok())
+                .ok_or_else(|| StepError::Pytest("the state lost the iteration commit".into()))?;
+            let parent = ctx
+                .repo
+                .find_commit(iteration_commit)
+                .and_then(|c| c.parent_id(0))
+                .map_err(|source| GitError::Op {
+                    context: "read the iteration commit".into(),
+                    source,
+                })?;
+            if parent != tip {
+                finish(ctx, state, idx, Outcome::Rejected, "the run branch moved while this iteration was verified".into());
+                return Ok(());
+            }
+            let message = commit_message(state, idx, &verdict);
+            let oid = git::keep_on_run_branch(&ctx.repo, &state.run_branch, tip, iteration_commit, &message)?;
+            crash_point("kept-ref", n);
+            oid
+        }
+    };
+    let files = git::commit_files_changed(&ctx.repo, kept)?;
+    let it = &mut state.iterations[idx];
+    it.commit = Some(kept.to_string());
+    it.files = files;
+    it.tests_added = verdict.new_tests.len() as u32;
+    it.outcome = Some(Outcome::Kept);
+    it.reason = None;
+    it.step = Step::Finished;
+    it.finished_at = Some(Utc::now());
+    cleanup(ctx, &run_id, n);
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! `improve`: an overnight loop that asks an LLM for pytest tests, verifies them in git worktrees
+//! and keeps only what passes, one commit per kept iteration. See `shared/contract.md` for the
+//! user-facing contract and `design.md` for how the modules divide the work.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod driver;
+pub mod error;
+pub mod git;
+pub mod iteration;
+pub mod llm;
+pub mod prompt;
+pub mod proposal;
+pub mod pytest;
+pub mod report;
+pub mod state;
+pub mod target;
+pub mod views;

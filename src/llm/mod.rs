@@ -1,0 +1,175 @@
+//! The LLM layer: one client that speaks to an OpenAI-compatible server, Anthropic's messages
+//! API, or a recorded file, with the retry policy in exactly one place (`retry.rs`).
+//!
+//! Everything above this module sees only [`LlmClient::complete`]: a request goes in, text and
+//! token usage come out, or a classified [`LlmError`] that says whether trying again could help.
+
+mod anthropic;
+mod openai;
+mod record;
+mod retry;
+
+pub use record::{Exchange, Recording};
+pub use retry::RetryPolicy;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which wire format the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    OpenAi,
+    Anthropic,
+    Replay,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Replay => "replay",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+/// One conversation turn to send. `tag` is not sent: it names what the call is for
+/// (e.g. `add:inventory/pricing.py`) so that a recording can be replayed by purpose.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub tag: String,
+    pub system: String,
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: u32,
+    pub temperature: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    pub text: String,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// `stop`, `length` (OpenAI) / `end_turn`, `max_tokens` (Anthropic), as the server said it.
+    pub finish_reason: Option<String>,
+    /// How many HTTP attempts this answer took (1 when the first one succeeded).
+    #[serde(default = "one")]
+    pub attempts: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl ChatResponse {
+    /// The server cut the answer at the token limit.
+    pub fn truncated(&self) -> bool {
+        matches!(self.finish_reason.as_deref(), Some("length") | Some("max_tokens"))
+    }
+}
+
+/// Settings to build a client from; secrets are passed separately and never stored.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    pub provider: Provider,
+    /// Base URL: for OpenAI it ends before `/chat/completions`; for Anthropic before `/v1/messages`.
+    pub url: String,
+    pub model: String,
+    /// Per-attempt timeout of one HTTP request.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// `--replay FILE`: answer from this recording instead of the network.
+    pub replay: Option<std::path::PathBuf>,
+    /// `--record FILE`: append every exchange to this recording.
+    pub record: Option<std::path::PathBuf>,
+}
+
+/// An API key. Its `Debug` never shows the value.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(value: String) -> Self {
+        ApiKey(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey([hidden])")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("the LLM server answered HTTP {status}: {body}")]
+    Http {
+        status: u16,
+        retry_after: Option<Duration>,
+        body: String,
+    },
+    #[error("could not reach the LLM server at {url}: {detail} (check --llm-url and that the server is running)")]
+    Connect { url: String, detail: String },
+    #[error("the LLM server did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the LLM server's answer could not be read: {0}")]
+    Malformed(String),
+    #[error("the recording {path} has no answer left for `{tag}` (record a longer session or use a real provider)")]
+    ReplayExhausted { path: String, tag: String },
+    #[error("could not use the recording file {path}: {detail}")]
+    RecordingFile { path: String, detail: String },
+    #[error("the LLM call was cancelled")]
+    Cancelled,
+}
+
+impl LlmError {
+    /// Whether another attempt could succeed: rate limits, server errors, timeouts, broken
+    /// connections and unreadable bodies (proxies truncate). Client errors are final.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LlmError::Http { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            LlmError::Connect { .. } | LlmError::Timeout(_) | LlmError::Malformed(_) => true,
+            LlmError::ReplayExhausted { .. }
+            | LlmError::RecordingFile { .. }
+            | LlmError::Cancelled => false,
+        }
+    }
+
+    /// A delay the server asked for (Retry-After), which wins over the policy's backoff.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LlmError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short, stable label for logs and the state file (`http 429`, `timeout`, ...).
+    pub fn kind(&self) -> String {
+        match self {
+            LlmError::Http { status, .. } => format!("http {status}"),
+            LlmError::Connect { .. } => "connect".into(),
+            LlmError::Timeout(_) => "timeout".into(),
+            LlmError::Malformed(_) => "malformed".into(),
+            LlmError::ReplayExhausted { .. } => "replay exhausted".into(),
+            LlmError::RecordingFile { .. } => "recording file".into(),
+            LlmError::Cancelled => "cancelled".into(),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The `improve` binary: parse arguments, call into the library, and map every way of ending to
+//! the contract's exit codes with one line on stderr. No panic or backtrace for a user mistake.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use improve::cli::{Cli, Command};
+use improve::driver::Printer;
+use improve::error::{UsageError, UserError};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_tracing(cli.global.verbose, cli.global.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let printer = Printer { quiet: cli.global.quiet };
+    match &cli.command {
+        None => Ok(improve::driver::run(&cli.global, &cli.run, printer).await?.exit_code()),
+        Some(Command::Demo(args)) => Ok(improve::demo::run(&cli.global, args, printer).await?.exit_code()),
+        Some(Command::Status { json }) => improve::views::status(&cli.global, *json).map(|_| 0),
+        Some(Command::Log { json }) => improve::views::log(&cli.global, *json).map(|_| 0),
+        Some(Command::Show { n }) => improve::views::show(&cli.global, *n).map(|_| 0),
+        Some(Command::Report { out }) => improve::views::report(&cli.global, out.as_deref()).map(|_| 0),
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+/// The error and its causes on one line; a user error is already a full sentence.
+fn one_line(e: &anyhow::Error) -> String {
+    if e.downcast_ref::<UserError>().is_some() || e.downcast_ref::<UsageError>().is_some() {
+        return e.to_string();
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMPROVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("improve={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}

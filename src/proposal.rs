@@ -1,0 +1,302 @@
+//! From an LLM answer to a file to write. The answer is untrusted: the code block is extracted
+//! here, and the path it lands at is decided here, by [`safe_test_path`], the only function in
+//! the tool that approves a path for writing.
+
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    pub code: String,
+    /// A path the model suggested (first-line comment or the line before the fence): a hint only.
+    pub path_hint: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposalError {
+    #[error("the answer has no code block")]
+    NoCode,
+    #[error("the answer's code block is not closed (was the answer cut off?)")]
+    Unclosed,
+    #[error("the answer's code block has no test function")]
+    NoTests,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("unsafe path `{0}`: empty")]
+    Empty(String),
+    #[error("unsafe path `{0}`: absolute")]
+    Absolute(String),
+    #[error("unsafe path `{0}`: contains `..` or `.`")]
+    Traversal(String),
+    #[error("unsafe path `{0}`: contains a control character or backslash")]
+    BadChar(String),
+    #[error("unsafe path `{0}`: outside the tests folder `{1}`")]
+    OutsideTests(String, String),
+    #[error("unsafe path `{0}`: goes through a symlink")]
+    Symlink(String),
+    #[error("unsafe path `{0}`: not a .py file")]
+    NotPython(String),
+    #[error("unsafe path `{0}`: a parent is not a folder")]
+    NotADir(String),
+}
+
+/// Extracts the test file from an answer: the first fenced block tagged python (or untagged)
+/// that defines a test.
+pub fn parse(answer: &str) -> Result<Proposal, ProposalError> {
+    let lines: Vec<&str> = answer.lines().collect();
+    let mut blocks: Vec<(Option<String>, String, bool)> = Vec::new(); // (hint, code, python-tagged)
+    let mut i = 0;
+    while i < lines.len() {
+        let trimmed = lines[i].trim_start();
+        if let Some(info) = trimmed.strip_prefix("```") {
+            let info = info.trim().to_ascii_lowercase();
+            let tagged = matches!(info.as_str(), "python" | "py" | "python3");
+            let other_lang = !info.is_empty() && !tagged;
+            let before_hint = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .and_then(|l| path_in_text(l));
+            let mut body = Vec::new();
+            let mut closed = false;
+            i += 1;
+            while i < lines.len() {
+                if lines[i].trim() == "```" {
+                    closed = true;
+                    break;
+                }
+                body.push(lines[i]);
+                i += 1;
+            }
+            if !closed {
+                if other_lang {
+                    break;
+                }
+                return Err(ProposalError::Unclosed);
+            }
+            if !other_lang {
+                let hint = body
+                    .first()
+                    .and_then(|first| first_line_hint(first))
+                    .or(before_hint);
+                blocks.push((hint, body.join("\n") + "\n", tagged));
+            }
+        }
+        i += 1;
+    }
+    if blocks.is_empty() {
+        return Err(ProposalError::NoCode);
+    }
+    let defines_test = |code: &str| {
+        code.lines().any(|l| {
+            let t = l.trim_start();
+            t.starts_with("def test") || t.starts_with("async def test") || t.starts_with("class Test")
+        })
+    };
+    let pick = blocks
+        .iter()
+        .find(|(_, code, tagged)| *tagged && defines_test(code))
+        .or_else(|| blocks.iter().find(|(_, code, _)| defines_test(code)));
+    match pick {
+        Some((hint, code, _)) => Ok(Proposal {
+            code: code.clone(),
+            path_hint: hint.clone(),
+        }),
+        None => Err(ProposalError::NoTests),
+    }
+}
+
+/// `# tests/test_x.py`, `# file: tests/test_x.py`, `# path: ...`
+fn first_line_hint(line: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix('#')?.trim();
+    let rest = ["file:", "filename:", "path:", "File:", "Path:"]
+        .iter()
+        .find_map(|p| rest.strip_prefix(p))
+        .unwrap_or(rest)
+        .trim();
+    (rest.ends_with(".py") && !rest.contains(' ')).then(|| rest.to_string())
+}
+
+/// A `.py` path mentioned on a prose line, e.g. "**tests/test_x.py**:" or "`tests/test_x.py`".
+fn path_in_text(line: &str) -> Option<String> {
+    line.split_whitespace()
+        .map(|w| w.trim_matches(|c: char| matches!(c, '`' | '*' | ':' | '"' | '\'' | ',' | '(' | ')')))
+        .find(|w| w.ends_with(".py") && w.len() > 3)
+        .map(|w| w.to_string())
+}
+
+/// Approves `candidate` (relative to `root`) for writing, or says why not: it must be relative,
+/// made of plain names, end in `.py`, lie under `tests_dir`, and no existing part of it may be a
+/// symlink or a non-folder. Checked against the file system as it is now.
+pub fn safe_test_path(root: &Path, tests_dir: &str, candidate: &str) -> Result<PathBuf, PathError> {
+    let err_path = candidate.to_string();
+    if candidate.trim().is_empty() {
+        return Err(PathError::Empty(err_path));
+    }
+    if candidate.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(PathError::BadChar(err_path));
+    }
+    let path = Path::new(candidate);
+    if path.is_absolute() || candidate.starts_with('~') {
+        return Err(PathError::Absolute(err_path));
+    }
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p),
+            Component::RootDir | Component::Prefix(_) => return Err(PathError::Absolute(err_path)),
+            Component::ParentDir | Component::CurDir => return Err(PathError::Traversal(err_path)),
+        }
+    }
+    // Component parsing folds `a/./b` into `a/b`; refuse it anyway, it is not a name we choose.
+    if candidate.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(PathError::Traversal(err_path));
+    }
+    if path.extension().and_then(|e| e.to_str()) != Some("py") {
+        return Err(PathError::NotPython(err_path));
+    }
+    let tests: Vec<_> = Path::new(tests_dir).components().collect();
+    let under_tests = parts.len() > tests.len()
+        && tests
+            .iter()
+            .zip(&parts)
+            .all(|(t, p)| matches!(t, Component::Normal(n) if n == p));
+    if !under_tests {
+        return Err(PathError::OutsideTests(err_path, tests_dir.to_string()));
+    }
+    let mut walked = root.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        walked.push(part);
+        match std::fs::symlink_metadata(&walked) {
+            Ok(meta) if meta.file_type().is_symlink() => return Err(PathError::Symlink(err_path)),
+            Ok(meta) if i + 1 < parts.len() && !meta.is_dir() => {
+                return Err(PathError::NotADir(err_path));
+            }
+            _ => {}
+        }
+    }
+    Ok(walked)
+}
+
+/// Where the proposal goes. A model's hint is checked (an unsafe hint rejects the proposal) and
+/// used when it names a new `test_*.py` file; otherwise the tool names the file itself, so a
+/// proposal never overwrites an existing test file.
+pub fn choose_test_path(
+    root: &Path,
+    tests_dir: &str,
+    hint: Option<&str>,
+    target_stem: &str,
+    n: u32,
+) -> Result<String, PathError> {
+    if let Some(hint) = hint {
+        let abs = safe_test_path(root, tests_dir, hint)?;
+        let name_ok = abs
+            .file_name()
+            .and_then(|f| f.to_str())
+            .is_some_and(|f| f.starts_with("test_"));
+        if name_ok && !abs.exists() {
+            return Ok(hint.to_string());
+        }
+    }
+    let stem: String = target_stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut k = 0;
+    loop {
+        let name = if k == 0 {
+            format!("{tests_dir}/test_{stem}_improve_{n}.py")
+        } else {
+            format!("{tests_dir}/test_{stem}_improve_{n}_{k}.py")
+        };
+        let abs = safe_test_path(root, tests_dir, &name)?;
+        if !abs.exists() {
+            return Ok(name);
+        }
+        k += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_the_python_block_and_its_hint() {
+        let answer = "Here are tests.\n\n```python\n# tests/test_calc_edges.py\nimport calc\n\ndef test_x():\n    assert calc.add(1, 2) == 3\n```\nDone.";
+        let p = parse(answer).unwrap();
+        assert_eq!(p.path_hint.as_deref(), Some("tests/test_calc_edges.py"));
+        assert!(p.code.contains("def test_x"));
+        assert!(!p.code.contains("```"));
+    }
+
+    #[test]
+    fn hint_from_the_line_before_the_fence() {
+        let answer = "**`tests/test_a.py`**:\n```py\ndef test_a():\n    pass\n```";
+        assert_eq!(parse(answer).unwrap().path_hint.as_deref(), Some("tests/test_a.py"));
+    }
+
+    #[test]
+    fn skips_blocks_without_tests_and_other_languages() {
+        let answer = "```bash\npip install x\n```\n```python\nx = 1\n```\n```python\ndef test_b():\n    pass\n```";
+        assert_eq!(parse(answer).unwrap().code, "def test_b():\n    pass\n");
+    }
+
+    #[test]
+    fn answers_without_code_or_cut_off() {
+        assert_eq!(parse("I cannot help with that."), Err(ProposalError::NoCode));
+        assert_eq!(parse("```python\ndef test_a():\n    assert"), Err(ProposalError::Unclosed));
+        assert_eq!(parse("```python\nx = 1\n```"), Err(ProposalError::NoTests));
+    }
+
+    #[test]
+    fn refuses_escaping_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("tests")).unwrap();
+        let root = tmp.path();
+        for bad in [
+            "../x.py",
+            "tests/../src/x.py",
+            "/etc/x.py",
+            "tests/./x.py",
+            "src/test_x.py",
+            "tests/x.txt",
+            "tests",
+            "",
+            "tests\\..\\x.py",
+            "~/x.py",
+            "testsx/test_a.py",
+        ] {
+            assert!(safe_test_path(root, "tests", bad).is_err(), "{bad} was accepted");
+        }
+        assert!(safe_test_path(root, "tests", "tests/sub/test_x.py").is_ok());
+    }
+
+    #[test]
+    fn refuses_paths_through_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("tests")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("tests/link")).unwrap();
+        let err = safe_test_path(tmp.path(), "tests", "tests/link/test_x.py").unwrap_err();
+        assert!(matches!(err, PathError::Symlink(_)));
+        std::os::unix::fs::symlink(outside.path().join("f.py"), tmp.path().join("tests/test_f.py")).unwrap();
+        assert!(matches!(
+            safe_test_path(tmp.path(), "tests", "tests/test_f.py").unwrap_err(),
+            PathError::Symlink(_)
+        ));
+    }
+
+    #[test]
+    fn never_overwrites_an_existing_test_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("tests")).unwrap();
+        std::fs::write(tmp.path().join("tests/test_a.py"), "").unwrap();
+        let chosen = choose_test_path(tmp.path(), "tests", Some("tests/test_a.py"), "a", 3).unwrap();
+        assert_eq!(chosen, "tests/test_a_improve_3.py");
+        let chosen = choose_test_path(tmp.path(), "tests", Some("tests/test_new.py"), "a", 3).unwrap();
+        assert_eq!(chosen, "tests/test_new.py");
+        assert!(choose_test_path(tmp.path(), "tests", Some("../evil.py"), "a", 3).is_err());
+    }
+}

@@ -1,0 +1,497 @@
+//! Running pytest on untrusted tests: its own process group (killed whole on timeout or
+//! cancellation), stdin closed, output to a file (so a grandchild holding a pipe cannot hang us),
+//! and an environment without secrets. Results come from pytest's JUnit XML, never from parsing
+//! its console text; coverage from coverage.py's JSON.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use quick_xml::events::Event;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Coverage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PytestError {
+    #[error("cannot start `{cmd}`: {source} (check --test-cmd)")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("cannot write pytest output to {path}: {source}")]
+    Output { path: String, source: std::io::Error },
+    #[error("pytest was cancelled")]
+    Cancelled,
+}
+
+/// How to start pytest: the words of `--test-cmd`, and coverage settings when coverage.py can
+/// wrap it (only when the command is `<python> -m pytest ...`).
+#[derive(Debug, Clone)]
+pub struct TestCommand {
+    pub words: Vec<String>,
+    pub coverage: Option<CoverageSpec>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoverageSpec {
+    /// The package folder to measure, relative to the worktree.
+    pub source: String,
+}
+
+impl TestCommand {
+    /// The Python interpreter behind `<python> -m pytest`, if the command has that shape.
+    pub fn python(&self) -> Option<&str> {
+        match self.words.as_slice() {
+            [python, dash_m, pytest, ..] if dash_m == "-m" && pytest == "pytest" => Some(python),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseOutcome {
+    Passed,
+    Failed,
+    Error,
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestCase {
+    /// `classname::name` as pytest writes them, e.g. `tests.test_a.TestX::test_y`.
+    pub id: String,
+    pub outcome: CaseOutcome,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PytestRun {
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub duration: Duration,
+    pub cases: Vec<TestCase>,
+    /// pytest's own last line, e.g. `3 passed, 1 failed in 0.21s`.
+    pub summary: String,
+    pub output_path: PathBuf,
+    pub coverage: Option<Coverage>,
+}
+
+impl PytestRun {
+    pub fn ids_with(&self, outcome: CaseOutcome) -> Vec<String> {
+        self.cases
+            .iter()
+            .filter(|c| c.outcome == outcome)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+    pub fn count(&self, outcome: CaseOutcome) -> usize {
+        self.cases.iter().filter(|c| c.outcome == outcome).count()
+    }
+    /// The last lines of the output, for reasons and the `show` command.
+    pub fn tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.output_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// Environment variables whose names look like secrets never reach the tests. The API key
+/// variables are named explicitly; the patterns catch the rest of the usual suspects.
+pub fn is_secret_var(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    const EXACT: &[&str] = &["IMPROVE_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"];
+    const PATTERNS: &[&str] = &["API_KEY", "APIKEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL"];
+    EXACT.contains(&upper.as_str()) || PATTERNS.iter().any(|p| upper.contains(p))
+}
+
+/// One pytest invocation in `cwd` with `args` appended to the command. Output goes to
+/// `artifacts/<label>.txt`, JUnit XML to `artifacts/<label>.xml`.
+pub async fn run(
+    cmd: &TestCommand,
+    cwd: &Path,
+    args: &[String],
+    artifacts: &Path,
+    label: &str,
+    with_coverage: bool,
+    cancel: &CancellationToken,
+) -> Result<PytestRun, PytestError> {
+    std::fs::create_dir_all(artifacts).map_err(|source| PytestError::Output {
+        path: artifacts.display().to_string(),
+        source,
+    })?;
+    let output_path = artifacts.join(format!("{label}.txt"));
+    let junit_path = artifacts.join(format!("{label}.xml"));
+    let _ = std::fs::remove_file(&junit_path);
+    let cov_data = artifacts.join(format!("{label}.coverage"));
+    let cov_json = artifacts.join(format!("{label}.coverage.json"));
+
+    let coverage = match (with_coverage, &cmd.coverage, cmd.python()) {
+        (true, Some(spec), Some(python)) => Some((spec, python.to_string())),
+        _ => None,
+    };
+    let mut words: Vec<String> = match &coverage {
+        Some((spec, python)) => {
+            let mut w = vec![
+                python.clone(),
+                "-m".into(),
+                "coverage".into(),
+                "run".into(),
+                "--branch".into(),
+                format!("--source={}", spec.source),
+                format!("--data-file={}", cov_data.display()),
+                "-m".into(),
+                "pytest".into(),
+            ];
+            w.extend(cmd.words[3..].iter().cloned());
+            w
+        }
+        None => cmd.words.clone(),
+    };
+    words.extend([
+        format!("--junitxml={}", junit_path.display()),
+        "-p".into(),
+        "no:cacheprovider".into(),
+        "-q".into(),
+        "-rfE".into(),
+    ]);
+    words.extend(args.iter().cloned());
+
+    let started = Instant::now();
+    let (exit_code, timed_out) = spawn_and_wait(&words, cwd, &output_path, cmd.timeout, cancel).await?;
+    let duration = started.elapsed();
+
+    let cases = std::fs::read_to_string(&junit_path)
+        .map(|xml| parse_junit(&xml))
+        .unwrap_or_default();
+    let text = std::fs::read_to_string(&output_path).unwrap_or_default();
+    let summary = if timed_out {
+        format!("timed out after {}", humantime::format_duration(cmd.timeout))
+    } else {
+        summary_line(&text)
+    };
+
+    let coverage = match coverage {
+        Some((_, python)) if !timed_out && cov_data.exists() => {
+            let words = vec![
+                python,
+                "-m".into(),
+                "coverage".into(),
+                "json".into(),
+                format!("--data-file={}", cov_data.display()),
+                "-o".into(),
+                cov_json.display().to_string(),
+                "-q".into(),
+            ];
+            let log = artifacts.join(format!("{label}.coverage.txt"));
+            spawn_and_wait(&words, cwd, &log, cmd.timeout, cancel).await?;
+            std::fs::read_to_string(&cov_json)
+                .ok()
+                .and_then(|j| parse_coverage_json(&j))
+        }
+        _ => None,
+    };
+
+    Ok(PytestRun {
+        exit_code,
+        timed_out,
+        duration,
+        cases,
+        summary,
+        output_path,
+        coverage,
+    })
+}
+
+/// Starts `words` in its own process group and waits for it, the timeout or cancellation; in the
+/// last two cases the whole group is killed. The group is also killed after a normal exit, so a
+/// test that left a background process behind does not leave it running all night.
+async fn spawn_and_wait(
+    words: &[String],
+    cwd: &Path,
+    output_path: &Path,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<(Option<i32>, bool), PytestError> {
+    let output_err = |source| PytestError::Output {
+        path: output_path.display().to_string(),
+        source,
+    };
+    let out = std::fs::File::create(output_path).map_err(output_err)?;
+    let err = out.try_clone().map_err(output_err)?;
+    let (program, rest) = words.split_first().ok_or_else(|| PytestError::Spawn {
+        cmd: String::new(),
+        source: std::io::Error::other("empty command"),
+    })?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(rest)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .process_group(0)
+        .kill_on_drop(true)
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    for (name, _) in std::env::vars_os() {
+        if is_secret_var(&name.to_string_lossy()) {
+            command.env_remove(&name);
+        }
+    }
+    let mut child = command.spawn().map_err(|source| PytestError::Spawn {
+        cmd: shell_words::join(words),
+        source,
+    })?;
+    let pid = child.id();
+    let kill_group = || {
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: signalling a process group we created; a stale id only yields ESRCH.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
+        }
+    };
+    let result = tokio::select! {
+        status = child.wait() => {
+            kill_group();
+            let status = status.map_err(output_err)?;
+            Ok((status.code(), false))
+        }
+        _ = tokio::time::sleep(timeout) => {
+            kill_group();
+            let _ = child.wait().await;
+            Ok((None, true))
+        }
+        _ = cancel.cancelled() => {
+            kill_group();
+            let _ = child.wait().await;
+            Err(PytestError::Cancelled)
+        }
+    };
+    result
+}
+
+/// pytest's closing line (`== 3 passed, 1 failed in 0.20s ==`), without the decoration.
+pub fn summary_line(output: &str) -> String {
+    const WORDS: &[&str] = &["passed", "failed", "error", "no tests ran", "skipped", "deselected"];
+    output
+        .lines()
+        .rev()
+        .map(|l| l.trim().trim_matches('=').trim())
+        .find(|l| WORDS.iter().any(|w| l.contains(w)) && (l.contains(" in ") || l.starts_with("no tests")))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Test cases from pytest's JUnit XML (any `junit_family`). Unreadable XML yields what was read.
+pub fn parse_junit(xml: &str) -> Vec<TestCase> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut cases = Vec::new();
+    let mut current: Option<TestCase> = None;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) if e.name().0 == "testcase" => {
+                if let Some(done) = current.take() {
+                    cases.push(done);
+                }
+                current = Some(testcase_from(&e));
+            }
+            // A self-closing testcase has no children: it passed and is complete.
+            Ok(Event::Empty(e)) if e.name().0 == "testcase" => {
+                if let Some(done) = current.take() {
+                    cases.push(done);
+                }
+                cases.push(testcase_from(&e));
+            }
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => {
+                let outcome = match e.name().0 {
+                    "failure" => Some(CaseOutcome::Failed),
+                    "error" => Some(CaseOutcome::Error),
+                    "skipped" => Some(CaseOutcome::Skipped),
+                    _ => None,
+                };
+                if let (Some(outcome), Some(case)) = (outcome, current.as_mut()) {
+                    // A failing test whose teardown also errors is still a failure.
+                    if case.outcome == CaseOutcome::Passed || outcome == CaseOutcome::Failed {
+                        case.outcome = outcome;
+                    }
+                    if case.message.is_empty() {
+                        case.message = e
+                            .attributes()
+                            .flatten()
+                            .find(|a| a.key.0 == "message")
+                            .and_then(|a| a.normalized_value(quick_xml::XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()))
+                            .unwrap_or_default();
+                    }
+                }
+            }
+            Ok(Event::End(e)) if e.name().0 == "testcase" => {
+                if let Some(done) = current.take() {
+                    cases.push(done);
+                }
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    if let Some(done) = current.take() {
+        cases.push(done);
+    }
+    cases
+}
+
+fn testcase_from(e: &quick_xml::events::BytesStart<'_>) -> TestCase {
+    let mut classname = String::new();
+    let mut name = String::new();
+    for attr in e.attributes().flatten() {
+        let value = attr
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .map(|v| v.into_owned())
+            .unwrap_or_default();
+        match attr.key.0 {
+            "classname" => classname = value,
+            "name" => name = value,
+            _ => {}
+        }
+    }
+    let id = if classname.is_empty() {
+        name
+    } else {
+        format!("{classname}::{name}")
+    };
+    TestCase {
+        id,
+        outcome: CaseOutcome::Passed,
+        message: String::new(),
+    }
+}
+
+/// Overall and per-file percent from `coverage json`.
+pub fn parse_coverage_json(json: &str) -> Option<Coverage> {
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let percent = value.get("totals")?.get("percent_covered")?.as_f64()?;
+    let mut modules = BTreeMap::new();
+    if let Some(files) = value.get("files").and_then(|f| f.as_object()) {
+        for (path, data) in files {
+            if let Some(p) = data
+                .get("summary")
+                .and_then(|s| s.get("percent_covered"))
+                .and_then(|p| p.as_f64())
+            {
+                modules.insert(path.clone(), round2(p));
+            }
+        }
+    }
+    Some(Coverage {
+        percent: round2(percent),
+        modules,
+    })
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Checks that the test command can import pytest, and whether coverage.py is there too.
+pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<bool, String> {
+    let cancel = CancellationToken::new();
+    let mut words = cmd.words.clone();
+    words.push("--version".into());
+    let out = scratch.join("preflight-pytest.txt");
+    let (code, _) = spawn_and_wait(&words, cwd, &out, Duration::from_secs(60), &cancel)
+        .await
+        .map_err(|e| e.to_string())?;
+    if code != Some(0) {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        return Err(format!(
+            "`{}` does not run pytest ({last}): install pytest for that Python \
+             (e.g. `python3 -m pip install pytest coverage`) or pass --test-cmd",
+            shell_words::join(&cmd.words)
+        ));
+    }
+    let Some(python) = cmd.python() else {
+        return Ok(false);
+    };
+    let words = vec![python.to_string(), "-m".into(), "coverage".into(), "--version".into()];
+    let out = scratch.join("preflight-coverage.txt");
+    let (code, _) = spawn_and_wait(&words, cwd, &out, Duration::from_secs(60), &cancel)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(code == Some(0))
+}
+
+/// Whether a file is valid Python, asked of the test command's own interpreter (its grammar is
+/// the one that matters). `Err` carries the syntax error as Python reports it.
+pub async fn check_syntax(python: &str, file: &Path, scratch: &Path) -> Result<(), String> {
+    let cancel = CancellationToken::new();
+    let script = "import ast,sys\nsrc=open(sys.argv[1],encoding='utf-8').read()\ntry:\n    ast.parse(src)\nexcept SyntaxError as e:\n    print(f'line {e.lineno}: {e.msg}')\n    sys.exit(3)\n";
+    let words = vec![
+        python.to_string(),
+        "-c".into(),
+        script.into(),
+        file.display().to_string(),
+    ];
+    let out = scratch.join("syntax-check.txt");
+    let (code, _) = spawn_and_wait(&words, scratch, &out, Duration::from_secs(60), &cancel)
+        .await
+        .map_err(|e| e.to_string())?;
+    match code {
+        Some(0) => Ok(()),
+        _ => {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            Err(text.lines().last().unwrap_or("unparseable").trim().to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn junit_outcomes_and_ids() {
+        let xml = r#"<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="4">
+<testcase classname="tests.test_a" name="test_ok" time="0.001" />
+<testcase classname="tests.test_a.TestX" name="test_bad" time="0.001"><failure message="assert 1 == 2">trace</failure></testcase>
+<testcase classname="tests.test_a" name="test_skip" time="0"><skipped type="pytest.skip" message="nope">s</skipped></testcase>
+<testcase classname="" name="tests.test_b" time="0"><error message="collection failure">boom</error></testcase>
+</testsuite></testsuites>"#;
+        let cases = parse_junit(xml);
+        let got: Vec<(&str, CaseOutcome)> = cases.iter().map(|c| (c.id.as_str(), c.outcome)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("tests.test_a::test_ok", CaseOutcome::Passed),
+                ("tests.test_a.TestX::test_bad", CaseOutcome::Failed),
+                ("tests.test_a::test_skip", CaseOutcome::Skipped),
+                ("tests.test_b", CaseOutcome::Error),
+            ]
+        );
+        assert_eq!(cases[1].message, "assert 1 == 2");
+    }
+
+    #[test]
+    fn summary_line_strips_decoration() {
+        let out = "....F\n=== short test summary info ===\nFAILED x\n======= 4 passed, 1 failed in 0.12s =======\n";
+        assert_eq!(summary_line(out), "4 passed, 1 failed in 0.12s");
+        assert_eq!(summary_line("\nno tests ran in 0.01s\n"), "no tests ran in 0.01s");
+    }
+
+    #[test]
+    fn secret_variables_are_recognised() {
+        for name in ["OPENAI_API_KEY", "anthropic_api_key", "IMPROVE_API_KEY", "GITHUB_TOKEN", "DB_PASSWORD"] {
+            assert!(is_secret_var(name), "{name}");
+        }
+        for name in ["PATH", "HOME", "PYTHONPATH", "LANG"] {
+            assert!(!is_secret_var(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn coverage_json_totals_and_files() {
+        let json = r#"{"totals": {"percent_covered": 61.2345}, "files": {"pkg/a.py": {"summary": {"percent_covered": 50.0}}}}"#;
+        let c = parse_coverage_json(json).unwrap();
+        assert_eq!(c.percent, 61.23);
+        assert_eq!(c.modules.get("pkg/a.py"), Some(&50.0));
+    }
+}

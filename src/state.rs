@@ -1,0 +1,520 @@
+//! The persisted run: serde types of `state.json`, its atomic save, the lock that keeps two runs
+//! off one state dir, and archiving. Every other module changes the run only through these types
+//! and saves only through [`StateStore::save`], so "written atomically after every step" holds in
+//! one place.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunSettings;
+
+/// Bumped whenever a field changes meaning. A newer file is refused, never rewritten.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the state dir {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+    #[error(
+        "the state file {path} cannot be read ({detail}); it was left as it is: move it away, or \
+         run with --fresh to archive it and start a new run"
+    )]
+    Unreadable { path: String, detail: String },
+    #[error(
+        "the state file {path} was written by a newer improve (schema {found}, this one knows \
+         {SCHEMA_VERSION}): upgrade improve, or run with --fresh to archive it and start over"
+    )]
+    NewerSchema { path: String, found: u32 },
+    #[error("cannot save the run state to {path}: {source} (is the disk full?)")]
+    Save { path: String, source: std::io::Error },
+    #[error(
+        "another improve run (pid {pid}) is using {dir}: wait for it to finish or stop it first"
+    )]
+    Locked { dir: String, pid: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: String, source: std::io::Error },
+    #[error("cannot archive the old run state to {path}: {source}")]
+    Archive { path: String, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Interrupted,
+    Complete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Add,
+    Fix,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Kept,
+    Rejected,
+    Error,
+}
+
+/// The last durable step of an iteration. Resume continues from the step after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// Target, focus and kind are chosen.
+    Planned,
+    /// The LLM answer is saved as an artifact.
+    Asked,
+    /// The proposal is committed on the iteration branch.
+    Applied,
+    /// pytest has judged it; `verdict` says keep or reject.
+    Verified,
+    /// Kept on the run branch or rejected; nothing left to do.
+    Finished,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// Percent of statements and branches covered, as coverage.py reports it.
+    pub percent: f64,
+    /// Per module (path relative to the repo), percent covered.
+    pub modules: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Tests pytest collected and ran on the base commit.
+    pub tests: u32,
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    pub skipped: u32,
+    pub summary: String,
+    pub coverage: Option<Coverage>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Seconds {
+    pub llm: f64,
+    pub tests: f64,
+    pub total: f64,
+}
+
+/// What verification found; kept in the state so that a resume after Verify does not rerun pytest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub keep: bool,
+    pub reason: Option<String>,
+    /// Test ids of the new file that passed.
+    pub new_tests: Vec<String>,
+    pub new_failed: Vec<String>,
+    /// Previously passing tests that fail with the proposal in the suite.
+    pub regressions: Vec<String>,
+    /// Tests collected in the whole suite with the proposal, and how many passed.
+    pub suite_tests: u32,
+    pub suite_passed: u32,
+    pub pytest_summary: String,
+    pub coverage: Option<Coverage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Iteration {
+    pub n: u32,
+    pub target: String,
+    pub focus: String,
+    pub kind: Kind,
+    pub step: Step,
+    pub outcome: Option<Outcome>,
+    pub reason: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub llm_calls: u32,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// The test file the proposal writes, relative to the repo.
+    pub test_file: Option<String>,
+    /// The commit on the iteration's own branch (before keeping).
+    pub iteration_commit: Option<String>,
+    /// The commit on the run branch; set only when kept.
+    pub commit: Option<String>,
+    pub files: Vec<String>,
+    pub tests_added: u32,
+    pub tests_fixed: u32,
+    pub verdict: Option<Verdict>,
+    pub seconds: Seconds,
+}
+
+impl Iteration {
+    pub fn new(n: u32, target: String, focus: String, kind: Kind) -> Self {
+        Iteration {
+            n,
+            target,
+            focus,
+            kind,
+            step: Step::Planned,
+            outcome: None,
+            reason: None,
+            started_at: Utc::now(),
+            finished_at: None,
+            llm_calls: 0,
+            tokens_in: 0,
+            tokens_out: 0,
+            test_file: None,
+            iteration_commit: None,
+            commit: None,
+            files: Vec::new(),
+            tests_added: 0,
+            tests_fixed: 0,
+            verdict: None,
+            seconds: Seconds::default(),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.step == Step::Finished
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub schema_version: u32,
+    pub run_id: String,
+    pub run_branch: String,
+    pub base_commit: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub status: RunStatus,
+    /// Why the run last stopped early (limit, LLM failures, signal); None when complete.
+    pub stop_reason: Option<String>,
+    pub iterations_target: u32,
+    pub settings: RunSettings,
+    pub baseline: Option<Baseline>,
+    pub iterations: Vec<Iteration>,
+    /// Wall time spent running, summed over every session of this run.
+    pub elapsed_s: f64,
+    /// Iterations in a row that ended on an LLM failure (the circuit breaker's count).
+    pub consecutive_llm_failures: u32,
+}
+
+impl RunState {
+    pub fn finished(&self) -> impl Iterator<Item = &Iteration> {
+        self.iterations.iter().filter(|i| i.is_finished())
+    }
+    pub fn iterations_done(&self) -> u32 {
+        self.finished().count() as u32
+    }
+    pub fn count(&self, outcome: Outcome) -> u32 {
+        self.finished().filter(|i| i.outcome == Some(outcome)).count() as u32
+    }
+    pub fn tokens(&self) -> (u64, u64) {
+        self.iterations
+            .iter()
+            .fold((0, 0), |(a, b), i| (a + i.tokens_in, b + i.tokens_out))
+    }
+    pub fn kept(&self) -> impl Iterator<Item = &Iteration> {
+        self.finished().filter(|i| i.outcome == Some(Outcome::Kept))
+    }
+    /// Tests known to pass at the run branch's tip: the baseline's passing tests plus every
+    /// kept iteration's new tests. Verification compares against this set.
+    pub fn passing_at_tip(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .baseline
+            .as_ref()
+            .map(|b| b.passed.clone())
+            .unwrap_or_default();
+        for it in self.kept() {
+            if let Some(v) = &it.verdict {
+                ids.extend(v.new_tests.iter().cloned());
+            }
+        }
+        ids
+    }
+    /// The last measured test count: the suite run of the latest kept iteration, else the baseline.
+    pub fn tests_now(&self) -> Option<u32> {
+        self.kept()
+            .filter_map(|i| i.verdict.as_ref().map(|v| v.suite_tests))
+            .last()
+            .or(self.baseline.as_ref().map(|b| b.tests))
+    }
+    pub fn coverage_now(&self) -> Option<&Coverage> {
+        self.kept()
+            .filter_map(|i| i.verdict.as_ref().and_then(|v| v.coverage.as_ref()))
+            .last()
+            .or(self.baseline.as_ref().and_then(|b| b.coverage.as_ref()))
+    }
+}
+
+/// The state dir on disk: `state.json`, `lock`, `runs/<run-id>/…` artifacts, `worktrees/`.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+/// Holds the run lock until dropped. The kernel releases a `flock` when its process dies, even
+/// under `kill -9`, so a lock left by a dead run is taken over without any guesswork about pids.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+impl StateStore {
+    pub fn new(dir: PathBuf) -> Self {
+        StateStore { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn run_dir(&self, run_id: &str) -> PathBuf {
+        self.dir.join("runs").join(run_id)
+    }
+
+    pub fn iteration_dir(&self, run_id: &str, n: u32) -> PathBuf {
+        self.run_dir(run_id).join("iterations").join(format!("{n:04}"))
+    }
+
+    pub fn worktrees_dir(&self) -> PathBuf {
+        self.dir.join("worktrees")
+    }
+
+    pub fn ensure_dir(&self) -> Result<(), StateError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| StateError::CreateDir {
+            path: self.dir.display().to_string(),
+            source,
+        })
+    }
+
+    /// Takes the run lock, or says which process holds it.
+    pub fn lock(&self) -> Result<RunLock, StateError> {
+        self.ensure_dir()?;
+        let path = self.dir.join("lock");
+        let lock_err = |source| StateError::Lock {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(lock_err)?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let pid = std::fs::read_to_string(&path)
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default();
+                return Err(StateError::Locked {
+                    dir: self.dir.display().to_string(),
+                    pid: if pid.is_empty() { "unknown".into() } else { pid },
+                });
+            }
+            return Err(lock_err(err));
+        }
+        file.set_len(0).map_err(lock_err)?;
+        writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+        Ok(RunLock { _file: file })
+    }
+
+    /// Loads the run state; `Ok(None)` when there is none yet. A file that does not parse is
+    /// reported and left where it is.
+    pub fn load(&self) -> Result<Option<RunState>, StateError> {
+        let path = self.state_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StateError::Unreadable {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let unreadable = |detail: String| StateError::Unreadable {
+            path: path.display().to_string(),
+            detail,
+        };
+        // Check the version before the shape, so a newer file gets the helpful message.
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?;
+        let version = value
+            .get("schema_version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| unreadable("no schema_version".into()))?;
+        if version > u64::from(SCHEMA_VERSION) {
+            return Err(StateError::NewerSchema {
+                path: path.display().to_string(),
+                found: u32::try_from(version).unwrap_or(u32::MAX),
+            });
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| unreadable(e.to_string()))
+    }
+
+    /// Writes state.json atomically: temp file in the same folder, write, fsync, rename, fsync the
+    /// folder. A crash at any instant leaves the previous or the next version.
+    pub fn save(&self, state: &RunState) -> Result<(), StateError> {
+        let mut state = state.clone();
+        state.updated_at = Utc::now();
+        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| StateError::Save {
+            path: self.state_path().display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.state_path(), &bytes).map_err(|source| StateError::Save {
+            path: self.state_path().display().to_string(),
+            source,
+        })
+    }
+
+    /// Moves the current state.json (readable or not) into the archive; nothing is deleted.
+    pub fn archive_current(&self, run_id: Option<&str>) -> Result<Option<PathBuf>, StateError> {
+        let from = self.state_path();
+        if !from.exists() {
+            return Ok(None);
+        }
+        let stamp = Utc::now().format("%Y%m%d-%H%M%S");
+        let to = match run_id {
+            Some(id) => self.run_dir(id).join(format!("state-archived-{stamp}.json")),
+            None => self.dir.join("archive").join(format!("state-{stamp}.json")),
+        };
+        let archive_err = |source| StateError::Archive {
+            path: to.display().to_string(),
+            source,
+        };
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(archive_err)?;
+        }
+        std::fs::rename(&from, &to).map_err(archive_err)?;
+        Ok(Some(to))
+    }
+}
+
+/// The one helper that writes files that must never be torn: state, artifacts the resume
+/// relies on, recordings.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("path has no parent folder"))?;
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::Provider;
+    use std::time::Duration;
+
+    pub(crate) fn sample_state() -> RunState {
+        RunState {
+            schema_version: SCHEMA_VERSION,
+            run_id: "20261124-101500-ab12".into(),
+            run_branch: "improve/20261124-101500-ab12".into(),
+            base_commit: "0".repeat(40),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            status: RunStatus::Running,
+            stop_reason: None,
+            iterations_target: 3,
+            settings: RunSettings {
+                provider: Provider::OpenAi,
+                llm_url: "http://127.0.0.1:1/v1".into(),
+                model: "m".into(),
+                replay: None,
+                record: None,
+                test_cmd: vec!["python3".into(), "-m".into(), "pytest".into()],
+                package: "pkg".into(),
+                tests_dir: "tests".into(),
+                focus: vec!["edge cases".into()],
+                jobs: 1,
+                test_timeout: Duration::from_secs(60),
+                llm_timeout: Duration::from_secs(60),
+                max_llm_failures: 5,
+                max_tokens: None,
+                max_duration_s: None,
+            },
+            baseline: None,
+            iterations: vec![Iteration::new(1, "pkg/a.py".into(), "edge cases".into(), Kind::Add)],
+            elapsed_s: 0.0,
+            consecutive_llm_failures: 0,
+        }
+    }
+
+    #[test]
+    fn save_then_load_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::new(tmp.path().to_path_buf());
+        let state = sample_state();
+        store.save(&state).unwrap();
+        let loaded = store.load().unwrap().unwrap();
+        assert_eq!(loaded.run_id, state.run_id);
+        assert_eq!(loaded.iterations, state.iterations);
+        assert_eq!(loaded.settings, state.settings);
+    }
+
+    #[test]
+    fn truncated_file_is_reported_and_left_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::new(tmp.path().to_path_buf());
+        std::fs::write(store.state_path(), "{\"schema_version\": 1, \"run_").unwrap();
+        let err = store.load().unwrap_err();
+        assert!(matches!(err, StateError::Unreadable { .. }), "{err}");
+        assert!(err.to_string().contains("--fresh"));
+        assert_eq!(
+            std::fs::read_to_string(store.state_path()).unwrap(),
+            "{\"schema_version\": 1, \"run_"
+        );
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::new(tmp.path().to_path_buf());
+        std::fs::write(store.state_path(), "{\"schema_version\": 99}").unwrap();
+        assert!(matches!(store.load().unwrap_err(), StateError::NewerSchema { found: 99, .. }));
+    }
+
+    #[test]
+    fn second_lock_is_refused_with_the_holder_pid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::new(tmp.path().to_path_buf());
+        let first = store.lock().unwrap();
+        let err = store.lock().unwrap_err();
+        assert!(err.to_string().contains(&std::process::id().to_string()), "{err}");
+        drop(first);
+        store.lock().unwrap();
+    }
+
+    #[test]
+    fn archive_moves_and_keeps_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::new(tmp.path().to_path_buf());
+        store.save(&sample_state()).unwrap();
+        let to = store.archive_current(Some("r1")).unwrap().unwrap();
+        assert!(to.is_file());
+        assert!(!store.state_path().exists());
+    }
+}

@@ -1,0 +1,248 @@
+//! The review commands: `status`, `log`, `show`, `report`. They read the state (without taking
+//! the run lock, so they work while a run is going) and git; they never write either.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::cli::GlobalArgs;
+use crate::config;
+use crate::error::UserError;
+use crate::git;
+use crate::prompt::Templates;
+use crate::report;
+use crate::state::{Iteration, Outcome, RunState, RunStatus, StateStore};
+
+fn load(global: &GlobalArgs) -> Result<(std::path::PathBuf, StateStore, RunState)> {
+    let repo_root = config::repo_root(global.repo.as_deref())?;
+    let store = StateStore::new(config::state_dir(&repo_root, global.state_dir.as_deref()));
+    match store.load()? {
+        Some(state) => Ok((repo_root, store, state)),
+        None => Err(UserError(format!(
+            "no run in {}: start one with `improve --iterations N`",
+            store.dir().display()
+        ))
+        .into()),
+    }
+}
+
+/// `running` in the file but nobody holds the lock: the process died.
+fn effective_status(store: &StateStore, state: &RunState) -> RunStatus {
+    if state.status == RunStatus::Running && store.lock().is_ok() {
+        RunStatus::Interrupted
+    } else {
+        state.status
+    }
+}
+
+fn status_word(s: RunStatus) -> &'static str {
+    match s {
+        RunStatus::Running => "running",
+        RunStatus::Interrupted => "interrupted",
+        RunStatus::Complete => "complete",
+    }
+}
+
+fn outcome_word(o: Option<Outcome>) -> &'static str {
+    match o {
+        Some(Outcome::Kept) => "kept",
+        Some(Outcome::Rejected) => "rejected",
+        Some(Outcome::Error) => "error",
+        None => "",
+    }
+}
+
+pub fn status_json(store: &StateStore, state: &RunState) -> Value {
+    let (tokens_in, tokens_out) = state.tokens();
+    json!({
+        "run_id": state.run_id,
+        "run_branch": state.run_branch,
+        "base_commit": state.base_commit,
+        "state": status_word(effective_status(store, state)),
+        "iterations_target": state.iterations_target,
+        "iterations_done": state.iterations_done(),
+        "kept": state.count(Outcome::Kept),
+        "rejected": state.count(Outcome::Rejected),
+        "errors": state.count(Outcome::Error),
+        "tests_baseline": state.baseline.as_ref().map(|b| b.tests),
+        "tests_now": state.tests_now(),
+        "tests_added": state.kept().map(|i| i.tests_added).sum::<u32>(),
+        "tests_fixed": state.kept().map(|i| i.tests_fixed).sum::<u32>(),
+        "coverage_baseline": state.baseline.as_ref().and_then(|b| b.coverage.as_ref()).map(|c| c.percent),
+        "coverage_now": state.coverage_now().map(|c| c.percent),
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "elapsed_s": (state.elapsed_s * 10.0).round() / 10.0,
+        "stop_reason": state.stop_reason,
+    })
+}
+
+pub fn status(global: &GlobalArgs, as_json: bool) -> Result<()> {
+    let (_, store, state) = load(global)?;
+    let v = status_json(&store, &state);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let num = |k: &str| v[k].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let pct = |k: &str| v[k].as_f64().map(|p| format!("{p:.1}%")).unwrap_or_else(|| "not measured".into());
+    let mut out = String::new();
+    let _ = writeln!(out, "run {}  on {}  ({})", state.run_id, state.run_branch, v["state"].as_str().unwrap_or(""));
+    if let Some(r) = &state.stop_reason {
+        let _ = writeln!(out, "stopped: {r}");
+    }
+    let _ = writeln!(
+        out,
+        "iterations {} of {}: {} kept, {} rejected, {} errors",
+        num("iterations_done"),
+        num("iterations_target"),
+        num("kept"),
+        num("rejected"),
+        num("errors")
+    );
+    let _ = writeln!(out, "tests {} -> {} ({} added)", num("tests_baseline"), num("tests_now"), num("tests_added"));
+    let _ = writeln!(out, "coverage {} -> {}", pct("coverage_baseline"), pct("coverage_now"));
+    let _ = writeln!(
+        out,
+        "tokens {} in / {} out, elapsed {}",
+        num("tokens_in"),
+        num("tokens_out"),
+        humantime::format_duration(std::time::Duration::from_secs(state.elapsed_s.round() as u64))
+    );
+    print!("{out}");
+    Ok(())
+}
+
+pub fn log_json(it: &Iteration) -> Value {
+    json!({
+        "n": it.n,
+        "target": it.target,
+        "focus": it.focus,
+        "kind": match it.kind { crate::state::Kind::Add => "add", crate::state::Kind::Fix => "fix" },
+        "outcome": outcome_word(it.outcome),
+        "reason": it.reason,
+        "tests_added": it.tests_added,
+        "tests_fixed": it.tests_fixed,
+        "commit": it.commit,
+        "files": it.files,
+        "llm_calls": it.llm_calls,
+        "tokens_in": it.tokens_in,
+        "tokens_out": it.tokens_out,
+        "seconds": {
+            "llm": round1(it.seconds.llm),
+            "tests": round1(it.seconds.tests),
+            "total": round1(it.seconds.total),
+            "other": round1((it.seconds.total - it.seconds.llm - it.seconds.tests).max(0.0)),
+        },
+        "test_file": it.test_file,
+        "pytest_summary": it.verdict.as_ref().map(|v| v.pytest_summary.clone()),
+    })
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+pub fn log(global: &GlobalArgs, as_json: bool) -> Result<()> {
+    let (_, _, state) = load(global)?;
+    if as_json {
+        let rows: Vec<Value> = state.finished().map(log_json).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let target_w = state.finished().map(|i| i.target.len()).max().unwrap_or(6).max(6);
+    let focus_w = state.finished().map(|i| i.focus.len()).max().unwrap_or(5).max(5);
+    println!("{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  commit / reason", "#", "outcome", "target", "focus", "tests");
+    for it in state.finished() {
+        let detail = match (&it.commit, &it.reason) {
+            (Some(c), _) => git::short(c).to_string(),
+            (None, Some(r)) => r.clone(),
+            _ => String::new(),
+        };
+        println!(
+            "{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  {detail}",
+            it.n,
+            outcome_word(it.outcome),
+            it.target,
+            it.focus,
+            it.tests_added
+        );
+    }
+    Ok(())
+}
+
+pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
+    let (repo_root, store, state) = load(global)?;
+    let Some(it) = state.iterations.iter().find(|i| i.n == n) else {
+        return Err(UserError(format!(
+            "iteration {n} does not exist: this run has {} (see `improve log`)",
+            state.iterations.len()
+        ))
+        .into());
+    };
+    let dir = store.iteration_dir(&state.run_id, n);
+    let mut out = String::new();
+    let _ = writeln!(out, "iteration {n} of run {}", state.run_id);
+    let _ = writeln!(out, "target:   {}", it.target);
+    let _ = writeln!(out, "focus:    {}", it.focus);
+    let _ = writeln!(out, "kind:     {:?}", it.kind);
+    let _ = writeln!(
+        out,
+        "outcome:  {}",
+        if it.is_finished() { outcome_word(it.outcome).to_string() } else { format!("in progress ({:?})", it.step) }
+    );
+    if let Some(r) = &it.reason {
+        let _ = writeln!(out, "reason:   {r}");
+    }
+    if let Some(v) = &it.verdict {
+        let _ = writeln!(out, "pytest:   {}", v.pytest_summary);
+        if !v.new_failed.is_empty() {
+            let _ = writeln!(out, "failing:  {}", v.new_failed.join(", "));
+        }
+        if !v.regressions.is_empty() {
+            let _ = writeln!(out, "broke:    {}", v.regressions.join(", "));
+        }
+    }
+    if let Some(c) = &it.commit {
+        let _ = writeln!(out, "commit:   {c}");
+    }
+    let _ = writeln!(
+        out,
+        "time:     {:.1}s total, {:.1}s LLM, {:.1}s pytest; {} LLM call(s), {} tokens in, {} out",
+        it.seconds.total, it.seconds.llm, it.seconds.tests, it.llm_calls, it.tokens_in, it.tokens_out
+    );
+    for (label, file) in [("prompt", "prompt.md"), ("answer", "response.json")] {
+        let p = dir.join(file);
+        if p.exists() {
+            let _ = writeln!(out, "{label}:   {:<1}{}", "", p.display());
+        }
+    }
+    let diff = match (&it.commit, dir.join("diff.patch")) {
+        (Some(c), _) => git2::Oid::from_str(c)
+            .ok()
+            .and_then(|oid| git::open(&repo_root).ok().and_then(|repo| git::commit_patch(&repo, oid).ok())),
+        (None, patch) => std::fs::read_to_string(patch).ok(),
+    };
+    match diff {
+        Some(d) => {
+            let _ = writeln!(out, "\n{d}");
+        }
+        None => {
+            let _ = writeln!(out, "\n(no diff: the proposal never became a file)");
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+pub fn report(global: &GlobalArgs, out: Option<&Path>) -> Result<()> {
+    let (repo_root, store, state) = load(global)?;
+    let repo = git::open(&repo_root)?;
+    let templates = Templates::load(Some(store.dir()))?;
+    let path = out.map(Path::to_path_buf).unwrap_or_else(|| store.dir().join("report.md"));
+    report::write(&repo, &state, &templates, &path)?;
+    eprintln!("report written to {}", path.display());
+    Ok(())
+}
