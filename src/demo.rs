@@ -49,7 +49,9 @@ fn write_tree(dir: &Dir<'_>, to: &Path) -> Result<()> {
 }
 
 fn init_repo(root: &Path) -> Result<()> {
-    let repo = git2::Repository::init(root).with_context(|| format!("git init {}", root.display()))?;
+    let mut opts = git2::RepositoryInitOptions::new();
+    opts.initial_head("main");
+    let repo = git2::Repository::init_opts(root, &opts).with_context(|| format!("git init {}", root.display()))?;
     let mut index = repo.index()?;
     index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
     index.write()?;

@@ -5,10 +5,12 @@
 //! token usage come out, or a classified [`LlmError`] that says whether trying again could help.
 
 mod anthropic;
+mod client;
 mod openai;
 mod record;
 mod retry;
 
+pub use client::LlmClient;
 pub use record::{Exchange, Recording};
 pub use retry::RetryPolicy;
 

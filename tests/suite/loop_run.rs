@@ -1,0 +1,258 @@
+//! The loop end to end: what is kept, what is not, and what is never touched.
+
+use super::*;
+
+/// Answers in order: good, failing, invalid Python, escaping path, good.
+fn mixed_answers() -> Vec<Answer> {
+    vec![
+        code_answer(GOOD_TEXT),
+        code_answer(FAILING),
+        code_answer(INVALID),
+        code_answer(ESCAPING),
+        code_answer(GOOD_OPS),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_run_keeps_exactly_the_passing_proposals() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, mixed_answers()).await;
+    let base = fx.head();
+    let mut cmd = improve(fx.root());
+    cmd.args(["--iterations", "5"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+
+    let log = json({
+        let mut c = improve(fx.root());
+        c.args(["log", "--json"]);
+        c
+    });
+    let outcomes: Vec<&str> = log.as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["kept", "rejected", "rejected", "rejected", "kept"], "{log:#}");
+    let reasons: Vec<String> = log.as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap_or("").to_string()).collect();
+    assert!(reasons[1].contains("new tests fail") && reasons[1].contains("test_add_wrong"), "{}", reasons[1]);
+    assert!(reasons[2].contains("invalid Python"), "{}", reasons[2]);
+    assert!(reasons[3].contains("unsafe path"), "{}", reasons[3]);
+
+    // Kept iterations are exactly the commits on the run branch, each with its trailers.
+    let commits = fx.run_commits();
+    assert_eq!(commits.len(), 2);
+    let run_id = json({
+        let mut c = improve(fx.root());
+        c.args(["status", "--json"]);
+        c
+    })["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (commit, n) in commits.iter().zip([1, 5]) {
+        let msg = git(fx.root(), &["log", "-1", "--format=%B", commit]);
+        assert!(msg.contains(&format!("Improve-Run: {run_id}")), "{msg}");
+        assert!(msg.contains(&format!("Improve-Iteration: {n}")), "{msg}");
+        assert!(msg.lines().next().unwrap().contains(&format!("#{n}")), "{msg}");
+        assert!(msg.contains("Target: calc/") && msg.contains("Focus: ") && msg.contains("Pytest: "), "{msg}");
+        let logged = &log[n - 1];
+        assert_eq!(logged["commit"].as_str(), Some(commit.as_str()));
+    }
+    // Only files under tests/ changed, and they are new files.
+    let changed = git(fx.root(), &["diff", "--name-status", &base, &fx.run_branch()]);
+    for line in changed.lines() {
+        let (status, file) = line.split_once('\t').unwrap();
+        assert_eq!(status, "A", "{line}");
+        assert!(file.starts_with("tests/"), "{line}");
+    }
+    assert_eq!(changed.lines().count(), 2);
+    // Nothing was written where the escaping path pointed.
+    assert!(!fx.root().parent().unwrap().join("evil_test.py").exists());
+    assert!(!fx.root().join("evil_test.py").exists());
+    // The suite passes on the run branch, with the new tests in it.
+    let (ok, summary) = fx.suite_passes_on_run_branch();
+    assert!(ok, "{summary}");
+    assert!(summary.contains("7 passed"), "{summary}");
+
+    let status = json({
+        let mut c = improve(fx.root());
+        c.args(["status", "--json"]);
+        c
+    });
+    assert_eq!(status["state"], "complete");
+    assert_eq!(status["iterations_done"], 5);
+    assert_eq!(status["kept"], 2);
+    assert_eq!(status["rejected"], 3);
+    assert_eq!(status["errors"], 0);
+    assert_eq!(status["tests_baseline"], 1);
+    assert_eq!(status["tests_now"], 7);
+    assert_eq!(status["tests_added"], 6);
+    assert_eq!(status["tokens_in"], 5 * 120);
+    assert_eq!(status["tokens_out"], 5 * 45);
+    assert_eq!(status["base_commit"], base);
+    // No worktree or iteration branch is left behind.
+    let branches = git(fx.root(), &["branch", "--list", "improve-wip/*"]);
+    assert_eq!(branches, "");
+    let worktrees = git(fx.root(), &["worktree", "list"]);
+    assert_eq!(worktrees.lines().count(), 1, "{worktrees}");
+    // The report exists and states the measured figures.
+    let report = std::fs::read_to_string(fx.state_dir().join("report.md")).unwrap();
+    assert!(report.contains("**2 kept**") && report.contains("**6 added**"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_users_branch_index_and_working_tree_are_untouched() {
+    let fx = Fixture::new();
+    let root = fx.root();
+    // An uncommitted edit, a staged edit and an untracked file.
+    std::fs::write(root.join("calc/ops.py"), format!("{OPS}\n# work in progress\n")).unwrap();
+    std::fs::write(root.join("calc/text.py"), format!("{TEXT}\n# staged\n")).unwrap();
+    git(root, &["add", "calc/text.py"]);
+    std::fs::write(root.join("notes.txt"), "my notes\n").unwrap();
+    let status_before = git(root, &["status", "--porcelain"]);
+    let head_before = git(root, &["rev-parse", "HEAD"]);
+    let branch_before = git(root, &["symbolic-ref", "HEAD"]);
+    let staged_before = git(root, &["diff", "--cached"]);
+
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(FAILING)]).await;
+    let mut cmd = improve(root);
+    cmd.args(["-n", "2"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    assert_eq!(git(root, &["status", "--porcelain"]), status_before);
+    assert_eq!(git(root, &["rev-parse", "HEAD"]), head_before);
+    assert_eq!(git(root, &["symbolic-ref", "HEAD"]), branch_before);
+    assert_eq!(git(root, &["diff", "--cached"]), staged_before);
+    assert_eq!(std::fs::read_to_string(root.join("notes.txt")).unwrap(), "my notes\n");
+    assert!(std::fs::read_to_string(root.join("calc/ops.py")).unwrap().ends_with("# work in progress\n"));
+    // The kept test went to the run branch, not to the working tree.
+    assert_eq!(fx.run_commits().len(), 1);
+    let tests_in_tree: Vec<_> = std::fs::read_dir(root.join("tests")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(tests_in_tree.len(), 1, "{tests_in_tree:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_key_is_sent_but_never_stored_nor_shown_to_tests() {
+    let fx = Fixture::new();
+    let key = "sk-test-SECRET-4242-never-store-me";
+    // A test that passes only if the key is absent from its environment.
+    let env_probe = "import os\n\n\ndef test_no_secret_in_env():\n    assert not any('SECRET-4242' in v for v in os.environ.values())\n    assert 'OPENAI_API_KEY' not in os.environ\n";
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(env_probe), code_answer(GOOD_TEXT)]).await;
+    let recording = fx.state_dir().join("recording.json");
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2", "--record"]).arg(&recording).env("OPENAI_API_KEY", key);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let requests = llm.requests().await;
+    assert_eq!(requests.len(), 2);
+    for r in &requests {
+        assert_eq!(r.headers.get("authorization").unwrap().to_str().unwrap(), format!("Bearer {key}"));
+    }
+    let log = json({
+        let mut c = improve(fx.root());
+        c.args(["log", "--json"]);
+        c
+    });
+    assert_eq!(log[0]["outcome"], "kept", "the tests saw the key: {log:#}");
+
+    // Nothing under the state dir (state, artifacts, pytest output, recording) holds the key.
+    let mut files = 0;
+    for entry in walk(&fx.state_dir()) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        files += 1;
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("SECRET-4242"),
+            "the key leaked into {}",
+            entry.display()
+        );
+    }
+    assert!(files > 10, "expected artifacts under the state dir, found {files}");
+    assert!(recording.is_file());
+    // Nor the commits.
+    let all = git(fx.root(), &["log", "--all", "-p"]);
+    assert!(!all.contains("SECRET-4242"));
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn review_commands_describe_the_run() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(FAILING)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let text = |args: &[&str]| {
+        let mut c = improve(fx.root());
+        c.args(args);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let status = text(&["status"]);
+    assert!(status.contains("complete") && status.contains("1 kept, 1 rejected"), "{status}");
+    let log = text(&["log"]);
+    assert_eq!(log.lines().count(), 3, "{log}");
+    assert!(log.lines().nth(1).unwrap().contains("kept") && log.lines().nth(2).unwrap().contains("new tests fail"), "{log}");
+    let show_kept = text(&["show", "1"]);
+    assert!(show_kept.contains("outcome:  kept") && show_kept.contains("+def test_slug"), "{show_kept}");
+    let show_rejected = text(&["show", "2"]);
+    assert!(show_rejected.contains("outcome:  rejected") && show_rejected.contains("+def test_add_wrong"), "{show_rejected}");
+    assert!(show_rejected.contains("response.json"), "{show_rejected}");
+
+    let report_file = fx.root().join("out.md");
+    let mut c = improve(fx.root());
+    c.args(["report", "--out"]).arg(&report_file);
+    assert!(c.output().unwrap().status.success());
+    let report = std::fs::read_to_string(&report_file).unwrap();
+    assert!(report.contains("| 1 | `calc/text.py`"), "{report}");
+    assert!(report.contains("new tests fail | 1"), "{report}");
+
+    let mut c = improve(fx.root());
+    c.args(["show", "9"]);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("iteration 9 does not exist"));
+}
+
+#[test]
+fn the_demo_runs_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo_dir = tmp.path().join("demo");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_improve"));
+    cmd.arg("demo").arg("--repo").arg(&demo_dir).arg("--test-cmd").arg(test_cmd());
+    for key in ["IMPROVE_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"] {
+        cmd.env_remove(key);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let status = json({
+        let mut c = improve(&demo_dir);
+        c.args(["status", "--json"]);
+        c
+    });
+    assert_eq!(status["iterations_done"], 5);
+    assert!(status["kept"].as_u64().unwrap() >= 3, "{status:#}");
+    assert_eq!(status["tokens_in"].as_u64().map(|t| t > 0), Some(true));
+    let commits = git(&demo_dir, &["rev-list", "--count", &format!("main..{}", status["run_branch"].as_str().unwrap())]);
+    assert_eq!(commits, status["kept"].to_string());
+}

@@ -1,0 +1,276 @@
+//! Shared helpers: a real git repository with a small Python package, the real `improve` binary,
+//! real pytest, and a real HTTP server standing in for the LLM.
+
+#![allow(dead_code)]
+
+mod bad_input;
+mod loop_run;
+mod resume;
+mod wire;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+/// The Python that has pytest and coverage: `IMPROVE_TEST_PYTHON` (the test script sets it to
+/// its venv), else `python3`.
+pub fn python() -> String {
+    std::env::var("IMPROVE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+pub fn test_cmd() -> String {
+    format!("{} -m pytest", python())
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub const OPS: &str = r#"def add(a, b):
+    return a + b
+
+
+def divide(a, b):
+    if b == 0:
+        raise ZeroDivisionError("division by zero")
+    return a / b
+
+
+def clamp(x, lo, hi):
+    if lo > hi:
+        raise ValueError("lo must not exceed hi")
+    return max(lo, min(x, hi))
+"#;
+
+pub const TEXT: &str = r#"def slug(s):
+    return "-".join(s.lower().split())
+
+
+def initials(name):
+    parts = name.split()
+    if not parts:
+        raise ValueError("empty name")
+    return "".join(p[0].upper() for p in parts)
+"#;
+
+/// A git repository in a temp dir with a package `calc` (two modules) and one passing test.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("calc")).unwrap();
+        std::fs::create_dir_all(root.join("tests")).unwrap();
+        std::fs::write(root.join("calc/__init__.py"), "").unwrap();
+        std::fs::write(root.join("calc/ops.py"), OPS).unwrap();
+        std::fs::write(root.join("calc/text.py"), TEXT).unwrap();
+        std::fs::write(
+            root.join("tests/test_ops.py"),
+            "from calc.ops import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("pyproject.toml"), "[tool.pytest.ini_options]\npythonpath = [\".\"]\n").unwrap();
+        git(root, &["init", "-q", "-b", "main"]);
+        git(root, &["add", "-A"]);
+        git(root, &["commit", "-qm", "initial"]);
+        Fixture { dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root().join(".improve")
+    }
+
+    pub fn head(&self) -> String {
+        git(self.root(), &["rev-parse", "HEAD"])
+    }
+
+    /// The run branch named in the state.
+    pub fn run_branch(&self) -> String {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.state_dir().join("state.json")).unwrap()).unwrap();
+        state["run_branch"].as_str().unwrap().to_string()
+    }
+
+    /// Commits on the run branch since the base, oldest first.
+    pub fn run_commits(&self) -> Vec<String> {
+        let branch = self.run_branch();
+        let out = git(self.root(), &["rev-list", "--reverse", &format!("main..{branch}")]);
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// Runs pytest on a fresh checkout of the run branch (not the user's tree).
+    pub fn suite_passes_on_run_branch(&self) -> (bool, String) {
+        let branch = self.run_branch();
+        let check = tempfile::tempdir().unwrap();
+        let wt = check.path().join("wt");
+        git(self.root(), &["worktree", "add", "-q", "--detach", wt.to_str().unwrap(), &branch]);
+        let out = Command::new(python())
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            .current_dir(&wt)
+            .output()
+            .unwrap();
+        git(self.root(), &["worktree", "remove", "--force", wt.to_str().unwrap()]);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    }
+}
+
+/// The real binary with a clean environment for keys and fast retries.
+pub fn improve(repo: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_improve"));
+    cmd.arg("--repo").arg(repo);
+    for key in ["IMPROVE_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "IMPROVE_LLM_URL", "IMPROVE_MODEL", "IMPROVE_TEST_ABORT_AT"] {
+        cmd.env_remove(key);
+    }
+    cmd.env("IMPROVE_RETRY_BASE_MS", "10");
+    cmd
+}
+
+/// Runs a command on a blocking thread so the stand-in server keeps serving meanwhile.
+pub async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("improve starts"))
+        .await
+        .expect("join")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn json(cmd: Command) -> serde_json::Value {
+    let mut cmd = cmd;
+    let out = cmd.output().expect("improve starts");
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
+/// What the stand-in does for one call.
+#[derive(Clone)]
+pub enum Answer {
+    /// A 200 with this text as the model's answer.
+    Text(String),
+    /// A raw response (status, headers, body), for misbehaviour.
+    Raw(ResponseTemplate),
+}
+
+pub fn code_answer(code: &str) -> Answer {
+    Answer::Text(format!("Here are the tests.\n\n```python\n{code}```\n"))
+}
+
+/// Serves queued answers in order; once the queue is empty, answers 500.
+pub struct Queue {
+    wire: Wire,
+    answers: Mutex<VecDeque<Answer>>,
+}
+
+impl Respond for Queue {
+    fn respond(&self, _req: &Request) -> ResponseTemplate {
+        let next = self.answers.lock().unwrap().pop_front();
+        match next {
+            Some(Answer::Text(text)) => ResponseTemplate::new(200).set_body_json(match self.wire {
+                Wire::OpenAi => serde_json::json!({
+                    "id": "chatcmpl-1", "object": "chat.completion", "model": "stand-in",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 120, "completion_tokens": 45, "total_tokens": 165}
+                }),
+                Wire::Anthropic => serde_json::json!({
+                    "id": "msg_1", "type": "message", "role": "assistant", "model": "stand-in",
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "end_turn",
+                    "usage": {"input_tokens": 120, "output_tokens": 45}
+                }),
+            }),
+            Some(Answer::Raw(t)) => t,
+            None => ResponseTemplate::new(500).set_body_string("stand-in: no answer queued"),
+        }
+    }
+}
+
+pub struct StandIn {
+    pub server: MockServer,
+    pub wire: Wire,
+}
+
+impl StandIn {
+    pub async fn start(wire: Wire, answers: Vec<Answer>) -> StandIn {
+        let server = MockServer::start().await;
+        let route = match wire {
+            Wire::OpenAi => "/v1/chat/completions",
+            Wire::Anthropic => "/v1/messages",
+        };
+        Mock::given(method("POST"))
+            .and(path(route))
+            .respond_with(Queue {
+                wire,
+                answers: Mutex::new(answers.into()),
+            })
+            .mount(&server)
+            .await;
+        StandIn { server, wire }
+    }
+
+    /// The `--llm-url` for this stand-in.
+    pub fn url(&self) -> String {
+        match self.wire {
+            Wire::OpenAi => format!("{}/v1", self.server.uri()),
+            Wire::Anthropic => self.server.uri(),
+        }
+    }
+
+    pub async fn requests(&self) -> Vec<Request> {
+        self.server.received_requests().await.unwrap_or_default()
+    }
+
+    /// Adds the flags that point `improve` at this stand-in.
+    pub fn args(&self, cmd: &mut Command) {
+        cmd.arg("--provider")
+            .arg(match self.wire {
+                Wire::OpenAi => "openai",
+                Wire::Anthropic => "anthropic",
+            })
+            .arg("--llm-url")
+            .arg(self.url())
+            .arg("--model")
+            .arg("stand-in-model")
+            .arg("--test-cmd")
+            .arg(test_cmd());
+    }
+}
+
+pub type Shared<T> = Arc<Mutex<T>>;
+
+pub const GOOD_OPS: &str = "import pytest\n\nfrom calc.ops import clamp, divide\n\n\ndef test_divide():\n    assert divide(6, 3) == 2\n\n\ndef test_divide_by_zero():\n    with pytest.raises(ZeroDivisionError):\n        divide(1, 0)\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n";
+pub const GOOD_TEXT: &str = "import pytest\n\nfrom calc.text import initials, slug\n\n\ndef test_slug():\n    assert slug(\"Hello  World\") == \"hello-world\"\n\n\ndef test_initials():\n    assert initials(\"ada lovelace\") == \"AL\"\n\n\ndef test_initials_empty():\n    with pytest.raises(ValueError):\n        initials(\"   \")\n";
+pub const FAILING: &str = "from calc.ops import add\n\n\ndef test_add_wrong():\n    assert add(1, 1) == 3\n\n\ndef test_add_right():\n    assert add(1, 1) == 2\n";
+pub const INVALID: &str = "def test_broken(:\n    pass\n";
+pub const ESCAPING: &str = "# ../../evil_test.py\ndef test_evil():\n    assert True\n";

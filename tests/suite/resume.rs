@@ -1,0 +1,174 @@
+//! Crash and resume: a kill at every checkpoint of an iteration, `kill -9` at random moments,
+//! and the lock that keeps two runs apart.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::*;
+
+fn answers() -> Vec<Answer> {
+    vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS), code_answer(FAILING)]
+}
+
+/// Checks the run is whole: complete, one commit per kept iteration with distinct trailers,
+/// and the suite passing on the run branch.
+fn assert_consistent(fx: &Fixture, expected_kept: usize) {
+    let status = json({
+        let mut c = improve(fx.root());
+        c.args(["status", "--json"]);
+        c
+    });
+    assert_eq!(status["state"], "complete", "{status:#}");
+    assert_eq!(status["iterations_done"], 3, "{status:#}");
+    let commits = fx.run_commits();
+    assert_eq!(commits.len(), expected_kept, "{status:#}");
+    assert_eq!(status["kept"].as_u64(), Some(expected_kept as u64));
+    let mut seen = BTreeSet::new();
+    for c in &commits {
+        let msg = git(fx.root(), &["log", "-1", "--format=%B", c]);
+        let n = msg.lines().find(|l| l.starts_with("Improve-Iteration: ")).expect("trailer").to_string();
+        assert!(seen.insert(n.clone()), "duplicate commit for {n}");
+    }
+    let (ok, out) = fx.suite_passes_on_run_branch();
+    assert!(ok, "{out}");
+    assert_eq!(git(fx.root(), &["branch", "--list", "improve-wip/*"]), "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resumes_after_a_kill_at_every_checkpoint() {
+    // Checkpoints of iteration 2, plus the run-level ones; `kept-ref` is the instant between the
+    // run branch moving and the state recording it.
+    for point in ["started", "baseline", "planned:2", "asked:2", "applied:2", "verified:2", "kept-ref:2", "finished:2"] {
+        let fx = Fixture::new();
+        let llm = StandIn::start(Wire::OpenAi, answers()).await;
+        let mut cmd = improve(fx.root());
+        cmd.args(["-n", "3"]).env("IMPROVE_TEST_ABORT_AT", point);
+        llm.args(&mut cmd);
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), None, "{point}: expected death by SIGKILL; {}", stderr(&out));
+
+        let mut cmd = improve(fx.root());
+        llm.args(&mut cmd);
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", stderr(&out));
+        assert!(stderr(&out).contains("resuming run"), "{point}: {}", stderr(&out));
+        assert_consistent(&fx, 2);
+        // Every answer was asked for exactly once: a saved answer is never paid for twice.
+        assert_eq!(llm.requests().await.len(), 3, "{point}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resumes_after_kill_dash_nine_at_random_moments() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    for round in 0..3 {
+        let fx = Fixture::new();
+        let llm = StandIn::start(Wire::OpenAi, answers()).await;
+        let mut kills = 0;
+        for attempt in 0..6 {
+            let mut cmd = improve(fx.root());
+            cmd.args(["-n", "3"]);
+            llm.args(&mut cmd);
+            let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+            let wait = Duration::from_millis(rng.u64(200..2500));
+            tokio::time::sleep(wait).await;
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGKILL);
+            }
+            child.wait().unwrap();
+            kills += 1;
+            let _ = attempt;
+        }
+        let mut cmd = improve(fx.root());
+        llm.args(&mut cmd);
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), Some(0), "round {round} after {kills} kills: {}", stderr(&out));
+        assert_consistent(&fx, 2);
+        assert!(llm.requests().await.len() <= 3 + kills, "answers asked for more than once per kill");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_refuses_while_the_first_holds_the_lock() {
+    let fx = Fixture::new();
+    let slow = ResponseTemplate::new(200)
+        .set_delay(Duration::from_secs(4))
+        .set_body_json(serde_json::json!({"choices": [{"message": {"content": format!("```python\n{GOOD_TEXT}```")}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}));
+    let llm = StandIn::start(Wire::OpenAi, vec![Answer::Raw(slow)]).await;
+    let mut first = improve(fx.root());
+    first.args(["-n", "1"]);
+    llm.args(&mut first);
+    let first = first.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    // Wait until the first run has started.
+    for _ in 0..100 {
+        if fx.state_dir().join("state.json").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut second = improve(fx.root());
+    llm.args(&mut second);
+    let out = output(second).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another improve run"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&first.id().to_string()), "names the pid: {}", stderr(&out));
+    let out = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_left_by_a_dead_process_is_taken_over() {
+    let fx = Fixture::new();
+    std::fs::create_dir_all(fx.state_dir()).unwrap();
+    // A lock file naming a process that no longer exists.
+    std::fs::write(fx.state_dir().join("lock"), "999999\n").unwrap();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_larger_iteration_count_on_resume_extends_the_run() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"]).env("IMPROVE_TEST_ABORT_AT", "finished:1");
+    llm.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), None);
+    let branch = fx.run_branch();
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(fx.run_branch(), branch);
+    assert_eq!(fx.run_commits().len(), 2);
+    assert_eq!(llm.requests().await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_complete_run_a_new_one_starts_and_the_old_is_archived() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"]);
+    llm.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), Some(0));
+    let first_branch = fx.run_branch();
+    // The run is complete: a plain rerun starts a new run and archives the old state.
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("archived"), "{}", stderr(&out));
+    assert_ne!(fx.run_branch(), first_branch);
+    // The first run's branch and commit are still there.
+    assert_eq!(git(fx.root(), &["rev-list", "--count", &format!("main..{first_branch}")]), "1");
+}
