@@ -17,7 +17,7 @@ use crate::llm::Provider;
 LLM for new pytest tests, applies them on a git branch in its own worktree, verifies them with \
 pytest and keeps them only if they pass. Progress is saved after every step: run the same command \
 again to resume an interrupted run.",
-    args_conflicts_with_subcommands = true
+    subcommand_negates_reqs = true
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -104,7 +104,9 @@ fn a_missing_model_and_a_bad_url() {
     let mut cmd = improve(fx.root());
     cmd.args(["--llm-url", "http://127.0.0.1:9/v1", "--test-cmd", &test_cmd()]);
     assert_one_line_error(&cmd.output().unwrap(), 2, "--model");
-    assert_one_line_error(&run_in(fx.root(), &["--llm-url", "localhost:8080"]), 2, "http://");
+    let mut cmd = improve(fx.root());
+    cmd.args(["--llm-url", "localhost:8080", "--model", "m", "--test-cmd", &test_cmd()]);
+    assert_one_line_error(&cmd.output().unwrap(), 2, "http://");
 }
 
 #[test]

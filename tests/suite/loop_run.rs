@@ -136,7 +136,7 @@ async fn the_api_key_is_sent_but_never_stored_nor_shown_to_tests() {
     let fx = Fixture::new();
     let key = "sk-test-SECRET-4242-never-store-me";
     // A test that passes only if the key is absent from its environment.
-    let env_probe = "import os\n\n\ndef test_no_secret_in_env():\n    assert not any('SECRET-4242' in v for v in os.environ.values())\n    assert 'OPENAI_API_KEY' not in os.environ\n";
+    let env_probe = "import os\n\n\ndef test_no_secret_in_env():\n    assert not any(v.startswith('sk-test-') for v in os.environ.values())\n    assert 'OPENAI_API_KEY' not in os.environ\n";
     let llm = StandIn::start(Wire::OpenAi, vec![code_answer(env_probe), code_answer(GOOD_TEXT)]).await;
     let recording = fx.state_dir().join("recording.json");
     let mut cmd = improve(fx.root());
