@@ -29,8 +29,8 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
                 walk(root, &path, out);
             }
         } else if meta.is_file() && name.ends_with(".py") {
-            // An `__init__.py` with nothing but comments has nothing to test.
-            if name == "__init__.py" && !has_code(&path) {
+            // An `__init__.py` that only re-exports or documents has nothing to test.
+            if name == "__init__.py" && !defines_something(&path) {
                 continue;
             }
             if let Ok(rel) = path.strip_prefix(root) {
@@ -40,9 +40,14 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
-fn has_code(path: &Path) -> bool {
+fn defines_something(path: &Path) -> bool {
     std::fs::read_to_string(path)
-        .map(|t| t.lines().any(|l| !l.trim().is_empty() && !l.trim().starts_with('#')))
+        .map(|t| {
+            t.lines().any(|l| {
+                let l = l.trim_start();
+                l.starts_with("def ") || l.starts_with("async def ") || l.starts_with("class ")
+            })
+        })
         .unwrap_or(false)
 }
 
@@ -151,9 +156,9 @@ mod tests {
         let p = tmp.path();
         std::fs::create_dir_all(p.join("pkg/sub")).unwrap();
         std::fs::create_dir_all(p.join("pkg/data")).unwrap();
-        std::fs::write(p.join("pkg/__init__.py"), "# nothing\n").unwrap();
+        std::fs::write(p.join("pkg/__init__.py"), "\"\"\"Docs only.\"\"\"\nfrom .a import x\n").unwrap();
         std::fs::write(p.join("pkg/a.py"), "x = 1\n").unwrap();
-        std::fs::write(p.join("pkg/sub/__init__.py"), "y = 2\n").unwrap();
+        std::fs::write(p.join("pkg/sub/__init__.py"), "def y():\n    return 2\n").unwrap();
         std::fs::write(p.join("pkg/data/b.py"), "z = 3\n").unwrap();
         assert_eq!(list_modules(p, "pkg"), vec!["pkg/a.py", "pkg/sub/__init__.py"]);
     }

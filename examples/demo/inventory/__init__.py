@@ -1,0 +1,2 @@
+# inventory: a small demo package for `improve demo`.
+# Import the modules directly, e.g. `from inventory.pricing import unit_price`.
