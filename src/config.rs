@@ -109,15 +109,15 @@ pub fn load_file_config(repo_root: &Path) -> Result<FileConfig, UsageError> {
         Ok(v) => v,
         // A pyproject.toml we cannot parse is the project's business, not a reason to refuse.
         Err(e) => {
-            tracing::warn!("ignoring {}: {}", pyproject.display(), one_line(&e.to_string()));
+            tracing::warn!(
+                "ignoring {}: {}",
+                pyproject.display(),
+                one_line(&e.to_string())
+            );
             return Ok(FileConfig::default());
         }
     };
-    let Some(section) = value
-        .get("tool")
-        .and_then(|t| t.get("improve"))
-        .cloned()
-    else {
+    let Some(section) = value.get("tool").and_then(|t| t.get("improve")).cloned() else {
         return Ok(FileConfig::default());
     };
     section.try_into().map_err(|e: toml::de::Error| {
@@ -154,7 +154,10 @@ pub fn resolve(
     file: &FileConfig,
     saved: Option<&RunSettings>,
 ) -> Result<Resolved, UsageError> {
-    let replay = cli.replay.clone().or_else(|| saved.and_then(|s| s.replay.clone()));
+    let replay = cli
+        .replay
+        .clone()
+        .or_else(|| saved.and_then(|s| s.replay.clone()));
     let provider = match (cli.provider, &file.provider) {
         (Some(p), _) => p.into(),
         (None, _) if cli.replay.is_some() => Provider::Replay,
@@ -184,9 +187,15 @@ pub fn resolve(
         .llm_url
         .clone()
         .or_else(|| file.llm_url.clone())
-        .or_else(|| saved.filter(|s| s.provider == provider).map(|s| s.llm_url.clone()))
+        .or_else(|| {
+            saved
+                .filter(|s| s.provider == provider)
+                .map(|s| s.llm_url.clone())
+        })
         .unwrap_or_else(|| default_url(provider).to_string());
-    if provider != Provider::Replay && !(llm_url.starts_with("http://") || llm_url.starts_with("https://")) {
+    if provider != Provider::Replay
+        && !(llm_url.starts_with("http://") || llm_url.starts_with("https://"))
+    {
         return Err(UsageError(format!(
             "--llm-url `{llm_url}` must start with http:// or https://"
         )));
@@ -195,7 +204,11 @@ pub fn resolve(
         .model
         .clone()
         .or_else(|| file.model.clone())
-        .or_else(|| saved.filter(|s| s.provider == provider).map(|s| s.model.clone()));
+        .or_else(|| {
+            saved
+                .filter(|s| s.provider == provider)
+                .map(|s| s.model.clone())
+        });
     let model = match (model, provider) {
         (Some(m), _) if !m.trim().is_empty() => m,
         (_, Provider::Replay) => "replay".to_string(),
@@ -246,7 +259,9 @@ pub fn resolve(
 
     let file_duration = |v: &Option<String>, name: &str| -> Result<Option<Duration>, UsageError> {
         v.as_deref()
-            .map(|s| parse_duration(s).map_err(|e| UsageError(format!("{name} in the config file: {e}"))))
+            .map(|s| {
+                parse_duration(s).map_err(|e| UsageError(format!("{name} in the config file: {e}")))
+            })
             .transpose()
     };
     let test_timeout = cli
@@ -268,21 +283,32 @@ pub fn resolve(
     if iterations == 0 {
         return Err(UsageError("iterations must be at least 1".into()));
     }
-    let jobs = cli.jobs.or(file.jobs).or(saved.map(|s| s.jobs)).unwrap_or(1);
+    let jobs = cli
+        .jobs
+        .or(file.jobs)
+        .or(saved.map(|s| s.jobs))
+        .unwrap_or(1);
     if jobs == 0 {
         return Err(UsageError("jobs must be at least 1".into()));
     }
 
     Ok(Resolved {
         iterations,
-        base: cli.base.clone().or_else(|| file.base.clone()).unwrap_or_else(|| "HEAD".into()),
+        base: cli
+            .base
+            .clone()
+            .or_else(|| file.base.clone())
+            .unwrap_or_else(|| "HEAD".into()),
         max_duration,
         settings: RunSettings {
             provider,
             llm_url,
             model,
             replay,
-            record: cli.record.clone().or_else(|| saved.and_then(|s| s.record.clone())),
+            record: cli
+                .record
+                .clone()
+                .or_else(|| saved.and_then(|s| s.record.clone())),
             test_cmd,
             package,
             tests_dir,
@@ -295,7 +321,10 @@ pub fn resolve(
                 .or(file.max_llm_failures)
                 .or(saved.map(|s| s.max_llm_failures))
                 .unwrap_or(5),
-            max_tokens: cli.max_tokens.or(file.max_tokens).or(saved.and_then(|s| s.max_tokens)),
+            max_tokens: cli
+                .max_tokens
+                .or(file.max_tokens)
+                .or(saved.and_then(|s| s.max_tokens)),
             max_duration_s: max_duration.map(|d| d.as_secs()),
         },
     })
@@ -321,8 +350,11 @@ fn default_url(provider: Provider) -> &'static str {
 }
 
 pub fn parse_test_cmd(text: &str) -> Result<Vec<String>, UsageError> {
-    let words = shell_words::split(text)
-        .map_err(|e| UsageError(format!("--test-cmd `{text}` cannot be split into words: {e}")))?;
+    let words = shell_words::split(text).map_err(|e| {
+        UsageError(format!(
+            "--test-cmd `{text}` cannot be split into words: {e}"
+        ))
+    })?;
     if words.is_empty() {
         return Err(UsageError("--test-cmd is empty".into()));
     }
@@ -345,7 +377,8 @@ fn check_dir(repo_root: &Path, rel: &str, flag: &str) -> Result<String, UsageErr
     let p = Path::new(&trimmed);
     if trimmed.is_empty()
         || p.is_absolute()
-        || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
         return Err(UsageError(format!(
             "{flag} `{rel}` must be a folder relative to the repository, without `..`"
@@ -360,7 +393,9 @@ fn check_dir(repo_root: &Path, rel: &str, flag: &str) -> Result<String, UsageErr
     Ok(trimmed)
 }
 
-const NOT_PACKAGES: &[&str] = &["tests", "test", "docs", "examples", "build", "dist", "venv", "env"];
+const NOT_PACKAGES: &[&str] = &[
+    "tests", "test", "docs", "examples", "build", "dist", "venv", "env",
+];
 
 /// Finds the one package (a folder with `__init__.py`) at the root or under `src/`.
 pub fn detect_package(repo_root: &Path) -> Result<String, UsageError> {
@@ -372,12 +407,19 @@ pub fn detect_package(repo_root: &Path) -> Result<String, UsageError> {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') || name.starts_with('_') || NOT_PACKAGES.contains(&name.as_str()) {
+            if name.starts_with('.')
+                || name.starts_with('_')
+                || NOT_PACKAGES.contains(&name.as_str())
+            {
                 continue;
             }
             let path = entry.path();
             if path.is_dir() && path.join("__init__.py").is_file() {
-                found.push(if parent.is_empty() { name } else { format!("{parent}/{name}") });
+                found.push(if parent.is_empty() {
+                    name
+                } else {
+                    format!("{parent}/{name}")
+                });
             }
         }
     }
@@ -508,7 +550,13 @@ mod tests {
     #[test]
     fn missing_model_is_a_usage_error() {
         let tmp = repo_with(&["pkg", "tests"], &["pkg/__init__.py"]);
-        let err = resolve(tmp.path(), &RunArgs::default(), &FileConfig::default(), None).unwrap_err();
+        let err = resolve(
+            tmp.path(),
+            &RunArgs::default(),
+            &FileConfig::default(),
+            None,
+        )
+        .unwrap_err();
         assert!(err.0.contains("--model"));
     }
 }

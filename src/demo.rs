@@ -20,7 +20,9 @@ const RECORDING: &str = "recording.json";
 fn default_test_cmd() -> String {
     let candidates = [
         std::env::var_os("VIRTUAL_ENV").map(|v| PathBuf::from(v).join("bin/python")),
-        std::env::current_dir().ok().map(|d| d.join(".venv/bin/python")),
+        std::env::current_dir()
+            .ok()
+            .map(|d| d.join(".venv/bin/python")),
     ];
     let python = candidates
         .into_iter()
@@ -38,9 +40,11 @@ fn write_tree(dir: &Dir<'_>, to: &Path) -> Result<()> {
         }
         let dest = to.join(file.path());
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
         }
-        std::fs::write(&dest, file.contents()).with_context(|| format!("write {}", dest.display()))?;
+        std::fs::write(&dest, file.contents())
+            .with_context(|| format!("write {}", dest.display()))?;
     }
     for sub in dir.dirs() {
         write_tree(sub, to)?;
@@ -51,20 +55,32 @@ fn write_tree(dir: &Dir<'_>, to: &Path) -> Result<()> {
 fn init_repo(root: &Path) -> Result<()> {
     let mut opts = git2::RepositoryInitOptions::new();
     opts.initial_head("main");
-    let repo = git2::Repository::init_opts(root, &opts).with_context(|| format!("git init {}", root.display()))?;
+    let repo = git2::Repository::init_opts(root, &opts)
+        .with_context(|| format!("git init {}", root.display()))?;
     let mut index = repo.index()?;
     index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
     index.write()?;
     let tree = repo.find_tree(index.write_tree()?)?;
     let sig = git::signature(&repo)?;
-    repo.commit(Some("HEAD"), &sig, &sig, "inventory demo: initial import", &tree, &[])?;
+    repo.commit(
+        Some("HEAD"),
+        &sig,
+        &sig,
+        "inventory demo: initial import",
+        &tree,
+        &[],
+    )?;
     Ok(())
 }
 
 pub async fn run(global: &GlobalArgs, args: &DemoArgs, printer: Printer) -> Result<RunEnd> {
     let root = match &global.repo {
         Some(p) => {
-            if p.exists() && std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            if p.exists()
+                && std::fs::read_dir(p)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(true)
+            {
                 return Err(UsageError(format!(
                     "--repo {} is not empty: the demo creates its project in a new or empty folder",
                     p.display()
@@ -82,14 +98,20 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs, printer: Printer) -> Resu
     };
     write_tree(&DEMO, &root)?;
     init_repo(&root)?;
-    let state_dir = global.state_dir.clone().unwrap_or_else(|| root.join(".improve"));
+    let state_dir = global
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| root.join(".improve"));
     std::fs::create_dir_all(&state_dir)?;
     let recording = state_dir.join("demo-recording.json");
     let recorded = DEMO
         .get_file(RECORDING)
         .context("the demo's recording is missing from this build")?;
     std::fs::write(&recording, recorded.contents())?;
-    printer.line(&format!("demo project: {} (a git repository with an inventory package)", root.display()));
+    printer.line(&format!(
+        "demo project: {} (a git repository with an inventory package)",
+        root.display()
+    ));
 
     let run_global = GlobalArgs {
         repo: Some(root.clone()),

@@ -37,7 +37,11 @@ pub fn api_key(provider: Provider) -> Option<ApiKey> {
 }
 
 fn new_run_id() -> String {
-    format!("{}-{:04x}", Utc::now().format("%Y%m%d-%H%M%S"), fastrand::u16(..))
+    format!(
+        "{}-{:04x}",
+        Utc::now().format("%Y%m%d-%H%M%S"),
+        fastrand::u16(..)
+    )
 }
 
 /// Prints progress lines unless `-q`; the final summary always.
@@ -86,7 +90,12 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         ));
     }
 
-    let resolved = config::resolve(&repo_root, args, &file, resume.as_ref().map(|s| &s.settings))?;
+    let resolved = config::resolve(
+        &repo_root,
+        args,
+        &file,
+        resume.as_ref().map(|s| &s.settings),
+    )?;
     if resolved.settings.jobs > 1 {
         printer.line("note: --jobs above 1 is not available yet; iterations run one at a time");
     }
@@ -112,19 +121,26 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         coverage: None,
         timeout: settings.test_timeout,
     };
-    let has_coverage = pytest::preflight(&test_cmd, &scratch, &scratch).await.map_err(UserError)?;
+    let has_coverage = pytest::preflight(&test_cmd, &scratch, &scratch)
+        .await
+        .map_err(UserError)?;
     if has_coverage {
         test_cmd.coverage = Some(CoverageSpec {
             source: settings.package.clone(),
         });
     } else {
-        printer.line("note: coverage.py is not available to the test command; coverage will not be measured");
+        printer.line(
+            "note: coverage.py is not available to the test command; coverage will not be measured",
+        );
     }
 
     let mut state = match resume {
         Some(mut s) => {
             if git::branch_tip(&repo, &s.run_branch)?.is_none() {
-                return Err(git::GitError::RunBranchMissing { branch: s.run_branch }.into());
+                return Err(git::GitError::RunBranchMissing {
+                    branch: s.run_branch,
+                }
+                .into());
             }
             if let Some(n) = args.iterations {
                 s.iterations_target = n;
@@ -190,7 +206,10 @@ fn new_run(repo: &git2::Repository, resolved: &Resolved, printer: &Printer) -> R
     let run_id = new_run_id();
     let run_branch = format!("improve/{run_id}");
     git::create_branch(repo, &run_branch, base, false)?;
-    printer.line(&format!("new run {run_id} on branch {run_branch} from {}", git::short(&base.to_string())));
+    printer.line(&format!(
+        "new run {run_id} on branch {run_branch} from {}",
+        git::short(&base.to_string())
+    ));
     Ok(RunState {
         schema_version: SCHEMA_VERSION,
         run_id,
@@ -210,18 +229,34 @@ fn new_run(repo: &git2::Repository, resolved: &Resolved, printer: &Printer) -> R
 }
 
 /// Runs the whole suite at the base commit in a worktree of its own (never in the user's tree).
-async fn measure_baseline(ctx: &RunContext, state: &mut RunState, printer: &Printer) -> Result<(), StepError> {
+async fn measure_baseline(
+    ctx: &RunContext,
+    state: &mut RunState,
+    printer: &Printer,
+) -> Result<(), StepError> {
     printer.line("measuring the baseline: running the whole suite at the base commit");
     let base = git2::Oid::from_str(&state.base_commit).map_err(|source| git::GitError::Op {
         context: "read the base commit".into(),
         source,
     })?;
     let name = format!("improve-{}-baseline", state.run_id);
-    let path = ctx.store.worktrees_dir().join(format!("{}-baseline", state.run_id));
+    let path = ctx
+        .store
+        .worktrees_dir()
+        .join(format!("{}-baseline", state.run_id));
     let branch = format!("improve-wip/{}/baseline", state.run_id);
     git::add_worktree(&ctx.repo, &name, &path, &branch, base)?;
     let dir = ctx.store.run_dir(&state.run_id).join("baseline");
-    let run = pytest::run(&ctx.test_cmd, &path, &[], &dir, "pytest-suite", true, &ctx.cancel).await;
+    let run = pytest::run(
+        &ctx.test_cmd,
+        &path,
+        &[],
+        &dir,
+        "pytest-suite",
+        true,
+        &ctx.cancel,
+    )
+    .await;
     let _ = git::remove_worktree(&ctx.repo, &name, &path);
     let _ = git::delete_branch(&ctx.repo, &branch);
     let run = run?;
@@ -239,7 +274,11 @@ async fn measure_baseline(ctx: &RunContext, state: &mut RunState, printer: &Prin
             run.output_path.display()
         )));
     }
-    let failed = [run.ids_with(CaseOutcome::Failed), run.ids_with(CaseOutcome::Error)].concat();
+    let failed = [
+        run.ids_with(CaseOutcome::Failed),
+        run.ids_with(CaseOutcome::Error),
+    ]
+    .concat();
     state.baseline = Some(Baseline {
         tests: run.cases.len() as u32,
         passed: run.ids_with(CaseOutcome::Passed),
@@ -251,13 +290,25 @@ async fn measure_baseline(ctx: &RunContext, state: &mut RunState, printer: &Prin
     });
     printer.line(&format!(
         "baseline: {}{}",
-        if run.summary.is_empty() { "no tests" } else { &run.summary },
-        run.coverage.as_ref().map(|c| format!(", coverage {:.1}%", c.percent)).unwrap_or_default()
+        if run.summary.is_empty() {
+            "no tests"
+        } else {
+            &run.summary
+        },
+        run.coverage
+            .as_ref()
+            .map(|c| format!(", coverage {:.1}%", c.percent))
+            .unwrap_or_default()
     ));
     Ok(())
 }
 
-async fn drive(ctx: &RunContext, state: &mut RunState, resolved: &Resolved, printer: &Printer) -> Result<RunEnd> {
+async fn drive(
+    ctx: &RunContext,
+    state: &mut RunState,
+    resolved: &Resolved,
+    printer: &Printer,
+) -> Result<RunEnd> {
     let step = |r: Result<(), StepError>| -> Result<Option<RunEnd>> {
         match r {
             Ok(()) => Ok(None),
@@ -298,11 +349,14 @@ async fn drive(ctx: &RunContext, state: &mut RunState, resolved: &Resolved, prin
                 }
                 let n = state.iterations.len() as u32 + 1;
                 let coverage = state.coverage_now().cloned();
-                let Some(target) = target::choose_target(&modules, state, coverage.as_ref(), &[]) else {
+                let Some(target) = target::choose_target(&modules, state, coverage.as_ref(), &[])
+                else {
                     return Ok(RunEnd::Complete);
                 };
                 let focus = target::focus_for(n, &state.settings.focus);
-                state.iterations.push(Iteration::new(n, target, focus, Kind::Add));
+                state
+                    .iterations
+                    .push(Iteration::new(n, target, focus, Kind::Add));
                 ctx.save(state)?;
                 iteration::crash_point("planned", n);
                 state.iterations.len() - 1
@@ -322,11 +376,18 @@ async fn drive(ctx: &RunContext, state: &mut RunState, resolved: &Resolved, prin
     }
 }
 
-fn limit_reached(state: &RunState, max_duration: Option<Duration>, session_start: Instant) -> Option<String> {
+fn limit_reached(
+    state: &RunState,
+    max_duration: Option<Duration>,
+    session_start: Instant,
+) -> Option<String> {
     if let Some(max) = max_duration
         && session_start.elapsed() >= max
     {
-        return Some(format!("--max-duration {} reached", humantime::format_duration(max)));
+        return Some(format!(
+            "--max-duration {} reached",
+            humantime::format_duration(max)
+        ));
     }
     if let Some(max) = state.settings.max_tokens {
         let (i, o) = state.tokens();
@@ -338,7 +399,10 @@ fn limit_reached(state: &RunState, max_duration: Option<Duration>, session_start
 }
 
 fn print_iteration(it: &Iteration, target: u32, printer: &Printer) {
-    let outcome = it.outcome.map(|o| format!("{o:?}").to_lowercase()).unwrap_or_default();
+    let outcome = it
+        .outcome
+        .map(|o| format!("{o:?}").to_lowercase())
+        .unwrap_or_default();
     let detail = match (&it.commit, &it.reason) {
         (Some(c), _) => format!("+{} tests, {}", it.tests_added, git::short(c)),
         (None, Some(r)) => r.clone(),
@@ -352,13 +416,18 @@ fn print_iteration(it: &Iteration, target: u32, printer: &Printer) {
 
 fn print_summary(state: &RunState, end: &RunEnd, report: &Path, repo_root: &Path) {
     let added: u32 = state.kept().map(|i| i.tests_added).sum();
-    let coverage = match (state.baseline.as_ref().and_then(|b| b.coverage.as_ref()), state.coverage_now()) {
+    let coverage = match (
+        state.baseline.as_ref().and_then(|b| b.coverage.as_ref()),
+        state.coverage_now(),
+    ) {
         (Some(a), Some(b)) => format!(", coverage {:.1}% -> {:.1}%", a.percent, b.percent),
         _ => String::new(),
     };
     let headline = match end {
         RunEnd::Complete => "run complete".to_string(),
-        RunEnd::Stopped(reason) => format!("run stopped: {reason}; run the same command again to resume"),
+        RunEnd::Stopped(reason) => {
+            format!("run stopped: {reason}; run the same command again to resume")
+        }
         RunEnd::Interrupted => "run interrupted; run the same command again to resume".to_string(),
     };
     let repo_arg = PathBuf::from(repo_root);
@@ -373,13 +442,19 @@ fn print_summary(state: &RunState, end: &RunEnd, report: &Path, repo_root: &Path
         state.run_branch,
         repo_arg.display(),
         state.run_branch,
-        if *end == RunEnd::Complete { format!("\nreport: {}", report.display()) } else { String::new() },
+        if *end == RunEnd::Complete {
+            format!("\nreport: {}", report.display())
+        } else {
+            String::new()
+        },
     );
 }
 
 fn install_signal_handlers(cancel: CancellationToken) {
     tokio::spawn(async move {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
             return;
         };
         let mut count = 0;

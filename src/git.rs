@@ -9,11 +9,15 @@ use git2::{BranchType, Oid, Repository, Signature, WorktreeAddOptions, WorktreeP
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    #[error("{path} is not a git repository: run improve inside a git checkout or pass --repo PATH")]
+    #[error(
+        "{path} is not a git repository: run improve inside a git checkout or pass --repo PATH"
+    )]
     NotARepo { path: String },
     #[error("{path} is a bare repository: improve needs a checkout with a working tree")]
     Bare { path: String },
-    #[error("the repository at {path} has no commits yet: commit your code first, then run improve")]
+    #[error(
+        "the repository at {path} has no commits yet: commit your code first, then run improve"
+    )]
     NoCommits { path: String },
     #[error("--base `{rev}` is not a commit in this repository: {detail}")]
     BadBase { rev: String, detail: String },
@@ -88,7 +92,11 @@ pub fn resolve_commit(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
 
 /// Keeps the state dir out of `git status` by listing it in `.git/info/exclude` (shared by all
 /// worktrees), never in the user's tracked `.gitignore`.
-pub fn exclude_state_dir(repo: &Repository, repo_root: &Path, state_dir: &Path) -> Result<(), GitError> {
+pub fn exclude_state_dir(
+    repo: &Repository,
+    repo_root: &Path,
+    state_dir: &Path,
+) -> Result<(), GitError> {
     let Ok(rel) = state_dir.strip_prefix(repo_root) else {
         return Ok(());
     };
@@ -119,7 +127,12 @@ pub fn branch_tip(repo: &Repository, branch: &str) -> Result<Option<Oid>, GitErr
     }
 }
 
-pub fn create_branch(repo: &Repository, branch: &str, at: Oid, force: bool) -> Result<(), GitError> {
+pub fn create_branch(
+    repo: &Repository,
+    branch: &str,
+    at: Oid,
+    force: bool,
+) -> Result<(), GitError> {
     let commit = repo.find_commit(at).ctx(|| format!("find commit {at}"))?;
     repo.branch(branch, &commit, force)
         .ctx(|| format!("create branch {branch}"))?;
@@ -192,12 +205,11 @@ pub fn signature(repo: &Repository) -> Result<Signature<'static>, GitError> {
 
 /// Commits the given files (paths relative to the worktree) on the worktree's branch.
 pub fn commit_files(worktree: &Path, files: &[String], message: &str) -> Result<Oid, GitError> {
-    let repo = Repository::open(worktree).ctx(|| format!("open worktree {}", worktree.display()))?;
+    let repo =
+        Repository::open(worktree).ctx(|| format!("open worktree {}", worktree.display()))?;
     let mut index = repo.index().ctx(|| "read the worktree index".into())?;
     for f in files {
-        index
-            .add_path(Path::new(f))
-            .ctx(|| format!("stage {f}"))?;
+        index.add_path(Path::new(f)).ctx(|| format!("stage {f}"))?;
     }
     index.write().ctx(|| "write the worktree index".into())?;
     let tree_id = index.write_tree().ctx(|| "write tree".into())?;
@@ -213,7 +225,9 @@ pub fn commit_files(worktree: &Path, files: &[String], message: &str) -> Result<
 
 /// The unified diff a commit introduces over its first parent.
 pub fn commit_patch(repo: &Repository, commit: Oid) -> Result<String, GitError> {
-    let c = repo.find_commit(commit).ctx(|| format!("find commit {commit}"))?;
+    let c = repo
+        .find_commit(commit)
+        .ctx(|| format!("find commit {commit}"))?;
     let tree = c.tree().ctx(|| "read tree".into())?;
     let parent_tree = match c.parent(0) {
         Ok(p) => Some(p.tree().ctx(|| "read parent tree".into())?),
@@ -236,7 +250,9 @@ pub fn commit_patch(repo: &Repository, commit: Oid) -> Result<String, GitError> 
 
 /// Paths a commit adds or changes relative to its first parent.
 pub fn commit_files_changed(repo: &Repository, commit: Oid) -> Result<Vec<String>, GitError> {
-    let c = repo.find_commit(commit).ctx(|| format!("find commit {commit}"))?;
+    let c = repo
+        .find_commit(commit)
+        .ctx(|| format!("find commit {commit}"))?;
     let tree = c.tree().ctx(|| "read tree".into())?;
     let parent_tree = c.parent(0).ok().and_then(|p| p.tree().ok());
     let diff = repo
@@ -249,7 +265,9 @@ pub fn commit_files_changed(repo: &Repository, commit: Oid) -> Result<Vec<String
 }
 
 pub fn commit_message(repo: &Repository, commit: Oid) -> Result<String, GitError> {
-    let c = repo.find_commit(commit).ctx(|| format!("find commit {commit}"))?;
+    let c = repo
+        .find_commit(commit)
+        .ctx(|| format!("find commit {commit}"))?;
     Ok(c.message().unwrap_or_default().to_string())
 }
 
@@ -273,7 +291,9 @@ pub fn find_kept_commit(
     for oid in walk {
         let oid = oid.ctx(|| "walk the run branch".into())?;
         let msg = commit_message(repo, oid)?;
-        if msg.lines().any(|l| l.trim() == run_trailer) && msg.lines().any(|l| l.trim() == n_trailer) {
+        if msg.lines().any(|l| l.trim() == run_trailer)
+            && msg.lines().any(|l| l.trim() == n_trailer)
+        {
             return Ok(Some(oid));
         }
     }
@@ -290,7 +310,9 @@ pub fn keep_on_run_branch(
     tree_of: Oid,
     message: &str,
 ) -> Result<Oid, GitError> {
-    let source = repo.find_commit(tree_of).ctx(|| format!("find commit {tree_of}"))?;
+    let source = repo
+        .find_commit(tree_of)
+        .ctx(|| format!("find commit {tree_of}"))?;
     let tree = source.tree().ctx(|| "read tree".into())?;
     let parent = repo
         .find_commit(expected_tip)
@@ -304,7 +326,10 @@ pub fn keep_on_run_branch(
         new,
         true,
         expected_tip,
-        &format!("improve: keep {}", message.lines().next().unwrap_or_default()),
+        &format!(
+            "improve: keep {}",
+            message.lines().next().unwrap_or_default()
+        ),
     )
     .ctx(|| format!("move {run_branch} (did it change under the run?)"))?;
     Ok(new)

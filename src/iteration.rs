@@ -35,7 +35,10 @@ pub enum StepError {
     #[error("{0}")]
     Pytest(String),
     #[error("cannot write the artifact {path}: {source}")]
-    Artifact { path: String, source: std::io::Error },
+    Artifact {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl From<PytestError> for StepError {
@@ -203,31 +206,45 @@ fn cut(text: &str, max: usize) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}\n# ... (cut: {} more characters)\n", &text[..end], text.len() - end)
+    format!(
+        "{}\n# ... (cut: {} more characters)\n",
+        &text[..end],
+        text.len() - end
+    )
 }
 
 /// Reads prompt material from the run branch's tip, not from the user's working tree (which may
 /// hold uncommitted edits the tests would not see).
 fn read_at_tip(repo: &Repository, tip: Oid, path: &str) -> Option<String> {
     let commit = repo.find_commit(tip).ok()?;
-    let entry = commit.tree().ok()?.get_path(std::path::Path::new(path)).ok()?;
+    let entry = commit
+        .tree()
+        .ok()?
+        .get_path(std::path::Path::new(path))
+        .ok()?;
     let blob = repo.find_blob(entry.id()).ok()?;
     Some(String::from_utf8_lossy(blob.content()).into_owned())
 }
 
-fn build_request(ctx: &RunContext, state: &RunState, idx: usize, tip: Oid) -> Result<ChatRequest, StepError> {
+fn build_request(
+    ctx: &RunContext,
+    state: &RunState,
+    idx: usize,
+    tip: Oid,
+) -> Result<ChatRequest, StepError> {
     let it = &state.iterations[idx];
     let settings = &state.settings;
     let import_name = target::import_name(&it.target, &settings.package);
     let source = read_at_tip(&ctx.repo, tip, &it.target).unwrap_or_default();
-    let existing_tests = target::tests_importing(&ctx.repo_root, &settings.tests_dir, &import_name, 2)
-        .into_iter()
-        .map(|(path, text)| NamedText {
-            name: path.clone(),
-            path,
-            text: cut(&text, MAX_EXAMPLE_CHARS),
-        })
-        .collect();
+    let existing_tests =
+        target::tests_importing(&ctx.repo_root, &settings.tests_dir, &import_name, 2)
+            .into_iter()
+            .map(|(path, text)| NamedText {
+                name: path.clone(),
+                path,
+                text: cut(&text, MAX_EXAMPLE_CHARS),
+            })
+            .collect();
     let guidelines = ["CLAUDE.md", "AGENTS.md", "CONTRIBUTING.md"]
         .iter()
         .filter_map(|name| {
@@ -249,7 +266,9 @@ fn build_request(ctx: &RunContext, state: &RunState, idx: usize, tip: Oid) -> Re
         focus: it.focus.clone(),
         focus_slug: it.focus.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
         source: cut(&source, MAX_SOURCE_CHARS),
-        coverage: state.coverage_now().and_then(|c| c.modules.get(&it.target).copied()),
+        coverage: state
+            .coverage_now()
+            .and_then(|c| c.modules.get(&it.target).copied()),
         tests_dir: settings.tests_dir.clone(),
         existing_tests,
         guidelines,
@@ -277,14 +296,20 @@ async fn ask(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), S
         // A crash after the answer was saved: reuse it, never pay for it twice.
         Some(r) => r,
         None => {
-            let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| GitError::RunBranchMissing {
-                branch: state.run_branch.clone(),
+            let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| {
+                GitError::RunBranchMissing {
+                    branch: state.run_branch.clone(),
+                }
             })?;
             let request = build_request(ctx, state, idx, tip)?;
             let prompt_text = format!(
                 "# system\n\n{}\n\n# user\n\n{}\n",
                 request.system,
-                request.messages.first().map(|m| m.content.as_str()).unwrap_or("")
+                request
+                    .messages
+                    .first()
+                    .map(|m| m.content.as_str())
+                    .unwrap_or("")
             );
             artifact(dir.join("prompt.md"), prompt_text.as_bytes())?;
             let started = Instant::now();
@@ -330,7 +355,11 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     let proposal = match proposal::parse(&response.text) {
         Ok(p) => p,
         Err(e) => {
-            let cut_off = if response.truncated() { " (the answer hit the token limit)" } else { "" };
+            let cut_off = if response.truncated() {
+                " (the answer hit the token limit)"
+            } else {
+                ""
+            };
             finish(ctx, state, idx, Outcome::Rejected, format!("{e}{cut_off}"));
             return Ok(());
         }
@@ -339,23 +368,43 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     artifact(proposal_file.clone(), proposal.code.as_bytes())?;
     let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
     if let Err(msg) = pytest::check_syntax(&python, &proposal_file, &dir).await {
-        finish(ctx, state, idx, Outcome::Rejected, format!("invalid Python: {msg}"));
+        finish(
+            ctx,
+            state,
+            idx,
+            Outcome::Rejected,
+            format!("invalid Python: {msg}"),
+        );
         return Ok(());
     }
 
-    let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| GitError::RunBranchMissing {
-        branch: state.run_branch.clone(),
+    let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| {
+        GitError::RunBranchMissing {
+            branch: state.run_branch.clone(),
+        }
     })?;
     let wt_path = ctx.worktree_path(&run_id, n);
     let branch = iteration_branch(&run_id, n);
-    git::add_worktree(&ctx.repo, &worktree_name(&run_id, n), &wt_path, &branch, tip)?;
+    git::add_worktree(
+        &ctx.repo,
+        &worktree_name(&run_id, n),
+        &wt_path,
+        &branch,
+        tip,
+    )?;
 
     let it = &state.iterations[idx];
     let stem = std::path::Path::new(&it.target)
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "module".into());
-    let rel = match proposal::choose_test_path(&wt_path, &state.settings.tests_dir, proposal.path_hint.as_deref(), &stem, n) {
+    let rel = match proposal::choose_test_path(
+        &wt_path,
+        &state.settings.tests_dir,
+        proposal.path_hint.as_deref(),
+        &stem,
+        n,
+    ) {
         Ok(rel) => rel,
         Err(e) => {
             finish(ctx, state, idx, Outcome::Rejected, e.to_string());
@@ -373,7 +422,11 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
         path: abs.display().to_string(),
         source,
     })?;
-    let oid = git::commit_files(&wt_path, std::slice::from_ref(&rel), &format!("improve: proposal of iteration {n} for {}", it.target))?;
+    let oid = git::commit_files(
+        &wt_path,
+        std::slice::from_ref(&rel),
+        &format!("improve: proposal of iteration {n} for {}", it.target),
+    )?;
     let patch = git::commit_patch(&ctx.repo, oid)?;
     artifact(dir.join("diff.patch"), patch.as_bytes())?;
 
@@ -385,8 +438,16 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
 }
 
 fn names(ids: &[String], max: usize) -> String {
-    let short: Vec<&str> = ids.iter().take(max).map(|id| id.rsplit("::").next().unwrap_or(id)).collect();
-    let more = if ids.len() > max { format!(" and {} more", ids.len() - max) } else { String::new() };
+    let short: Vec<&str> = ids
+        .iter()
+        .take(max)
+        .map(|id| id.rsplit("::").next().unwrap_or(id))
+        .collect();
+    let more = if ids.len() > max {
+        format!(" and {} more", ids.len() - max)
+    } else {
+        String::new()
+    };
     format!("{}{more}", short.join(", "))
 }
 
@@ -394,7 +455,8 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     let run_id = state.run_id.clone();
     let it = &state.iterations[idx];
     let n = it.n;
-    let (Some(test_file), Some(commit)) = (it.test_file.clone(), it.iteration_commit.clone()) else {
+    let (Some(test_file), Some(commit)) = (it.test_file.clone(), it.iteration_commit.clone())
+    else {
         state.iterations[idx].step = Step::Asked;
         return Ok(());
     };
@@ -405,32 +467,68 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     let wt_path = ctx.worktree_path(&run_id, n);
     if !wt_path.join(".git").exists() {
         // Removed by hand or by a crash mid-cleanup: re-create it from the iteration commit.
-        git::add_worktree(&ctx.repo, &worktree_name(&run_id, n), &wt_path, &iteration_branch(&run_id, n), commit_oid)?;
+        git::add_worktree(
+            &ctx.repo,
+            &worktree_name(&run_id, n),
+            &wt_path,
+            &iteration_branch(&run_id, n),
+            commit_oid,
+        )?;
     }
     let dir = ctx.store.iteration_dir(&run_id, n);
 
     let started = Instant::now();
-    let new = pytest::run(&ctx.test_cmd, &wt_path, std::slice::from_ref(&test_file), &dir, "pytest-new", false, &ctx.cancel).await;
+    let new = pytest::run(
+        &ctx.test_cmd,
+        &wt_path,
+        std::slice::from_ref(&test_file),
+        &dir,
+        "pytest-new",
+        false,
+        &ctx.cancel,
+    )
+    .await;
     state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
     let new = new?;
     let mut verdict = Verdict {
         pytest_summary: new.summary.clone(),
-        new_failed: [new.ids_with(CaseOutcome::Failed), new.ids_with(CaseOutcome::Error)].concat(),
+        new_failed: [
+            new.ids_with(CaseOutcome::Failed),
+            new.ids_with(CaseOutcome::Error),
+        ]
+        .concat(),
         ..Verdict::default()
     };
     let passed_new = new.ids_with(CaseOutcome::Passed);
     let reject_reason = if new.timed_out {
-        Some(format!("timed out: the new tests ran past --test-timeout ({})", humantime::format_duration(ctx.test_cmd.timeout)))
+        Some(format!(
+            "timed out: the new tests ran past --test-timeout ({})",
+            humantime::format_duration(ctx.test_cmd.timeout)
+        ))
     } else if new.cases.is_empty() {
         Some(match new.exit_code {
             Some(5) => "no tests collected from the proposal".to_string(),
             _ => format!("does not collect: {}", new.tail(1).trim()),
         })
-    } else if new.cases.iter().any(|c| c.outcome == CaseOutcome::Error && !c.id.contains("::")) {
-        let msg = new.cases.iter().find(|c| c.outcome == CaseOutcome::Error).map(|c| c.message.clone()).unwrap_or_default();
+    } else if new
+        .cases
+        .iter()
+        .any(|c| c.outcome == CaseOutcome::Error && !c.id.contains("::"))
+    {
+        let msg = new
+            .cases
+            .iter()
+            .find(|c| c.outcome == CaseOutcome::Error)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
         Some(format!("does not collect: {msg}"))
     } else if !verdict.new_failed.is_empty() {
-        Some(format!("{} of {} new tests fail: {}", verdict.new_failed.len(), new.cases.len(), names(&verdict.new_failed, 3)))
+        Some(format!(
+            "{} of {} new tests fail: {}",
+            verdict.new_failed.len(),
+            new.cases.len(),
+            names(&verdict.new_failed, 3)
+        ))
     } else if passed_new.is_empty() {
         Some("no new test ran (all skipped)".to_string())
     } else {
@@ -443,7 +541,16 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     }
 
     let started = Instant::now();
-    let suite = pytest::run(&ctx.test_cmd, &wt_path, &[], &dir, "pytest-suite", true, &ctx.cancel).await;
+    let suite = pytest::run(
+        &ctx.test_cmd,
+        &wt_path,
+        &[],
+        &dir,
+        "pytest-suite",
+        true,
+        &ctx.cancel,
+    )
+    .await;
     state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
     let suite = suite?;
     let suite_passed = suite.ids_with(CaseOutcome::Passed);
@@ -456,13 +563,28 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         .into_iter()
         .filter(|id| !suite_passed.contains(id))
         .collect();
-    let new_failing_in_suite: Vec<String> = passed_new.iter().filter(|id| !suite_passed.contains(id)).cloned().collect();
+    let new_failing_in_suite: Vec<String> = passed_new
+        .iter()
+        .filter(|id| !suite_passed.contains(id))
+        .cloned()
+        .collect();
     verdict.reason = if suite.timed_out {
-        Some(format!("timed out: the suite ran past --test-timeout ({})", humantime::format_duration(ctx.test_cmd.timeout)))
+        Some(format!(
+            "timed out: the suite ran past --test-timeout ({})",
+            humantime::format_duration(ctx.test_cmd.timeout)
+        ))
     } else if !verdict.regressions.is_empty() {
-        Some(format!("breaks {} passing tests: {}", verdict.regressions.len(), names(&verdict.regressions, 3)))
+        Some(format!(
+            "breaks {} passing tests: {}",
+            verdict.regressions.len(),
+            names(&verdict.regressions, 3)
+        ))
     } else if !new_failing_in_suite.is_empty() {
-        Some(format!("{} new tests fail in the whole suite: {}", new_failing_in_suite.len(), names(&new_failing_in_suite, 3)))
+        Some(format!(
+            "{} new tests fail in the whole suite: {}",
+            new_failing_in_suite.len(),
+            names(&new_failing_in_suite, 3)
+        ))
     } else {
         None
     };
@@ -484,7 +606,10 @@ fn commit_message(state: &RunState, idx: usize, verdict: &Verdict) -> String {
     let file = it.test_file.clone().unwrap_or_default();
     let coverage = match (state.coverage_now(), &verdict.coverage) {
         (Some(before), Some(after)) => {
-            let module = match (before.modules.get(&it.target), after.modules.get(&it.target)) {
+            let module = match (
+                before.modules.get(&it.target),
+                after.modules.get(&it.target),
+            ) {
                 (Some(b), Some(a)) => format!(" ({}: {b:.1}% -> {a:.1}%)", it.target),
                 (None, Some(a)) => format!(" ({}: {a:.1}%)", it.target),
                 _ => String::new(),
@@ -533,8 +658,10 @@ fn keep_or_reject(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<
         // The ref was moved before a crash cut the state save short: it is already kept.
         Some(oid) => oid,
         None => {
-            let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| GitError::RunBranchMissing {
-                branch: state.run_branch.clone(),
+            let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| {
+                GitError::RunBranchMissing {
+                    branch: state.run_branch.clone(),
+                }
             })?;
             let iteration_commit = it
                 .iteration_commit
@@ -550,11 +677,23 @@ fn keep_or_reject(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<
                     source,
                 })?;
             if parent != tip {
-                finish(ctx, state, idx, Outcome::Rejected, "the run branch moved while this iteration was verified".into());
+                finish(
+                    ctx,
+                    state,
+                    idx,
+                    Outcome::Rejected,
+                    "the run branch moved while this iteration was verified".into(),
+                );
                 return Ok(());
             }
             let message = commit_message(state, idx, &verdict);
-            let oid = git::keep_on_run_branch(&ctx.repo, &state.run_branch, tip, iteration_commit, &message)?;
+            let oid = git::keep_on_run_branch(
+                &ctx.repo,
+                &state.run_branch,
+                tip,
+                iteration_commit,
+                &message,
+            )?;
             crash_point("kept-ref", n);
             oid
         }

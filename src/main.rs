@@ -17,7 +17,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(cli.global.verbose, cli.global.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -34,14 +37,22 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let printer = Printer { quiet: cli.global.quiet };
+    let printer = Printer {
+        quiet: cli.global.quiet,
+    };
     match &cli.command {
-        None => Ok(improve::driver::run(&cli.global, &cli.run, printer).await?.exit_code()),
-        Some(Command::Demo(args)) => Ok(improve::demo::run(&cli.global, args, printer).await?.exit_code()),
+        None => Ok(improve::driver::run(&cli.global, &cli.run, printer)
+            .await?
+            .exit_code()),
+        Some(Command::Demo(args)) => Ok(improve::demo::run(&cli.global, args, printer)
+            .await?
+            .exit_code()),
         Some(Command::Status { json }) => improve::views::status(&cli.global, *json).map(|_| 0),
         Some(Command::Log { json }) => improve::views::log(&cli.global, *json).map(|_| 0),
         Some(Command::Show { n }) => improve::views::show(&cli.global, *n).map(|_| 0),
-        Some(Command::Report { out }) => improve::views::report(&cli.global, out.as_deref()).map(|_| 0),
+        Some(Command::Report { out }) => {
+            improve::views::report(&cli.global, out.as_deref()).map(|_| 0)
+        }
     }
 }
 

@@ -94,7 +94,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join(SYSTEM), "custom {{focus}}").unwrap();
         let t = Templates::load(Some(tmp.path())).unwrap();
-        assert_eq!(t.render(SYSTEM, &serde_json::json!({"focus": "x"})).unwrap(), "custom x");
+        assert_eq!(
+            t.render(SYSTEM, &serde_json::json!({"focus": "x"}))
+                .unwrap(),
+            "custom x"
+        );
     }
 
     #[test]

@@ -91,7 +91,9 @@ pub fn parse(answer: &str) -> Result<Proposal, ProposalError> {
     let defines_test = |code: &str| {
         code.lines().any(|l| {
             let t = l.trim_start();
-            t.starts_with("def test") || t.starts_with("async def test") || t.starts_with("class Test")
+            t.starts_with("def test")
+                || t.starts_with("async def test")
+                || t.starts_with("class Test")
         })
     };
     let pick = blocks
@@ -121,7 +123,9 @@ fn first_line_hint(line: &str) -> Option<String> {
 /// A `.py` path mentioned on a prose line, e.g. "**tests/test_x.py**:" or "`tests/test_x.py`".
 fn path_in_text(line: &str) -> Option<String> {
     line.split_whitespace()
-        .map(|w| w.trim_matches(|c: char| matches!(c, '`' | '*' | ':' | '"' | '\'' | ',' | '(' | ')')))
+        .map(|w| {
+            w.trim_matches(|c: char| matches!(c, '`' | '*' | ':' | '"' | '\'' | ',' | '(' | ')'))
+        })
         .find(|w| w.ends_with(".py") && w.len() > 3)
         .map(|w| w.to_string())
 }
@@ -234,7 +238,10 @@ mod tests {
     #[test]
     fn hint_from_the_line_before_the_fence() {
         let answer = "**`tests/test_a.py`**:\n```py\ndef test_a():\n    pass\n```";
-        assert_eq!(parse(answer).unwrap().path_hint.as_deref(), Some("tests/test_a.py"));
+        assert_eq!(
+            parse(answer).unwrap().path_hint.as_deref(),
+            Some("tests/test_a.py")
+        );
     }
 
     #[test]
@@ -245,8 +252,14 @@ mod tests {
 
     #[test]
     fn answers_without_code_or_cut_off() {
-        assert_eq!(parse("I cannot help with that."), Err(ProposalError::NoCode));
-        assert_eq!(parse("```python\ndef test_a():\n    assert"), Err(ProposalError::Unclosed));
+        assert_eq!(
+            parse("I cannot help with that."),
+            Err(ProposalError::NoCode)
+        );
+        assert_eq!(
+            parse("```python\ndef test_a():\n    assert"),
+            Err(ProposalError::Unclosed)
+        );
         assert_eq!(parse("```python\nx = 1\n```"), Err(ProposalError::NoTests));
     }
 
@@ -268,7 +281,10 @@ mod tests {
             "~/x.py",
             "testsx/test_a.py",
         ] {
-            assert!(safe_test_path(root, "tests", bad).is_err(), "{bad} was accepted");
+            assert!(
+                safe_test_path(root, "tests", bad).is_err(),
+                "{bad} was accepted"
+            );
         }
         assert!(safe_test_path(root, "tests", "tests/sub/test_x.py").is_ok());
     }
@@ -281,7 +297,11 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), tmp.path().join("tests/link")).unwrap();
         let err = safe_test_path(tmp.path(), "tests", "tests/link/test_x.py").unwrap_err();
         assert!(matches!(err, PathError::Symlink(_)));
-        std::os::unix::fs::symlink(outside.path().join("f.py"), tmp.path().join("tests/test_f.py")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("f.py"),
+            tmp.path().join("tests/test_f.py"),
+        )
+        .unwrap();
         assert!(matches!(
             safe_test_path(tmp.path(), "tests", "tests/test_f.py").unwrap_err(),
             PathError::Symlink(_)
@@ -293,9 +313,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("tests")).unwrap();
         std::fs::write(tmp.path().join("tests/test_a.py"), "").unwrap();
-        let chosen = choose_test_path(tmp.path(), "tests", Some("tests/test_a.py"), "a", 3).unwrap();
+        let chosen =
+            choose_test_path(tmp.path(), "tests", Some("tests/test_a.py"), "a", 3).unwrap();
         assert_eq!(chosen, "tests/test_a_improve_3.py");
-        let chosen = choose_test_path(tmp.path(), "tests", Some("tests/test_new.py"), "a", 3).unwrap();
+        let chosen =
+            choose_test_path(tmp.path(), "tests", Some("tests/test_new.py"), "a", 3).unwrap();
         assert_eq!(chosen, "tests/test_new.py");
         assert!(choose_test_path(tmp.path(), "tests", Some("../evil.py"), "a", 3).is_err());
     }

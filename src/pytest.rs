@@ -18,7 +18,10 @@ pub enum PytestError {
     #[error("cannot start `{cmd}`: {source} (check --test-cmd)")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("cannot write pytest output to {path}: {source}")]
-    Output { path: String, source: std::io::Error },
+    Output {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("pytest was cancelled")]
     Cancelled,
 }
@@ -100,7 +103,14 @@ impl PytestRun {
 pub fn is_secret_var(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     const EXACT: &[&str] = &["IMPROVE_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"];
-    const PATTERNS: &[&str] = &["API_KEY", "APIKEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL"];
+    const PATTERNS: &[&str] = &[
+        "API_KEY",
+        "APIKEY",
+        "SECRET",
+        "TOKEN",
+        "PASSWORD",
+        "CREDENTIAL",
+    ];
     EXACT.contains(&upper.as_str()) || PATTERNS.iter().any(|p| upper.contains(p))
 }
 
@@ -157,7 +167,8 @@ pub async fn run(
     words.extend(args.iter().cloned());
 
     let started = Instant::now();
-    let (exit_code, timed_out) = spawn_and_wait(&words, cwd, &output_path, cmd.timeout, cancel).await?;
+    let (exit_code, timed_out) =
+        spawn_and_wait(&words, cwd, &output_path, cmd.timeout, cancel).await?;
     let duration = started.elapsed();
 
     let cases = std::fs::read_to_string(&junit_path)
@@ -165,7 +176,10 @@ pub async fn run(
         .unwrap_or_default();
     let text = std::fs::read_to_string(&output_path).unwrap_or_default();
     let summary = if timed_out {
-        format!("timed out after {}", humantime::format_duration(cmd.timeout))
+        format!(
+            "timed out after {}",
+            humantime::format_duration(cmd.timeout)
+        )
     } else {
         summary_line(&text)
     };
@@ -272,12 +286,21 @@ async fn spawn_and_wait(
 
 /// pytest's closing line (`== 3 passed, 1 failed in 0.20s ==`), without the decoration.
 pub fn summary_line(output: &str) -> String {
-    const WORDS: &[&str] = &["passed", "failed", "error", "no tests ran", "skipped", "deselected"];
+    const WORDS: &[&str] = &[
+        "passed",
+        "failed",
+        "error",
+        "no tests ran",
+        "skipped",
+        "deselected",
+    ];
     output
         .lines()
         .rev()
         .map(|l| l.trim().trim_matches('=').trim())
-        .find(|l| WORDS.iter().any(|w| l.contains(w)) && (l.contains(" in ") || l.starts_with("no tests")))
+        .find(|l| {
+            WORDS.iter().any(|w| l.contains(w)) && (l.contains(" in ") || l.starts_with("no tests"))
+        })
         .unwrap_or("")
         .to_string()
 }
@@ -319,7 +342,11 @@ pub fn parse_junit(xml: &str) -> Vec<TestCase> {
                             .attributes()
                             .flatten()
                             .find(|a| a.key.0 == "message")
-                            .and_then(|a| a.normalized_value(quick_xml::XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()))
+                            .and_then(|a| {
+                                a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                                    .ok()
+                                    .map(|v| v.into_owned())
+                            })
                             .unwrap_or_default();
                     }
                 }
@@ -402,7 +429,12 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
         .map_err(|e| e.to_string())?;
     if code != Some(0) {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
         return Err(format!(
             "`{}` does not run pytest ({last}): install pytest for that Python \
              (e.g. `python3 -m pip install pytest coverage`) or pass --test-cmd",
@@ -412,7 +444,12 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
     let Some(python) = cmd.python() else {
         return Ok(false);
     };
-    let words = vec![python.to_string(), "-m".into(), "coverage".into(), "--version".into()];
+    let words = vec![
+        python.to_string(),
+        "-m".into(),
+        "coverage".into(),
+        "--version".into(),
+    ];
     let out = scratch.join("preflight-coverage.txt");
     let (code, _) = spawn_and_wait(&words, cwd, &out, Duration::from_secs(60), &cancel)
         .await
@@ -439,7 +476,12 @@ pub async fn check_syntax(python: &str, file: &Path, scratch: &Path) -> Result<(
         Some(0) => Ok(()),
         _ => {
             let text = std::fs::read_to_string(&out).unwrap_or_default();
-            Err(text.lines().last().unwrap_or("unparseable").trim().to_string())
+            Err(text
+                .lines()
+                .last()
+                .unwrap_or("unparseable")
+                .trim()
+                .to_string())
         }
     }
 }
@@ -457,7 +499,8 @@ mod tests {
 <testcase classname="" name="tests.test_b" time="0"><error message="collection failure">boom</error></testcase>
 </testsuite></testsuites>"#;
         let cases = parse_junit(xml);
-        let got: Vec<(&str, CaseOutcome)> = cases.iter().map(|c| (c.id.as_str(), c.outcome)).collect();
+        let got: Vec<(&str, CaseOutcome)> =
+            cases.iter().map(|c| (c.id.as_str(), c.outcome)).collect();
         assert_eq!(
             got,
             vec![
@@ -474,12 +517,21 @@ mod tests {
     fn summary_line_strips_decoration() {
         let out = "....F\n=== short test summary info ===\nFAILED x\n======= 4 passed, 1 failed in 0.12s =======\n";
         assert_eq!(summary_line(out), "4 passed, 1 failed in 0.12s");
-        assert_eq!(summary_line("\nno tests ran in 0.01s\n"), "no tests ran in 0.01s");
+        assert_eq!(
+            summary_line("\nno tests ran in 0.01s\n"),
+            "no tests ran in 0.01s"
+        );
     }
 
     #[test]
     fn secret_variables_are_recognised() {
-        for name in ["OPENAI_API_KEY", "anthropic_api_key", "IMPROVE_API_KEY", "GITHUB_TOKEN", "DB_PASSWORD"] {
+        for name in [
+            "OPENAI_API_KEY",
+            "anthropic_api_key",
+            "IMPROVE_API_KEY",
+            "GITHUB_TOKEN",
+            "DB_PASSWORD",
+        ] {
             assert!(is_secret_var(name), "{name}");
         }
         for name in ["PATH", "HOME", "PYTHONPATH", "LANG"] {

@@ -74,10 +74,14 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
     let finished: Vec<_> = state.finished().collect();
     let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
     for it in finished.iter().filter(|i| i.outcome != Some(Outcome::Kept)) {
-        *reasons.entry(reason_class(it.reason.as_deref().unwrap_or("unknown"))).or_default() += 1;
+        *reasons
+            .entry(reason_class(it.reason.as_deref().unwrap_or("unknown")))
+            .or_default() += 1;
     }
-    let mut rejection_reasons: Vec<ReasonCount> =
-        reasons.into_iter().map(|(reason, count)| ReasonCount { reason, count }).collect();
+    let mut rejection_reasons: Vec<ReasonCount> = reasons
+        .into_iter()
+        .map(|(reason, count)| ReasonCount { reason, count })
+        .collect();
     rejection_reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
 
     let kept_iterations: Vec<KeptRow> = state
@@ -103,7 +107,8 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
     let files: Vec<String> = state.kept().flat_map(|i| i.files.iter().cloned()).collect();
     let (tokens_in, tokens_out) = state.tokens();
     let count = finished.len().max(1) as f64;
-    let sum = |f: fn(&crate::state::Seconds) -> f64| finished.iter().map(|i| f(&i.seconds)).sum::<f64>();
+    let sum =
+        |f: fn(&crate::state::Seconds) -> f64| finished.iter().map(|i| f(&i.seconds)).sum::<f64>();
     let (llm, tests, total) = (sum(|s| s.llm), sum(|s| s.tests), sum(|s| s.total));
     ReportModel {
         run_id: state.run_id.clone(),
@@ -120,14 +125,21 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         tests_now: state.tests_now(),
         tests_added: state.kept().map(|i| i.tests_added).sum(),
         tests_fixed: state.kept().map(|i| i.tests_fixed).sum(),
-        coverage_baseline: state.baseline.as_ref().and_then(|b| b.coverage.as_ref()).map(|c| c.percent),
+        coverage_baseline: state
+            .baseline
+            .as_ref()
+            .and_then(|b| b.coverage.as_ref())
+            .map(|c| c.percent),
         coverage_now: state.coverage_now().map(|c| c.percent),
         provider: state.settings.provider.as_str().to_string(),
         model: state.settings.model.clone(),
         llm_calls: state.iterations.iter().map(|i| i.llm_calls).sum(),
         tokens_in,
         tokens_out,
-        elapsed: humantime::format_duration(std::time::Duration::from_secs(state.elapsed_s.round() as u64)).to_string(),
+        elapsed: humantime::format_duration(std::time::Duration::from_secs(
+            state.elapsed_s.round() as u64,
+        ))
+        .to_string(),
         avg_llm_s: format!("{:.1}", llm / count),
         avg_tests_s: format!("{:.1}", tests / count),
         avg_other_s: format!("{:.1}", (total - llm - tests).max(0.0) / count),
@@ -137,13 +149,23 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
     }
 }
 
-pub fn render(repo: &Repository, state: &RunState, templates: &Templates) -> Result<String, prompt::TemplateError> {
+pub fn render(
+    repo: &Repository,
+    state: &RunState,
+    templates: &Templates,
+) -> Result<String, prompt::TemplateError> {
     templates.render(prompt::REPORT, &model(repo, state))
 }
 
-pub fn write(repo: &Repository, state: &RunState, templates: &Templates, path: &Path) -> anyhow::Result<()> {
+pub fn write(
+    repo: &Repository,
+    state: &RunState,
+    templates: &Templates,
+    path: &Path,
+) -> anyhow::Result<()> {
     let text = render(repo, state, templates)?;
-    write_atomic(path, text.as_bytes()).map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))
+    write_atomic(path, text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -152,9 +174,21 @@ mod tests {
 
     #[test]
     fn reasons_group_by_kind() {
-        assert_eq!(reason_class("3 of 7 new tests fail: test_a, test_b"), "new tests fail");
-        assert_eq!(reason_class("1 of 2 new tests fail: test_c"), "new tests fail");
-        assert_eq!(reason_class("invalid Python: line 3: invalid syntax"), "invalid Python");
-        assert_eq!(reason_class("unsafe path `../x.py`: contains `..` or `.`"), "unsafe path `../x.py`");
+        assert_eq!(
+            reason_class("3 of 7 new tests fail: test_a, test_b"),
+            "new tests fail"
+        );
+        assert_eq!(
+            reason_class("1 of 2 new tests fail: test_c"),
+            "new tests fail"
+        );
+        assert_eq!(
+            reason_class("invalid Python: line 3: invalid syntax"),
+            "invalid Python"
+        );
+        assert_eq!(
+            reason_class("unsafe path `../x.py`: contains `..` or `.`"),
+            "unsafe path `../x.py`"
+        );
     }
 }

@@ -20,7 +20,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot create the state dir {path}: {source}")]
-    CreateDir { path: String, source: std::io::Error },
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "the state file {path} cannot be read ({detail}); it was left as it is: move it away, or \
          run with --fresh to archive it and start a new run"
@@ -32,15 +35,24 @@ pub enum StateError {
     )]
     NewerSchema { path: String, found: u32 },
     #[error("cannot save the run state to {path}: {source} (is the disk full?)")]
-    Save { path: String, source: std::io::Error },
+    Save {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "another improve run (pid {pid}) is using {dir}: wait for it to finish or stop it first"
     )]
     Locked { dir: String, pid: String },
     #[error("cannot lock {path}: {source}")]
-    Lock { path: String, source: std::io::Error },
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot archive the old run state to {path}: {source}")]
-    Archive { path: String, source: std::io::Error },
+    Archive {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,7 +225,9 @@ impl RunState {
         self.finished().count() as u32
     }
     pub fn count(&self, outcome: Outcome) -> u32 {
-        self.finished().filter(|i| i.outcome == Some(outcome)).count() as u32
+        self.finished()
+            .filter(|i| i.outcome == Some(outcome))
+            .count() as u32
     }
     pub fn tokens(&self) -> (u64, u64) {
         self.iterations
@@ -284,7 +298,9 @@ impl StateStore {
     }
 
     pub fn iteration_dir(&self, run_id: &str, n: u32) -> PathBuf {
-        self.run_dir(run_id).join("iterations").join(format!("{n:04}"))
+        self.run_dir(run_id)
+            .join("iterations")
+            .join(format!("{n:04}"))
     }
 
     pub fn worktrees_dir(&self) -> PathBuf {
@@ -323,7 +339,11 @@ impl StateStore {
                     .unwrap_or_default();
                 return Err(StateError::Locked {
                     dir: self.dir.display().to_string(),
-                    pid: if pid.is_empty() { "unknown".into() } else { pid },
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid
+                    },
                 });
             }
             return Err(lock_err(err));
@@ -392,7 +412,9 @@ impl StateStore {
         }
         let stamp = Utc::now().format("%Y%m%d-%H%M%S");
         let to = match run_id {
-            Some(id) => self.run_dir(id).join(format!("state-archived-{stamp}.json")),
+            Some(id) => self
+                .run_dir(id)
+                .join(format!("state-archived-{stamp}.json")),
             None => self.dir.join("archive").join(format!("state-{stamp}.json")),
         };
         let archive_err = |source| StateError::Archive {
@@ -410,9 +432,11 @@ impl StateStore {
 /// The one helper that writes files that must never be torn: state, artifacts the resume
 /// relies on, recordings.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("path has no parent folder"))?;
+    // A bare file name has an empty parent: that is the current folder.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
@@ -457,7 +481,12 @@ mod tests {
                 max_duration_s: None,
             },
             baseline: None,
-            iterations: vec![Iteration::new(1, "pkg/a.py".into(), "edge cases".into(), Kind::Add)],
+            iterations: vec![Iteration::new(
+                1,
+                "pkg/a.py".into(),
+                "edge cases".into(),
+                Kind::Add,
+            )],
             elapsed_s: 0.0,
             consecutive_llm_failures: 0,
         }
@@ -494,7 +523,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = StateStore::new(tmp.path().to_path_buf());
         std::fs::write(store.state_path(), "{\"schema_version\": 99}").unwrap();
-        assert!(matches!(store.load().unwrap_err(), StateError::NewerSchema { found: 99, .. }));
+        assert!(matches!(
+            store.load().unwrap_err(),
+            StateError::NewerSchema { found: 99, .. }
+        ));
     }
 
     #[test]
@@ -503,7 +535,10 @@ mod tests {
         let store = StateStore::new(tmp.path().to_path_buf());
         let first = store.lock().unwrap();
         let err = store.lock().unwrap_err();
-        assert!(err.to_string().contains(&std::process::id().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&std::process::id().to_string()),
+            "{err}"
+        );
         drop(first);
         store.lock().unwrap();
     }

@@ -25,7 +25,8 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
             continue;
         };
         if meta.is_dir() {
-            if !name.starts_with('.') && name != "__pycache__" && path.join("__init__.py").is_file() {
+            if !name.starts_with('.') && name != "__pycache__" && path.join("__init__.py").is_file()
+            {
                 walk(root, &path, out);
             }
         } else if meta.is_file() && name.ends_with(".py") {
@@ -53,7 +54,10 @@ fn defines_something(path: &Path) -> bool {
 
 /// `src/pkg/sub/mod.py` -> `pkg.sub.mod`; `pkg/__init__.py` -> `pkg`.
 pub fn import_name(module_path: &str, package: &str) -> String {
-    let pkg_parent = Path::new(package).parent().map(|p| p.display().to_string()).unwrap_or_default();
+    let pkg_parent = Path::new(package)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let rel = if pkg_parent.is_empty() {
         module_path
     } else {
@@ -68,11 +72,24 @@ pub fn import_name(module_path: &str, package: &str) -> String {
 
 /// The next target: fewest times targeted in this run, then lowest coverage, then name. Modules in
 /// `busy` (targeted by an iteration still in flight) are skipped while others remain.
-pub fn choose_target(modules: &[String], state: &RunState, coverage: Option<&Coverage>, busy: &[String]) -> Option<String> {
+pub fn choose_target(
+    modules: &[String],
+    state: &RunState,
+    coverage: Option<&Coverage>,
+    busy: &[String],
+) -> Option<String> {
     let times = |m: &str| state.iterations.iter().filter(|i| i.target == m).count();
-    let cov = |m: &str| coverage.and_then(|c| c.modules.get(m).copied()).unwrap_or(0.0);
+    let cov = |m: &str| {
+        coverage
+            .and_then(|c| c.modules.get(m).copied())
+            .unwrap_or(0.0)
+    };
     let pool: Vec<&String> = modules.iter().filter(|m| !busy.contains(m)).collect();
-    let pool = if pool.is_empty() { modules.iter().collect() } else { pool };
+    let pool = if pool.is_empty() {
+        modules.iter().collect()
+    } else {
+        pool
+    };
     pool.into_iter()
         .min_by(|a, b| {
             times(a)
@@ -91,7 +108,12 @@ pub fn focus_for(n: u32, focus: &[String]) -> String {
 }
 
 /// Test files under `tests_dir` that import `import_name`, as (path, text), at most `limit`.
-pub fn tests_importing(repo_root: &Path, tests_dir: &str, import_name: &str, limit: usize) -> Vec<(String, String)> {
+pub fn tests_importing(
+    repo_root: &Path,
+    tests_dir: &str,
+    import_name: &str,
+    limit: usize,
+) -> Vec<(String, String)> {
     let mut files = Vec::new();
     collect_py(&repo_root.join(tests_dir), &mut files);
     files.sort();
@@ -111,7 +133,8 @@ pub fn tests_importing(repo_root: &Path, tests_dir: &str, import_name: &str, lim
                 || l.starts_with(&format!("import {import_name} "))
                 || (!parent.is_empty()
                     && l.starts_with(&format!("from {parent} import"))
-                    && l.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == leaf))
+                    && l.split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .any(|w| w == leaf))
         });
         if imports && let Ok(rel) = path.strip_prefix(repo_root) {
             out.push((rel.display().to_string(), text));
@@ -156,11 +179,18 @@ mod tests {
         let p = tmp.path();
         std::fs::create_dir_all(p.join("pkg/sub")).unwrap();
         std::fs::create_dir_all(p.join("pkg/data")).unwrap();
-        std::fs::write(p.join("pkg/__init__.py"), "\"\"\"Docs only.\"\"\"\nfrom .a import x\n").unwrap();
+        std::fs::write(
+            p.join("pkg/__init__.py"),
+            "\"\"\"Docs only.\"\"\"\nfrom .a import x\n",
+        )
+        .unwrap();
         std::fs::write(p.join("pkg/a.py"), "x = 1\n").unwrap();
         std::fs::write(p.join("pkg/sub/__init__.py"), "def y():\n    return 2\n").unwrap();
         std::fs::write(p.join("pkg/data/b.py"), "z = 3\n").unwrap();
-        assert_eq!(list_modules(p, "pkg"), vec!["pkg/a.py", "pkg/sub/__init__.py"]);
+        assert_eq!(
+            list_modules(p, "pkg"),
+            vec!["pkg/a.py", "pkg/sub/__init__.py"]
+        );
     }
 
     #[test]
@@ -171,15 +201,24 @@ mod tests {
         std::fs::write(p.join("tests/test_a.py"), "from pkg.a import f\n").unwrap();
         std::fs::write(p.join("tests/test_b.py"), "from pkg import b, c\n").unwrap();
         std::fs::write(p.join("tests/test_c.py"), "from pkg.ab import f\n").unwrap();
-        let found: Vec<String> = tests_importing(p, "tests", "pkg.a", 5).into_iter().map(|t| t.0).collect();
+        let found: Vec<String> = tests_importing(p, "tests", "pkg.a", 5)
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
         assert_eq!(found, vec!["tests/test_a.py"]);
-        let found: Vec<String> = tests_importing(p, "tests", "pkg.b", 5).into_iter().map(|t| t.0).collect();
+        let found: Vec<String> = tests_importing(p, "tests", "pkg.b", 5)
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
         assert_eq!(found, vec!["tests/test_b.py"]);
     }
 
     #[test]
     fn focus_rotates() {
         let f = vec!["a".to_string(), "b".to_string()];
-        assert_eq!([focus_for(1, &f), focus_for(2, &f), focus_for(3, &f)], ["a", "b", "a"]);
+        assert_eq!(
+            [focus_for(1, &f), focus_for(2, &f), focus_for(3, &f)],
+            ["a", "b", "a"]
+        );
     }
 }

@@ -86,10 +86,24 @@ pub fn status(global: &GlobalArgs, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let num = |k: &str| v[k].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-    let pct = |k: &str| v[k].as_f64().map(|p| format!("{p:.1}%")).unwrap_or_else(|| "not measured".into());
+    let num = |k: &str| {
+        v[k].as_u64()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let pct = |k: &str| {
+        v[k].as_f64()
+            .map(|p| format!("{p:.1}%"))
+            .unwrap_or_else(|| "not measured".into())
+    };
     let mut out = String::new();
-    let _ = writeln!(out, "run {}  on {}  ({})", state.run_id, state.run_branch, v["state"].as_str().unwrap_or(""));
+    let _ = writeln!(
+        out,
+        "run {}  on {}  ({})",
+        state.run_id,
+        state.run_branch,
+        v["state"].as_str().unwrap_or("")
+    );
     if let Some(r) = &state.stop_reason {
         let _ = writeln!(out, "stopped: {r}");
     }
@@ -102,14 +116,27 @@ pub fn status(global: &GlobalArgs, as_json: bool) -> Result<()> {
         num("rejected"),
         num("errors")
     );
-    let _ = writeln!(out, "tests {} -> {} ({} added)", num("tests_baseline"), num("tests_now"), num("tests_added"));
-    let _ = writeln!(out, "coverage {} -> {}", pct("coverage_baseline"), pct("coverage_now"));
+    let _ = writeln!(
+        out,
+        "tests {} -> {} ({} added)",
+        num("tests_baseline"),
+        num("tests_now"),
+        num("tests_added")
+    );
+    let _ = writeln!(
+        out,
+        "coverage {} -> {}",
+        pct("coverage_baseline"),
+        pct("coverage_now")
+    );
     let _ = writeln!(
         out,
         "tokens {} in / {} out, elapsed {}",
         num("tokens_in"),
         num("tokens_out"),
-        humantime::format_duration(std::time::Duration::from_secs(state.elapsed_s.round() as u64))
+        humantime::format_duration(std::time::Duration::from_secs(
+            state.elapsed_s.round() as u64
+        ))
     );
     print!("{out}");
     Ok(())
@@ -152,9 +179,22 @@ pub fn log(global: &GlobalArgs, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let target_w = state.finished().map(|i| i.target.len()).max().unwrap_or(6).max(6);
-    let focus_w = state.finished().map(|i| i.focus.len()).max().unwrap_or(5).max(5);
-    println!("{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  commit / reason", "#", "outcome", "target", "focus", "tests");
+    let target_w = state
+        .finished()
+        .map(|i| i.target.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let focus_w = state
+        .finished()
+        .map(|i| i.focus.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  commit / reason",
+        "#", "outcome", "target", "focus", "tests"
+    );
     for it in state.finished() {
         let detail = match (&it.commit, &it.reason) {
             (Some(c), _) => git::short(c).to_string(),
@@ -191,7 +231,11 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
     let _ = writeln!(
         out,
         "outcome:  {}",
-        if it.is_finished() { outcome_word(it.outcome).to_string() } else { format!("in progress ({:?})", it.step) }
+        if it.is_finished() {
+            outcome_word(it.outcome).to_string()
+        } else {
+            format!("in progress ({:?})", it.step)
+        }
     );
     if let Some(r) = &it.reason {
         let _ = writeln!(out, "reason:   {r}");
@@ -211,7 +255,12 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
     let _ = writeln!(
         out,
         "time:     {:.1}s total, {:.1}s LLM, {:.1}s pytest; {} LLM call(s), {} tokens in, {} out",
-        it.seconds.total, it.seconds.llm, it.seconds.tests, it.llm_calls, it.tokens_in, it.tokens_out
+        it.seconds.total,
+        it.seconds.llm,
+        it.seconds.tests,
+        it.llm_calls,
+        it.tokens_in,
+        it.tokens_out
     );
     for (label, file) in [("prompt", "prompt.md"), ("answer", "response.json")] {
         let p = dir.join(file);
@@ -220,9 +269,11 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
         }
     }
     let diff = match (&it.commit, dir.join("diff.patch")) {
-        (Some(c), _) => git2::Oid::from_str(c)
-            .ok()
-            .and_then(|oid| git::open(&repo_root).ok().and_then(|repo| git::commit_patch(&repo, oid).ok())),
+        (Some(c), _) => git2::Oid::from_str(c).ok().and_then(|oid| {
+            git::open(&repo_root)
+                .ok()
+                .and_then(|repo| git::commit_patch(&repo, oid).ok())
+        }),
         (None, patch) => std::fs::read_to_string(patch).ok(),
     };
     match diff {
@@ -241,7 +292,9 @@ pub fn report(global: &GlobalArgs, out: Option<&Path>) -> Result<()> {
     let (repo_root, store, state) = load(global)?;
     let repo = git::open(&repo_root)?;
     let templates = Templates::load(Some(store.dir()))?;
-    let path = out.map(Path::to_path_buf).unwrap_or_else(|| store.dir().join("report.md"));
+    let path = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| store.dir().join("report.md"));
     report::write(&repo, &state, &templates, &path)?;
     eprintln!("report written to {}", path.display());
     Ok(())

@@ -1,155 +1,372 @@
-//! The client every caller uses: picks the wire format, sends, and retries in exactly one place.
-//! HTTP failures become typed [`LlmError`]s here (status, Retry-After, a cut body), so the retry
-//! decision is made on types, not on strings.
+//! The client every caller uses: it picks the backend (a wire format over HTTP, or a
+//! recording), turns HTTP failures into typed [`LlmError`]s in one function for both wire
+//! formats, and holds the only retry loop, so the retry decision is made on types, not strings.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use super::record::{Recorder, Replayer};
-use super::{ApiKey, ChatRequest, ChatResponse, LlmError, LlmSettings, Provider, anthropic, openai};
+use super::{
+    ApiKey, ChatRequest, ChatResponse, LlmError, LlmSettings, Provider, RetryPolicy, anthropic,
+    openai,
+};
+
+/// Longest error body kept in an [`LlmError::Http`]: enough for the server's explanation,
+/// short enough for a log line and the state file.
+const ERROR_BODY_CHARS: usize = 500;
+
+/// A completion is a few hundred KB at most; a server streaming more is broken, and reading it
+/// all would only exhaust memory.
+const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
+
+/// Connecting should take well under this even to a remote API; a long request timeout (slow
+/// local models) should not make a dead host take as long to notice.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct LlmClient {
-    settings: LlmSettings,
-    key: Option<ApiKey>,
-    http: reqwest::Client,
-    replayer: Option<Replayer>,
+    provider: Provider,
+    model: String,
+    retry: RetryPolicy,
+    backend: Backend,
     recorder: Option<Recorder>,
+}
+
+enum Backend {
+    Http(Http),
+    Replay(Replayer),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
+/// Everything needed to send one request, fixed at construction so a bad URL or key fails
+/// before the first call rather than on every retry.
+struct Http {
+    client: reqwest::Client,
+    wire: Wire,
+    endpoint: String,
+    /// The endpoint as errors show it: without a password, should the URL carry one.
+    shown_url: String,
+    headers: HeaderMap,
+    timeout: Duration,
+    /// Kept only to scrub it from error bodies a server may echo it in.
+    key: Option<ApiKey>,
 }
 
 impl LlmClient {
     pub fn new(settings: LlmSettings, key: Option<ApiKey>) -> Result<LlmClient, LlmError> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.request_timeout)
-            .connect_timeout(Duration::from_secs(30).min(settings.request_timeout))
-            .user_agent(concat!("improve/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| LlmError::Connect { url: settings.url.clone(), detail: e.to_string() })?;
-        let replayer = match (settings.provider, &settings.replay) {
-            (Provider::Replay, Some(path)) => Some(Replayer::open(path)?),
-            (Provider::Replay, None) => {
-                return Err(LlmError::RecordingFile { path: String::new(), detail: "--provider replay needs --replay FILE".into() });
+        // An empty env var is "no key": sending `Bearer ` would only earn a 401 from a local
+        // server that needs none.
+        let key = key.filter(|k| !k.expose().trim().is_empty());
+        let backend = match settings.provider {
+            Provider::Replay => {
+                let path = settings.replay.as_deref().ok_or_else(|| {
+                    LlmError::Config(
+                        "--provider replay needs --replay FILE (a file written by --record)".into(),
+                    )
+                })?;
+                Backend::Replay(Replayer::open(path)?)
             }
+            Provider::OpenAi => Backend::Http(Http::new(Wire::OpenAi, &settings, key)?),
+            Provider::Anthropic => Backend::Http(Http::new(Wire::Anthropic, &settings, key)?),
+        };
+        // Replayed answers are not recorded again: the recording would only copy itself.
+        let recorder = match (&backend, &settings.record) {
+            (Backend::Http(_), Some(path)) => Some(Recorder::open(path)?),
             _ => None,
         };
-        let recorder = match (&settings.record, settings.provider) {
-            (Some(path), p) if p != Provider::Replay => Some(Recorder::open(path)?),
-            _ => None,
-        };
-        Ok(LlmClient { settings, key, http, replayer, recorder })
+        Ok(LlmClient {
+            provider: settings.provider,
+            model: settings.model,
+            retry: settings.retry,
+            backend,
+            recorder,
+        })
     }
 
     pub fn provider(&self) -> Provider {
-        self.settings.provider
+        self.provider
     }
 
     pub fn model(&self) -> &str {
-        &self.settings.model
+        &self.model
     }
 
-    /// One answer, after as many attempts as the policy allows. Cancellation wins at any await.
-    pub async fn complete(&self, req: &ChatRequest, cancel: &CancellationToken) -> Result<ChatResponse, LlmError> {
-        if let Some(replayer) = &self.replayer {
-            return replayer.answer(req);
+    /// One answer, after as many attempts as the policy allows. Only retryable failures are
+    /// tried again; cancellation wins over a request in flight and over a wait between attempts.
+    pub async fn complete(
+        &self,
+        req: &ChatRequest,
+        cancel: &CancellationToken,
+    ) -> Result<ChatResponse, LlmError> {
+        if cancel.is_cancelled() {
+            return Err(LlmError::Cancelled);
         }
-        let policy = self.settings.retry;
+        let http = match &self.backend {
+            Backend::Replay(replayer) => return replayer.answer(req),
+            Backend::Http(http) => http,
+        };
+        let body = http.body(&self.model, req)?;
+        let max_attempts = self.retry.attempts();
         let mut attempt = 1;
         loop {
+            tracing::debug!(provider = self.provider.as_str(), model = %self.model, tag = %req.tag, attempt, "LLM request");
             let result = tokio::select! {
-                r = self.send_once(req) => r,
+                biased;
                 _ = cancel.cancelled() => return Err(LlmError::Cancelled),
+                r = http.send(body.clone()) => r,
             };
             match result {
-                Ok(mut resp) => {
-                    resp.attempts = attempt;
-                    if let Some(rec) = &self.recorder {
-                        rec.append(self.settings.provider, &self.settings.model, req, &resp)?;
+                Ok(mut response) => {
+                    response.attempts = attempt;
+                    tracing::debug!(
+                        tag = %req.tag,
+                        attempt,
+                        tokens_in = response.tokens_in,
+                        tokens_out = response.tokens_out,
+                        finish_reason = response.finish_reason.as_deref().unwrap_or(""),
+                        "LLM answer"
+                    );
+                    if let Some(recorder) = &self.recorder {
+                        recorder.append(self.provider, &self.model, req, &response)?;
                     }
-                    return Ok(resp);
+                    return Ok(response);
                 }
-                Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
-                    attempt += 1;
-                    let wait = policy.delay(attempt, e.retry_after());
-                    tracing::warn!(error = %e.kind(), attempt, wait_ms = wait.as_millis() as u64, "LLM call failed; retrying");
+                Err(e) if e.is_retryable() && attempt < max_attempts => {
+                    let wait = self.retry.delay_before_retry(attempt, e.retry_after());
+                    tracing::warn!(
+                        provider = self.provider.as_str(),
+                        tag = %req.tag,
+                        error = %e.kind(),
+                        attempt,
+                        max_attempts,
+                        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        "LLM call failed; retrying"
+                    );
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
+                        biased;
                         _ = cancel.cancelled() => return Err(LlmError::Cancelled),
+                        _ = tokio::time::sleep(wait) => {}
                     }
+                    attempt += 1;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(tag = %req.tag, error = %e.kind(), attempt, "LLM call failed for good");
+                    return Err(e);
+                }
             }
         }
     }
+}
 
-    async fn send_once(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let model = &self.settings.model;
-        let (url, body, mut headers) = match self.settings.provider {
-            Provider::OpenAi => (openai::endpoint(&self.settings.url), openai::body(model, req), HeaderMap::new()),
-            Provider::Anthropic => {
-                let mut h = HeaderMap::new();
-                h.insert("anthropic-version", HeaderValue::from_static(anthropic::VERSION));
-                (anthropic::endpoint(&self.settings.url), anthropic::body(model, req), h)
-            }
-            Provider::Replay => unreachable_replay()?,
+impl Http {
+    fn new(wire: Wire, settings: &LlmSettings, key: Option<ApiKey>) -> Result<Http, LlmError> {
+        let endpoint = match wire {
+            Wire::OpenAi => openai::endpoint(&settings.url),
+            Wire::Anthropic => anthropic::endpoint(&settings.url),
         };
-        if let Some(key) = &self.key {
-            let (name, value) = match self.settings.provider {
-                Provider::Anthropic => ("x-api-key", key.expose().to_string()),
-                _ => ("authorization", format!("Bearer {}", key.expose())),
+        let mut url = reqwest::Url::parse(&endpoint).map_err(|e| {
+            LlmError::Config(format!("the LLM URL `{}` is not a URL: {e}", settings.url))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(LlmError::Config(format!(
+                "the LLM URL `{}` must start with http:// or https://",
+                settings.url
+            )));
+        }
+        if url.password().is_some() {
+            // Infallible for http(s) URLs, which always have a host.
+            let _ = url.set_password(Some("***"));
+        }
+        if settings.request_timeout.is_zero() {
+            return Err(LlmError::Config(
+                "the LLM request timeout must be above zero".into(),
+            ));
+        }
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Wire::Anthropic = wire {
+            headers.insert(
+                "anthropic-version",
+                HeaderValue::from_static(anthropic::VERSION),
+            );
+        }
+        if let Some(key) = &key {
+            let (name, value) = match wire {
+                Wire::OpenAi => (
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {}", key.expose()),
+                ),
+                Wire::Anthropic => (
+                    HeaderName::from_static("x-api-key"),
+                    key.expose().to_string(),
+                ),
             };
-            let mut value = HeaderValue::from_str(&value)
-                .map_err(|_| LlmError::Connect { url: url.clone(), detail: "the API key has characters a header cannot carry".into() })?;
+            // The error must not quote the value: it is the key.
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                LlmError::Config("the API key has characters an HTTP header cannot carry".into())
+            })?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let response = self.http.post(&url).headers(headers).json(&body).send().await.map_err(|e| self.transport_error(&url, e))?;
+
+        let client = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(MAX_CONNECT_TIMEOUT))
+            .user_agent(concat!("improve/", env!("CARGO_PKG_VERSION")))
+            // A redirect to another host would carry `x-api-key` along (reqwest only strips
+            // `authorization`); an LLM endpoint has no business redirecting a POST anyway.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| LlmError::Config(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Http {
+            client,
+            wire,
+            endpoint,
+            shown_url: url.to_string(),
+            headers,
+            timeout: settings.request_timeout,
+            key,
+        })
+    }
+
+    /// Serialised once per call and resent as is on every attempt.
+    fn body(&self, model: &str, req: &ChatRequest) -> Result<Vec<u8>, LlmError> {
+        let bytes = match self.wire {
+            Wire::OpenAi => serde_json::to_vec(&openai::body(model, req)),
+            Wire::Anthropic => serde_json::to_vec(&anthropic::body(model, req)),
+        };
+        bytes.map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))
+    }
+
+    /// One attempt: send, classify, parse.
+    async fn send(&self, body: Vec<u8>) -> Result<ChatResponse, LlmError> {
+        let value = self.post(body).await?;
+        match self.wire {
+            Wire::OpenAi => openai::parse(&value),
+            Wire::Anthropic => anthropic::parse(&value),
+        }
+    }
+
+    /// The HTTP exchange both wire formats share. Non-2xx is [`LlmError::Http`] with the
+    /// server's Retry-After and a cut, key-scrubbed body; a 2xx that is not whole JSON is
+    /// [`LlmError::Malformed`]; transport failures are `Timeout` or `Connect`.
+    async fn post(&self, body: Vec<u8>) -> Result<serde_json::Value, LlmError> {
+        let mut response = self
+            .client
+            .post(&self.endpoint)
+            .headers(self.headers.clone())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
         let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(&url, e))?;
+        let retry_after = retry_after(response.headers(), SystemTime::now());
         if !status.is_success() {
-            return Err(LlmError::Http { status: status.as_u16(), retry_after, body: cut(&String::from_utf8_lossy(&bytes), 300) });
+            // The status is the news; an error body that fails to arrive should not hide it.
+            let bytes = read_capped(&mut response).await.unwrap_or_default();
+            return Err(LlmError::Http {
+                status: status.as_u16(),
+                retry_after,
+                body: self.snippet(&bytes, ERROR_BODY_CHARS),
+            });
         }
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| LlmError::Malformed(format!("not JSON ({e}): {}", cut(&String::from_utf8_lossy(&bytes), 120))))?;
-        match self.settings.provider {
-            Provider::Anthropic => anthropic::parse(&value),
-            _ => openai::parse(&value),
-        }
+        let bytes = read_capped(&mut response).await.map_err(|e| match e {
+            ReadError::Transport(e) => self.transport_error(e),
+            ReadError::TooLarge => LlmError::Malformed(format!(
+                "the answer is larger than {MAX_ANSWER_BYTES} bytes"
+            )),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            LlmError::Malformed(format!("not JSON ({e}): {}", self.snippet(&bytes, 120)))
+        })
     }
 
-    fn transport_error(&self, url: &str, e: reqwest::Error) -> LlmError {
+    fn transport_error(&self, e: reqwest::Error) -> LlmError {
         if e.is_timeout() {
-            LlmError::Timeout(self.settings.request_timeout)
-        } else if e.is_decode() || e.is_body() {
-            LlmError::Malformed(format!("the answer was cut off: {e}"))
+            LlmError::Timeout(self.timeout)
+        } else if e.is_builder() {
+            LlmError::Config(root_cause(&e))
+        } else if e.is_body() || e.is_decode() {
+            // The connection broke mid-answer: a proxy or server hiccup, worth another try.
+            LlmError::Malformed(format!("the answer was cut off: {}", root_cause(&e)))
         } else {
-            // The innermost cause says what happened ("Connection refused"), the outer ones don't.
-            let mut detail = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                detail = s.to_string();
-                source = s.source();
+            LlmError::Connect {
+                url: self.shown_url.clone(),
+                detail: root_cause(&e),
             }
-            LlmError::Connect { url: url.to_string(), detail }
         }
     }
-}
 
-fn unreachable_replay() -> Result<(String, serde_json::Value, HeaderMap), LlmError> {
-    Err(LlmError::RecordingFile { path: String::new(), detail: "replay has no HTTP endpoint".into() })
-}
-
-/// `Retry-After` in seconds, or `retry-after-ms` (OpenAI sends it) in milliseconds.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        return Duration::try_from_secs_f64(ms / 1000.0).ok();
+    /// A body fit for an error message: one line, cut, and with the key scrubbed out (some
+    /// servers quote the key they rejected).
+    fn snippet(&self, bytes: &[u8], max_chars: usize) -> String {
+        let text = String::from_utf8_lossy(bytes);
+        let scrubbed = match &self.key {
+            Some(key) => text.replace(key.expose(), "[hidden]"),
+            None => text.into_owned(),
+        };
+        cut(&scrubbed, max_chars)
     }
-    get("retry-after").and_then(|v| v.parse::<f64>().ok()).and_then(|s| Duration::try_from_secs_f64(s).ok())
 }
 
-fn cut(s: &str, max: usize) -> String {
+enum ReadError {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, ReadError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
+        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(ReadError::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// The innermost cause says what happened ("Connection refused"); the outer layers only say
+/// that something did, and name the URL, which the error already carries.
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
+/// How long the server asked us to wait: `retry-after-ms` (OpenAI sends it, and it is the more
+/// precise), else `Retry-After` as seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && let Ok(d) = Duration::try_from_secs_f64(ms / 1000.0)
+    {
+        return Some(d);
+    }
+    let value = get("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    // A date already past means "now".
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `s` on one line, at most `max` characters (plus an ellipsis when cut).
+pub(super) fn cut(s: &str, max: usize) -> String {
     let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
     match one_line.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &one_line[..i]),
@@ -160,17 +377,34 @@ fn cut(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{ChatMessage, RetryPolicy, Role};
-    use wiremock::matchers::{header, method, path};
+    use crate::llm::{ChatMessage, Role};
+    use std::time::Instant;
+    use wiremock::matchers::{body_string_contains, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    const _: () = {
+        const fn shared_across_tasks<T: Send + Sync + 'static>() {}
+        shared_across_tasks::<LlmClient>();
+    };
 
     fn request(tag: &str) -> ChatRequest {
         ChatRequest {
             tag: tag.into(),
             system: "sys".into(),
-            messages: vec![ChatMessage { role: Role::User, content: "write tests".into() }],
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: format!("write tests for {tag}"),
+            }],
             max_tokens: 64,
             temperature: 0.0,
+        }
+    }
+
+    fn fast_policy(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
         }
     }
 
@@ -179,123 +413,439 @@ mod tests {
             provider,
             url,
             model: "m".into(),
-            request_timeout: Duration::from_millis(500),
-            retry: RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20) },
+            request_timeout: Duration::from_secs(5),
+            retry: fast_policy(3),
             replay: None,
             record: None,
         }
+    }
+
+    fn openai(url: String) -> LlmClient {
+        LlmClient::new(settings(Provider::OpenAi, url), None).unwrap()
     }
 
     fn ok_body(text: &str) -> serde_json::Value {
         serde_json::json!({"choices": [{"message": {"content": text}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
     }
 
+    async fn complete(client: &LlmClient) -> Result<ChatResponse, LlmError> {
+        client
+            .complete(&request("t"), &CancellationToken::new())
+            .await
+    }
+
     #[tokio::test]
-    async fn retries_429_honouring_retry_after_then_succeeds() {
+    async fn a_429_honours_retry_after_then_succeeds() {
         let server = MockServer::start().await;
-        Mock::given(method("POST")).and(path("/v1/chat/completions"))
-            .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
-            .up_to_n_times(1).mount(&server).await;
-        Mock::given(method("POST")).and(path("/v1/chat/completions"))
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(429)
+                    .insert_header("retry-after", "1")
+                    .set_body_string("slow down"),
+            )
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
             .respond_with(ResponseTemplate::new(200).set_body_json(ok_body("hi")))
-            .mount(&server).await;
-        let client = LlmClient::new(settings(Provider::OpenAi, format!("{}/v1", server.uri())), None).unwrap();
-        let started = std::time::Instant::now();
-        let r = client.complete(&request("t"), &CancellationToken::new()).await.unwrap();
-        assert_eq!((r.text.as_str(), r.attempts, r.tokens_in), ("hi", 2, 7));
-        assert!(started.elapsed() >= Duration::from_secs(1));
+            .mount(&server)
+            .await;
+        let started = Instant::now();
+        let r = complete(&openai(server.uri())).await.unwrap();
+        assert_eq!(
+            (r.text.as_str(), r.attempts, r.tokens_in, r.tokens_out),
+            ("hi", 2, 7, 3)
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(950),
+            "waited only {:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
-    async fn client_errors_are_not_retried() {
+    async fn two_503s_then_success_takes_three_attempts() {
         let server = MockServer::start().await;
-        Mock::given(method("POST")).respond_with(ResponseTemplate::new(401).set_body_string("bad key"))
-            .expect(1).mount(&server).await;
-        let client = LlmClient::new(settings(Provider::OpenAi, server.uri()), None).unwrap();
-        let err = client.complete(&request("t"), &CancellationToken::new()).await.unwrap_err();
-        assert!(matches!(err, LlmError::Http { status: 401, .. }), "{err}");
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(503).set_body_string("overloaded"))
+            .up_to_n_times(2)
+            .expect(2)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(ok_body("third time")))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let r = complete(&openai(server.uri())).await.unwrap();
+        assert_eq!((r.text.as_str(), r.attempts), ("third time", 3));
+        server.verify().await;
     }
 
     #[tokio::test]
-    async fn server_errors_slow_answers_and_garbage_exhaust_the_attempts() {
+    async fn server_errors_exhaust_the_attempts_and_keep_the_status() {
         let server = MockServer::start().await;
-        Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).expect(3).mount(&server).await;
-        let client = LlmClient::new(settings(Provider::OpenAi, server.uri()), None).unwrap();
-        let err = client.complete(&request("t"), &CancellationToken::new()).await.unwrap_err();
-        assert!(matches!(err, LlmError::Http { status: 503, .. }));
-
-        let slow = MockServer::start().await;
-        Mock::given(method("POST")).respond_with(ResponseTemplate::new(200).set_body_json(ok_body("late")).set_delay(Duration::from_secs(3)))
-            .mount(&slow).await;
-        let client = LlmClient::new(settings(Provider::OpenAi, slow.uri()), None).unwrap();
-        assert!(matches!(client.complete(&request("t"), &CancellationToken::new()).await, Err(LlmError::Timeout(_))));
-
-        let garbage = MockServer::start().await;
-        Mock::given(method("POST")).respond_with(ResponseTemplate::new(200).set_body_string("{\"choices\": ["))
-            .expect(3).mount(&garbage).await;
-        let client = LlmClient::new(settings(Provider::OpenAi, garbage.uri()), None).unwrap();
-        assert!(matches!(client.complete(&request("t"), &CancellationToken::new()).await, Err(LlmError::Malformed(_))));
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(500).set_body_string(format!("boom {}", "x".repeat(2000))),
+            )
+            .expect(3)
+            .mount(&server)
+            .await;
+        let err = complete(&openai(server.uri())).await.unwrap_err();
+        let LlmError::Http {
+            status: 500, body, ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert!(
+            body.starts_with("boom x") && body.chars().count() <= ERROR_BODY_CHARS + 3,
+            "{} chars",
+            body.len()
+        );
+        server.verify().await;
     }
 
     #[tokio::test]
-    async fn connection_refused_names_the_url() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    async fn a_400_is_not_retried() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(400).set_body_string("max_tokens too large"))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let err = complete(&openai(server.uri())).await.unwrap_err();
+        assert!(
+            matches!(&err, LlmError::Http { status: 400, body, .. } if body == "max_tokens too large"),
+            "{err:?}"
+        );
+        server.verify().await;
+    }
+
+    #[tokio::test]
+    async fn a_401_is_not_retried_and_the_echoed_key_is_scrubbed() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(401)
+                    .set_body_string("Incorrect API key provided: sk-very-secret-1"),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let client = LlmClient::new(
+            settings(Provider::OpenAi, server.uri()),
+            Some(ApiKey::new("sk-very-secret-1".into())),
+        )
+        .unwrap();
+        let err = complete(&client).await.unwrap_err();
+        assert!(matches!(err, LlmError::Http { status: 401, .. }), "{err:?}");
+        assert!(!err.to_string().contains("sk-very-secret-1"), "{err}");
+        assert!(err.to_string().contains("[hidden]"), "{err}");
+        server.verify().await;
+    }
+
+    #[tokio::test]
+    async fn a_slow_server_times_out_on_every_attempt() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(ok_body("late"))
+                    .set_delay(Duration::from_secs(2)),
+            )
+            .expect(2)
+            .mount(&server)
+            .await;
+        let mut s = settings(Provider::OpenAi, server.uri());
+        s.request_timeout = Duration::from_millis(200);
+        s.retry = fast_policy(2);
+        let started = Instant::now();
+        let err = complete(&LlmClient::new(s, None).unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, LlmError::Timeout(d) if d == Duration::from_millis(200)),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        server.verify().await;
+    }
+
+    #[tokio::test]
+    async fn a_truncated_json_answer_is_malformed_and_retried() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("{\"choices\": ["))
+            .expect(3)
+            .mount(&server)
+            .await;
+        let err = complete(&openai(server.uri())).await.unwrap_err();
+        assert!(matches!(err, LlmError::Malformed(_)), "{err:?}");
+        server.verify().await;
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_a_connect_error_naming_the_url() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
         let url = format!("http://127.0.0.1:{port}/v1");
-        let client = LlmClient::new(settings(Provider::OpenAi, url.clone()), None).unwrap();
-        let err = client.complete(&request("t"), &CancellationToken::new()).await.unwrap_err();
-        assert!(matches!(err, LlmError::Connect { .. }), "{err}");
-        assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+        let err = complete(&openai(url.clone())).await.unwrap_err();
+        let LlmError::Connect { url: shown, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(shown, &format!("{url}/chat/completions"));
+        assert!(err.to_string().contains(&url), "{err}");
+        assert!(err.is_retryable());
     }
 
     #[tokio::test]
-    async fn cancellation_interrupts_a_retry_wait() {
+    async fn cancelling_during_a_retry_wait_returns_promptly() {
         let server = MockServer::start().await;
-        Mock::given(method("POST")).respond_with(ResponseTemplate::new(429).insert_header("retry-after", "30")).mount(&server).await;
-        let client = LlmClient::new(settings(Provider::OpenAi, server.uri()), None).unwrap();
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "30"))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let client = openai(server.uri());
         let cancel = CancellationToken::new();
-        let c2 = cancel.clone();
+        let trigger = cancel.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            c2.cancel();
+            trigger.cancel();
         });
-        let started = std::time::Instant::now();
-        assert!(matches!(client.complete(&request("t"), &cancel).await, Err(LlmError::Cancelled)));
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let started = Instant::now();
+        let result = client.complete(&request("t"), &cancel).await;
+        assert!(matches!(result, Err(LlmError::Cancelled)), "{result:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        server.verify().await;
     }
 
     #[tokio::test]
-    async fn anthropic_headers_and_key() {
+    async fn cancelling_during_a_request_returns_promptly() {
         let server = MockServer::start().await;
-        Mock::given(method("POST")).and(path("/v1/messages")).and(header("x-api-key", "k1")).and(header("anthropic-version", "2023-06-01"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"content": [{"type": "text", "text": "ok"}], "usage": {"input_tokens": 1, "output_tokens": 2}})))
-            .expect(1).mount(&server).await;
-        let client = LlmClient::new(settings(Provider::Anthropic, server.uri()), Some(ApiKey::new("k1".into()))).unwrap();
-        let r = client.complete(&request("t"), &CancellationToken::new()).await.unwrap();
-        assert_eq!(r.text, "ok");
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(ok_body("late"))
+                    .set_delay(Duration::from_secs(10)),
+            )
+            .mount(&server)
+            .await;
+        let client = openai(server.uri());
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let started = Instant::now();
+        let result = client.complete(&request("t"), &cancel).await;
+        assert!(matches!(result, Err(LlmError::Cancelled)), "{result:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // Already cancelled: nothing is sent at all.
+        let before = server.received_requests().await.unwrap().len();
+        assert!(matches!(
+            client.complete(&request("t"), &cancel).await,
+            Err(LlmError::Cancelled)
+        ));
+        assert_eq!(server.received_requests().await.unwrap().len(), before);
     }
 
     #[tokio::test]
     async fn record_then_replay_by_tag_without_the_key() {
         let server = MockServer::start().await;
-        Mock::given(method("POST")).respond_with(ResponseTemplate::new(200).set_body_json(ok_body("first"))).up_to_n_times(1).mount(&server).await;
-        Mock::given(method("POST")).respond_with(ResponseTemplate::new(200).set_body_json(ok_body("second"))).mount(&server).await;
+        for (tag, text) in [("add:a.py", "answer A"), ("add:b.py", "answer B")] {
+            Mock::given(method("POST"))
+                .and(body_string_contains(format!("write tests for {tag}")))
+                .respond_with(ResponseTemplate::new(200).set_body_json(ok_body(text)))
+                .expect(1)
+                .mount(&server)
+                .await;
+        }
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("rec.json");
         let mut s = settings(Provider::OpenAi, server.uri());
         s.record = Some(file.clone());
-        let client = LlmClient::new(s, Some(ApiKey::new("sk-SECRET-xyz".into()))).unwrap();
-        client.complete(&request("a"), &CancellationToken::new()).await.unwrap();
-        client.complete(&request("b"), &CancellationToken::new()).await.unwrap();
+        let recording = LlmClient::new(s, Some(ApiKey::new("sk-SECRET-xyz".into()))).unwrap();
+        let cancel = CancellationToken::new();
+        assert_eq!(
+            recording
+                .complete(&request("add:a.py"), &cancel)
+                .await
+                .unwrap()
+                .text,
+            "answer A"
+        );
+        assert_eq!(
+            recording
+                .complete(&request("add:b.py"), &cancel)
+                .await
+                .unwrap()
+                .text,
+            "answer B"
+        );
+        server.verify().await;
+
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(!text.contains("SECRET"), "{text}");
+        assert!(
+            !text.contains("sk-SECRET-xyz") && !text.contains("SECRET"),
+            "{text}"
+        );
+        let saved = crate::llm::Recording::load(&file).unwrap();
+        let tags: Vec<_> = saved.exchanges.iter().map(|e| e.tag.as_str()).collect();
+        assert_eq!(tags, ["add:a.py", "add:b.py"]);
 
         let mut s = settings(Provider::Replay, String::new());
-        s.replay = Some(file);
+        s.replay = Some(file.clone());
+        // Replaying with --record set must not rewrite the recording it reads.
+        s.record = Some(file.clone());
         let replay = LlmClient::new(s, None).unwrap();
-        let cancel = CancellationToken::new();
-        assert_eq!(replay.complete(&request("b"), &cancel).await.unwrap().text, "second");
-        assert_eq!(replay.complete(&request("zzz"), &cancel).await.unwrap().text, "first");
-        assert!(matches!(replay.complete(&request("a"), &cancel).await, Err(LlmError::ReplayExhausted { .. })));
-        assert_eq!(server.received_requests().await.unwrap().len(), 2);
+        assert_eq!(replay.provider(), Provider::Replay);
+        let b = replay
+            .complete(&request("add:b.py"), &cancel)
+            .await
+            .unwrap();
+        assert_eq!(
+            (b.text.as_str(), b.tokens_in, b.tokens_out, b.attempts),
+            ("answer B", 7, 3, 1)
+        );
+        assert_eq!(
+            replay
+                .complete(&request("add:a.py"), &cancel)
+                .await
+                .unwrap()
+                .text,
+            "answer A"
+        );
+        let err = replay
+            .complete(&request("add:a.py"), &cancel)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LlmError::ReplayExhausted { .. }), "{err:?}");
+        assert!(!err.is_retryable());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+        assert_eq!(
+            server.received_requests().await.unwrap().len(),
+            2,
+            "replay must not touch the network"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_recording_fails_the_call() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/chat/completions"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(ok_body("x")))
+            .mount(&server)
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("sub");
+        let mut s = settings(Provider::OpenAi, server.uri());
+        s.record = Some(folder.join("rec.json"));
+        let client = LlmClient::new(s, None).unwrap();
+        // The folder becomes a file after start-up, so the first save cannot happen.
+        std::fs::write(&folder, "").unwrap();
+        let err = complete(&client).await.unwrap_err();
+        assert!(matches!(err, LlmError::RecordingFile { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn unusable_settings_fail_at_construction() {
+        let build = |provider, url: &str, key: Option<&str>| {
+            LlmClient::new(
+                settings(provider, url.into()),
+                key.map(|k| ApiKey::new(k.into())),
+            )
+        };
+        for url in ["", "localhost:8080", "ftp://example.com/v1"] {
+            assert!(
+                matches!(build(Provider::OpenAi, url, None), Err(LlmError::Config(_))),
+                "{url:?}"
+            );
+        }
+        let err = build(
+            Provider::Anthropic,
+            "http://127.0.0.1:1",
+            Some("sk-line\nbreak"),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(err, LlmError::Config(_)) && !err.to_string().contains("sk-line"),
+            "{err}"
+        );
+        let err = build(Provider::Replay, "", None).err().unwrap();
+        assert!(
+            matches!(err, LlmError::Config(_)) && err.to_string().contains("--replay"),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+        assert_eq!(err.kind(), "config");
+
+        let client = build(Provider::OpenAi, "http://user:pw@127.0.0.1:1/v1", None).unwrap();
+        let Backend::Http(http) = &client.backend else {
+            unreachable!()
+        };
+        assert_eq!(
+            http.shown_url,
+            "http://user:***@127.0.0.1:1/v1/chat/completions"
+        );
+        assert_eq!((client.provider(), client.model()), (Provider::OpenAi, "m"));
+    }
+
+    #[test]
+    fn retry_after_reads_milliseconds_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, HeaderValue::from_str(value).unwrap());
+            }
+            h
+        };
+        let at = |pairs: &[(&'static str, &str)]| retry_after(&headers(pairs), now);
+        assert_eq!(at(&[("retry-after", "7")]), Some(Duration::from_secs(7)));
+        assert_eq!(
+            at(&[("retry-after", " 1.5 ")]),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            at(&[("retry-after-ms", "250"), ("retry-after", "7")]),
+            Some(Duration::from_millis(250))
+        );
+        let in_90s = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            at(&[("retry-after", &in_90s)]),
+            Some(Duration::from_secs(90))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(at(&[("retry-after", &past)]), Some(Duration::ZERO));
+        assert_eq!(at(&[("retry-after", "-3")]), None);
+        assert_eq!(at(&[("retry-after", "soon")]), None);
+        assert_eq!(at(&[]), None);
+    }
+
+    #[test]
+    fn cut_keeps_one_line_and_respects_char_boundaries() {
+        assert_eq!(cut("a\n  b\tc", 10), "a b c");
+        assert_eq!(cut("ééééé", 3), "ééé...");
+        assert_eq!(cut("abc", 3), "abc");
     }
 }

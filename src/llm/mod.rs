@@ -11,7 +11,7 @@ mod record;
 mod retry;
 
 pub use client::LlmClient;
-pub use record::{Exchange, Recording};
+pub use record::{Exchange, RecordedResponse, Recording};
 pub use retry::RetryPolicy;
 
 use std::time::Duration;
@@ -80,7 +80,10 @@ fn one() -> u32 {
 impl ChatResponse {
     /// The server cut the answer at the token limit.
     pub fn truncated(&self) -> bool {
-        matches!(self.finish_reason.as_deref(), Some("length") | Some("max_tokens"))
+        matches!(
+            self.finish_reason.as_deref(),
+            Some("length") | Some("max_tokens")
+        )
     }
 }
 
@@ -127,18 +130,25 @@ pub enum LlmError {
         retry_after: Option<Duration>,
         body: String,
     },
-    #[error("could not reach the LLM server at {url}: {detail} (check --llm-url and that the server is running)")]
+    #[error(
+        "could not reach the LLM server at {url}: {detail} (check --llm-url and that the server is running)"
+    )]
     Connect { url: String, detail: String },
     #[error("the LLM server did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the LLM server's answer could not be read: {0}")]
     Malformed(String),
-    #[error("the recording {path} has no answer left for `{tag}` (record a longer session or use a real provider)")]
+    #[error(
+        "the recording {path} has no answer left for `{tag}` (record a longer session or use a real provider)"
+    )]
     ReplayExhausted { path: String, tag: String },
     #[error("could not use the recording file {path}: {detail}")]
     RecordingFile { path: String, detail: String },
     #[error("the LLM call was cancelled")]
     Cancelled,
+    /// Settings no request could succeed with (an unusable URL or key): found before sending.
+    #[error("the LLM settings cannot be used: {0}")]
+    Config(String),
 }
 
 impl LlmError {
@@ -150,7 +160,8 @@ impl LlmError {
             LlmError::Connect { .. } | LlmError::Timeout(_) | LlmError::Malformed(_) => true,
             LlmError::ReplayExhausted { .. }
             | LlmError::RecordingFile { .. }
-            | LlmError::Cancelled => false,
+            | LlmError::Cancelled
+            | LlmError::Config(_) => false,
         }
     }
 
@@ -172,6 +183,7 @@ impl LlmError {
             LlmError::ReplayExhausted { .. } => "replay exhausted".into(),
             LlmError::RecordingFile { .. } => "recording file".into(),
             LlmError::Cancelled => "cancelled".into(),
+            LlmError::Config(_) => "config".into(),
         }
     }
 }

@@ -5,15 +5,29 @@ use super::*;
 fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
     let err = stderr(out);
     assert_eq!(out.status.code(), Some(code), "stderr: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "expected one line, got: {err}");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "expected one line, got: {err}"
+    );
     assert!(err.starts_with("error:"), "{err}");
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
 }
 
 fn run_in(dir: &Path, extra: &[&str]) -> Output {
     let mut cmd = improve(dir);
-    cmd.args(["--llm-url", "http://127.0.0.1:9/v1", "--model", "m", "--test-cmd", &test_cmd()]);
+    cmd.args([
+        "--llm-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "m",
+        "--test-cmd",
+        &test_cmd(),
+    ]);
     cmd.args(extra);
     cmd.output().unwrap()
 }
@@ -35,12 +49,23 @@ fn a_repository_without_commits() {
 fn no_pytest_in_the_test_commands_python() {
     let fx = Fixture::new();
     let venv = tempfile::tempdir().unwrap();
-    let made = Command::new("python3").args(["-m", "venv", "--without-pip"]).arg(venv.path()).status().unwrap();
+    let made = Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(venv.path())
+        .status()
+        .unwrap();
     assert!(made.success());
     let bare_python = venv.path().join("bin/python");
     let cmd_text = format!("{} -m pytest", bare_python.display());
     let mut cmd = improve(fx.root());
-    cmd.args(["--llm-url", "http://127.0.0.1:9/v1", "--model", "m", "--test-cmd", &cmd_text]);
+    cmd.args([
+        "--llm-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "m",
+        "--test-cmd",
+        &cmd_text,
+    ]);
     assert_one_line_error(&cmd.output().unwrap(), 1, "does not run pytest");
 }
 
@@ -51,19 +76,29 @@ fn an_unreadable_state_file_is_reported_and_kept() {
     let garbage = "{\"schema_version\": 1, \"run_id\": tru";
     std::fs::write(fx.state_dir().join("state.json"), garbage).unwrap();
     assert_one_line_error(&run_in(fx.root(), &[]), 1, "cannot be read");
-    assert_eq!(std::fs::read_to_string(fx.state_dir().join("state.json")).unwrap(), garbage);
+    assert_eq!(
+        std::fs::read_to_string(fx.state_dir().join("state.json")).unwrap(),
+        garbage
+    );
     // The review commands say the same, and leave it too.
     let mut c = improve(fx.root());
     c.arg("status");
     assert_one_line_error(&c.output().unwrap(), 1, "cannot be read");
-    assert_eq!(std::fs::read_to_string(fx.state_dir().join("state.json")).unwrap(), garbage);
+    assert_eq!(
+        std::fs::read_to_string(fx.state_dir().join("state.json")).unwrap(),
+        garbage
+    );
 }
 
 #[test]
 fn a_state_from_a_newer_version_is_refused() {
     let fx = Fixture::new();
     std::fs::create_dir_all(fx.state_dir()).unwrap();
-    std::fs::write(fx.state_dir().join("state.json"), "{\"schema_version\": 42}").unwrap();
+    std::fs::write(
+        fx.state_dir().join("state.json"),
+        "{\"schema_version\": 42}",
+    )
+    .unwrap();
     assert_one_line_error(&run_in(fx.root(), &[]), 1, "newer improve");
 }
 
@@ -75,7 +110,10 @@ fn zero_or_non_numeric_iterations() {
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
         assert!(!stderr(&out).contains("panicked"));
     }
-    assert!(!fx.state_dir().join("state.json").exists(), "nothing must start");
+    assert!(
+        !fx.state_dir().join("state.json").exists(),
+        "nothing must start"
+    );
 }
 
 #[test]
@@ -83,7 +121,10 @@ fn a_missing_repo() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nope");
     assert_one_line_error(&run_in(&missing, &[]), 2, "no such directory");
-    let out = Command::new(env!("CARGO_BIN_EXE_improve")).arg("--repo").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_improve"))
+        .arg("--repo")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -102,10 +143,22 @@ fn a_missing_tests_folder() {
 fn a_missing_model_and_a_bad_url() {
     let fx = Fixture::new();
     let mut cmd = improve(fx.root());
-    cmd.args(["--llm-url", "http://127.0.0.1:9/v1", "--test-cmd", &test_cmd()]);
+    cmd.args([
+        "--llm-url",
+        "http://127.0.0.1:9/v1",
+        "--test-cmd",
+        &test_cmd(),
+    ]);
     assert_one_line_error(&cmd.output().unwrap(), 2, "--model");
     let mut cmd = improve(fx.root());
-    cmd.args(["--llm-url", "localhost:8080", "--model", "m", "--test-cmd", &test_cmd()]);
+    cmd.args([
+        "--llm-url",
+        "localhost:8080",
+        "--model",
+        "m",
+        "--test-cmd",
+        &test_cmd(),
+    ]);
     assert_one_line_error(&cmd.output().unwrap(), 2, "http://");
 }
 

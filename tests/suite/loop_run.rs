@@ -29,10 +29,28 @@ async fn a_mixed_run_keeps_exactly_the_passing_proposals() {
         c.args(["log", "--json"]);
         c
     });
-    let outcomes: Vec<&str> = log.as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
-    assert_eq!(outcomes, ["kept", "rejected", "rejected", "rejected", "kept"], "{log:#}");
-    let reasons: Vec<String> = log.as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap_or("").to_string()).collect();
-    assert!(reasons[1].contains("new tests fail") && reasons[1].contains("test_add_wrong"), "{}", reasons[1]);
+    let outcomes: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["kept", "rejected", "rejected", "rejected", "kept"],
+        "{log:#}"
+    );
+    let reasons: Vec<String> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        reasons[1].contains("new tests fail") && reasons[1].contains("test_add_wrong"),
+        "{}",
+        reasons[1]
+    );
     assert!(reasons[2].contains("invalid Python"), "{}", reasons[2]);
     assert!(reasons[3].contains("unsafe path"), "{}", reasons[3]);
 
@@ -51,13 +69,22 @@ async fn a_mixed_run_keeps_exactly_the_passing_proposals() {
         let msg = git(fx.root(), &["log", "-1", "--format=%B", commit]);
         assert!(msg.contains(&format!("Improve-Run: {run_id}")), "{msg}");
         assert!(msg.contains(&format!("Improve-Iteration: {n}")), "{msg}");
-        assert!(msg.lines().next().unwrap().contains(&format!("#{n}")), "{msg}");
-        assert!(msg.contains("Target: calc/") && msg.contains("Focus: ") && msg.contains("Pytest: "), "{msg}");
+        assert!(
+            msg.lines().next().unwrap().contains(&format!("#{n}")),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("Target: calc/") && msg.contains("Focus: ") && msg.contains("Pytest: "),
+            "{msg}"
+        );
         let logged = &log[n - 1];
         assert_eq!(logged["commit"].as_str(), Some(commit.as_str()));
     }
     // Only files under tests/ changed, and they are new files.
-    let changed = git(fx.root(), &["diff", "--name-status", &base, &fx.run_branch()]);
+    let changed = git(
+        fx.root(),
+        &["diff", "--name-status", &base, &fx.run_branch()],
+    );
     for line in changed.lines() {
         let (status, file) = line.split_once('\t').unwrap();
         assert_eq!(status, "A", "{line}");
@@ -95,7 +122,10 @@ async fn a_mixed_run_keeps_exactly_the_passing_proposals() {
     assert_eq!(worktrees.lines().count(), 1, "{worktrees}");
     // The report exists and states the measured figures.
     let report = std::fs::read_to_string(fx.state_dir().join("report.md")).unwrap();
-    assert!(report.contains("**2 kept**") && report.contains("**6 added**"), "{report}");
+    assert!(
+        report.contains("**2 kept**") && report.contains("**6 added**"),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -103,7 +133,11 @@ async fn the_users_branch_index_and_working_tree_are_untouched() {
     let fx = Fixture::new();
     let root = fx.root();
     // An uncommitted edit, a staged edit and an untracked file.
-    std::fs::write(root.join("calc/ops.py"), format!("{OPS}\n# work in progress\n")).unwrap();
+    std::fs::write(
+        root.join("calc/ops.py"),
+        format!("{OPS}\n# work in progress\n"),
+    )
+    .unwrap();
     std::fs::write(root.join("calc/text.py"), format!("{TEXT}\n# staged\n")).unwrap();
     git(root, &["add", "calc/text.py"]);
     std::fs::write(root.join("notes.txt"), "my notes\n").unwrap();
@@ -112,7 +146,11 @@ async fn the_users_branch_index_and_working_tree_are_untouched() {
     let branch_before = git(root, &["symbolic-ref", "HEAD"]);
     let staged_before = git(root, &["diff", "--cached"]);
 
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(FAILING)]).await;
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(FAILING)],
+    )
+    .await;
     let mut cmd = improve(root);
     cmd.args(["-n", "2"]);
     llm.args(&mut cmd);
@@ -123,11 +161,22 @@ async fn the_users_branch_index_and_working_tree_are_untouched() {
     assert_eq!(git(root, &["rev-parse", "HEAD"]), head_before);
     assert_eq!(git(root, &["symbolic-ref", "HEAD"]), branch_before);
     assert_eq!(git(root, &["diff", "--cached"]), staged_before);
-    assert_eq!(std::fs::read_to_string(root.join("notes.txt")).unwrap(), "my notes\n");
-    assert!(std::fs::read_to_string(root.join("calc/ops.py")).unwrap().ends_with("# work in progress\n"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("notes.txt")).unwrap(),
+        "my notes\n"
+    );
+    assert!(
+        std::fs::read_to_string(root.join("calc/ops.py"))
+            .unwrap()
+            .ends_with("# work in progress\n")
+    );
     // The kept test went to the run branch, not to the working tree.
     assert_eq!(fx.run_commits().len(), 1);
-    let tests_in_tree: Vec<_> = std::fs::read_dir(root.join("tests")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let tests_in_tree: Vec<_> = std::fs::read_dir(root.join("tests"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(tests_in_tree.len(), 1, "{tests_in_tree:?}");
 }
 
@@ -137,10 +186,16 @@ async fn the_api_key_is_sent_but_never_stored_nor_shown_to_tests() {
     let key = "sk-test-SECRET-4242-never-store-me";
     // A test that passes only if the key is absent from its environment.
     let env_probe = "import os\n\n\ndef test_no_secret_in_env():\n    assert not any(v.startswith('sk-test-') for v in os.environ.values())\n    assert 'OPENAI_API_KEY' not in os.environ\n";
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(env_probe), code_answer(GOOD_TEXT)]).await;
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(env_probe), code_answer(GOOD_TEXT)],
+    )
+    .await;
     let recording = fx.state_dir().join("recording.json");
     let mut cmd = improve(fx.root());
-    cmd.args(["-n", "2", "--record"]).arg(&recording).env("OPENAI_API_KEY", key);
+    cmd.args(["-n", "2", "--record"])
+        .arg(&recording)
+        .env("OPENAI_API_KEY", key);
     llm.args(&mut cmd);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -148,7 +203,10 @@ async fn the_api_key_is_sent_but_never_stored_nor_shown_to_tests() {
     let requests = llm.requests().await;
     assert_eq!(requests.len(), 2);
     for r in &requests {
-        assert_eq!(r.headers.get("authorization").unwrap().to_str().unwrap(), format!("Bearer {key}"));
+        assert_eq!(
+            r.headers.get("authorization").unwrap().to_str().unwrap(),
+            format!("Bearer {key}")
+        );
     }
     let log = json({
         let mut c = improve(fx.root());
@@ -168,7 +226,10 @@ async fn the_api_key_is_sent_but_never_stored_nor_shown_to_tests() {
             entry.display()
         );
     }
-    assert!(files > 10, "expected artifacts under the state dir, found {files}");
+    assert!(
+        files > 10,
+        "expected artifacts under the state dir, found {files}"
+    );
     assert!(recording.is_file());
     // Nor the commits.
     let all = git(fx.root(), &["log", "--all", "-p"]);
@@ -194,7 +255,11 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread")]
 async fn review_commands_describe_the_run() {
     let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(FAILING)]).await;
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(FAILING)],
+    )
+    .await;
     let mut cmd = improve(fx.root());
     cmd.args(["-n", "2"]);
     llm.args(&mut cmd);
@@ -209,14 +274,28 @@ async fn review_commands_describe_the_run() {
         stdout(&out)
     };
     let status = text(&["status"]);
-    assert!(status.contains("complete") && status.contains("1 kept, 1 rejected"), "{status}");
+    assert!(
+        status.contains("complete") && status.contains("1 kept, 1 rejected"),
+        "{status}"
+    );
     let log = text(&["log"]);
     assert_eq!(log.lines().count(), 3, "{log}");
-    assert!(log.lines().nth(1).unwrap().contains("kept") && log.lines().nth(2).unwrap().contains("new tests fail"), "{log}");
+    assert!(
+        log.lines().nth(1).unwrap().contains("kept")
+            && log.lines().nth(2).unwrap().contains("new tests fail"),
+        "{log}"
+    );
     let show_kept = text(&["show", "1"]);
-    assert!(show_kept.contains("outcome:  kept") && show_kept.contains("+def test_slug"), "{show_kept}");
+    assert!(
+        show_kept.contains("outcome:  kept") && show_kept.contains("+def test_slug"),
+        "{show_kept}"
+    );
     let show_rejected = text(&["show", "2"]);
-    assert!(show_rejected.contains("outcome:  rejected") && show_rejected.contains("+def test_add_wrong"), "{show_rejected}");
+    assert!(
+        show_rejected.contains("outcome:  rejected")
+            && show_rejected.contains("+def test_add_wrong"),
+        "{show_rejected}"
+    );
     assert!(show_rejected.contains("response.json"), "{show_rejected}");
 
     let report_file = fx.root().join("out.md");
@@ -239,7 +318,11 @@ fn the_demo_runs_offline() {
     let tmp = tempfile::tempdir().unwrap();
     let demo_dir = tmp.path().join("demo");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_improve"));
-    cmd.arg("demo").arg("--repo").arg(&demo_dir).arg("--test-cmd").arg(test_cmd());
+    cmd.arg("demo")
+        .arg("--repo")
+        .arg(&demo_dir)
+        .arg("--test-cmd")
+        .arg(test_cmd());
     for key in ["IMPROVE_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"] {
         cmd.env_remove(key);
     }
@@ -253,6 +336,13 @@ fn the_demo_runs_offline() {
     assert_eq!(status["iterations_done"], 5);
     assert!(status["kept"].as_u64().unwrap() >= 3, "{status:#}");
     assert_eq!(status["tokens_in"].as_u64().map(|t| t > 0), Some(true));
-    let commits = git(&demo_dir, &["rev-list", "--count", &format!("main..{}", status["run_branch"].as_str().unwrap())]);
+    let commits = git(
+        &demo_dir,
+        &[
+            "rev-list",
+            "--count",
+            &format!("main..{}", status["run_branch"].as_str().unwrap()),
+        ],
+    );
     assert_eq!(commits, status["kept"].to_string());
 }

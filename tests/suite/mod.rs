@@ -36,7 +36,11 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "test@example.com")
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -86,7 +90,11 @@ impl Fixture {
             "from calc.ops import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n",
         )
         .unwrap();
-        std::fs::write(root.join("pyproject.toml"), "[tool.pytest.ini_options]\npythonpath = [\".\"]\n").unwrap();
+        std::fs::write(
+            root.join("pyproject.toml"),
+            "[tool.pytest.ini_options]\npythonpath = [\".\"]\n",
+        )
+        .unwrap();
         git(root, &["init", "-q", "-b", "main"]);
         git(root, &["add", "-A"]);
         git(root, &["commit", "-qm", "initial"]);
@@ -107,15 +115,20 @@ impl Fixture {
 
     /// The run branch named in the state.
     pub fn run_branch(&self) -> String {
-        let state: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(self.state_dir().join("state.json")).unwrap()).unwrap();
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(self.state_dir().join("state.json")).unwrap(),
+        )
+        .unwrap();
         state["run_branch"].as_str().unwrap().to_string()
     }
 
     /// Commits on the run branch since the base, oldest first.
     pub fn run_commits(&self) -> Vec<String> {
         let branch = self.run_branch();
-        let out = git(self.root(), &["rev-list", "--reverse", &format!("main..{branch}")]);
+        let out = git(
+            self.root(),
+            &["rev-list", "--reverse", &format!("main..{branch}")],
+        );
         out.lines().map(str::to_string).collect()
     }
 
@@ -124,14 +137,30 @@ impl Fixture {
         let branch = self.run_branch();
         let check = tempfile::tempdir().unwrap();
         let wt = check.path().join("wt");
-        git(self.root(), &["worktree", "add", "-q", "--detach", wt.to_str().unwrap(), &branch]);
+        git(
+            self.root(),
+            &[
+                "worktree",
+                "add",
+                "-q",
+                "--detach",
+                wt.to_str().unwrap(),
+                &branch,
+            ],
+        );
         let out = Command::new(python())
             .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
             .current_dir(&wt)
             .output()
             .unwrap();
-        git(self.root(), &["worktree", "remove", "--force", wt.to_str().unwrap()]);
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+        git(
+            self.root(),
+            &["worktree", "remove", "--force", wt.to_str().unwrap()],
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
     }
 }
 
@@ -139,7 +168,14 @@ impl Fixture {
 pub fn improve(repo: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_improve"));
     cmd.arg("--repo").arg(repo);
-    for key in ["IMPROVE_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "IMPROVE_LLM_URL", "IMPROVE_MODEL", "IMPROVE_TEST_ABORT_AT"] {
+    for key in [
+        "IMPROVE_API_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "IMPROVE_LLM_URL",
+        "IMPROVE_MODEL",
+        "IMPROVE_TEST_ABORT_AT",
+    ] {
         cmd.env_remove(key);
     }
     cmd.env("IMPROVE_RETRY_BASE_MS", "10");

@@ -7,7 +7,11 @@ use std::time::Duration;
 use super::*;
 
 fn answers() -> Vec<Answer> {
-    vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS), code_answer(FAILING)]
+    vec![
+        code_answer(GOOD_TEXT),
+        code_answer(GOOD_OPS),
+        code_answer(FAILING),
+    ]
 }
 
 /// Checks the run is whole: complete, one commit per kept iteration with distinct trailers,
@@ -26,7 +30,11 @@ fn assert_consistent(fx: &Fixture, expected_kept: usize) {
     let mut seen = BTreeSet::new();
     for c in &commits {
         let msg = git(fx.root(), &["log", "-1", "--format=%B", c]);
-        let n = msg.lines().find(|l| l.starts_with("Improve-Iteration: ")).expect("trailer").to_string();
+        let n = msg
+            .lines()
+            .find(|l| l.starts_with("Improve-Iteration: "))
+            .expect("trailer")
+            .to_string();
         assert!(seen.insert(n.clone()), "duplicate commit for {n}");
     }
     let (ok, out) = fx.suite_passes_on_run_branch();
@@ -38,20 +46,38 @@ fn assert_consistent(fx: &Fixture, expected_kept: usize) {
 async fn resumes_after_a_kill_at_every_checkpoint() {
     // Checkpoints of iteration 2, plus the run-level ones; `kept-ref` is the instant between the
     // run branch moving and the state recording it.
-    for point in ["started", "baseline", "planned:2", "asked:2", "applied:2", "verified:2", "kept-ref:2", "finished:2"] {
+    for point in [
+        "started",
+        "baseline",
+        "planned:2",
+        "asked:2",
+        "applied:2",
+        "verified:2",
+        "kept-ref:2",
+        "finished:2",
+    ] {
         let fx = Fixture::new();
         let llm = StandIn::start(Wire::OpenAi, answers()).await;
         let mut cmd = improve(fx.root());
         cmd.args(["-n", "3"]).env("IMPROVE_TEST_ABORT_AT", point);
         llm.args(&mut cmd);
         let out = output(cmd).await;
-        assert_eq!(out.status.code(), None, "{point}: expected death by SIGKILL; {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{point}: expected death by SIGKILL; {}",
+            stderr(&out)
+        );
 
         let mut cmd = improve(fx.root());
         llm.args(&mut cmd);
         let out = output(cmd).await;
         assert_eq!(out.status.code(), Some(0), "{point}: {}", stderr(&out));
-        assert!(stderr(&out).contains("resuming run"), "{point}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("resuming run"),
+            "{point}: {}",
+            stderr(&out)
+        );
         assert_consistent(&fx, 2);
         // Every answer was asked for exactly once: a saved answer is never paid for twice.
         assert_eq!(llm.requests().await.len(), 3, "{point}");
@@ -70,11 +96,19 @@ async fn resumes_after_kill_dash_nine_at_random_moments() {
             let mut cmd = improve(fx.root());
             cmd.args(["-n", "3"]);
             llm.args(&mut cmd);
-            let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+            let mut child = cmd
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
             let wait = Duration::from_millis(rng.u64(200..2500));
             tokio::time::sleep(wait).await;
             if let Some(status) = child.try_wait().unwrap() {
-                assert_eq!(status.code(), Some(0), "round {round}: a run that was not killed must complete");
+                assert_eq!(
+                    status.code(),
+                    Some(0),
+                    "round {round}: a run that was not killed must complete"
+                );
                 finished = true;
                 break;
             }
@@ -88,10 +122,18 @@ async fn resumes_after_kill_dash_nine_at_random_moments() {
             let mut cmd = improve(fx.root());
             llm.args(&mut cmd);
             let out = output(cmd).await;
-            assert_eq!(out.status.code(), Some(0), "round {round} after {kills} kills: {}", stderr(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "round {round} after {kills} kills: {}",
+                stderr(&out)
+            );
         }
         assert_consistent(&fx, 2);
-        assert!(llm.requests().await.len() <= 3 + kills, "answers asked for more than once per kill");
+        assert!(
+            llm.requests().await.len() <= 3 + kills,
+            "answers asked for more than once per kill"
+        );
     }
 }
 
@@ -105,7 +147,11 @@ async fn a_second_run_refuses_while_the_first_holds_the_lock() {
     let mut first = improve(fx.root());
     first.args(["-n", "1"]);
     llm.args(&mut first);
-    let first = first.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let first = first
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     // Wait until the first run has started.
     for _ in 0..100 {
         if fx.state_dir().join("state.json").exists() {
@@ -117,9 +163,19 @@ async fn a_second_run_refuses_while_the_first_holds_the_lock() {
     llm.args(&mut second);
     let out = output(second).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("another improve run"), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&first.id().to_string()), "names the pid: {}", stderr(&out));
-    let out = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap()).await.unwrap();
+    assert!(
+        stderr(&out).contains("another improve run"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(&first.id().to_string()),
+        "names the pid: {}",
+        stderr(&out)
+    );
+    let out = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -140,9 +196,14 @@ async fn a_lock_left_by_a_dead_process_is_taken_over() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_larger_iteration_count_on_resume_extends_the_run() {
     let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)]).await;
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)],
+    )
+    .await;
     let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1"]).env("IMPROVE_TEST_ABORT_AT", "finished:1");
+    cmd.args(["-n", "1"])
+        .env("IMPROVE_TEST_ABORT_AT", "finished:1");
     llm.args(&mut cmd);
     assert_eq!(output(cmd).await.status.code(), None);
     let branch = fx.run_branch();
@@ -159,7 +220,11 @@ async fn a_larger_iteration_count_on_resume_extends_the_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_complete_run_a_new_one_starts_and_the_old_is_archived() {
     let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)]).await;
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)],
+    )
+    .await;
     let mut cmd = improve(fx.root());
     cmd.args(["-n", "1"]);
     llm.args(&mut cmd);
@@ -174,5 +239,11 @@ async fn after_a_complete_run_a_new_one_starts_and_the_old_is_archived() {
     assert!(stderr(&out).contains("archived"), "{}", stderr(&out));
     assert_ne!(fx.run_branch(), first_branch);
     // The first run's branch and commit are still there.
-    assert_eq!(git(fx.root(), &["rev-list", "--count", &format!("main..{first_branch}")]), "1");
+    assert_eq!(
+        git(
+            fx.root(),
+            &["rev-list", "--count", &format!("main..{first_branch}")]
+        ),
+        "1"
+    );
 }

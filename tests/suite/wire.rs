@@ -19,7 +19,12 @@ async fn anthropic_wire_format_end_to_end() {
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(body["model"], "stand-in-model");
     assert!(body["system"].as_str().unwrap().contains("pytest"));
-    assert!(body["messages"][0]["content"].as_str().unwrap().contains("calc/text.py"));
+    assert!(
+        body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("calc/text.py")
+    );
     let status = json({
         let mut c = improve(fx.root());
         c.args(["status", "--json"]);
@@ -36,31 +41,64 @@ async fn the_prompt_carries_the_module_its_tests_and_the_guidelines() {
     std::fs::write(fx.root().join("AGENTS.md"), "Always use plain asserts.\n").unwrap();
     git(fx.root(), &["add", "AGENTS.md"]);
     git(fx.root(), &["commit", "-qm", "guidelines"]);
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)]).await;
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)],
+    )
+    .await;
     let mut cmd = improve(fx.root());
     cmd.args(["-n", "2", "--focus", "boundaries,errors"]);
     llm.args(&mut cmd);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let requests = llm.requests().await;
-    let bodies: Vec<serde_json::Value> = requests.iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
-    let user = |i: usize| bodies[i]["messages"][1]["content"].as_str().unwrap().to_string();
+    let bodies: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let user = |i: usize| {
+        bodies[i]["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(bodies[0]["messages"][0]["role"], "system");
     assert_eq!(bodies[0]["model"], "stand-in-model");
-    assert!(bodies[0]["max_tokens"].as_u64().is_some() && bodies[0]["temperature"].as_f64().is_some());
+    assert!(
+        bodies[0]["max_tokens"].as_u64().is_some() && bodies[0]["temperature"].as_f64().is_some()
+    );
     // Least covered first: text.py has no tests at all.
-    assert!(user(0).contains("`calc/text.py`") && user(0).contains("def initials"), "{}", user(0));
+    assert!(
+        user(0).contains("`calc/text.py`") && user(0).contains("def initials"),
+        "{}",
+        user(0)
+    );
     assert!(user(0).contains("boundaries") && user(0).contains("Always use plain asserts."));
     // The second targets ops.py and shows the existing test that imports it.
-    assert!(user(1).contains("`calc/ops.py`") && user(1).contains("tests/test_ops.py") && user(1).contains("def test_add"), "{}", user(1));
+    assert!(
+        user(1).contains("`calc/ops.py`")
+            && user(1).contains("tests/test_ops.py")
+            && user(1).contains("def test_add"),
+        "{}",
+        user(1)
+    );
     assert!(user(1).contains("errors"));
-    assert!(requests.iter().all(|r| r.headers.get("authorization").is_none()), "no key set, no header");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.headers.get("authorization").is_none()),
+        "no key set, no header"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recorded_run_replays_without_the_network() {
     let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(FAILING)]).await;
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(FAILING)],
+    )
+    .await;
     let recording = tempfile::tempdir().unwrap();
     let file = recording.path().join("rec.json");
     let mut cmd = improve(fx.root());
@@ -70,7 +108,10 @@ async fn a_recorded_run_replays_without_the_network() {
 
     let fx2 = Fixture::new();
     let mut cmd = improve(fx2.root());
-    cmd.args(["-n", "2", "--replay"]).arg(&file).arg("--test-cmd").arg(test_cmd());
+    cmd.args(["-n", "2", "--replay"])
+        .arg(&file)
+        .arg("--test-cmd")
+        .arg(test_cmd());
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let outcomes = |fx: &Fixture| -> Vec<String> {
@@ -79,10 +120,18 @@ async fn a_recorded_run_replays_without_the_network() {
             c.args(["log", "--json"]);
             c
         });
-        log.as_array().unwrap().iter().map(|r| format!("{} {}", r["target"], r["outcome"])).collect()
+        log.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {}", r["target"], r["outcome"]))
+            .collect()
     };
     assert_eq!(outcomes(&fx), outcomes(&fx2));
-    assert_eq!(llm.requests().await.len(), 2, "the replay must not call the server");
+    assert_eq!(
+        llm.requests().await.len(),
+        2,
+        "the replay must not call the server"
+    );
 }
 
 fn status_answer(code: u16) -> Answer {
@@ -93,7 +142,11 @@ fn status_answer(code: u16) -> Answer {
 async fn rate_limits_and_server_errors_are_retried() {
     let fx = Fixture::new();
     let answers = vec![
-        Answer::Raw(ResponseTemplate::new(429).insert_header("retry-after", "1").set_body_string("slow down")),
+        Answer::Raw(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "1")
+                .set_body_string("slow down"),
+        ),
         status_answer(503),
         code_answer(GOOD_TEXT),
     ];
@@ -104,7 +157,10 @@ async fn rate_limits_and_server_errors_are_retried() {
     let started = std::time::Instant::now();
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "Retry-After was not honoured");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "Retry-After was not honoured"
+    );
     assert_eq!(llm.requests().await.len(), 3);
     assert_eq!(fx.run_commits().len(), 1);
 }
@@ -119,7 +175,11 @@ async fn an_llm_that_keeps_failing_stops_the_run_resumably() {
     llm.args(&mut cmd);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("failed on the LLM"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed on the LLM"),
+        "{}",
+        stderr(&out)
+    );
     let status = json({
         let mut c = improve(fx.root());
         c.args(["status", "--json"]);
@@ -132,10 +192,17 @@ async fn an_llm_that_keeps_failing_stops_the_run_resumably() {
         c.args(["log", "--json"]);
         c
     });
-    assert!(log[0]["reason"].as_str().unwrap().contains("500"), "{log:#}");
+    assert!(
+        log[0]["reason"].as_str().unwrap().contains("500"),
+        "{log:#}"
+    );
 
     // The endpoint recovers: the same command resumes and finishes.
-    let llm2 = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)]).await;
+    let llm2 = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)],
+    )
+    .await;
     let mut cmd = improve(fx.root());
     llm2.args(&mut cmd);
     let out = output(cmd).await;
