@@ -346,3 +346,65 @@ fn the_demo_runs_offline() {
     );
     assert_eq!(commits, status["kept"].to_string());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_test_is_killed_with_its_children_and_the_run_goes_on() {
+    let fx = Fixture::new();
+    let pid_file = fx
+        .dir
+        .path()
+        .parent()
+        .unwrap()
+        .join(format!("improve-hang-{}.pid", std::process::id()));
+    let hang = format!(
+        "import subprocess\nimport time\n\n\ndef test_hangs():\n    child = subprocess.Popen(['sleep', '300'])\n    with open({:?}, 'w') as f:\n        f.write(str(child.pid))\n    time.sleep(300)\n",
+        pid_file.display().to_string()
+    );
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(&hang), code_answer(GOOD_OPS)],
+    )
+    .await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2", "--test-timeout", "3s"]);
+    llm.args(&mut cmd);
+    let started = std::time::Instant::now();
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the hang stalled the run"
+    );
+    let log = json({
+        let mut c = improve(fx.root());
+        c.args(["log", "--json"]);
+        c
+    });
+    assert_eq!(log[0]["outcome"], "rejected");
+    assert!(
+        log[0]["reason"].as_str().unwrap().contains("timed out"),
+        "{log:#}"
+    );
+    assert_eq!(log[1]["outcome"], "kept");
+    // The grandchild the test spawned died with its process group.
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(&pid_file);
+    // Killed means gone, or a zombie waiting for its new parent to reap it.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").split_whitespace().next() != Some("Z"))
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !running(),
+        "the spawned `sleep` (pid {pid}) survived the timeout"
+    );
+}
