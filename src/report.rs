@@ -29,6 +29,9 @@ pub struct ReportModel {
     pub tests_fixed: u32,
     pub coverage_baseline: Option<f64>,
     pub coverage_now: Option<f64>,
+    /// The same, formatted for the template (`32.3`), so both read alike.
+    pub coverage_baseline_pct: Option<String>,
+    pub coverage_now_pct: Option<String>,
     pub provider: String,
     pub model: String,
     pub llm_calls: u32,
@@ -131,6 +134,12 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
             .and_then(|b| b.coverage.as_ref())
             .map(|c| c.percent),
         coverage_now: state.coverage_now().map(|c| c.percent),
+        coverage_baseline_pct: state
+            .baseline
+            .as_ref()
+            .and_then(|b| b.coverage.as_ref())
+            .map(|c| format!("{:.1}", c.percent)),
+        coverage_now_pct: state.coverage_now().map(|c| format!("{:.1}", c.percent)),
         provider: state.settings.provider.as_str().to_string(),
         model: state.settings.model.clone(),
         llm_calls: state.iterations.iter().map(|i| i.llm_calls).sum(),

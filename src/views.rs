@@ -54,6 +54,13 @@ fn outcome_word(o: Option<Outcome>) -> &'static str {
     }
 }
 
+fn kind_word(k: crate::state::Kind) -> &'static str {
+    match k {
+        crate::state::Kind::Add => "add",
+        crate::state::Kind::Fix => "fix",
+    }
+}
+
 pub fn status_json(store: &StateStore, state: &RunState) -> Value {
     let (tokens_in, tokens_out) = state.tokens();
     json!({
@@ -147,7 +154,7 @@ pub fn log_json(it: &Iteration) -> Value {
         "n": it.n,
         "target": it.target,
         "focus": it.focus,
-        "kind": match it.kind { crate::state::Kind::Add => "add", crate::state::Kind::Fix => "fix" },
+        "kind": kind_word(it.kind),
         "outcome": outcome_word(it.outcome),
         "reason": it.reason,
         "tests_added": it.tests_added,
@@ -227,7 +234,7 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
     let _ = writeln!(out, "iteration {n} of run {}", state.run_id);
     let _ = writeln!(out, "target:   {}", it.target);
     let _ = writeln!(out, "focus:    {}", it.focus);
-    let _ = writeln!(out, "kind:     {:?}", it.kind);
+    let _ = writeln!(out, "kind:     {}", kind_word(it.kind));
     let _ = writeln!(
         out,
         "outcome:  {}",
@@ -265,7 +272,7 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
     for (label, file) in [("prompt", "prompt.md"), ("answer", "response.json")] {
         let p = dir.join(file);
         if p.exists() {
-            let _ = writeln!(out, "{label}:   {:<1}{}", "", p.display());
+            let _ = writeln!(out, "{label}:   {}", p.display());
         }
     }
     let diff = match (&it.commit, dir.join("diff.patch")) {
