@@ -149,11 +149,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub fresh: bool,
 
-    /// Stop cleanly (resumable) after this much wall time, e.g. 8h, 90m.
+    /// Stop cleanly (resumable) after this much wall time in this invocation, e.g. 8h, 90m.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub max_duration: Option<std::time::Duration>,
 
-    /// Stop cleanly (resumable) once this many tokens (in + out) were spent.
+    /// Stop cleanly (resumable) once this invocation has spent this many tokens (in + out).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u64>,
 

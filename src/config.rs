@@ -154,9 +154,11 @@ pub fn resolve(
     file: &FileConfig,
     saved: Option<&RunSettings>,
 ) -> Result<Resolved, UsageError> {
+    // Saved with the run as absolute paths, so a resume from another folder finds them.
     let replay = cli
         .replay
-        .clone()
+        .as_deref()
+        .map(absolute)
         .or_else(|| saved.and_then(|s| s.replay.clone()));
     let provider = match (cli.provider, &file.provider) {
         (Some(p), _) => p.into(),
@@ -276,8 +278,7 @@ pub fn resolve(
         .unwrap_or(Duration::from_secs(300));
     let max_duration = cli
         .max_duration
-        .or(file_duration(&file.max_duration, "max-duration")?)
-        .or(saved.and_then(|s| s.max_duration_s.map(Duration::from_secs)));
+        .or(file_duration(&file.max_duration, "max-duration")?);
 
     let iterations = cli.iterations.or(file.iterations).unwrap_or(10);
     if iterations == 0 {
@@ -307,7 +308,8 @@ pub fn resolve(
             replay,
             record: cli
                 .record
-                .clone()
+                .as_deref()
+                .map(absolute)
                 .or_else(|| saved.and_then(|s| s.record.clone())),
             test_cmd,
             package,
@@ -321,13 +323,21 @@ pub fn resolve(
                 .or(file.max_llm_failures)
                 .or(saved.map(|s| s.max_llm_failures))
                 .unwrap_or(5),
-            max_tokens: cli
-                .max_tokens
-                .or(file.max_tokens)
-                .or(saved.and_then(|s| s.max_tokens)),
+            // Limits are for this invocation: a stopped run resumes with the same command.
+            max_tokens: cli.max_tokens.or(file.max_tokens),
             max_duration_s: max_duration.map(|d| d.as_secs()),
         },
     })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
 }
 
 fn parse_provider(name: &str) -> Result<Provider, UsageError> {

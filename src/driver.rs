@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
@@ -64,6 +64,9 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     let state_dir = config::state_dir(&repo_root, global.state_dir.as_deref());
     let store = StateStore::new(state_dir.clone());
     let _lock = store.lock()?;
+    // Runs with different --state-dir on one repository would fight over its refs: one lock
+    // per repository too, in git's common dir (shared by every worktree).
+    let _repo_lock = crate::state::lock_file(&repo.commondir().join("improve.lock"), &repo_root)?;
     git::exclude_state_dir(&repo, &repo_root, &state_dir)?;
     let file = config::load_file_config(&repo_root)?;
 
@@ -79,16 +82,8 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         }
         Err(e) => return Err(e.into()),
     };
+    let previous_id = existing.as_ref().map(|s| s.run_id.clone());
     let resume = existing.filter(|s| s.status != RunStatus::Complete && !args.fresh);
-    if resume.is_none()
-        && let Some(old_id) = store.load().ok().flatten().map(|s| s.run_id)
-    {
-        let to = store.archive_current(Some(&old_id))?;
-        printer.line(&format!(
-            "previous run {old_id} archived to {}",
-            to.map(|p| p.display().to_string()).unwrap_or_default()
-        ));
-    }
 
     let resolved = config::resolve(
         &repo_root,
@@ -120,6 +115,10 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         words: settings.test_cmd.clone(),
         coverage: None,
         timeout: settings.test_timeout,
+        import_root: Path::new(&settings.package)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     };
     let has_coverage = pytest::preflight(&test_cmd, &scratch, &scratch)
         .await
@@ -134,16 +133,12 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         );
     }
 
+    let templates = Templates::load(Some(&state_dir))?;
     let mut state = match resume {
         Some(mut s) => {
-            if git::branch_tip(&repo, &s.run_branch)?.is_none() {
-                return Err(git::GitError::RunBranchMissing {
-                    branch: s.run_branch,
-                }
-                .into());
-            }
             if let Some(n) = args.iterations {
-                s.iterations_target = n;
+                // Never below what is done: "done 7 of 5" helps nobody.
+                s.iterations_target = n.max(s.iterations_done());
             }
             s.settings = resolved.settings.clone();
             s.status = RunStatus::Running;
@@ -159,21 +154,42 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
             ));
             s
         }
-        None => new_run(&repo, &resolved, &printer)?,
+        None => {
+            let state = new_run(&repo, &resolved)?;
+            // Only now, with every check passed, is the previous run moved aside.
+            if let Some(old_id) = previous_id {
+                let to = store.archive_current(Some(&old_id))?;
+                printer.line(&format!(
+                    "previous run {old_id} archived to {}",
+                    to.map(|p| p.display().to_string()).unwrap_or_default()
+                ));
+            }
+            printer.line(&format!(
+                "new run {} on branch {} from {}",
+                state.run_id,
+                state.run_branch,
+                git::short(&state.base_commit)
+            ));
+            state
+        }
     };
 
     let ctx = RunContext {
         repo_root: repo_root.clone(),
         repo,
         store,
-        templates: Templates::load(Some(&state_dir))?,
+        templates,
         llm,
         test_cmd,
         cancel: CancellationToken::new(),
         session_start: Instant::now(),
         elapsed_before: state.elapsed_s,
     };
+    // The state is saved before the run branch exists, so a crash in between leaves a run
+    // whose branch is simply created on resume, never an orphan branch and a second run.
     ctx.save(&mut state)?;
+    iteration::crash_point("saved", 0);
+    ensure_run_branch(&ctx.repo, &state)?;
     iteration::crash_point("started", 0);
     install_signal_handlers(ctx.cancel.clone());
 
@@ -201,15 +217,27 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     Ok(end)
 }
 
-fn new_run(repo: &git2::Repository, resolved: &Resolved, printer: &Printer) -> Result<RunState> {
+/// Creates the run branch at the base when it does not exist yet. A missing branch of a run
+/// that already kept commits is the user's doing (deleted or renamed): say so, change nothing.
+fn ensure_run_branch(repo: &git2::Repository, state: &RunState) -> Result<()> {
+    if git::branch_tip(repo, &state.run_branch)?.is_some() {
+        return Ok(());
+    }
+    if state.kept().next().is_some() {
+        return Err(git::GitError::RunBranchMissing {
+            branch: state.run_branch.clone(),
+        }
+        .into());
+    }
+    let base = git2::Oid::from_str(&state.base_commit).context("the base commit in the state")?;
+    git::create_branch(repo, &state.run_branch, base, false)?;
+    Ok(())
+}
+
+fn new_run(repo: &git2::Repository, resolved: &Resolved) -> Result<RunState> {
     let base = git::resolve_commit(repo, &resolved.base).map_err(|e| UsageError(e.to_string()))?;
     let run_id = new_run_id();
     let run_branch = format!("improve/{run_id}");
-    git::create_branch(repo, &run_branch, base, false)?;
-    printer.line(&format!(
-        "new run {run_id} on branch {run_branch} from {}",
-        git::short(&base.to_string())
-    ));
     Ok(RunState {
         schema_version: SCHEMA_VERSION,
         run_id,
@@ -333,6 +361,7 @@ async fn drive(
         .into());
     }
     let session_start = Instant::now();
+    let tokens_at_start = state.tokens();
     loop {
         if ctx.cancel.is_cancelled() {
             return Ok(RunEnd::Interrupted);
@@ -344,7 +373,8 @@ async fn drive(
                 if state.iterations_done() >= state.iterations_target {
                     return Ok(RunEnd::Complete);
                 }
-                if let Some(reason) = limit_reached(state, resolved.max_duration, session_start) {
+                if let Some(reason) = limit_reached(state, resolved, session_start, tokens_at_start)
+                {
                     return Ok(RunEnd::Stopped(reason));
                 }
                 let n = state.iterations.len() as u32 + 1;
@@ -366,7 +396,9 @@ async fn drive(
             return Ok(end);
         }
         print_iteration(&state.iterations[idx], state.iterations_target, printer);
-        if state.consecutive_llm_failures >= state.settings.max_llm_failures {
+        if state.consecutive_llm_failures >= state.settings.max_llm_failures
+            && state.iterations_done() < state.iterations_target
+        {
             let last = state.iterations[idx].reason.clone().unwrap_or_default();
             return Ok(RunEnd::Stopped(format!(
                 "{} iterations in a row failed on the LLM (last: {last})",
@@ -376,12 +408,15 @@ async fn drive(
     }
 }
 
+/// The limits count from the start of this invocation, so that a stopped run resumes with the
+/// same command (a budget per night, not per run).
 fn limit_reached(
     state: &RunState,
-    max_duration: Option<Duration>,
+    resolved: &Resolved,
     session_start: Instant,
+    tokens_at_start: (u64, u64),
 ) -> Option<String> {
-    if let Some(max) = max_duration
+    if let Some(max) = resolved.max_duration
         && session_start.elapsed() >= max
     {
         return Some(format!(
@@ -389,10 +424,11 @@ fn limit_reached(
             humantime::format_duration(max)
         ));
     }
-    if let Some(max) = state.settings.max_tokens {
+    if let Some(max) = resolved.settings.max_tokens {
         let (i, o) = state.tokens();
-        if i + o >= max {
-            return Some(format!("--max-tokens {max} reached ({} spent)", i + o));
+        let spent = (i + o).saturating_sub(tokens_at_start.0 + tokens_at_start.1);
+        if spent >= max {
+            return Some(format!("--max-tokens {max} reached ({spent} spent)"));
         }
     }
     None
@@ -468,7 +504,9 @@ fn install_signal_handlers(cancel: CancellationToken) {
                 eprintln!("stopping: saving state (press Ctrl-C again to quit at once)");
                 cancel.cancel();
             } else {
-                // Every save is atomic, so quitting here still leaves a consistent state.
+                // Every save is atomic, so quitting here still leaves a consistent state; the
+                // tests in their own process groups would not see our exit, so end them first.
+                pytest::kill_live_groups();
                 std::process::exit(130);
             }
         }

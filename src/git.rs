@@ -97,6 +97,9 @@ pub fn exclude_state_dir(
     repo_root: &Path,
     state_dir: &Path,
 ) -> Result<(), GitError> {
+    let state_dir = state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| state_dir.to_path_buf());
     let Ok(rel) = state_dir.strip_prefix(repo_root) else {
         return Ok(());
     };
@@ -116,7 +119,9 @@ pub fn exclude_state_dir(
     text.push_str("# improve's state dir\n");
     text.push_str(&line);
     text.push('\n');
-    std::fs::write(&exclude, text).ctx(|| format!("write {}", exclude.display()))
+    // The user's file: never leave it torn.
+    crate::state::write_atomic(&exclude, text.as_bytes())
+        .ctx(|| format!("write {}", exclude.display()))
 }
 
 pub fn branch_tip(repo: &Repository, branch: &str) -> Result<Option<Oid>, GitError> {
@@ -193,6 +198,12 @@ pub fn remove_worktree(repo: &Repository, name: &str, path: &Path) -> Result<(),
         opts.valid(true).working_tree(true).locked(true);
         wt.prune(Some(&mut opts))
             .ctx(|| format!("prune worktree {name}"))?;
+    }
+    // A kill while libgit2 was creating the worktree can leave an entry it cannot open (so
+    // cannot prune) but that still blocks re-creating it: remove it by hand.
+    let admin = repo.commondir().join("worktrees").join(name);
+    if admin.exists() {
+        std::fs::remove_dir_all(&admin).ctx(|| format!("remove {}", admin.display()))?;
     }
     Ok(())
 }

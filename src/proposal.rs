@@ -39,6 +39,23 @@ pub enum PathError {
     NotPython(String),
     #[error("unsafe path `{0}`: a parent is not a folder")]
     NotADir(String),
+    #[error("unsafe path `{0}`: too long or too deep")]
+    TooLong(String),
+}
+
+impl PathError {
+    /// An attempt to write somewhere the tool must never write (absolute, `..`, a symlink,
+    /// control characters), as opposed to a hint that is merely unusable (outside the tests
+    /// folder, not a .py file), which is ignored like any other hint.
+    pub fn is_hostile(&self) -> bool {
+        matches!(
+            self,
+            PathError::Absolute(_)
+                | PathError::Traversal(_)
+                | PathError::Symlink(_)
+                | PathError::BadChar(_)
+        )
+    }
 }
 
 /// Extracts the test file from an answer: the first fenced block tagged python (or untagged)
@@ -142,6 +159,13 @@ pub fn safe_test_path(root: &Path, tests_dir: &str, candidate: &str) -> Result<P
         return Err(PathError::BadChar(err_path));
     }
     let path = Path::new(candidate);
+    // Names past these limits fail in the file system (ENAMETOOLONG) rather than here.
+    if candidate.len() > 200
+        || candidate.split('/').any(|seg| seg.len() > 100)
+        || candidate.split('/').count() > 8
+    {
+        return Err(PathError::TooLong(err_path));
+    }
     if path.is_absolute() || candidate.starts_with('~') {
         return Err(PathError::Absolute(err_path));
     }
@@ -194,13 +218,24 @@ pub fn choose_test_path(
     n: u32,
 ) -> Result<String, PathError> {
     if let Some(hint) = hint {
-        let abs = safe_test_path(root, tests_dir, hint)?;
-        let name_ok = abs
-            .file_name()
-            .and_then(|f| f.to_str())
-            .is_some_and(|f| f.starts_with("test_"));
-        if name_ok && !abs.exists() {
-            return Ok(hint.to_string());
+        // A bare file name means "in the tests folder".
+        let hint = if hint.contains('/') {
+            hint.to_string()
+        } else {
+            format!("{tests_dir}/{hint}")
+        };
+        match safe_test_path(root, tests_dir, &hint) {
+            Ok(abs) => {
+                let name_ok = abs
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with("test_"));
+                if name_ok && !abs.exists() {
+                    return Ok(hint);
+                }
+            }
+            Err(e) if e.is_hostile() => return Err(e),
+            Err(e) => tracing::info!("ignoring the model's path hint: {e}"),
         }
     }
     let stem: String = target_stem
@@ -320,5 +355,16 @@ mod tests {
             choose_test_path(tmp.path(), "tests", Some("tests/test_new.py"), "a", 3).unwrap();
         assert_eq!(chosen, "tests/test_new.py");
         assert!(choose_test_path(tmp.path(), "tests", Some("../evil.py"), "a", 3).is_err());
+        assert!(choose_test_path(tmp.path(), "tests", Some("/etc/evil.py"), "a", 3).is_err());
+        // Merely unusable hints are ignored: the module itself, a bare name, an overlong name.
+        let chosen = choose_test_path(tmp.path(), "tests", Some("pkg/a.py"), "a", 4).unwrap();
+        assert_eq!(chosen, "tests/test_a_improve_4.py");
+        let chosen = choose_test_path(tmp.path(), "tests", Some("test_bare.py"), "a", 4).unwrap();
+        assert_eq!(chosen, "tests/test_bare.py");
+        let long = format!("tests/test_{}.py", "x".repeat(300));
+        assert_eq!(
+            choose_test_path(tmp.path(), "tests", Some(&long), "a", 4).unwrap(),
+            "tests/test_a_improve_4.py"
+        );
     }
 }

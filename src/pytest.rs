@@ -33,6 +33,10 @@ pub struct TestCommand {
     pub words: Vec<String>,
     pub coverage: Option<CoverageSpec>,
     pub timeout: Duration,
+    /// The folder, relative to the worktree, that holds the package (`""` or `src`). It goes
+    /// first on PYTHONPATH so an editable install of the user's checkout cannot make the tests
+    /// import the user's working tree instead of the worktree under test.
+    pub import_root: String,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +162,9 @@ pub async fn run(
         None => cmd.words.clone(),
     };
     words.extend([
+        // Without a config file pytest picks the rootdir from the arguments, and test ids of a
+        // one-file run would then differ from the whole suite's: pin it to the worktree.
+        format!("--rootdir={}", cwd.display()),
         format!("--junitxml={}", junit_path.display()),
         "-p".into(),
         "no:cacheprovider".into(),
@@ -166,9 +173,20 @@ pub async fn run(
     ]);
     words.extend(args.iter().cloned());
 
+    let import_root = cwd.join(&cmd.import_root);
+    let pythonpath = match std::env::var_os("PYTHONPATH") {
+        Some(existing) if !existing.is_empty() => {
+            let mut p = import_root.into_os_string();
+            p.push(":");
+            p.push(existing);
+            p
+        }
+        _ => import_root.into_os_string(),
+    };
+    let env = [(std::ffi::OsString::from("PYTHONPATH"), pythonpath)];
     let started = Instant::now();
     let (exit_code, timed_out) =
-        spawn_and_wait(&words, cwd, &output_path, cmd.timeout, cancel).await?;
+        spawn_and_wait(&words, cwd, &output_path, cmd.timeout, cancel, &env).await?;
     let duration = started.elapsed();
 
     let cases = std::fs::read_to_string(&junit_path)
@@ -197,7 +215,7 @@ pub async fn run(
                 "-q".into(),
             ];
             let log = artifacts.join(format!("{label}.coverage.txt"));
-            spawn_and_wait(&words, cwd, &log, cmd.timeout, cancel).await?;
+            spawn_and_wait(&words, cwd, &log, cmd.timeout, cancel, &[]).await?;
             std::fs::read_to_string(&cov_json)
                 .ok()
                 .and_then(|j| parse_coverage_json(&j))
@@ -216,6 +234,20 @@ pub async fn run(
     })
 }
 
+/// Process groups of tests running now, so a forced exit can end them (they do not get the
+/// terminal's signals: they are in groups of their own).
+static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+pub fn kill_live_groups() {
+    let groups = LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    for pgid in groups.iter() {
+        // SAFETY: signalling process groups we created.
+        unsafe {
+            libc::killpg(*pgid, libc::SIGKILL);
+        }
+    }
+}
+
 /// Starts `words` in its own process group and waits for it, the timeout or cancellation; in the
 /// last two cases the whole group is killed. The group is also killed after a normal exit, so a
 /// test that left a background process behind does not leave it running all night.
@@ -225,6 +257,7 @@ async fn spawn_and_wait(
     output_path: &Path,
     timeout: Duration,
     cancel: &CancellationToken,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
 ) -> Result<(Option<i32>, bool), PytestError> {
     let output_err = |source| PytestError::Output {
         path: output_path.display().to_string(),
@@ -251,11 +284,21 @@ async fn spawn_and_wait(
             command.env_remove(&name);
         }
     }
+    for (name, value) in env {
+        command.env(name, value);
+    }
     let mut child = command.spawn().map_err(|source| PytestError::Spawn {
         cmd: shell_words::join(words),
         source,
     })?;
     let pid = child.id();
+    let pgid = pid.and_then(|p| i32::try_from(p).ok());
+    if let Some(g) = pgid {
+        LIVE_GROUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(g);
+    }
     let kill_group = || {
         if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
             // SAFETY: signalling a process group we created; a stale id only yields ESRCH.
@@ -281,6 +324,12 @@ async fn spawn_and_wait(
             Err(PytestError::Cancelled)
         }
     };
+    if let Some(g) = pgid {
+        LIVE_GROUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|x| *x != g);
+    }
     result
 }
 
@@ -424,7 +473,7 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
     let mut words = cmd.words.clone();
     words.push("--version".into());
     let out = scratch.join("preflight-pytest.txt");
-    let (code, _) = spawn_and_wait(&words, cwd, &out, Duration::from_secs(60), &cancel)
+    let (code, _) = spawn_and_wait(&words, cwd, &out, Duration::from_secs(60), &cancel, &[])
         .await
         .map_err(|e| e.to_string())?;
     if code != Some(0) {
@@ -451,7 +500,7 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
         "--version".into(),
     ];
     let out = scratch.join("preflight-coverage.txt");
-    let (code, _) = spawn_and_wait(&words, cwd, &out, Duration::from_secs(60), &cancel)
+    let (code, _) = spawn_and_wait(&words, cwd, &out, Duration::from_secs(60), &cancel, &[])
         .await
         .map_err(|e| e.to_string())?;
     Ok(code == Some(0))
@@ -469,7 +518,7 @@ pub async fn check_syntax(python: &str, file: &Path, scratch: &Path) -> Result<(
         file.display().to_string(),
     ];
     let out = scratch.join("syntax-check.txt");
-    let (code, _) = spawn_and_wait(&words, scratch, &out, Duration::from_secs(60), &cancel)
+    let (code, _) = spawn_and_wait(&words, scratch, &out, Duration::from_secs(60), &cancel, &[])
         .await
         .map_err(|e| e.to_string())?;
     match code {

@@ -317,40 +317,18 @@ impl StateStore {
     /// Takes the run lock, or says which process holds it.
     pub fn lock(&self) -> Result<RunLock, StateError> {
         self.ensure_dir()?;
-        let path = self.dir.join("lock");
-        let lock_err = |source| StateError::Lock {
-            path: path.display().to_string(),
-            source,
+        lock_file(&self.dir.join("lock"), &self.dir)
+    }
+
+    /// Whether a run holds the lock, asked without taking it (so `status` never disturbs a run
+    /// that is starting).
+    pub fn is_locked(&self) -> bool {
+        let Ok(file) = File::open(self.dir.join("lock")) else {
+            return false;
         };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(lock_err)?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let pid = std::fs::read_to_string(&path)
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_default();
-                return Err(StateError::Locked {
-                    dir: self.dir.display().to_string(),
-                    pid: if pid.is_empty() {
-                        "unknown".into()
-                    } else {
-                        pid
-                    },
-                });
-            }
-            return Err(lock_err(err));
-        }
-        file.set_len(0).map_err(lock_err)?;
-        writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
-        Ok(RunLock { _file: file })
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        rc != 0
     }
 
     /// Loads the run state; `Ok(None)` when there is none yet. A file that does not parse is
@@ -427,6 +405,52 @@ impl StateStore {
         std::fs::rename(&from, &to).map_err(archive_err)?;
         Ok(Some(to))
     }
+}
+
+/// Takes an exclusive `flock` on `path`, writing our pid into it for the message another run
+/// shows. A lock held a moment by a `status` probe is waited out (up to a second).
+pub fn lock_file(path: &Path, what: &Path) -> Result<RunLock, StateError> {
+    let lock_err = |source| StateError::Lock {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(lock_err)?;
+    let mut tries = 0;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(lock_err(err));
+        }
+        tries += 1;
+        if tries >= 10 {
+            let pid = std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            return Err(StateError::Locked {
+                dir: what.display().to_string(),
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid
+                },
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    file.set_len(0).map_err(lock_err)?;
+    writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+    Ok(RunLock { _file: file })
 }
 
 /// The one helper that writes files that must never be torn: state, artifacts the resume

@@ -30,7 +30,7 @@ fn load(global: &GlobalArgs) -> Result<(std::path::PathBuf, StateStore, RunState
 
 /// `running` in the file but nobody holds the lock: the process died.
 fn effective_status(store: &StateStore, state: &RunState) -> RunStatus {
-    if state.status == RunStatus::Running && store.lock().is_ok() {
+    if state.status == RunStatus::Running && !store.is_locked() {
         RunStatus::Interrupted
     } else {
         state.status

@@ -408,3 +408,43 @@ async fn a_hanging_test_is_killed_with_its_children_and_the_run_goes_on() {
         "the spawned `sleep` (pid {pid}) survived the timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repo_without_any_pytest_config_keeps_good_tests() {
+    // Without a config file pytest derives its rootdir from the arguments: a one-file run and
+    // the whole suite must still agree on test ids.
+    let fx = Fixture::new();
+    git(fx.root(), &["rm", "-q", "pyproject.toml"]);
+    git(fx.root(), &["commit", "-qm", "no config"]);
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = json({
+        let mut c = improve(fx.root());
+        c.args(["log", "--json"]);
+        c
+    });
+    assert_eq!(log[0]["outcome"], "kept", "{log:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_path_mentioned_in_prose_is_only_a_hint() {
+    let fx = Fixture::new();
+    let answer = format!("Here are tests for `calc/text.py`:\n\n```python\n{GOOD_TEXT}```\n");
+    let llm = StandIn::start(Wire::OpenAi, vec![Answer::Text(answer)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = json({
+        let mut c = improve(fx.root());
+        c.args(["log", "--json"]);
+        c
+    });
+    assert_eq!(log[0]["outcome"], "kept", "{log:#}");
+    assert_eq!(log[0]["files"][0], "tests/test_text_improve_1.py");
+}

@@ -47,6 +47,7 @@ async fn resumes_after_a_kill_at_every_checkpoint() {
     // Checkpoints of iteration 2, plus the run-level ones; `kept-ref` is the instant between the
     // run branch moving and the state recording it.
     for point in [
+        "saved",
         "started",
         "baseline",
         "planned:2",
@@ -163,6 +164,18 @@ async fn a_second_run_refuses_while_the_first_holds_the_lock() {
     llm.args(&mut second);
     let out = output(second).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Another state dir on the same repository is refused too: they would share its refs.
+    let other_state = tempfile::tempdir().unwrap();
+    let mut third = improve(fx.root());
+    third.arg("--state-dir").arg(other_state.path());
+    llm.args(&mut third);
+    let out3 = output(third).await;
+    assert_eq!(out3.status.code(), Some(1), "{}", stderr(&out3));
+    assert!(
+        stderr(&out3).contains("another improve run"),
+        "{}",
+        stderr(&out3)
+    );
     assert!(
         stderr(&out).contains("another improve run"),
         "{}",
