@@ -175,7 +175,6 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     };
 
     let ctx = RunContext {
-        repo_root: repo_root.clone(),
         repo,
         store,
         templates,
@@ -352,7 +351,10 @@ async fn drive(
         ctx.save(state)?;
         iteration::crash_point("baseline", 0);
     }
-    let modules = target::list_modules(&ctx.repo_root, &state.settings.package);
+    // What is committed at the base is what the iterations test, not the user's working tree.
+    let base = git2::Oid::from_str(&state.base_commit).context("the base commit in the state")?;
+    let package_files = git::python_files_at(&ctx.repo, base, &state.settings.package)?;
+    let modules = target::list_modules(&package_files, &state.settings.package);
     if modules.is_empty() {
         return Err(UserError(format!(
             "the package {} has no Python modules to write tests for: pass --package DIR",

@@ -346,6 +346,40 @@ pub fn keep_on_run_branch(
     Ok(new)
 }
 
+/// The `.py` files under `folder` in `commit`'s tree, as (path, text). What is committed is
+/// what the tests run against; the user's working tree may hold anything.
+pub fn python_files_at(
+    repo: &Repository,
+    commit: Oid,
+    folder: &str,
+) -> Result<Vec<(String, String)>, GitError> {
+    let tree = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .ctx(|| format!("read the tree of {commit}"))?;
+    let prefix = format!("{}/", folder.trim_end_matches('/'));
+    let mut found = Vec::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+        let Ok(name) = entry.name() else {
+            return git2::TreeWalkResult::Ok;
+        };
+        let path = format!("{root}{name}");
+        let is_blob = entry.kind() == Some(git2::ObjectType::Blob);
+        if is_blob && name.ends_with(".py") && path.starts_with(&prefix) {
+            found.push((path, entry.id()));
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .ctx(|| "walk the tree".into())?;
+    let mut out = Vec::with_capacity(found.len());
+    for (path, id) in found {
+        let blob = repo.find_blob(id).ctx(|| format!("read {path}"))?;
+        out.push((path, String::from_utf8_lossy(blob.content()).into_owned()));
+    }
+    out.sort();
+    Ok(out)
+}
+
 pub fn short(oid: &str) -> &str {
     oid.get(..10).unwrap_or(oid)
 }

@@ -52,7 +52,6 @@ impl From<PytestError> for StepError {
 
 /// What every iteration needs from the run; owned by the driver.
 pub struct RunContext {
-    pub repo_root: PathBuf,
     pub repo: Repository,
     pub store: StateStore,
     pub templates: Templates,
@@ -236,15 +235,17 @@ fn build_request(
     let settings = &state.settings;
     let import_name = target::import_name(&it.target, &settings.package);
     let source = read_at_tip(&ctx.repo, tip, &it.target).unwrap_or_default();
-    let existing_tests =
-        target::tests_importing(&ctx.repo_root, &settings.tests_dir, &import_name, 2)
-            .into_iter()
-            .map(|(path, text)| NamedText {
-                name: path.clone(),
-                path,
-                text: cut(&text, MAX_EXAMPLE_CHARS),
-            })
-            .collect();
+    // The tests at the run branch's tip: the project's own plus those kept earlier in the run,
+    // so the model sees what is already covered.
+    let test_files = git::python_files_at(&ctx.repo, tip, &settings.tests_dir)?;
+    let existing_tests = target::tests_importing(&test_files, &import_name, 2)
+        .into_iter()
+        .map(|(path, text)| NamedText {
+            name: path.clone(),
+            path,
+            text: cut(&text, MAX_EXAMPLE_CHARS),
+        })
+        .collect();
     let guidelines = ["CLAUDE.md", "AGENTS.md", "CONTRIBUTING.md"]
         .iter()
         .filter_map(|name| {

@@ -6,50 +6,43 @@ use std::path::Path;
 
 use crate::state::{Coverage, RunState};
 
-/// A module of the package, as a path relative to the repo (`pkg/sub/mod.py`).
-pub fn list_modules(repo_root: &Path, package: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    walk(repo_root, &repo_root.join(package), &mut out);
+/// The package's modules (`pkg/sub/mod.py`) among `files` (path, text): files in folders that
+/// are packages all the way down, without `__init__.py` files that define nothing.
+pub fn list_modules(files: &[(String, String)], package: &str) -> Vec<String> {
+    let paths: std::collections::BTreeSet<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    let in_package = |path: &str| {
+        let mut dir = Path::new(path).parent();
+        while let Some(d) = dir {
+            if d.as_os_str().is_empty() || !d.starts_with(package) {
+                break;
+            }
+            if !paths.contains(format!("{}/__init__.py", d.display()).as_str()) {
+                return false;
+            }
+            dir = d.parent();
+        }
+        true
+    };
+    let mut out: Vec<String> = files
+        .iter()
+        .filter(|(path, text)| {
+            path.starts_with(&format!("{package}/"))
+                && !path.contains("/__pycache__/")
+                && in_package(path)
+                && (!path.ends_with("/__init__.py") || defines_something(text))
+        })
+        .map(|(p, _)| p.clone())
+        .collect();
     out.sort();
     out
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().to_string();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            if !name.starts_with('.') && name != "__pycache__" && path.join("__init__.py").is_file()
-            {
-                walk(root, &path, out);
-            }
-        } else if meta.is_file() && name.ends_with(".py") {
-            // An `__init__.py` that only re-exports or documents has nothing to test.
-            if name == "__init__.py" && !defines_something(&path) {
-                continue;
-            }
-            if let Ok(rel) = path.strip_prefix(root) {
-                out.push(rel.display().to_string());
-            }
-        }
-    }
-}
-
-fn defines_something(path: &Path) -> bool {
-    std::fs::read_to_string(path)
-        .map(|t| {
-            t.lines().any(|l| {
-                let l = l.trim_start();
-                l.starts_with("def ") || l.starts_with("async def ") || l.starts_with("class ")
-            })
-        })
-        .unwrap_or(false)
+/// An `__init__.py` that only re-exports or documents has nothing to test.
+fn defines_something(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("def ") || l.starts_with("async def ") || l.starts_with("class ")
+    })
 }
 
 /// `src/pkg/sub/mod.py` -> `pkg.sub.mod`; `pkg/__init__.py` -> `pkg`.
@@ -107,59 +100,33 @@ pub fn focus_for(n: u32, focus: &[String]) -> String {
     focus[(n.saturating_sub(1) as usize) % focus.len()].clone()
 }
 
-/// Test files under `tests_dir` that import `import_name`, as (path, text), at most `limit`.
+/// Test files among `files` (path, text) that import `import_name`, at most `limit`.
 pub fn tests_importing(
-    repo_root: &Path,
-    tests_dir: &str,
+    files: &[(String, String)],
     import_name: &str,
     limit: usize,
 ) -> Vec<(String, String)> {
-    let mut files = Vec::new();
-    collect_py(&repo_root.join(tests_dir), &mut files);
-    files.sort();
     let (parent, leaf) = match import_name.rsplit_once('.') {
         Some((p, l)) => (p.to_string(), l.to_string()),
         None => (String::new(), import_name.to_string()),
     };
-    let mut out = Vec::new();
-    for path in files {
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let imports = text.lines().any(|l| {
-            let l = l.trim();
-            l.starts_with(&format!("from {import_name} import"))
-                || l == format!("import {import_name}")
-                || l.starts_with(&format!("import {import_name} "))
-                || (!parent.is_empty()
-                    && l.starts_with(&format!("from {parent} import"))
-                    && l.split(|c: char| !c.is_alphanumeric() && c != '_')
-                        .any(|w| w == leaf))
-        });
-        if imports && let Ok(rel) = path.strip_prefix(repo_root) {
-            out.push((rel.display().to_string(), text));
-            if out.len() == limit {
-                break;
-            }
-        }
-    }
-    out
-}
-
-fn collect_py(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if !entry.file_name().to_string_lossy().starts_with('.') {
-                collect_py(&path, out);
-            }
-        } else if path.extension().is_some_and(|e| e == "py") {
-            out.push(path);
-        }
-    }
+    files
+        .iter()
+        .filter(|(_, text)| {
+            text.lines().any(|l| {
+                let l = l.trim();
+                l.starts_with(&format!("from {import_name} import"))
+                    || l == format!("import {import_name}")
+                    || l.starts_with(&format!("import {import_name} "))
+                    || (!parent.is_empty()
+                        && l.starts_with(&format!("from {parent} import"))
+                        && l.split(|c: char| !c.is_alphanumeric() && c != '_')
+                            .any(|w| w == leaf))
+            })
+        })
+        .take(limit)
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -173,44 +140,47 @@ mod tests {
         assert_eq!(import_name("pkg/__init__.py", "pkg"), "pkg");
     }
 
+    fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect()
+    }
+
     #[test]
     fn lists_modules_skipping_empty_init_and_non_packages() {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = tmp.path();
-        std::fs::create_dir_all(p.join("pkg/sub")).unwrap();
-        std::fs::create_dir_all(p.join("pkg/data")).unwrap();
-        std::fs::write(
-            p.join("pkg/__init__.py"),
-            "\"\"\"Docs only.\"\"\"\nfrom .a import x\n",
-        )
-        .unwrap();
-        std::fs::write(p.join("pkg/a.py"), "x = 1\n").unwrap();
-        std::fs::write(p.join("pkg/sub/__init__.py"), "def y():\n    return 2\n").unwrap();
-        std::fs::write(p.join("pkg/data/b.py"), "z = 3\n").unwrap();
+        let f = files(&[
+            (
+                "pkg/__init__.py",
+                "\"\"\"Docs only.\"\"\"\nfrom .a import x\n",
+            ),
+            ("pkg/a.py", "x = 1\n"),
+            ("pkg/sub/__init__.py", "def y():\n    return 2\n"),
+            ("pkg/data/b.py", "z = 3\n"),
+            ("other/c.py", "def c(): pass\n"),
+        ]);
         assert_eq!(
-            list_modules(p, "pkg"),
+            list_modules(&f, "pkg"),
             vec!["pkg/a.py", "pkg/sub/__init__.py"]
         );
     }
 
     #[test]
     fn finds_tests_importing_a_module() {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = tmp.path();
-        std::fs::create_dir_all(p.join("tests")).unwrap();
-        std::fs::write(p.join("tests/test_a.py"), "from pkg.a import f\n").unwrap();
-        std::fs::write(p.join("tests/test_b.py"), "from pkg import b, c\n").unwrap();
-        std::fs::write(p.join("tests/test_c.py"), "from pkg.ab import f\n").unwrap();
-        let found: Vec<String> = tests_importing(p, "tests", "pkg.a", 5)
-            .into_iter()
-            .map(|t| t.0)
-            .collect();
-        assert_eq!(found, vec!["tests/test_a.py"]);
-        let found: Vec<String> = tests_importing(p, "tests", "pkg.b", 5)
-            .into_iter()
-            .map(|t| t.0)
-            .collect();
-        assert_eq!(found, vec!["tests/test_b.py"]);
+        let f = files(&[
+            ("tests/test_a.py", "from pkg.a import f\n"),
+            ("tests/test_b.py", "from pkg import b, c\n"),
+            ("tests/test_c.py", "from pkg.ab import f\n"),
+        ]);
+        let names =
+            |found: Vec<(String, String)>| found.into_iter().map(|t| t.0).collect::<Vec<_>>();
+        assert_eq!(
+            names(tests_importing(&f, "pkg.a", 5)),
+            vec!["tests/test_a.py"]
+        );
+        assert_eq!(
+            names(tests_importing(&f, "pkg.b", 5)),
+            vec!["tests/test_b.py"]
+        );
     }
 
     #[test]

@@ -141,6 +141,8 @@ async fn the_users_branch_index_and_working_tree_are_untouched() {
     std::fs::write(root.join("calc/text.py"), format!("{TEXT}\n# staged\n")).unwrap();
     git(root, &["add", "calc/text.py"]);
     std::fs::write(root.join("notes.txt"), "my notes\n").unwrap();
+    // An untracked module: not committed, so never a target.
+    std::fs::write(root.join("calc/scratch.py"), "def draft():\n    return 1\n").unwrap();
     let status_before = git(root, &["status", "--porcelain"]);
     let head_before = git(root, &["rev-parse", "HEAD"]);
     let branch_before = git(root, &["symbolic-ref", "HEAD"]);
@@ -169,6 +171,18 @@ async fn the_users_branch_index_and_working_tree_are_untouched() {
         std::fs::read_to_string(root.join("calc/ops.py"))
             .unwrap()
             .ends_with("# work in progress\n")
+    );
+    let log = json({
+        let mut c = improve(root);
+        c.args(["log", "--json"]);
+        c
+    });
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["target"] != "calc/scratch.py"),
+        "{log:#}"
     );
     // The kept test went to the run branch, not to the working tree.
     assert_eq!(fx.run_commits().len(), 1);
