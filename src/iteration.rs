@@ -413,16 +413,22 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
         }
     };
     let abs = wt_path.join(&rel);
-    if let Some(parent) = abs.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| StepError::Artifact {
-            path: parent.display().to_string(),
-            source,
-        })?;
+    // The path is approved, but the file system may still refuse it (a name it cannot hold):
+    // that costs this proposal, not the run.
+    let written = abs
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&abs, &proposal.code));
+    if let Err(e) = written {
+        finish(
+            ctx,
+            state,
+            idx,
+            Outcome::Rejected,
+            format!("cannot write {rel}: {e}"),
+        );
+        return Ok(());
     }
-    std::fs::write(&abs, &proposal.code).map_err(|source| StepError::Artifact {
-        path: abs.display().to_string(),
-        source,
-    })?;
     let oid = git::commit_files(
         &wt_path,
         std::slice::from_ref(&rel),

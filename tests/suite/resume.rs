@@ -260,3 +260,65 @@ async fn after_a_complete_run_a_new_one_starts_and_the_old_is_archived() {
         "1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_stops_the_run_with_130_and_it_resumes() {
+    let fx = Fixture::new();
+    let slow = ResponseTemplate::new(200)
+        .set_delay(Duration::from_secs(30))
+        .set_body_string("never read");
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            Answer::Raw(slow),
+            code_answer(GOOD_TEXT),
+            code_answer(GOOD_OPS),
+        ],
+    )
+    .await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2"]);
+    llm.args(&mut cmd);
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the LLM call is in flight.
+    for _ in 0..200 {
+        if !llm.requests().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        llm.requests().await.len(),
+        1,
+        "the run never called the LLM"
+    );
+    let sent = std::time::Instant::now();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "the signal did not stop the run promptly"
+    );
+    let status = json({
+        let mut c = improve(fx.root());
+        c.args(["status", "--json"]);
+        c
+    });
+    assert_eq!(status["state"], "interrupted");
+    assert_eq!(status["iterations_done"], 0);
+
+    let mut cmd = improve(fx.root());
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(fx.run_commits().len(), 2);
+}
