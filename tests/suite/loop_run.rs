@@ -24,11 +24,7 @@ async fn a_mixed_run_keeps_exactly_the_passing_proposals() {
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
 
-    let log = json({
-        let mut c = improve(fx.root());
-        c.args(["log", "--json"]);
-        c
-    });
+    let log = improve_json(fx.root(), &["log", "--json"]);
     let outcomes: Vec<&str> = log
         .as_array()
         .unwrap()
@@ -57,11 +53,7 @@ async fn a_mixed_run_keeps_exactly_the_passing_proposals() {
     // Kept iterations are exactly the commits on the run branch, each with its trailers.
     let commits = fx.run_commits();
     assert_eq!(commits.len(), 2);
-    let run_id = json({
-        let mut c = improve(fx.root());
-        c.args(["status", "--json"]);
-        c
-    })["run_id"]
+    let run_id = improve_json(fx.root(), &["status", "--json"])["run_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -99,11 +91,7 @@ async fn a_mixed_run_keeps_exactly_the_passing_proposals() {
     assert!(ok, "{summary}");
     assert!(summary.contains("7 passed"), "{summary}");
 
-    let status = json({
-        let mut c = improve(fx.root());
-        c.args(["status", "--json"]);
-        c
-    });
+    let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["state"], "complete");
     assert_eq!(status["iterations_done"], 5);
     assert_eq!(status["kept"], 2);
@@ -172,11 +160,7 @@ async fn the_users_branch_index_and_working_tree_are_untouched() {
             .unwrap()
             .ends_with("# work in progress\n")
     );
-    let log = json({
-        let mut c = improve(root);
-        c.args(["log", "--json"]);
-        c
-    });
+    let log = improve_json(root, &["log", "--json"]);
     assert!(
         log.as_array()
             .unwrap()
@@ -222,11 +206,7 @@ async fn the_api_key_is_sent_but_never_stored_nor_shown_to_tests() {
             format!("Bearer {key}")
         );
     }
-    let log = json({
-        let mut c = improve(fx.root());
-        c.args(["log", "--json"]);
-        c
-    });
+    let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "the tests saw the key: {log:#}");
 
     // Nothing under the state dir (state, artifacts, pytest output, recording) holds the key.
@@ -342,11 +322,7 @@ fn the_demo_runs_offline() {
     }
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let status = json({
-        let mut c = improve(&demo_dir);
-        c.args(["status", "--json"]);
-        c
-    });
+    let status = improve_json(&demo_dir, &["status", "--json"]);
     assert_eq!(status["iterations_done"], 5);
     assert!(status["kept"].as_u64().unwrap() >= 3, "{status:#}");
     assert_eq!(status["tokens_in"].as_u64().map(|t| t > 0), Some(true));
@@ -389,11 +365,7 @@ async fn a_hanging_test_is_killed_with_its_children_and_the_run_goes_on() {
         started.elapsed() < std::time::Duration::from_secs(60),
         "the hang stalled the run"
     );
-    let log = json({
-        let mut c = improve(fx.root());
-        c.args(["log", "--json"]);
-        c
-    });
+    let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "rejected");
     assert!(
         log[0]["reason"].as_str().unwrap().contains("timed out"),
@@ -436,11 +408,7 @@ async fn a_repo_without_any_pytest_config_keeps_good_tests() {
     llm.args(&mut cmd);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let log = json({
-        let mut c = improve(fx.root());
-        c.args(["log", "--json"]);
-        c
-    });
+    let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
 }
 
@@ -454,11 +422,7 @@ async fn a_path_mentioned_in_prose_is_only_a_hint() {
     llm.args(&mut cmd);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let log = json({
-        let mut c = improve(fx.root());
-        c.args(["log", "--json"]);
-        c
-    });
+    let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
     assert_eq!(log[0]["files"][0], "tests/test_text_improve_1.py");
 }

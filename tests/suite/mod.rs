@@ -204,6 +204,13 @@ pub fn json(cmd: Command) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
 
+/// `improve <args>` on `repo`, which must succeed and print JSON (`status --json`, `log --json`).
+pub fn improve_json(repo: &Path, args: &[&str]) -> serde_json::Value {
+    let mut c = improve(repo);
+    c.args(args);
+    json(c)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
     OpenAi,

@@ -17,11 +17,7 @@ fn answers() -> Vec<Answer> {
 /// Checks the run is whole: complete, one commit per kept iteration with distinct trailers,
 /// and the suite passing on the run branch.
 fn assert_consistent(fx: &Fixture, expected_kept: usize) {
-    let status = json({
-        let mut c = improve(fx.root());
-        c.args(["status", "--json"]);
-        c
-    });
+    let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["state"], "complete", "{status:#}");
     assert_eq!(status["iterations_done"], 3, "{status:#}");
     let commits = fx.run_commits();
@@ -308,11 +304,7 @@ async fn a_signal_stops_the_run_with_130_and_it_resumes() {
         sent.elapsed() < Duration::from_secs(10),
         "the signal did not stop the run promptly"
     );
-    let status = json({
-        let mut c = improve(fx.root());
-        c.args(["status", "--json"]);
-        c
-    });
+    let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["state"], "interrupted");
     assert_eq!(status["iterations_done"], 0);
 

@@ -25,11 +25,7 @@ async fn anthropic_wire_format_end_to_end() {
             .unwrap()
             .contains("calc/text.py")
     );
-    let status = json({
-        let mut c = improve(fx.root());
-        c.args(["status", "--json"]);
-        c
-    });
+    let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["kept"], 1);
     assert_eq!(status["tokens_in"], 120);
     assert_eq!(status["tokens_out"], 45);
@@ -115,11 +111,7 @@ async fn a_recorded_run_replays_without_the_network() {
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let outcomes = |fx: &Fixture| -> Vec<String> {
-        let log = json({
-            let mut c = improve(fx.root());
-            c.args(["log", "--json"]);
-            c
-        });
+        let log = improve_json(fx.root(), &["log", "--json"]);
         log.as_array()
             .unwrap()
             .iter()
@@ -180,18 +172,10 @@ async fn an_llm_that_keeps_failing_stops_the_run_resumably() {
         "{}",
         stderr(&out)
     );
-    let status = json({
-        let mut c = improve(fx.root());
-        c.args(["status", "--json"]);
-        c
-    });
+    let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["state"], "interrupted");
     assert_eq!(status["errors"], 2);
-    let log = json({
-        let mut c = improve(fx.root());
-        c.args(["log", "--json"]);
-        c
-    });
+    let log = improve_json(fx.root(), &["log", "--json"]);
     assert!(
         log[0]["reason"].as_str().unwrap().contains("500"),
         "{log:#}"
@@ -207,11 +191,7 @@ async fn an_llm_that_keeps_failing_stops_the_run_resumably() {
     llm2.args(&mut cmd);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let status = json({
-        let mut c = improve(fx.root());
-        c.args(["status", "--json"]);
-        c
-    });
+    let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["iterations_done"], 4);
     assert_eq!(status["kept"], 2);
 }
