@@ -69,11 +69,14 @@ pub enum Command {
         #[arg(value_parser = clap::value_parser!(u32).range(1..))]
         n: u32,
     },
-    /// Write the run's report (Markdown).
+    /// Write the run's report: Markdown to <state-dir>/report.md, or the same figures as JSON.
     Report {
-        /// Write the report here instead of <state-dir>/report.md.
+        /// Write the report here instead (`-` for standard output).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// markdown (from the report.md.hbs template) or json (one object, printed unless --out).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
+        format: ReportFormat,
     },
     /// Run the whole loop on a bundled example, offline (no API key, no network).
     Demo(DemoArgs),
@@ -168,6 +171,12 @@ pub struct RunArgs {
     /// Consecutive iterations failing on the LLM before the run stops (default 5).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_llm_failures: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Markdown,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

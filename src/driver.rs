@@ -68,6 +68,12 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     // per repository too, in git's common dir (shared by every worktree).
     let _repo_lock = crate::state::lock_file(&repo.commondir().join("improve.lock"), &repo_root)?;
     git::exclude_state_dir(&repo, &repo_root, &state_dir)?;
+    if let Err(e) = crate::logging::set_log_file(&state_dir.join("log.jsonl")) {
+        printer.line(&format!(
+            "note: no log file in {}: {e}",
+            state_dir.display()
+        ));
+    }
     let file = config::load_file_config(&repo_root)?;
 
     let existing = match store.load() {
@@ -437,6 +443,21 @@ fn limit_reached(
 }
 
 fn print_iteration(it: &Iteration, target: u32, printer: &Printer) {
+    tracing::info!(
+        n = it.n,
+        target = %it.target,
+        focus = %it.focus,
+        outcome = ?it.outcome,
+        reason = it.reason.as_deref().unwrap_or(""),
+        commit = it.commit.as_deref().unwrap_or(""),
+        tests_added = it.tests_added,
+        tokens_in = it.tokens_in,
+        tokens_out = it.tokens_out,
+        llm_s = it.seconds.llm,
+        tests_s = it.seconds.tests,
+        total_s = it.seconds.total,
+        "iteration finished"
+    );
     let outcome = it
         .outcome
         .map(|o| format!("{o:?}").to_lowercase())

@@ -337,6 +337,11 @@ async fn ask(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), S
     it.llm_calls += 1;
     it.tokens_in += response.tokens_in;
     it.tokens_out += response.tokens_out;
+    it.llm = Some(format!(
+        "{} {}",
+        ctx.llm.provider().as_str(),
+        ctx.llm.model()
+    ));
     it.step = Step::Asked;
     Ok(())
 }

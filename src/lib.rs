@@ -10,6 +10,7 @@ pub mod error;
 pub mod git;
 pub mod iteration;
 pub mod llm;
+pub mod logging;
 pub mod prompt;
 pub mod proposal;
 pub mod pytest;

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    init_tracing(cli.global.verbose, cli.global.quiet);
+    improve::logging::init(cli.global.verbose, cli.global.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,8 +50,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Status { json }) => improve::views::status(&cli.global, *json).map(|_| 0),
         Some(Command::Log { json }) => improve::views::log(&cli.global, *json).map(|_| 0),
         Some(Command::Show { n }) => improve::views::show(&cli.global, *n).map(|_| 0),
-        Some(Command::Report { out }) => {
-            improve::views::report(&cli.global, out.as_deref()).map(|_| 0)
+        Some(Command::Report { out, format }) => {
+            improve::views::report(&cli.global, out.as_deref(), *format).map(|_| 0)
         }
     }
 }
@@ -77,20 +77,4 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ").replace('\n', " ")
-}
-
-fn init_tracing(verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IMPROVE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("improve={level}")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .try_init();
 }

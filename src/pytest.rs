@@ -223,6 +223,15 @@ pub async fn run(
         _ => None,
     };
 
+    tracing::info!(
+        label,
+        cwd = %cwd.display(),
+        exit_code = ?exit_code,
+        timed_out,
+        seconds = duration.as_secs_f64(),
+        summary = %summary,
+        "pytest finished"
+    );
     Ok(PytestRun {
         exit_code,
         timed_out,

@@ -27,23 +27,34 @@ pub struct ReportModel {
     pub tests_now: Option<u32>,
     pub tests_added: u32,
     pub tests_fixed: u32,
+    /// Tests added in files the run created, and in files it changed.
+    pub tests_in_created_files: u32,
+    pub tests_in_changed_files: u32,
     pub coverage_baseline: Option<f64>,
     pub coverage_now: Option<f64>,
     /// The same, formatted for the template (`32.3`), so both read alike.
     pub coverage_baseline_pct: Option<String>,
     pub coverage_now_pct: Option<String>,
+    /// Coverage of every module a kept iteration targeted, at the start and now.
+    pub modules: Vec<ModuleCoverage>,
+    pub focus_areas: Vec<FocusRow>,
     pub provider: String,
     pub model: String,
+    pub llm: Vec<LlmRow>,
     pub llm_calls: u32,
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub elapsed: String,
+    pub elapsed_s: f64,
+    pub time: TimeSplit,
     pub avg_llm_s: String,
     pub avg_tests_s: String,
     pub avg_other_s: String,
     pub rejection_reasons: Vec<ReasonCount>,
     pub kept_iterations: Vec<KeptRow>,
+    /// Paths of files created (kept for templates written against the first report).
     pub files: Vec<String>,
+    pub file_rows: Vec<FileRow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,6 +74,49 @@ pub struct KeptRow {
     pub subject: String,
 }
 
+#[derive(Debug, Serialize)]
+pub struct ModuleCoverage {
+    pub module: String,
+    pub start: Option<String>,
+    pub end: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FocusRow {
+    pub focus: String,
+    pub iterations: u32,
+    pub kept: u32,
+    pub tests_added: u32,
+    /// Share of all tests added, in percent.
+    pub share: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LlmRow {
+    pub llm: String,
+    pub calls: u32,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FileRow {
+    pub path: String,
+    pub created: bool,
+    pub tests: u32,
+    pub iterations: Vec<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimeSplit {
+    pub llm_s: String,
+    pub tests_s: String,
+    pub other_s: String,
+    pub llm_pct: String,
+    pub tests_pct: String,
+    pub other_pct: String,
+}
+
 /// Groups reasons by their general kind ("3 of 7 new tests fail: ..." -> "new tests fail").
 pub fn reason_class(reason: &str) -> String {
     let head = reason.split(':').next().unwrap_or(reason).trim();
@@ -71,6 +125,21 @@ pub fn reason_class(reason: &str) -> String {
         .filter(|w| !w.chars().all(|c| c.is_ascii_digit()) && *w != "of")
         .collect();
     words.join(" ")
+}
+
+/// Whether pytest's test id (`tests.test_x::test_a`, `tests.test_x.TestK::test_b`) belongs to
+/// the file `tests/test_x.py`.
+fn id_in_file(id: &str, file: &str) -> bool {
+    let module = file.strip_suffix(".py").unwrap_or(file).replace('/', ".");
+    let class_path = id.split("::").next().unwrap_or("");
+    class_path == module || class_path.starts_with(&format!("{module}."))
+}
+
+fn pct(part: f64, whole: f64) -> String {
+    if whole <= 0.0 {
+        return "0".into();
+    }
+    format!("{:.0}", 100.0 * part / whole)
 }
 
 pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
@@ -107,12 +176,119 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
             }
         })
         .collect();
-    let files: Vec<String> = state.kept().flat_map(|i| i.files.iter().cloned()).collect();
+
+    // Files from git (what the kept commits really add or change), tests from the verdicts.
+    let mut file_rows: BTreeMap<String, FileRow> = BTreeMap::new();
+    for it in state.kept() {
+        let Some(oid) = it
+            .commit
+            .as_deref()
+            .and_then(|c| git2::Oid::from_str(c).ok())
+        else {
+            continue;
+        };
+        let changes = git::commit_changes(repo, oid).unwrap_or_default();
+        for (path, created) in changes {
+            let tests = it
+                .verdict
+                .as_ref()
+                .map(|v| {
+                    v.new_tests
+                        .iter()
+                        .filter(|id| id_in_file(id, &path))
+                        .count() as u32
+                })
+                .unwrap_or(0);
+            let row = file_rows.entry(path.clone()).or_insert(FileRow {
+                path,
+                created,
+                tests: 0,
+                iterations: Vec::new(),
+            });
+            row.tests += tests;
+            row.iterations.push(it.n);
+        }
+    }
+    let file_rows: Vec<FileRow> = file_rows.into_values().collect();
+    let files: Vec<String> = file_rows
+        .iter()
+        .filter(|f| f.created)
+        .map(|f| f.path.clone())
+        .collect();
+    let tests_added: u32 = state.kept().map(|i| i.tests_added).sum();
+
+    let start_cov = state.baseline.as_ref().and_then(|b| b.coverage.as_ref());
+    let now_cov = state.coverage_now();
+    let mut touched: Vec<String> = state.kept().map(|i| i.target.clone()).collect();
+    touched.sort();
+    touched.dedup();
+    let modules = touched
+        .into_iter()
+        .map(|m| ModuleCoverage {
+            start: start_cov
+                .and_then(|c| c.modules.get(&m))
+                .map(|p| format!("{p:.1}")),
+            end: now_cov
+                .and_then(|c| c.modules.get(&m))
+                .map(|p| format!("{p:.1}")),
+            module: m,
+        })
+        .collect();
+
+    let mut focus_order: Vec<String> = Vec::new();
+    for it in &finished {
+        if !focus_order.contains(&it.focus) {
+            focus_order.push(it.focus.clone());
+        }
+    }
+    let focus_areas = focus_order
+        .into_iter()
+        .map(|focus| {
+            let of_focus: Vec<_> = finished.iter().filter(|i| i.focus == focus).collect();
+            let added: u32 = of_focus
+                .iter()
+                .filter(|i| i.outcome == Some(Outcome::Kept))
+                .map(|i| i.tests_added)
+                .sum();
+            FocusRow {
+                iterations: of_focus.len() as u32,
+                kept: of_focus
+                    .iter()
+                    .filter(|i| i.outcome == Some(Outcome::Kept))
+                    .count() as u32,
+                tests_added: added,
+                share: pct(f64::from(added), f64::from(tests_added)),
+                focus,
+            }
+        })
+        .collect();
+
+    let mut llm_rows: BTreeMap<String, LlmRow> = BTreeMap::new();
+    for it in state.iterations.iter().filter(|i| i.llm_calls > 0) {
+        let name = it.llm.clone().unwrap_or_else(|| {
+            format!(
+                "{} {}",
+                state.settings.provider.as_str(),
+                state.settings.model
+            )
+        });
+        let row = llm_rows.entry(name.clone()).or_insert(LlmRow {
+            llm: name,
+            calls: 0,
+            tokens_in: 0,
+            tokens_out: 0,
+        });
+        row.calls += it.llm_calls;
+        row.tokens_in += it.tokens_in;
+        row.tokens_out += it.tokens_out;
+    }
+
     let (tokens_in, tokens_out) = state.tokens();
     let count = finished.len().max(1) as f64;
     let sum =
         |f: fn(&crate::state::Seconds) -> f64| finished.iter().map(|i| f(&i.seconds)).sum::<f64>();
     let (llm, tests, total) = (sum(|s| s.llm), sum(|s| s.tests), sum(|s| s.total));
+    let other = (total - llm - tests).max(0.0);
     ReportModel {
         run_id: state.run_id.clone(),
         run_branch: state.run_branch.clone(),
@@ -126,22 +302,27 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         errors: state.count(Outcome::Error),
         tests_baseline: state.baseline.as_ref().map(|b| b.tests),
         tests_now: state.tests_now(),
-        tests_added: state.kept().map(|i| i.tests_added).sum(),
+        tests_added,
         tests_fixed: state.kept().map(|i| i.tests_fixed).sum(),
-        coverage_baseline: state
-            .baseline
-            .as_ref()
-            .and_then(|b| b.coverage.as_ref())
-            .map(|c| c.percent),
-        coverage_now: state.coverage_now().map(|c| c.percent),
-        coverage_baseline_pct: state
-            .baseline
-            .as_ref()
-            .and_then(|b| b.coverage.as_ref())
-            .map(|c| format!("{:.1}", c.percent)),
-        coverage_now_pct: state.coverage_now().map(|c| format!("{:.1}", c.percent)),
+        tests_in_created_files: file_rows
+            .iter()
+            .filter(|f| f.created)
+            .map(|f| f.tests)
+            .sum(),
+        tests_in_changed_files: file_rows
+            .iter()
+            .filter(|f| !f.created)
+            .map(|f| f.tests)
+            .sum(),
+        coverage_baseline: start_cov.map(|c| c.percent),
+        coverage_now: now_cov.map(|c| c.percent),
+        coverage_baseline_pct: start_cov.map(|c| format!("{:.1}", c.percent)),
+        coverage_now_pct: now_cov.map(|c| format!("{:.1}", c.percent)),
+        modules,
+        focus_areas,
         provider: state.settings.provider.as_str().to_string(),
         model: state.settings.model.clone(),
+        llm: llm_rows.into_values().collect(),
         llm_calls: state.iterations.iter().map(|i| i.llm_calls).sum(),
         tokens_in,
         tokens_out,
@@ -149,12 +330,22 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
             state.elapsed_s.round() as u64,
         ))
         .to_string(),
+        elapsed_s: (state.elapsed_s * 10.0).round() / 10.0,
+        time: TimeSplit {
+            llm_s: format!("{llm:.1}"),
+            tests_s: format!("{tests:.1}"),
+            other_s: format!("{other:.1}"),
+            llm_pct: pct(llm, total),
+            tests_pct: pct(tests, total),
+            other_pct: pct(other, total),
+        },
         avg_llm_s: format!("{:.1}", llm / count),
         avg_tests_s: format!("{:.1}", tests / count),
-        avg_other_s: format!("{:.1}", (total - llm - tests).max(0.0) / count),
+        avg_other_s: format!("{:.1}", other / count),
         rejection_reasons,
         kept_iterations,
         files,
+        file_rows,
     }
 }
 
@@ -179,7 +370,15 @@ pub fn write(
 
 #[cfg(test)]
 mod tests {
-    use super::reason_class;
+    use super::{id_in_file, reason_class};
+
+    #[test]
+    fn test_ids_map_to_their_files() {
+        assert!(id_in_file("tests.test_x::test_a", "tests/test_x.py"));
+        assert!(id_in_file("tests.test_x.TestK::test_b", "tests/test_x.py"));
+        assert!(!id_in_file("tests.test_xy::test_a", "tests/test_x.py"));
+        assert!(!id_in_file("tests.sub.test_x::test_a", "tests/test_x.py"));
+    }
 
     #[test]
     fn reasons_group_by_kind() {

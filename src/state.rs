@@ -152,6 +152,9 @@ pub struct Iteration {
     pub llm_calls: u32,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Who answered (`openai gpt-4o-mini`): a resumed run may have switched.
+    #[serde(default)]
+    pub llm: Option<String>,
     /// The test file the proposal writes, relative to the repo.
     pub test_file: Option<String>,
     /// The commit on the iteration's own branch (before keeping).
@@ -180,6 +183,7 @@ impl Iteration {
             llm_calls: 0,
             tokens_in: 0,
             tokens_out: 0,
+            llm: None,
             test_file: None,
             iteration_commit: None,
             commit: None,

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::cli::GlobalArgs;
+use crate::cli::{GlobalArgs, ReportFormat};
 use crate::config;
 use crate::error::UserError;
 use crate::git;
@@ -123,6 +123,9 @@ pub fn status(global: &GlobalArgs, as_json: bool) -> Result<()> {
         num("rejected"),
         num("errors")
     );
+    if v["state"] == "running" {
+        let _ = writeln!(out, "{}", eta(&state));
+    }
     let _ = writeln!(
         out,
         "tests {} -> {} ({} added)",
@@ -147,6 +150,24 @@ pub fn status(global: &GlobalArgs, as_json: bool) -> Result<()> {
     );
     print!("{out}");
     Ok(())
+}
+
+/// Time left at the pace of the iterations finished so far.
+fn eta(state: &RunState) -> String {
+    let done: Vec<f64> = state.finished().map(|i| i.seconds.total).collect();
+    let left = state
+        .iterations_target
+        .saturating_sub(state.iterations_done());
+    if done.is_empty() {
+        return format!("{left} iterations left; no pace yet for an estimate");
+    }
+    let per = done.iter().sum::<f64>() / done.len() as f64;
+    let secs = (per * f64::from(left)).round() as u64;
+    format!(
+        "{left} iterations left, about {} at {:.0} s each",
+        humantime::format_duration(std::time::Duration::from_secs(secs)),
+        per
+    )
 }
 
 pub fn log_json(it: &Iteration) -> Value {
@@ -295,14 +316,29 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
     Ok(())
 }
 
-pub fn report(global: &GlobalArgs, out: Option<&Path>) -> Result<()> {
+pub fn report(global: &GlobalArgs, out: Option<&Path>, format: ReportFormat) -> Result<()> {
     let (repo_root, store, state) = load(global)?;
     let repo = git::open(&repo_root)?;
-    let templates = Templates::load(Some(store.dir()))?;
-    let path = out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| store.dir().join("report.md"));
-    report::write(&repo, &state, &templates, &path)?;
-    eprintln!("report written to {}", path.display());
+    let text = match format {
+        ReportFormat::Markdown => {
+            let templates = Templates::load(Some(store.dir()))?;
+            report::render(&repo, &state, &templates)?
+        }
+        ReportFormat::Json => serde_json::to_string_pretty(&report::model(&repo, &state))? + "\n",
+    };
+    let path = match (out, format) {
+        (Some(p), _) if p == Path::new("-") => None,
+        (Some(p), _) => Some(p.to_path_buf()),
+        (None, ReportFormat::Markdown) => Some(store.dir().join("report.md")),
+        (None, ReportFormat::Json) => None,
+    };
+    match path {
+        Some(path) => {
+            crate::state::write_atomic(&path, text.as_bytes())
+                .map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;
+            eprintln!("report written to {}", path.display());
+        }
+        None => print!("{text}"),
+    }
     Ok(())
 }

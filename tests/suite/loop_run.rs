@@ -426,3 +426,104 @@ async fn a_path_mentioned_in_prose_is_only_a_hint() {
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
     assert_eq!(log[0]["files"][0], "tests/test_text_improve_1.py");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_report_figures_match_git_and_a_user_template_overrides() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, mixed_answers()).await;
+    let base = fx.head();
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "5", "--focus", "edges,errors"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let report = improve_json(fx.root(), &["report", "--format", "json"]);
+    let branch = fx.run_branch();
+    // Kept iterations and files, against git.
+    let commits = git(
+        fx.root(),
+        &["rev-list", "--count", &format!("{base}..{branch}")],
+    );
+    assert_eq!(report["kept"].to_string(), commits);
+    let mut changed: Vec<String> = git(fx.root(), &["diff", "--name-only", &base, &branch])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    changed.sort();
+    let rows = report["file_rows"].as_array().unwrap();
+    let mut paths: Vec<String> = rows
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    paths.sort();
+    assert_eq!(paths, changed);
+    assert!(rows.iter().all(|r| r["created"] == true));
+    // Tests per file add up, and match pytest's own counts at the start and the end.
+    let per_file: u64 = rows.iter().map(|r| r["tests"].as_u64().unwrap()).sum();
+    assert_eq!(per_file, report["tests_added"].as_u64().unwrap());
+    assert_eq!(report["tests_in_created_files"], report["tests_added"]);
+    assert_eq!(
+        report["tests_now"].as_u64().unwrap() - report["tests_baseline"].as_u64().unwrap(),
+        report["tests_added"].as_u64().unwrap()
+    );
+    // Every test in a created file is counted: the files on the branch hold exactly that many.
+    let (ok, summary) = fx.suite_passes_on_run_branch();
+    assert!(
+        ok && summary.contains(&format!("{} passed", report["tests_now"])),
+        "{summary}"
+    );
+    // Focus areas partition the iterations and the tests added.
+    let focus = report["focus_areas"].as_array().unwrap();
+    assert_eq!(
+        focus
+            .iter()
+            .map(|f| f["focus"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["edges", "errors"]
+    );
+    let its: u64 = focus
+        .iter()
+        .map(|f| f["iterations"].as_u64().unwrap())
+        .sum();
+    assert_eq!(its, 5);
+    let added: u64 = focus
+        .iter()
+        .map(|f| f["tests_added"].as_u64().unwrap())
+        .sum();
+    assert_eq!(added, report["tests_added"].as_u64().unwrap());
+    // LLM usage per model, and the modules touched.
+    let llm_rows = report["llm"].as_array().unwrap();
+    assert_eq!(llm_rows.len(), 1);
+    assert_eq!(llm_rows[0]["llm"], "openai stand-in-model");
+    assert_eq!(llm_rows[0]["calls"], 5);
+    assert_eq!(llm_rows[0]["tokens_in"], 600);
+    let modules: Vec<&str> = report["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["module"].as_str().unwrap())
+        .collect();
+    assert_eq!(modules, ["calc/ops.py", "calc/text.py"]);
+    assert_eq!(report["modules"][1]["end"], "100.0");
+
+    // The Markdown report says the same.
+    let md = std::fs::read_to_string(fx.state_dir().join("report.md")).unwrap();
+    assert!(md.contains("| `calc/text.py` | 0.0% | 100.0% |"), "{md}");
+    assert!(
+        md.contains("| openai stand-in-model | 5 | 600 | 225 |"),
+        "{md}"
+    );
+
+    // A template of the same name in the state dir wins.
+    std::fs::write(
+        fx.state_dir().join("report.md.hbs"),
+        "custom: {{kept}} of {{iterations_done}}\n",
+    )
+    .unwrap();
+    let mut c = improve(fx.root());
+    c.args(["report", "--out", "-"]);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "custom: 2 of 5\n");
+}
