@@ -2,6 +2,7 @@
 //! and keeps only what passes, one commit per kept iteration. See `shared/contract.md` for the
 //! user-facing contract and `design.md` for how the modules divide the work.
 
+pub mod chart;
 pub mod cli;
 pub mod config;
 pub mod demo;

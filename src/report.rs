@@ -55,6 +55,8 @@ pub struct ReportModel {
     /// Paths of files created (kept for templates written against the first report).
     pub files: Vec<String>,
     pub file_rows: Vec<FileRow>,
+    /// The chart's file name beside the report, when one was drawn.
+    pub chart: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -346,6 +348,7 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         kept_iterations,
         files,
         file_rows,
+        chart: None,
     }
 }
 
@@ -354,18 +357,50 @@ pub fn render(
     state: &RunState,
     templates: &Templates,
 ) -> Result<String, prompt::TemplateError> {
-    templates.render(prompt::REPORT, &model(repo, state))
+    render_with_chart(repo, state, templates, None)
 }
 
+fn render_with_chart(
+    repo: &Repository,
+    state: &RunState,
+    templates: &Templates,
+    chart: Option<String>,
+) -> Result<String, prompt::TemplateError> {
+    let mut m = model(repo, state);
+    m.chart = chart;
+    templates.render(prompt::REPORT, &m)
+}
+
+/// Writes the report and, beside it, its chart (`<report stem>-chart.svg`, linked from it).
 pub fn write(
     repo: &Repository,
     state: &RunState,
     templates: &Templates,
     path: &Path,
 ) -> anyhow::Result<()> {
-    let text = render(repo, state, templates)?;
+    let chart_name = chart_file_name(path);
+    let points = crate::chart::points(state);
+    let chart = if points.len() > 1 {
+        let svg = crate::chart::render_svg(&points)?;
+        let chart_path = path.with_file_name(&chart_name);
+        write_atomic(&chart_path, svg.as_bytes()).map_err(|e| {
+            anyhow::anyhow!("cannot write the chart to {}: {e}", chart_path.display())
+        })?;
+        Some(chart_name)
+    } else {
+        None
+    };
+    let text = render_with_chart(repo, state, templates, chart)?;
     write_atomic(path, text.as_bytes())
         .map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))
+}
+
+pub fn chart_file_name(report: &Path) -> String {
+    let stem = report
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "report".into());
+    format!("{stem}-chart.svg")
 }
 
 #[cfg(test)]

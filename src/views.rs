@@ -319,26 +319,33 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
 pub fn report(global: &GlobalArgs, out: Option<&Path>, format: ReportFormat) -> Result<()> {
     let (repo_root, store, state) = load(global)?;
     let repo = git::open(&repo_root)?;
-    let text = match format {
-        ReportFormat::Markdown => {
-            let templates = Templates::load(Some(store.dir()))?;
-            report::render(&repo, &state, &templates)?
-        }
-        ReportFormat::Json => serde_json::to_string_pretty(&report::model(&repo, &state))? + "\n",
-    };
     let path = match (out, format) {
         (Some(p), _) if p == Path::new("-") => None,
         (Some(p), _) => Some(p.to_path_buf()),
         (None, ReportFormat::Markdown) => Some(store.dir().join("report.md")),
         (None, ReportFormat::Json) => None,
     };
-    match path {
-        Some(path) => {
-            crate::state::write_atomic(&path, text.as_bytes())
-                .map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;
+    match (format, path) {
+        (ReportFormat::Markdown, Some(path)) => {
+            let templates = Templates::load(Some(store.dir()))?;
+            report::write(&repo, &state, &templates, &path)?;
             eprintln!("report written to {}", path.display());
         }
-        None => print!("{text}"),
+        (ReportFormat::Markdown, None) => {
+            let templates = Templates::load(Some(store.dir()))?;
+            print!("{}", report::render(&repo, &state, &templates)?);
+        }
+        (ReportFormat::Json, path) => {
+            let text = serde_json::to_string_pretty(&report::model(&repo, &state))? + "\n";
+            match path {
+                Some(path) => {
+                    crate::state::write_atomic(&path, text.as_bytes())
+                        .map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;
+                    eprintln!("report written to {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+        }
     }
     Ok(())
 }

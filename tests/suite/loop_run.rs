@@ -514,6 +514,10 @@ async fn the_report_figures_match_git_and_a_user_template_overrides() {
         md.contains("| openai stand-in-model | 5 | 600 | 225 |"),
         "{md}"
     );
+    // The chart is drawn beside it and linked from it.
+    assert!(md.contains("](report-chart.svg)"), "{md}");
+    let svg = std::fs::read_to_string(fx.state_dir().join("report-chart.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() >= 2);
 
     // A template of the same name in the state dir wins.
     std::fs::write(
