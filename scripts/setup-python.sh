@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! .venv/bin/python -c "import pytest, coverage" 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check pytest coverage
+  # Pinned: the tests snapshot coverage figures, which a new coverage.py may compute differently.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "pytest==9.2.0" "coverage==7.17.3"
 fi

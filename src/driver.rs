@@ -3,7 +3,7 @@
 //! signal interrupts it. It knows nothing of HTTP, git internals or pytest flags.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -473,6 +473,8 @@ fn print_iteration(it: &Iteration, target: u32, printer: &Printer) {
     ));
 }
 
+/// The few lines a user reads in the morning: what happened, where the report is, how to
+/// review and how to merge.
 fn print_summary(state: &RunState, end: &RunEnd, report: &Path, repo_root: &Path) {
     let added: u32 = state.kept().map(|i| i.tests_added).sum();
     let coverage = match (
@@ -489,24 +491,36 @@ fn print_summary(state: &RunState, end: &RunEnd, report: &Path, repo_root: &Path
         }
         RunEnd::Interrupted => "run interrupted; run the same command again to resume".to_string(),
     };
-    let repo_arg = PathBuf::from(repo_root);
-    eprintln!(
-        "{headline}\n{} of {} iterations: {} kept, {} rejected, {} errors; {added} tests added{coverage}\n\
-         branch: {}   review: git -C {} log {}{}",
-        state.iterations_done(),
-        state.iterations_target,
-        state.count(crate::state::Outcome::Kept),
-        state.count(crate::state::Outcome::Rejected),
-        state.count(crate::state::Outcome::Error),
-        state.run_branch,
-        repo_arg.display(),
-        state.run_branch,
-        if *end == RunEnd::Complete {
-            format!("\nreport: {}", report.display())
-        } else {
-            String::new()
-        },
+    let git = format!(
+        "git -C {}",
+        shell_words::quote(&repo_root.display().to_string())
     );
+    let branch = &state.run_branch;
+    let mut lines = vec![
+        headline,
+        format!(
+            "{} of {} iterations: {} kept, {} rejected, {} errors; {added} tests added{coverage}",
+            state.iterations_done(),
+            state.iterations_target,
+            state.count(crate::state::Outcome::Kept),
+            state.count(crate::state::Outcome::Rejected),
+            state.count(crate::state::Outcome::Error),
+        ),
+    ];
+    if *end == RunEnd::Complete {
+        lines.push(format!("report:  {}", report.display()));
+    }
+    lines.push(format!(
+        "review:  {git} log --stat {} ^{}   (or: improve log, improve show N)",
+        branch,
+        git::short(&state.base_commit)
+    ));
+    if state.kept().next().is_some() {
+        lines.push(format!(
+            "merge:   {git} merge {branch}   (or cherry-pick the commits you want)"
+        ));
+    }
+    eprintln!("{}", lines.join("\n"));
 }
 
 fn install_signal_handlers(cancel: CancellationToken) {

@@ -122,8 +122,10 @@ pub struct TimeSplit {
 /// Groups reasons by their general kind ("3 of 7 new tests fail: ..." -> "new tests fail").
 pub fn reason_class(reason: &str) -> String {
     let head = reason.split(':').next().unwrap_or(reason).trim();
+    // Names (`path`, test names) after the first backquote are the instance, not the kind.
     let words: Vec<&str> = head
         .split_whitespace()
+        .take_while(|w| !w.starts_with('`'))
         .filter(|w| !w.chars().all(|c| c.is_ascii_digit()) && *w != "of")
         .collect();
     words.join(" ")
@@ -431,7 +433,7 @@ mod tests {
         );
         assert_eq!(
             reason_class("unsafe path `../x.py`: contains `..` or `.`"),
-            "unsafe path `../x.py`"
+            "unsafe path"
         );
     }
 }

@@ -531,3 +531,22 @@ async fn the_report_figures_match_git_and_a_user_template_overrides() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "custom: 2 of 5\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rendered_report_snapshot() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, mixed_answers()).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "5"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = std::fs::read_to_string(fx.state_dir().join("report.md")).unwrap();
+    insta::with_settings!({filters => vec![
+        (r"\d{8}-\d{6}-[0-9a-f]{4}", "[run-id]"),
+        (r"\b[0-9a-f]{10}\b", "[sha]"),
+        (r"- Time: .*", "- Time: [time]"),
+    ]}, {
+        insta::assert_snapshot!("report", report);
+    });
+}
