@@ -8,9 +8,10 @@ use anyhow::{Context, Result};
 use include_dir::{Dir, include_dir};
 
 use crate::cli::{DemoArgs, GlobalArgs, RunArgs};
-use crate::driver::{self, Printer};
+use crate::driver;
 use crate::error::{RunEnd, UsageError};
 use crate::git;
+use crate::progress::Printer;
 
 static DEMO: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/examples/demo");
 const RECORDING: &str = "recording.json";

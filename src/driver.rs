@@ -2,7 +2,6 @@
 //! plans and advances iterations until the target is reached, a limit or the LLM stops it, or a
 //! signal interrupts it. It knows nothing of HTTP, git internals or pytest flags.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -16,6 +15,7 @@ use crate::error::{RunEnd, UsageError, UserError};
 use crate::git;
 use crate::iteration::{self, RunContext, StepError};
 use crate::llm::{ApiKey, LlmClient, LlmSettings, Provider, RetryPolicy};
+use crate::progress::Printer;
 use crate::prompt::Templates;
 use crate::pytest::{self, CaseOutcome, CoverageSpec, TestCommand};
 use crate::report;
@@ -42,20 +42,6 @@ fn new_run_id() -> String {
         Utc::now().format("%Y%m%d-%H%M%S"),
         fastrand::u16(..)
     )
-}
-
-/// Prints progress lines unless `-q`; the final summary always.
-#[derive(Clone, Copy)]
-pub struct Printer {
-    pub quiet: bool,
-}
-
-impl Printer {
-    pub fn line(&self, text: &str) {
-        if !self.quiet {
-            let _ = writeln!(std::io::stderr(), "{text}");
-        }
-    }
 }
 
 pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Result<RunEnd> {
@@ -184,6 +170,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         repo,
         store,
         templates,
+        printer: printer.clone(),
         llm,
         test_cmd,
         cancel: CancellationToken::new(),
@@ -198,7 +185,9 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     iteration::crash_point("started", 0);
     install_signal_handlers(ctx.cancel.clone());
 
-    let end = drive(&ctx, &mut state, &resolved, &printer).await?;
+    let end = drive(&ctx, &mut state, &resolved, &printer).await;
+    printer.finish();
+    let end = end?;
     match &end {
         RunEnd::Complete => {
             state.status = RunStatus::Complete;
@@ -268,6 +257,7 @@ async fn measure_baseline(
     printer: &Printer,
 ) -> Result<(), StepError> {
     printer.line("measuring the baseline: running the whole suite at the base commit");
+    printer.doing("baseline: running the whole suite");
     let base = git2::Oid::from_str(&state.base_commit).map_err(|source| git::GitError::Op {
         context: "read the base commit".into(),
         source,
@@ -370,7 +360,15 @@ async fn drive(
     }
     let session_start = Instant::now();
     let tokens_at_start = state.tokens();
+    printer.start(state.iterations_target, state.iterations_done());
     loop {
+        printer.counts(
+            state.iterations_done(),
+            state.iterations_target,
+            state.count(crate::state::Outcome::Kept),
+            state.count(crate::state::Outcome::Rejected),
+            state.count(crate::state::Outcome::Error),
+        );
         if ctx.cancel.is_cancelled() {
             return Ok(RunEnd::Interrupted);
         }

@@ -55,6 +55,7 @@ pub struct RunContext {
     pub repo: Repository,
     pub store: StateStore,
     pub templates: Templates,
+    pub printer: crate::progress::Printer,
     pub llm: LlmClient,
     pub test_cmd: TestCommand,
     pub cancel: CancellationToken,
@@ -124,6 +125,9 @@ pub async fn advance(ctx: &RunContext, state: &mut RunState, idx: usize) -> Resu
     let mut clock = Clock(Instant::now());
     loop {
         let step = state.iterations[idx].step;
+        let it = &state.iterations[idx];
+        ctx.printer
+            .doing(&format!("#{} {}: {}", it.n, it.target, doing(step)));
         match step {
             Step::Planned => ask(ctx, state, idx).await?,
             Step::Asked => apply(ctx, state, idx).await?,
@@ -135,6 +139,17 @@ pub async fn advance(ctx: &RunContext, state: &mut RunState, idx: usize) -> Resu
         ctx.save(state)?;
         let it = &state.iterations[idx];
         crash_point(step_name(it.step), it.n);
+    }
+}
+
+/// What happens after `step`, for the progress bar.
+fn doing(step: Step) -> &'static str {
+    match step {
+        Step::Planned => "asking the LLM",
+        Step::Asked => "writing the proposal",
+        Step::Applied => "verifying with pytest",
+        Step::Verified => "keeping or rejecting",
+        Step::Finished => "done",
     }
 }
 

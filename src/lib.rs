@@ -12,6 +12,7 @@ pub mod git;
 pub mod iteration;
 pub mod llm;
 pub mod logging;
+pub mod progress;
 pub mod prompt;
 pub mod proposal;
 pub mod pytest;

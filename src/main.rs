@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use improve::cli::{Cli, Command};
-use improve::driver::Printer;
 use improve::error::{UsageError, UserError};
+use improve::progress::Printer;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -37,9 +37,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let printer = Printer {
-        quiet: cli.global.quiet,
-    };
+    let printer = Printer::new(cli.global.quiet, cli.global.verbose);
     match &cli.command {
         None => Ok(improve::driver::run(&cli.global, &cli.run, printer)
             .await?

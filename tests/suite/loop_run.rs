@@ -532,21 +532,71 @@ async fn the_report_figures_match_git_and_a_user_template_overrides() {
     assert_eq!(stdout(&out), "custom: 2 of 5\n");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_rendered_report_snapshot() {
-    let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, mixed_answers()).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "5"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
+/// The report of a recorded run (`improve demo` replays recorded answers), with run ids, shas
+/// and times filtered out.
+#[test]
+fn the_rendered_report_of_a_recorded_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo_dir = tmp.path().join("demo");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_improve"));
+    cmd.arg("demo")
+        .arg("--repo")
+        .arg(&demo_dir)
+        .arg("--test-cmd")
+        .arg(test_cmd());
+    let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let report = std::fs::read_to_string(fx.state_dir().join("report.md")).unwrap();
+    let report = std::fs::read_to_string(demo_dir.join(".improve/report.md")).unwrap();
     insta::with_settings!({filters => vec![
         (r"\d{8}-\d{6}-[0-9a-f]{4}", "[run-id]"),
         (r"\b[0-9a-f]{10}\b", "[sha]"),
         (r"- Time: .*", "- Time: [time]"),
     ]}, {
-        insta::assert_snapshot!("report", report);
+        insta::assert_snapshot!("demo_report", report);
     });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_prints_only_the_summary_and_the_log_file_has_every_iteration() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(FAILING)],
+    )
+    .await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2", "-q"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.starts_with("run complete"), "{err}");
+    assert!(
+        !err.contains("baseline") && !err.contains("[  1/2]"),
+        "{err}"
+    );
+    assert!(err.contains("merge:") && err.contains("review:"), "{err}");
+    // One JSON object per line; both iterations are there with their outcome.
+    let log = std::fs::read_to_string(fx.state_dir().join("log.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let finished: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["fields"]["message"] == "iteration finished")
+        .collect();
+    assert_eq!(finished.len(), 2, "{log}");
+    assert_eq!(finished[0]["fields"]["n"], 1);
+    assert!(
+        finished[1]["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("new tests fail")
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["message"] == "pytest finished")
+    );
 }
