@@ -280,6 +280,7 @@ async fn measure_baseline(
         &ctx.cancel,
     )
     .await;
+    let side_effects = git::dirty_paths(&path).unwrap_or_default();
     let _ = git::remove_worktree(&ctx.repo, &name, &path);
     let _ = git::delete_branch(&ctx.repo, &branch);
     let run = run?;
@@ -310,6 +311,7 @@ async fn measure_baseline(
         summary: run.summary.clone(),
         coverage: run.coverage.clone(),
         seconds: run.duration.as_secs_f64(),
+        side_effects,
     });
     printer.line(&format!(
         "baseline: {}{}",

@@ -234,6 +234,26 @@ pub fn commit_files(worktree: &Path, files: &[String], message: &str) -> Result<
         .ctx(|| "commit in the worktree".into())
 }
 
+/// Paths that differ in a worktree from its HEAD: changed, deleted or new files (ignored ones
+/// excepted). After a test run, these are what the tests did to the tree.
+pub fn dirty_paths(worktree: &Path) -> Result<Vec<String>, GitError> {
+    let repo =
+        Repository::open(worktree).ctx(|| format!("open worktree {}", worktree.display()))?;
+    let mut opts = git2::StatusOptions::new();
+    opts.include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .include_ignored(false);
+    let statuses = repo
+        .statuses(Some(&mut opts))
+        .ctx(|| "read the worktree status".into())?;
+    let mut paths: Vec<String> = statuses
+        .iter()
+        .filter_map(|e| e.path().ok().map(str::to_string))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 /// The unified diff a commit introduces over its first parent.
 pub fn commit_patch(repo: &Repository, commit: Oid) -> Result<String, GitError> {
     let c = repo

@@ -492,7 +492,9 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         source,
     })?;
     let wt_path = ctx.worktree_path(&run_id, n);
-    if !wt_path.join(".git").exists() {
+    // A crash mid-verify can leave what the tests did in the tree; start from the commit again.
+    let dirty = wt_path.join(".git").exists() && !git::dirty_paths(&wt_path)?.is_empty();
+    if !wt_path.join(".git").exists() || dirty {
         // Removed by hand or by a crash mid-cleanup: re-create it from the iteration commit.
         git::add_worktree(
             &ctx.repo,
@@ -527,7 +529,13 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         ..Verdict::default()
     };
     let passed_new = new.ids_with(CaseOutcome::Passed);
-    let reject_reason = if new.timed_out {
+    let touched = side_effects(state, &wt_path)?;
+    let reject_reason = if !touched.is_empty() {
+        Some(format!(
+            "side effects: the new tests changed {}",
+            names_of_paths(&touched)
+        ))
+    } else if new.timed_out {
         Some(format!(
             "timed out: the new tests ran past --test-timeout ({})",
             humantime::format_duration(ctx.test_cmd.timeout)
@@ -595,7 +603,13 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         .filter(|id| !suite_passed.contains(id))
         .cloned()
         .collect();
-    verdict.reason = if suite.timed_out {
+    let touched = side_effects(state, &wt_path)?;
+    verdict.reason = if !touched.is_empty() {
+        Some(format!(
+            "side effects: the suite with the new tests changed {}",
+            names_of_paths(&touched)
+        ))
+    } else if suite.timed_out {
         Some(format!(
             "timed out: the suite ran past --test-timeout ({})",
             humantime::format_duration(ctx.test_cmd.timeout)
@@ -619,6 +633,31 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     verdict.new_tests = passed_new;
     finish_verified(state, idx, verdict);
     Ok(())
+}
+
+/// What a test run changed in the worktree, beyond what the project's own suite does. The
+/// worktree is thrown away with the iteration, so nothing a test did survives it; but a
+/// proposal whose tests delete or rewrite project files is not one to keep.
+fn side_effects(state: &RunState, worktree: &std::path::Path) -> Result<Vec<String>, StepError> {
+    let known = state
+        .baseline
+        .as_ref()
+        .map(|b| b.side_effects.clone())
+        .unwrap_or_default();
+    Ok(git::dirty_paths(worktree)?
+        .into_iter()
+        .filter(|p| !known.contains(p))
+        .collect())
+}
+
+fn names_of_paths(paths: &[String]) -> String {
+    let shown: Vec<&str> = paths.iter().take(3).map(String::as_str).collect();
+    let more = if paths.len() > 3 {
+        format!(" and {} more", paths.len() - 3)
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join(", "))
 }
 
 fn finish_verified(state: &mut RunState, idx: usize, verdict: Verdict) {

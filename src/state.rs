@@ -112,6 +112,10 @@ pub struct Baseline {
     pub summary: String,
     pub coverage: Option<Coverage>,
     pub seconds: f64,
+    /// Files the project's own suite changes in its tree when it runs: not held against a
+    /// proposal.
+    #[serde(default)]
+    pub side_effects: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -600,3 +600,57 @@ async fn quiet_prints_only_the_summary_and_the_log_file_has_every_iteration() {
             .any(|e| e["fields"]["message"] == "pytest finished")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tests_that_change_project_files_are_rejected_as_side_effects() {
+    let fx = Fixture::new();
+    // The project's own suite writes a file into the tree: that is not held against proposals.
+    std::fs::write(
+        fx.root().join("tests/test_writes.py"),
+        "def test_writes_a_report():\n    with open('generated.txt', 'w') as f:\n        f.write('x')\n",
+    )
+    .unwrap();
+    git(fx.root(), &["add", "-A"]);
+    git(fx.root(), &["commit", "-qm", "a suite that writes a file"]);
+    let rewrites_source = "def test_rewrites_source():\n    with open('calc/ops.py', 'a') as f:\n        f.write('\\n# hacked\\n')\n";
+    let deletes_a_test =
+        "import os\n\n\ndef test_deletes_a_test():\n    os.remove('tests/test_ops.py')\n";
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            code_answer(rewrites_source),
+            code_answer(deletes_a_test),
+            code_answer(GOOD_TEXT),
+        ],
+    )
+    .await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "3"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = improve_json(fx.root(), &["log", "--json"]);
+    let rows = log.as_array().unwrap();
+    assert_eq!(rows[0]["outcome"], "rejected");
+    assert!(
+        rows[0]["reason"].as_str().unwrap().contains("side effects")
+            && rows[0]["reason"].as_str().unwrap().contains("calc/ops.py"),
+        "{log:#}"
+    );
+    assert_eq!(rows[1]["outcome"], "rejected");
+    assert!(
+        rows[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tests/test_ops.py"),
+        "{log:#}"
+    );
+    assert_eq!(rows[2]["outcome"], "kept", "{log:#}");
+    // The user's tree saw none of it.
+    assert!(!fx.root().join("generated.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(fx.root().join("calc/ops.py")).unwrap(),
+        OPS
+    );
+    assert!(fx.root().join("tests/test_ops.py").exists());
+}
