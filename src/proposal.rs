@@ -368,3 +368,81 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Path segments from a mix of the dangerous and the ordinary, unicode included.
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("..".to_string()),
+            Just(".".to_string()),
+            Just("tests".to_string()),
+            Just("link".to_string()),
+            Just("".to_string()),
+            Just("~".to_string()),
+            "[a-z_]{1,8}(\\.py)?",
+            "\\PC{1,6}",
+            "[\\\\\\x00-\\x1f/]{1,3}",
+        ]
+    }
+
+    fn candidate() -> impl Strategy<Value = String> {
+        (
+            proptest::bool::ANY,
+            proptest::collection::vec(segment(), 1..6),
+        )
+            .prop_map(|(abs, segs)| {
+                let joined = segs.join("/");
+                if abs { format!("/{joined}") } else { joined }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever the model writes, an approved path is a .py file strictly inside the
+        /// tests folder of the root, reached through real folders only.
+        #[test]
+        fn approved_paths_stay_inside_the_tests_folder(candidate in candidate()) {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path();
+            std::fs::create_dir_all(root.join("tests/sub")).unwrap();
+            let outside = tempfile::tempdir().unwrap();
+            std::os::unix::fs::symlink(outside.path(), root.join("tests/link")).unwrap();
+            if let Ok(approved) = safe_test_path(root, "tests", &candidate) {
+                let rel = approved.strip_prefix(root).unwrap();
+                prop_assert!(rel.starts_with("tests"));
+                prop_assert!(rel.components().count() >= 2);
+                prop_assert!(rel.components().all(|c| matches!(c, Component::Normal(_))));
+                prop_assert_eq!(approved.extension().and_then(|e| e.to_str()), Some("py"));
+                prop_assert!(!candidate.split('/').any(|s| s == ".." || s == "." || s == "link"));
+                prop_assert!(!candidate.starts_with('/'));
+                // No existing part of it is a symlink.
+                let mut walked = root.to_path_buf();
+                for part in rel.components() {
+                    walked.push(part);
+                    let is_link = std::fs::symlink_metadata(&walked).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+                    prop_assert!(!is_link);
+                }
+            }
+        }
+
+        /// A hostile hint never yields a path: the proposal is refused, not redirected.
+        #[test]
+        fn traversal_and_absolute_hints_are_refused(prefix in "[a-z]{0,5}", name in "[a-z]{1,8}") {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(tmp.path().join("tests")).unwrap();
+            for hint in [
+                format!("tests/../{prefix}{name}.py"),
+                format!("/tmp/{prefix}/test_{name}.py"),
+                format!("tests/{prefix}/../../test_{name}.py"),
+            ] {
+                let result = choose_test_path(tmp.path(), "tests", Some(&hint), "m", 1);
+                prop_assert!(result.is_err(), "{} was accepted", hint);
+            }
+        }
+    }
+}

@@ -195,3 +195,103 @@ async fn an_llm_that_keeps_failing_stops_the_run_resumably() {
     assert_eq!(status["iterations_done"], 4);
     assert_eq!(status["kept"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_kind_of_misbehaviour_is_classified_and_the_run_goes_on() {
+    let fx = Fixture::new();
+    let truncated = ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "choices": [{"message": {"content": "```python\ndef test_a():\n    assert"}, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 4096}
+    }));
+    let garbage =
+        || Answer::Raw(ResponseTemplate::new(200).set_body_string("{\"choices\": [{\"mess"));
+    let slow = || {
+        Answer::Raw(
+            ResponseTemplate::new(200)
+                .set_delay(std::time::Duration::from_secs(3))
+                .set_body_string("late"),
+        )
+    };
+    let mut answers = vec![
+        // 1: a 429 without Retry-After and a 502 are retried, then the answer is kept.
+        status_answer(429),
+        status_answer(502),
+        code_answer(GOOD_TEXT),
+        // 2: an empty answer; 3: cut off at the token limit; 4: prose without code.
+        Answer::Text(String::new()),
+        Answer::Raw(truncated),
+        Answer::Text("I am sorry, I cannot write tests for this module.".into()),
+    ];
+    // 5: malformed JSON on every attempt; 6: slower than --llm-timeout on every attempt.
+    answers.extend((0..5).map(|_| garbage()));
+    answers.extend((0..5).map(|_| slow()));
+    let llm = StandIn::start(Wire::OpenAi, answers).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "6", "--llm-timeout", "1s", "--max-llm-failures", "3"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = improve_json(fx.root(), &["log", "--json"]);
+    let row = |i: usize| {
+        (
+            log[i]["outcome"].as_str().unwrap().to_string(),
+            log[i]["reason"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(row(0).0, "kept", "{log:#}");
+    assert_eq!(
+        row(1),
+        ("rejected".into(), "the answer has no code block".into())
+    );
+    assert_eq!(row(2).0, "rejected");
+    assert!(
+        row(2).1.contains("not closed") && row(2).1.contains("token limit"),
+        "{}",
+        row(2).1
+    );
+    assert_eq!(
+        row(3),
+        ("rejected".into(), "the answer has no code block".into())
+    );
+    assert_eq!(row(4).0, "error");
+    assert!(row(4).1.contains("could not be read"), "{}", row(4).1);
+    assert_eq!(row(5).0, "error");
+    assert!(row(5).1.contains("did not answer"), "{}", row(5).1);
+    // Tokens of the truncated answer were paid for and are counted.
+    assert_eq!(log[2]["tokens_out"], 4096);
+    assert_eq!(llm.requests().await.len(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_server_is_an_error_per_iteration_then_a_clean_stop() {
+    let fx = Fixture::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = improve(fx.root());
+    cmd.args([
+        "-n",
+        "5",
+        "--max-llm-failures",
+        "2",
+        "--model",
+        "m",
+        "--test-cmd",
+        &test_cmd(),
+    ])
+    .arg("--llm-url")
+    .arg(format!("http://127.0.0.1:{port}/v1"));
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let log = improve_json(fx.root(), &["log", "--json"]);
+    assert_eq!(log.as_array().unwrap().len(), 2);
+    assert!(
+        log[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("127.0.0.1:{port}")),
+        "{log:#}"
+    );
+}
