@@ -128,6 +128,14 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     let templates = Templates::load(Some(&state_dir))?;
     let mut state = match resume {
         Some(mut s) => {
+            // Checked before anything is saved: a run whose kept commits are gone from git is
+            // the user's to sort out, and its state stays exactly as it was.
+            if s.kept().next().is_some() && git::branch_tip(&repo, &s.run_branch)?.is_none() {
+                return Err(git::GitError::RunBranchMissing {
+                    branch: s.run_branch,
+                }
+                .into());
+            }
             if let Some(n) = args.iterations {
                 // Never below what is done: "done 7 of 5" helps nobody.
                 s.iterations_target = n.max(s.iterations_done());

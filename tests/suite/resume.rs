@@ -314,3 +314,106 @@ async fn a_signal_stops_the_run_with_130_and_it_resumes() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(fx.run_commits().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_and_time_limits_stop_cleanly_and_the_same_command_resumes() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            code_answer(GOOD_TEXT),
+            code_answer(GOOD_OPS),
+            code_answer(FAILING),
+        ],
+    )
+    .await;
+    // Each answer costs 165 tokens: the budget is spent after the first iteration.
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "3", "--max-tokens", "100"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--max-tokens 100 reached"),
+        "{}",
+        stderr(&out)
+    );
+    let status = improve_json(fx.root(), &["status", "--json"]);
+    assert_eq!(
+        (status["state"].as_str(), status["iterations_done"].as_u64()),
+        (Some("interrupted"), Some(1))
+    );
+
+    // A duration already spent stops before the next iteration, too.
+    let mut cmd = improve(fx.root());
+    cmd.args(["--max-duration", "1ms"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--max-duration"), "{}", stderr(&out));
+
+    // Without limits the same run finishes.
+    let mut cmd = improve(fx.root());
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let status = improve_json(fx.root(), &["status", "--json"]);
+    assert_eq!(status["iterations_done"], 3);
+    assert_eq!(llm.requests().await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worktree_removed_by_hand_is_recreated_and_a_deleted_run_branch_is_reported() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)],
+    )
+    .await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2"])
+        .env("IMPROVE_TEST_ABORT_AT", "applied:2");
+    llm.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), None);
+    // Someone removes the iteration's worktree folder.
+    let worktrees = fx.state_dir().join("worktrees");
+    for entry in std::fs::read_dir(&worktrees).unwrap().flatten() {
+        std::fs::remove_dir_all(entry.path()).unwrap();
+    }
+    let mut cmd = improve(fx.root());
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(fx.run_commits().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_branch_deleted_by_hand_is_reported_and_nothing_is_lost() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)],
+    )
+    .await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2"])
+        .env("IMPROVE_TEST_ABORT_AT", "finished:1");
+    llm.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), None);
+    let branch = fx.run_branch();
+    git(fx.root(), &["branch", "-D", &branch]);
+    let state_before = std::fs::read_to_string(fx.state_dir().join("state.json")).unwrap();
+    let mut cmd = improve(fx.root());
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is gone") && stderr(&out).contains("--fresh"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(fx.state_dir().join("state.json")).unwrap(),
+        state_before
+    );
+}
