@@ -168,6 +168,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub llm_timeout: Option<std::time::Duration>,
 
+    /// Run the tests under bubblewrap: file system read-only but for the worktree, a private
+    /// /tmp, no network. Refuses to start when bubblewrap cannot sandbox on this machine.
+    #[arg(long)]
+    pub sandbox: bool,
+
     /// Consecutive iterations failing on the LLM before the run stops (default 5).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_llm_failures: Option<u32>,

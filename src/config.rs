@@ -40,6 +40,9 @@ pub struct RunSettings {
     pub max_llm_failures: u32,
     pub max_tokens: Option<u64>,
     pub max_duration_s: Option<u64>,
+    /// Tests run under bubblewrap. Saved, so a resume stays sandboxed.
+    #[serde(default)]
+    pub sandbox: bool,
 }
 
 mod humantime_serde_secs {
@@ -85,6 +88,7 @@ pub struct FileConfig {
     pub llm_timeout: Option<String>,
     #[serde(alias = "max_llm_failures")]
     pub max_llm_failures: Option<u32>,
+    pub sandbox: Option<bool>,
 }
 
 /// Reads `improve.toml` (whole file) or else `[tool.improve]` of `pyproject.toml`.
@@ -326,6 +330,9 @@ pub fn resolve(
             // Limits are for this invocation: a stopped run resumes with the same command.
             max_tokens: cli.max_tokens.or(file.max_tokens),
             max_duration_s: max_duration.map(|d| d.as_secs()),
+            sandbox: cli.sandbox
+                || file.sandbox.unwrap_or(false)
+                || saved.is_some_and(|s| s.sandbox),
         },
     })
 }

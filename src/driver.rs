@@ -111,7 +111,13 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
             .parent()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
+        sandbox: settings.sandbox,
     };
+    if settings.sandbox {
+        pytest::sandbox_preflight(&scratch)
+            .await
+            .map_err(UserError)?;
+    }
     let has_coverage = pytest::preflight(&test_cmd, &scratch, &scratch)
         .await
         .map_err(UserError)?;

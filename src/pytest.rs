@@ -37,6 +37,8 @@ pub struct TestCommand {
     /// first on PYTHONPATH so an editable install of the user's checkout cannot make the tests
     /// import the user's working tree instead of the worktree under test.
     pub import_root: String,
+    /// Run every test under bubblewrap (`--sandbox`).
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +175,9 @@ pub async fn run(
     ]);
     words.extend(args.iter().cloned());
 
+    if cmd.sandbox {
+        words = sandboxed(&words, cwd, artifacts);
+    }
     let import_root = cwd.join(&cmd.import_root);
     let pythonpath = match std::env::var_os("PYTHONPATH") {
         Some(existing) if !existing.is_empty() => {
@@ -241,6 +246,81 @@ pub async fn run(
         output_path,
         coverage,
     })
+}
+
+/// `words` under bubblewrap: the whole file system read-only, the worktree and the artifacts
+/// folder writable, a private /tmp, no network (a new network namespace has only its own
+/// loopback), its own pid namespace, and death with us.
+pub fn sandboxed(words: &[String], worktree: &Path, artifacts: &Path) -> Vec<String> {
+    let mut w: Vec<String> = [
+        "bwrap",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // The private /tmp hides whatever lives under the real one; the Python environment may
+    // (a venv in a temp folder), so it comes back read-only.
+    if let Some(prefix) = words
+        .first()
+        .map(Path::new)
+        .and_then(|p| p.parent())
+        .and_then(|bin| bin.parent())
+        .filter(|prefix| prefix.starts_with("/tmp"))
+    {
+        let p = prefix.display().to_string();
+        w.extend(["--ro-bind".into(), p.clone(), p]);
+    }
+    for rw in [worktree, artifacts] {
+        let p = rw.display().to_string();
+        w.extend(["--bind".into(), p.clone(), p]);
+    }
+    w.extend(
+        [
+            "--unshare-net",
+            "--unshare-pid",
+            "--die-with-parent",
+            "--chdir",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    w.push(worktree.display().to_string());
+    w.push("--".into());
+    w.extend(words.iter().cloned());
+    w
+}
+
+/// Checks that bubblewrap runs here and can create the namespaces the sandbox needs.
+pub async fn sandbox_preflight(scratch: &Path) -> Result<(), String> {
+    let cancel = CancellationToken::new();
+    let words: Vec<String> = sandboxed(&["true".to_string()], scratch, scratch);
+    let out = scratch.join("preflight-sandbox.txt");
+    let result = spawn_and_wait(&words, scratch, &out, Duration::from_secs(30), &cancel, &[]).await;
+    match result {
+        Ok((Some(0), _)) => Ok(()),
+        Ok(_) => {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            Err(format!(
+                "--sandbox: bubblewrap cannot create its namespaces here ({}); run without \
+                 --sandbox on a machine you trust, or allow user namespaces",
+                text.lines().last().unwrap_or("no output").trim()
+            ))
+        }
+        Err(PytestError::Spawn { .. }) => Err(
+            "--sandbox needs bubblewrap: install it (`apt-get install bubblewrap`) or run without --sandbox"
+                .into(),
+        ),
+        Err(e) => Err(format!("--sandbox: {e}")),
+    }
 }
 
 /// Process groups of tests running now, so a forced exit can end them (they do not get the

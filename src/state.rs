@@ -517,6 +517,7 @@ mod tests {
                 max_llm_failures: 5,
                 max_tokens: None,
                 max_duration_s: None,
+                sandbox: false,
             },
             baseline: None,
             iterations: vec![Iteration::new(

@@ -6,6 +6,7 @@
 mod bad_input;
 mod loop_run;
 mod resume;
+mod sandbox;
 mod wire;
 
 use std::collections::VecDeque;
