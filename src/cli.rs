@@ -168,6 +168,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub llm_timeout: Option<std::time::Duration>,
 
+    /// Environment variables the tests may see beyond the allow-list (PATH, HOME, LANG, LC_*,
+    /// PYTHON*, VIRTUAL_ENV, ...), comma-separated; never the API key.
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    pub pass_env: Option<Vec<String>>,
+
     /// Run the tests under bubblewrap: file system read-only but for the worktree, a private
     /// /tmp, no network. Refuses to start when bubblewrap cannot sandbox on this machine.
     #[arg(long)]

@@ -43,6 +43,9 @@ pub struct RunSettings {
     /// Tests run under bubblewrap. Saved, so a resume stays sandboxed.
     #[serde(default)]
     pub sandbox: bool,
+    /// Variables the tests may see beyond the allow-list.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
 }
 
 mod humantime_serde_secs {
@@ -89,6 +92,8 @@ pub struct FileConfig {
     #[serde(alias = "max_llm_failures")]
     pub max_llm_failures: Option<u32>,
     pub sandbox: Option<bool>,
+    #[serde(alias = "pass_env")]
+    pub pass_env: Option<Vec<String>>,
 }
 
 /// Reads `improve.toml` (whole file) or else `[tool.improve]` of `pyproject.toml`.
@@ -333,6 +338,12 @@ pub fn resolve(
             sandbox: cli.sandbox
                 || file.sandbox.unwrap_or(false)
                 || saved.is_some_and(|s| s.sandbox),
+            pass_env: cli
+                .pass_env
+                .clone()
+                .or_else(|| file.pass_env.clone())
+                .or_else(|| saved.map(|s| s.pass_env.clone()))
+                .unwrap_or_default(),
         },
     })
 }

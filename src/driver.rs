@@ -112,6 +112,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         sandbox: settings.sandbox,
+        pass_env: settings.pass_env.clone(),
     };
     if settings.sandbox {
         pytest::sandbox_preflight(&scratch)

@@ -39,6 +39,8 @@ pub struct TestCommand {
     pub import_root: String,
     /// Run every test under bubblewrap (`--sandbox`).
     pub sandbox: bool,
+    /// Variables the user lets through to the tests beyond the allow-list (`--pass-env`).
+    pub pass_env: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +104,66 @@ impl PytestRun {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// The API key variables: never in a test's environment, whatever `--pass-env` says.
+pub fn is_api_key_var(name: &str) -> bool {
+    matches!(
+        name.to_ascii_uppercase().as_str(),
+        "IMPROVE_API_KEY" | "OPENAI_API_KEY" | "ANTHROPIC_API_KEY"
+    )
+}
+
+/// What a test may see of our environment: the system's and Python's own variables.
+fn is_allowed_var(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "LD_LIBRARY_PATH",
+        "NO_COLOR",
+        "SYSTEMROOT",
+    ];
+    const PREFIXES: &[&str] = &[
+        "LC_",
+        "PYTHON",
+        "PYENV_",
+        "VIRTUAL_ENV",
+        "CONDA_",
+        "PYTEST_",
+        "COVERAGE_",
+    ];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The environment tests run with: the allow-listed variables without anything that looks like
+/// a secret, plus what `pass_env` names (which may be secret-looking, a test database's
+/// password say, but never the API key).
+pub fn test_environment(pass_env: &[String]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    filter_environment(std::env::vars_os(), pass_env)
+}
+
+fn filter_environment(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    pass_env: &[String],
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    vars.filter(|(name, _)| {
+        let name = name.to_string_lossy();
+        if is_api_key_var(&name) {
+            return false;
+        }
+        pass_env.iter().any(|p| *p == name) || (is_allowed_var(&name) && !is_secret_var(&name))
+    })
+    .collect()
 }
 
 /// Environment variables whose names look like secrets never reach the tests. The API key
@@ -188,10 +250,15 @@ pub async fn run(
         }
         _ => import_root.into_os_string(),
     };
-    let env = [(std::ffi::OsString::from("PYTHONPATH"), pythonpath)];
+    let mut env: Vec<_> = test_environment(&cmd.pass_env)
+        .into_iter()
+        .filter(|(k, _)| k != "PYTHONPATH")
+        .collect();
+    env.push((std::ffi::OsString::from("PYTHONPATH"), pythonpath));
     let started = Instant::now();
     let (exit_code, timed_out) =
         spawn_and_wait(&words, cwd, &output_path, cmd.timeout, cancel, &env).await?;
+    let base_env = test_environment(&cmd.pass_env);
     let duration = started.elapsed();
 
     let cases = std::fs::read_to_string(&junit_path)
@@ -220,7 +287,7 @@ pub async fn run(
                 "-q".into(),
             ];
             let log = artifacts.join(format!("{label}.coverage.txt"));
-            spawn_and_wait(&words, cwd, &log, cmd.timeout, cancel, &[]).await?;
+            spawn_and_wait(&words, cwd, &log, cmd.timeout, cancel, &base_env).await?;
             std::fs::read_to_string(&cov_json)
                 .ok()
                 .and_then(|j| parse_coverage_json(&j))
@@ -304,7 +371,15 @@ pub async fn sandbox_preflight(scratch: &Path) -> Result<(), String> {
     let cancel = CancellationToken::new();
     let words: Vec<String> = sandboxed(&["true".to_string()], scratch, scratch);
     let out = scratch.join("preflight-sandbox.txt");
-    let result = spawn_and_wait(&words, scratch, &out, Duration::from_secs(30), &cancel, &[]).await;
+    let result = spawn_and_wait(
+        &words,
+        scratch,
+        &out,
+        Duration::from_secs(30),
+        &cancel,
+        &test_environment(&[]),
+    )
+    .await;
     match result {
         Ok((Some(0), _)) => Ok(()),
         Ok(_) => {
@@ -346,6 +421,7 @@ async fn spawn_and_wait(
     output_path: &Path,
     timeout: Duration,
     cancel: &CancellationToken,
+    // The whole environment of the child (see `test_environment`).
     env: &[(std::ffi::OsString, std::ffi::OsString)],
 ) -> Result<(Option<i32>, bool), PytestError> {
     let output_err = |source| PytestError::Output {
@@ -367,15 +443,10 @@ async fn spawn_and_wait(
         .stderr(Stdio::from(err))
         .process_group(0)
         .kill_on_drop(true)
+        // Only what `env` holds: an allow-list, so a secret we did not think of stays out.
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("PYTHONDONTWRITEBYTECODE", "1");
-    for (name, _) in std::env::vars_os() {
-        if is_secret_var(&name.to_string_lossy()) {
-            command.env_remove(&name);
-        }
-    }
-    for (name, value) in env {
-        command.env(name, value);
-    }
     let mut child = command.spawn().map_err(|source| PytestError::Spawn {
         cmd: shell_words::join(words),
         source,
@@ -562,9 +633,16 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
     let mut words = cmd.words.clone();
     words.push("--version".into());
     let out = scratch.join("preflight-pytest.txt");
-    let (code, _) = spawn_and_wait(&words, cwd, &out, Duration::from_secs(60), &cancel, &[])
-        .await
-        .map_err(|e| e.to_string())?;
+    let (code, _) = spawn_and_wait(
+        &words,
+        cwd,
+        &out,
+        Duration::from_secs(60),
+        &cancel,
+        &test_environment(&[]),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     if code != Some(0) {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
         let last = text
@@ -589,9 +667,16 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
         "--version".into(),
     ];
     let out = scratch.join("preflight-coverage.txt");
-    let (code, _) = spawn_and_wait(&words, cwd, &out, Duration::from_secs(60), &cancel, &[])
-        .await
-        .map_err(|e| e.to_string())?;
+    let (code, _) = spawn_and_wait(
+        &words,
+        cwd,
+        &out,
+        Duration::from_secs(60),
+        &cancel,
+        &test_environment(&[]),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(code == Some(0))
 }
 
@@ -607,9 +692,16 @@ pub async fn check_syntax(python: &str, file: &Path, scratch: &Path) -> Result<(
         file.display().to_string(),
     ];
     let out = scratch.join("syntax-check.txt");
-    let (code, _) = spawn_and_wait(&words, scratch, &out, Duration::from_secs(60), &cancel, &[])
-        .await
-        .map_err(|e| e.to_string())?;
+    let (code, _) = spawn_and_wait(
+        &words,
+        scratch,
+        &out,
+        Duration::from_secs(60),
+        &cancel,
+        &test_environment(&[]),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     match code {
         Some(0) => Ok(()),
         _ => {
@@ -658,6 +750,41 @@ mod tests {
         assert_eq!(
             summary_line("\nno tests ran in 0.01s\n"),
             "no tests ran in 0.01s"
+        );
+    }
+
+    #[test]
+    fn the_test_environment_is_an_allow_list() {
+        let ours = || {
+            [
+                ("PATH", "/bin"),
+                ("PYTHONHASHSEED", "0"),
+                ("LC_ALL", "C"),
+                ("DATABASE_URL", "postgres://x"),
+                ("DB_PASSWORD", "hunter2"),
+                ("PYTHON_TOKEN", "t"),
+                ("OPENAI_API_KEY", "sk"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+        };
+        let names = |pass: &[&str]| -> Vec<String> {
+            let pass: Vec<String> = pass.iter().map(|s| s.to_string()).collect();
+            filter_environment(ours(), &pass)
+                .into_iter()
+                .map(|(k, _)| k.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(names(&[]), ["PATH", "PYTHONHASHSEED", "LC_ALL"]);
+        assert_eq!(
+            names(&["DATABASE_URL", "DB_PASSWORD", "OPENAI_API_KEY"]),
+            [
+                "PATH",
+                "PYTHONHASHSEED",
+                "LC_ALL",
+                "DATABASE_URL",
+                "DB_PASSWORD"
+            ]
         );
     }
 

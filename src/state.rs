@@ -518,6 +518,7 @@ mod tests {
                 max_tokens: None,
                 max_duration_s: None,
                 sandbox: false,
+                pass_env: Vec::new(),
             },
             baseline: None,
             iterations: vec![Iteration::new(

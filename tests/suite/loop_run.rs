@@ -654,3 +654,30 @@ async fn tests_that_change_project_files_are_rejected_as_side_effects() {
     );
     assert!(fx.root().join("tests/test_ops.py").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tests_see_an_allow_listed_environment_plus_what_the_user_passes() {
+    let fx = Fixture::new();
+    let probe = "import os\n\n\ndef test_environment():\n    assert 'PATH' in os.environ\n    assert os.environ.get('APP_DATABASE_URL') == 'sqlite://'\n    assert 'APP_UNLISTED' not in os.environ\n    assert 'OPENAI_API_KEY' not in os.environ\n";
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(probe), code_answer(probe)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1", "--pass-env", "APP_DATABASE_URL,OPENAI_API_KEY"])
+        .env("APP_DATABASE_URL", "sqlite://")
+        .env("APP_UNLISTED", "x")
+        .env("OPENAI_API_KEY", "sk-test-never");
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = improve_json(fx.root(), &["log", "--json"]);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#}");
+
+    // Without --pass-env the variable stays out, and the same probe fails.
+    let fx2 = Fixture::new();
+    let mut cmd = improve(fx2.root());
+    cmd.args(["-n", "1"]).env("APP_DATABASE_URL", "sqlite://");
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = improve_json(fx2.root(), &["log", "--json"]);
+    assert_eq!(log[0]["outcome"], "rejected", "{log:#}");
+}

@@ -417,3 +417,59 @@ async fn a_run_branch_deleted_by_hand_is_reported_and_nothing_is_lost() {
         state_before
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_a_test_run_kills_its_processes_and_exits_130() {
+    let fx = Fixture::new();
+    let pid_file = std::env::temp_dir().join(format!("improve-sigint-{}.pid", std::process::id()));
+    let hang = format!(
+        "import subprocess\nimport time\n\n\ndef test_hangs():\n    child = subprocess.Popen(['sleep', '300'])\n    with open({:?}, 'w') as f:\n        f.write(str(child.pid))\n    time.sleep(300)\n",
+        pid_file.display().to_string()
+    );
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(&hang)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"]);
+    llm.args(&mut cmd);
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if pid_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sleeper: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(&pid_file);
+    let sent = std::time::Instant::now();
+    // Twice, as an impatient user would: the second one exits at once.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").split_whitespace().next() != Some("Z"))
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!running(), "the test's child process survived Ctrl-C");
+    // The state is consistent: the iteration resumes from its last step.
+    let status = improve_json(fx.root(), &["status", "--json"]);
+    assert_eq!(status["state"], "interrupted");
+}
