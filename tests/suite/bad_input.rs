@@ -171,3 +171,57 @@ fn review_commands_without_a_run() {
         assert_one_line_error(&c.output().unwrap(), 1, "no run");
     }
 }
+
+#[test]
+fn every_bad_flag_is_one_line_and_exit_2() {
+    let fx = Fixture::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--jobs", "0"], "--jobs"),
+        (&["--provider", "nope"], "--provider"),
+        (&["--max-duration", "soon"], "--max-duration"),
+        (&["--test-timeout", "0s"], "--test-timeout"),
+        (&["--llm-timeout", "abc"], "--llm-timeout"),
+        (&["--max-llm-failures", "0"], "--max-llm-failures"),
+        (&["--max-tokens", "lots"], "--max-tokens"),
+        (&["--base", "no-such-rev"], "--base"),
+        (&["--replay", "/no/such/recording.json"], "--replay"),
+        (&["--package", "nope"], "--package"),
+        (&["--tests-dir", "../elsewhere"], "--tests-dir"),
+        (&["--focus", ","], "--focus"),
+        (&["--no-such-flag"], "--no-such-flag"),
+    ];
+    for (args, needle) in cases {
+        let out = run_in(fx.root(), args);
+        assert_one_line_error(&out, 2, needle);
+    }
+    for args in [
+        &["show", "0"][..],
+        &["show", "abc"],
+        &["show"],
+        &["status", "--what"],
+    ] {
+        let mut c = improve(fx.root());
+        c.args(args);
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out).trim().lines().count(),
+            1,
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(
+        !fx.state_dir().join("state.json").exists(),
+        "a bad flag must not start a run"
+    );
+}
+
+#[test]
+fn a_bad_config_file_is_named() {
+    let fx = Fixture::new();
+    std::fs::write(fx.root().join("improve.toml"), "iteratoins = 3\n").unwrap();
+    let out = run_in(fx.root(), &[]);
+    assert_one_line_error(&out, 2, "improve.toml");
+    assert!(stderr(&out).contains("iteratoins"), "{}", stderr(&out));
+}
