@@ -143,6 +143,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
                 }
                 .into());
             }
+            check_kept_commits_on_branch(&repo, &s)?;
             if let Some(n) = args.iterations {
                 // Never below what is done: "done 7 of 5" helps nobody.
                 s.iterations_target = n.max(s.iterations_done());
@@ -224,6 +225,36 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     }
     print_summary(&state, &end, &report_path, &repo_root);
     Ok(end)
+}
+
+/// A run branch moved back past kept commits would make every later iteration see "broken"
+/// tests that are simply gone; say so instead. Commits the user added on top are fine.
+fn check_kept_commits_on_branch(repo: &git2::Repository, state: &RunState) -> Result<()> {
+    let Some(tip) = git::branch_tip(repo, &state.run_branch)? else {
+        return Ok(());
+    };
+    for it in state.kept() {
+        let Some(commit) = it
+            .commit
+            .as_deref()
+            .and_then(|c| git2::Oid::from_str(c).ok())
+        else {
+            continue;
+        };
+        let on_branch = tip == commit || repo.graph_descendant_of(tip, commit).unwrap_or(false);
+        if !on_branch {
+            return Err(UserError(format!(
+                "the run branch {} was moved: the kept commit {} of iteration {} is no longer on \
+                 it; put it back (`git branch -f {} <commit>`) or run with --fresh",
+                state.run_branch,
+                git::short(&commit.to_string()),
+                it.n,
+                state.run_branch
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Creates the run branch at the base when it does not exist yet. A missing branch of a run

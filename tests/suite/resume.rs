@@ -473,3 +473,62 @@ async fn ctrl_c_during_a_test_run_kills_its_processes_and_exits_130() {
     let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["state"], "interrupted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_branch_moved_back_is_reported_and_one_moved_forward_is_built_on() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            code_answer(GOOD_TEXT),
+            code_answer(GOOD_OPS),
+            code_answer(GOOD_OPS),
+        ],
+    )
+    .await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2"])
+        .env("IMPROVE_TEST_ABORT_AT", "finished:1");
+    llm.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), None);
+    let branch = fx.run_branch();
+    let kept = git(fx.root(), &["rev-parse", &branch]);
+    // Moved back to the base: refused, with the way back.
+    git(fx.root(), &["branch", "-f", &branch, "main"]);
+    let mut cmd = improve(fx.root());
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("was moved") && stderr(&out).contains("git branch -f"),
+        "{}",
+        stderr(&out)
+    );
+    // Put back, with a commit of the user's on top: the run goes on from there.
+    git(fx.root(), &["branch", "-f", &branch, &kept]);
+    let wt = fx.dir.path().join("user-wt");
+    git(
+        fx.root(),
+        &["worktree", "add", "-q", wt.to_str().unwrap(), &branch],
+    );
+    std::fs::write(wt.join("NOTES.md"), "reviewed\n").unwrap();
+    git(&wt, &["add", "NOTES.md"]);
+    git(&wt, &["commit", "-qm", "user's note"]);
+    git(
+        fx.root(),
+        &["worktree", "remove", "--force", wt.to_str().unwrap()],
+    );
+    let mut cmd = improve(fx.root());
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let subjects = git(
+        fx.root(),
+        &["log", "--format=%s", &format!("main..{branch}")],
+    );
+    assert_eq!(subjects.lines().count(), 3, "{subjects}");
+    assert!(
+        subjects.lines().next().unwrap().starts_with("improve #2"),
+        "{subjects}"
+    );
+}
