@@ -279,22 +279,6 @@ pub fn commit_patch(repo: &Repository, commit: Oid) -> Result<String, GitError> 
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Paths a commit adds or changes relative to its first parent.
-pub fn commit_files_changed(repo: &Repository, commit: Oid) -> Result<Vec<String>, GitError> {
-    let c = repo
-        .find_commit(commit)
-        .ctx(|| format!("find commit {commit}"))?;
-    let tree = c.tree().ctx(|| "read tree".into())?;
-    let parent_tree = c.parent(0).ok().and_then(|p| p.tree().ok());
-    let diff = repo
-        .diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)
-        .ctx(|| "diff".into())?;
-    Ok(diff
-        .deltas()
-        .filter_map(|d| d.new_file().path().map(|p| p.display().to_string()))
-        .collect())
-}
-
 /// Paths a commit adds (`true`) or changes (`false`) relative to its first parent.
 pub fn commit_changes(repo: &Repository, commit: Oid) -> Result<Vec<(String, bool)>, GitError> {
     let c = repo

@@ -764,7 +764,10 @@ fn keep_or_reject(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<
             oid
         }
     };
-    let files = git::commit_files_changed(&ctx.repo, kept)?;
+    let files = git::commit_changes(&ctx.repo, kept)?
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
     let it = &mut state.iterations[idx];
     it.commit = Some(kept.to_string());
     it.files = files;

@@ -205,6 +205,21 @@ pub fn json(cmd: Command) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
 
+/// Waits up to 5 s for `pid` to be gone; a zombie waiting for its new parent to reap it counts
+/// as gone (it runs no more). Returns whether it still runs.
+pub fn still_running_after_grace(pid: i32) -> bool {
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").split_whitespace().next() != Some("Z"))
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    running()
+}
+
 /// `improve <args>` on `repo`, which must succeed and print JSON (`status --json`, `log --json`).
 pub fn improve_json(repo: &Path, args: &[&str]) -> serde_json::Value {
     let mut c = improve(repo);

@@ -463,16 +463,10 @@ async fn ctrl_c_during_a_test_run_kills_its_processes_and_exits_130() {
         .unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(sent.elapsed() < Duration::from_secs(10));
-    let running = || {
-        std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
-            .map(|s| s.rsplit(')').next().unwrap_or("").split_whitespace().next() != Some("Z"))
-            .unwrap_or(false)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while running() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(!running(), "the test's child process survived Ctrl-C");
+    assert!(
+        !still_running_after_grace(sleeper),
+        "the test's child process survived Ctrl-C"
+    );
     // The state is consistent: the iteration resumes from its last step.
     let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["state"], "interrupted");
