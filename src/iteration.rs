@@ -198,6 +198,11 @@ struct PromptData {
     tests_dir: String,
     existing_tests: Vec<NamedText>,
     guidelines: Vec<NamedText>,
+    /// The source with line numbers and coverage marks (an excerpt for large modules), when
+    /// coverage was measured.
+    numbered: Option<String>,
+    /// `lines 16, 24, 54-58; branches 15->16`, when something is not covered.
+    missing_summary: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -240,6 +245,27 @@ fn read_at_tip(repo: &Repository, tip: Oid, path: &str) -> Option<String> {
     Some(String::from_utf8_lossy(blob.content()).into_owned())
 }
 
+/// The coverage JSON of the run branch's tip: the last kept iteration's suite run, else the
+/// baseline's. Missing lines are read from it on demand rather than kept in the state.
+fn latest_coverage_json(ctx: &RunContext, state: &RunState) -> Option<PathBuf> {
+    let kept: Vec<_> = state.kept().collect();
+    kept.iter()
+        .rev()
+        .filter(|i| i.verdict.as_ref().is_some_and(|v| v.coverage.is_some()))
+        .map(|i| {
+            ctx.store
+                .iteration_dir(&state.run_id, i.n)
+                .join("pytest-suite.coverage.json")
+        })
+        .chain(std::iter::once(
+            ctx.store
+                .run_dir(&state.run_id)
+                .join("baseline")
+                .join("pytest-suite.coverage.json"),
+        ))
+        .find(|p| p.is_file())
+}
+
 fn build_request(
     ctx: &RunContext,
     state: &RunState,
@@ -275,7 +301,15 @@ fn build_request(
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
+    let missing = latest_coverage_json(ctx, state)
+        .and_then(|path| crate::excerpt::read_missing(&path, &it.target));
+    let numbered = missing
+        .as_ref()
+        .map(|m| crate::excerpt::excerpt(&source, m));
+    let missing_summary = missing.filter(|m| !m.is_empty()).map(|m| m.summary());
     let data = PromptData {
+        numbered,
+        missing_summary,
         module_path: it.target.clone(),
         module_stem,
         import_name,

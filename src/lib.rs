@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod driver;
 pub mod error;
+pub mod excerpt;
 pub mod git;
 pub mod iteration;
 pub mod llm;

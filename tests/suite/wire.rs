@@ -79,6 +79,22 @@ async fn the_prompt_carries_the_module_its_tests_and_the_guidelines() {
         user(1)
     );
     assert!(user(1).contains("errors"));
+    // Coverage-guided: text.py was never imported, so every line is marked; in ops.py only
+    // what test_add does not run is.
+    assert!(
+        user(0).contains("   1! def slug(s):")
+            && user(0).contains("Not covered yet: lines 1-2, 5-9"),
+        "{}",
+        user(0)
+    );
+    assert!(
+        user(1).contains("   1  def add(a, b):")
+            && user(1).contains("   6!     if b == 0:")
+            && user(1).contains("branches 6->7, 6->8")
+            && user(1).contains("   7!         raise ZeroDivisionError"),
+        "{}",
+        user(1)
+    );
     assert!(
         requests
             .iter()
