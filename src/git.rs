@@ -254,6 +254,26 @@ pub fn dirty_paths(worktree: &Path) -> Result<Vec<String>, GitError> {
     Ok(paths)
 }
 
+/// Replaces the worktree's HEAD commit by one with `files` as they are now (same parent), so
+/// the iteration stays one commit on top of the run branch.
+pub fn amend_head(worktree: &Path, files: &[String], message: &str) -> Result<Oid, GitError> {
+    let repo =
+        Repository::open(worktree).ctx(|| format!("open worktree {}", worktree.display()))?;
+    let mut index = repo.index().ctx(|| "read the worktree index".into())?;
+    for f in files {
+        index.add_path(Path::new(f)).ctx(|| format!("stage {f}"))?;
+    }
+    index.write().ctx(|| "write the worktree index".into())?;
+    let tree_id = index.write_tree().ctx(|| "write tree".into())?;
+    let tree = repo.find_tree(tree_id).ctx(|| "find tree".into())?;
+    let head = repo
+        .head()
+        .and_then(|h| h.peel_to_commit())
+        .ctx(|| "read the worktree HEAD".into())?;
+    head.amend(Some("HEAD"), None, None, None, Some(message), Some(&tree))
+        .ctx(|| "amend the iteration commit".into())
+}
+
 /// The unified diff a commit introduces over its first parent.
 pub fn commit_patch(repo: &Repository, commit: Oid) -> Result<String, GitError> {
     let c = repo

@@ -552,8 +552,60 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     )
     .await;
     state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
-    let new = new?;
+    let mut new = new?;
+    // Good tests are not thrown away with bad ones: when some new tests pass and some fail,
+    // the failing ones are removed (by Python's own parser) and the rest are run again.
+    let mut pruned = Vec::new();
+    let failing = [
+        new.ids_with(CaseOutcome::Failed),
+        new.ids_with(CaseOutcome::Error),
+    ]
+    .concat();
+    let collects = !new
+        .cases
+        .iter()
+        .any(|c| c.outcome == CaseOutcome::Error && !c.id.contains("::"));
+    if !new.timed_out
+        && collects
+        && !failing.is_empty()
+        && new.count(CaseOutcome::Passed) > 0
+        && side_effects(state, &wt_path)?.is_empty()
+    {
+        let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
+        let doomed = prune_names(&failing, &test_file);
+        match pytest::prune(&python, &wt_path.join(&test_file), &doomed, &dir).await {
+            Ok(removed) if removed > 0 => {
+                let oid = git::amend_head(
+                    &wt_path,
+                    std::slice::from_ref(&test_file),
+                    &format!("improve: proposal of iteration {n}, failing tests dropped"),
+                )?;
+                state.iterations[idx].iteration_commit = Some(oid.to_string());
+                artifact(
+                    dir.join("diff.patch"),
+                    git::commit_patch(&ctx.repo, oid)?.as_bytes(),
+                )?;
+                let started = Instant::now();
+                let rerun = pytest::run(
+                    &ctx.test_cmd,
+                    &wt_path,
+                    std::slice::from_ref(&test_file),
+                    &dir,
+                    "pytest-new-pruned",
+                    false,
+                    &ctx.cancel,
+                )
+                .await;
+                state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
+                new = rerun?;
+                pruned = failing;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::info!("failing tests could not be dropped: {e}"),
+        }
+    }
     let mut verdict = Verdict {
+        pruned,
         pytest_summary: new.summary.clone(),
         new_failed: [
             new.ids_with(CaseOutcome::Failed),
@@ -669,6 +721,33 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     Ok(())
 }
 
+/// pytest ids of failing tests in `test_file` as the pruning script names them: `test_a`
+/// for a function (parameters dropped: a parametrized test goes whole), `TestK::test_b` for a
+/// method.
+fn prune_names(ids: &[String], test_file: &str) -> Vec<String> {
+    let module = test_file
+        .strip_suffix(".py")
+        .unwrap_or(test_file)
+        .replace('/', ".");
+    let mut names: Vec<String> = ids
+        .iter()
+        .filter_map(|id| {
+            let (class_path, name) = id.rsplit_once("::")?;
+            let name = name.split('[').next().unwrap_or(name);
+            if class_path == module {
+                Some(name.to_string())
+            } else {
+                class_path
+                    .strip_prefix(&format!("{module}."))
+                    .map(|class| format!("{class}::{name}"))
+            }
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// What a test run changed in the worktree, beyond what the project's own suite does. The
 /// worktree is thrown away with the iteration, so nothing a test did survives it; but a
 /// proposal whose tests delete or rewrite project files is not one to keep.
@@ -723,7 +802,7 @@ fn commit_message(state: &RunState, idx: usize, verdict: &Verdict) -> String {
          Target: {target}\n\
          Focus: {focus}\n\
          Kind: add\n\
-         Tests added: {added} ({file})\n\
+         Tests added: {added} ({file}){dropped}\n\
          Tests fixed: 0\n\
          Pytest: {summary}\n\
          Coverage: {coverage}\n\n\
@@ -734,6 +813,11 @@ fn commit_message(state: &RunState, idx: usize, verdict: &Verdict) -> String {
         focus = it.focus,
         summary = verdict.pytest_summary,
         run = state.run_id,
+        dropped = if verdict.pruned.is_empty() {
+            String::new()
+        } else {
+            format!("; {} failing tests dropped", verdict.pruned.len())
+        },
     )
 }
 
@@ -812,4 +896,23 @@ fn keep_or_reject(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<
     it.finished_at = Some(Utc::now());
     cleanup(ctx, &run_id, n);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prune_names;
+
+    #[test]
+    fn failing_ids_become_names_the_pruner_knows() {
+        let ids = vec![
+            "tests.test_x::test_a[2-2-5]".to_string(),
+            "tests.test_x::test_a[1-2-3]".to_string(),
+            "tests.test_x.TestK::test_b".to_string(),
+            "tests.test_other::test_c".to_string(),
+        ];
+        assert_eq!(
+            prune_names(&ids, "tests/test_x.py"),
+            ["TestK::test_b", "test_a"]
+        );
+    }
 }

@@ -680,6 +680,44 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
     Ok(code == Some(0))
 }
 
+/// Removes the named test functions from `file` with Python's own parser (python/prune.py);
+/// returns how many were removed.
+pub async fn prune(
+    python: &str,
+    file: &Path,
+    names: &[String],
+    scratch: &Path,
+) -> Result<u32, String> {
+    let cancel = CancellationToken::new();
+    let names_json = serde_json::to_string(names).map_err(|e| e.to_string())?;
+    let words = vec![
+        python.to_string(),
+        "-c".into(),
+        include_str!("../python/prune.py").into(),
+        file.display().to_string(),
+        names_json,
+    ];
+    let out = scratch.join("prune.txt");
+    let (code, _) = spawn_and_wait(
+        &words,
+        scratch,
+        &out,
+        Duration::from_secs(60),
+        &cancel,
+        &test_environment(&[]),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let last = text.lines().last().unwrap_or("").trim().to_string();
+    match code {
+        Some(0) => last
+            .parse::<u32>()
+            .map_err(|_| format!("unexpected output: {last}")),
+        _ => Err(last),
+    }
+}
+
 /// Whether a file is valid Python, asked of the test command's own interpreter (its grammar is
 /// the one that matters). `Err` carries the syntax error as Python reports it.
 pub async fn check_syntax(python: &str, file: &Path, scratch: &Path) -> Result<(), String> {

@@ -133,6 +133,9 @@ pub struct Verdict {
     /// Test ids of the new file that passed.
     pub new_tests: Vec<String>,
     pub new_failed: Vec<String>,
+    /// Failing tests removed from the proposal before the rest were kept.
+    #[serde(default)]
+    pub pruned: Vec<String>,
     /// Previously passing tests that fail with the proposal in the suite.
     pub regressions: Vec<String>,
     /// Tests collected in the whole suite with the proposal, and how many passed.

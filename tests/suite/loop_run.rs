@@ -671,3 +671,35 @@ async fn tests_see_an_allow_listed_environment_plus_what_the_user_passes() {
     let log = improve_json(fx2.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "rejected", "{log:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_tests_are_dropped_and_the_passing_ones_kept() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(PARTLY_FAILING)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = improve_json(fx.root(), &["log", "--json"]);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#}");
+    // The kept file holds exactly the passing tests, and the commit says what was dropped.
+    let branch = fx.run_branch();
+    let file = format!("{branch}:tests/test_text_improve_1.py");
+    let kept = git(fx.root(), &["show", &file]);
+    assert!(
+        kept.contains("def test_add_right") && kept.contains("def test_inside"),
+        "{kept}"
+    );
+    assert!(
+        !kept.contains("test_add_table") && !kept.contains("def test_wrong"),
+        "{kept}"
+    );
+    assert!(kept.contains("class TestClamp"), "{kept}");
+    let msg = git(fx.root(), &["log", "-1", "--format=%B", &branch]);
+    assert!(msg.contains("2 failing tests dropped"), "{msg}");
+    assert_eq!(fx.run_commits().len(), 1, "one commit per kept iteration");
+    let (ok, summary) = fx.suite_passes_on_run_branch();
+    assert!(ok && summary.contains("3 passed"), "{summary}");
+}

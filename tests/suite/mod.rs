@@ -330,6 +330,9 @@ pub type Shared<T> = Arc<Mutex<T>>;
 
 pub const GOOD_OPS: &str = "import pytest\n\nfrom calc.ops import clamp, divide\n\n\ndef test_divide():\n    assert divide(6, 3) == 2\n\n\ndef test_divide_by_zero():\n    with pytest.raises(ZeroDivisionError):\n        divide(1, 0)\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n";
 pub const GOOD_TEXT: &str = "import pytest\n\nfrom calc.text import initials, slug\n\n\ndef test_slug():\n    assert slug(\"Hello  World\") == \"hello-world\"\n\n\ndef test_initials():\n    assert initials(\"ada lovelace\") == \"AL\"\n\n\ndef test_initials_empty():\n    with pytest.raises(ValueError):\n        initials(\"   \")\n";
-pub const FAILING: &str = "from calc.ops import add\n\n\ndef test_add_wrong():\n    assert add(1, 1) == 3\n\n\ndef test_add_right():\n    assert add(1, 1) == 2\n";
+/// Every test in it fails: nothing to keep.
+pub const FAILING: &str = "from calc.ops import add\n\n\ndef test_add_wrong():\n    assert add(1, 1) == 3\n\n\ndef test_add_wrong_too():\n    assert add(2, 2) == 5\n";
+/// Some tests pass, some fail (one parametrized case, one method): the failing ones go.
+pub const PARTLY_FAILING: &str = "import pytest\n\nfrom calc.ops import add, clamp\n\n\ndef test_add_right():\n    assert add(1, 1) == 2\n\n\n@pytest.mark.parametrize('a, b, total', [(1, 2, 3), (2, 2, 5)])\ndef test_add_table(a, b, total):\n    assert add(a, b) == total\n\n\nclass TestClamp:\n    def test_inside(self):\n        assert clamp(2, 0, 5) == 2\n\n    def test_wrong(self):\n        assert clamp(9, 0, 5) == 9\n";
 pub const INVALID: &str = "def test_broken(:\n    pass\n";
 pub const ESCAPING: &str = "# ../../evil_test.py\ndef test_evil():\n    assert True\n";
