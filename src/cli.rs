@@ -173,6 +173,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
     pub pass_env: Option<Vec<String>>,
 
+    /// Extra runs of the new tests, in one pytest process, to catch flaky ones (default 5;
+    /// 0 disables). A test that fails any of them is dropped.
+    #[arg(long, value_name = "N")]
+    pub reruns: Option<u32>,
+
     /// Run the tests under bubblewrap: file system read-only but for the worktree, a private
     /// /tmp, no network. Refuses to start when bubblewrap cannot sandbox on this machine.
     #[arg(long)]

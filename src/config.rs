@@ -46,6 +46,13 @@ pub struct RunSettings {
     /// Variables the tests may see beyond the allow-list.
     #[serde(default)]
     pub pass_env: Vec<String>,
+    /// Extra runs of the new tests to catch flaky ones (0: none).
+    #[serde(default = "default_reruns")]
+    pub reruns: u32,
+}
+
+fn default_reruns() -> u32 {
+    5
 }
 
 mod humantime_serde_secs {
@@ -94,6 +101,7 @@ pub struct FileConfig {
     pub sandbox: Option<bool>,
     #[serde(alias = "pass_env")]
     pub pass_env: Option<Vec<String>>,
+    pub reruns: Option<u32>,
 }
 
 /// Reads `improve.toml` (whole file) or else `[tool.improve]` of `pyproject.toml`.
@@ -344,6 +352,11 @@ pub fn resolve(
                 .or_else(|| file.pass_env.clone())
                 .or_else(|| saved.map(|s| s.pass_env.clone()))
                 .unwrap_or_default(),
+            reruns: cli
+                .reruns
+                .or(file.reruns)
+                .or(saved.map(|s| s.reruns))
+                .unwrap_or_else(default_reruns),
         },
     })
 }

@@ -614,7 +614,7 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         .concat(),
         ..Verdict::default()
     };
-    let passed_new = new.ids_with(CaseOutcome::Passed);
+    let mut passed_new = new.ids_with(CaseOutcome::Passed);
     let touched = side_effects(state, &wt_path)?;
     let reject_reason = if !touched.is_empty() {
         Some(format!(
@@ -659,6 +659,88 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         verdict.reason = Some(reason);
         finish_verified(state, idx, verdict);
         return Ok(());
+    }
+
+    // Flakiness: the surviving tests run `reruns` more times in one pytest process; a test
+    // that fails even once is dropped as flaky (TestGen-LLM's filter).
+    let reruns = state.settings.reruns;
+    if reruns > 0 {
+        let mut args = vec!["--keep-duplicates".to_string()];
+        args.extend(std::iter::repeat_n(test_file.clone(), reruns as usize));
+        let started = Instant::now();
+        let rerun = pytest::run(
+            &ctx.test_cmd,
+            &wt_path,
+            &args,
+            &dir,
+            "pytest-reruns",
+            false,
+            &ctx.cancel,
+        )
+        .await;
+        state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
+        let rerun = rerun?;
+        let mut flaky = [
+            rerun.ids_with(CaseOutcome::Failed),
+            rerun.ids_with(CaseOutcome::Error),
+        ]
+        .concat();
+        flaky.sort();
+        flaky.dedup();
+        let touched = side_effects(state, &wt_path)?;
+        let reason = if !touched.is_empty() {
+            Some(format!(
+                "side effects: the new tests changed {}",
+                names_of_paths(&touched)
+            ))
+        } else if rerun.timed_out {
+            Some(format!(
+                "timed out: {reruns} reruns of the new tests ran past --test-timeout ({})",
+                humantime::format_duration(ctx.test_cmd.timeout)
+            ))
+        } else if !flaky.is_empty() && passed_new.iter().all(|id| flaky.contains(id)) {
+            Some(format!("flaky: {} fail on rerun", names(&flaky, 3)))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            verdict.flaky = flaky;
+            verdict.reason = Some(reason);
+            finish_verified(state, idx, verdict);
+            return Ok(());
+        }
+        if !flaky.is_empty() {
+            let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
+            let doomed = prune_names(&flaky, &test_file);
+            match pytest::prune(&python, &wt_path.join(&test_file), &doomed, &dir).await {
+                Ok(removed) if removed > 0 => {
+                    let oid = git::amend_head(
+                        &wt_path,
+                        std::slice::from_ref(&test_file),
+                        &format!("improve: proposal of iteration {n}, flaky tests dropped"),
+                    )?;
+                    state.iterations[idx].iteration_commit = Some(oid.to_string());
+                    artifact(
+                        dir.join("diff.patch"),
+                        git::commit_patch(&ctx.repo, oid)?.as_bytes(),
+                    )?;
+                    // Whole functions go, so every case of a parametrized flaky test goes.
+                    passed_new.retain(|id| {
+                        let base = id.split('[').next().unwrap_or(id);
+                        !flaky
+                            .iter()
+                            .any(|f| f.split('[').next().unwrap_or(f) == base)
+                    });
+                    verdict.flaky = flaky;
+                }
+                _ => {
+                    verdict.flaky = flaky.clone();
+                    verdict.reason = Some(format!("flaky: {} fail on rerun", names(&flaky, 3)));
+                    finish_verified(state, idx, verdict);
+                    return Ok(());
+                }
+            }
+        }
     }
 
     let started = Instant::now();
@@ -813,11 +895,14 @@ fn commit_message(state: &RunState, idx: usize, verdict: &Verdict) -> String {
         focus = it.focus,
         summary = verdict.pytest_summary,
         run = state.run_id,
-        dropped = if verdict.pruned.is_empty() {
-            String::new()
-        } else {
-            format!("; {} failing tests dropped", verdict.pruned.len())
-        },
+        dropped = [
+            (verdict.pruned.len(), "failing"),
+            (verdict.flaky.len(), "flaky"),
+        ]
+        .iter()
+        .filter(|(k, _)| *k > 0)
+        .map(|(k, what)| format!("; {k} {what} tests dropped"))
+        .collect::<String>(),
     )
 }
 

@@ -136,6 +136,9 @@ pub struct Verdict {
     /// Failing tests removed from the proposal before the rest were kept.
     #[serde(default)]
     pub pruned: Vec<String>,
+    /// Tests that failed on a rerun and were dropped as flaky.
+    #[serde(default)]
+    pub flaky: Vec<String>,
     /// Previously passing tests that fail with the proposal in the suite.
     pub regressions: Vec<String>,
     /// Tests collected in the whole suite with the proposal, and how many passed.
@@ -521,6 +524,7 @@ mod tests {
                 max_tokens: None,
                 max_duration_s: None,
                 sandbox: false,
+                reruns: 5,
                 pass_env: Vec::new(),
             },
             baseline: None,

@@ -703,3 +703,55 @@ async fn failing_tests_are_dropped_and_the_passing_ones_kept() {
     let (ok, summary) = fx.suite_passes_on_run_branch();
     assert!(ok && summary.contains("3 passed"), "{summary}");
 }
+
+/// Passes on its first two runs in a process, fails on the third: flaky, deterministically.
+const WITH_FLAKY: &str = "from calc.text import slug\n\nRUNS = {'n': 0}\n\n\ndef test_stable():\n    assert slug('A b') == 'a-b'\n\n\ndef test_flaky():\n    RUNS['n'] += 1\n    assert RUNS['n'] != 3\n";
+const ONLY_FLAKY: &str =
+    "RUNS = {'n': 0}\n\n\ndef test_flaky_alone():\n    RUNS['n'] += 1\n    assert RUNS['n'] != 2\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flaky_tests_are_dropped_on_rerun() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(WITH_FLAKY), code_answer(ONLY_FLAKY)],
+    )
+    .await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = improve_json(fx.root(), &["log", "--json"]);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#}");
+    assert_eq!(log[0]["tests_added"], 1, "{log:#}");
+    assert_eq!(log[1]["outcome"], "rejected", "{log:#}");
+    assert!(
+        log[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("flaky: test_flaky_alone"),
+        "{log:#}"
+    );
+    let branch = fx.run_branch();
+    let kept = git(
+        fx.root(),
+        &["show", &format!("{branch}:tests/test_text_improve_1.py")],
+    );
+    assert!(
+        kept.contains("def test_stable") && !kept.contains("def test_flaky"),
+        "{kept}"
+    );
+    let msg = git(fx.root(), &["log", "-1", "--format=%B", &branch]);
+    assert!(msg.contains("1 flaky tests dropped"), "{msg}");
+
+    // With --reruns 0 nobody looks, and the flaky test would have been kept.
+    let fx2 = Fixture::new();
+    let llm2 = StandIn::start(Wire::OpenAi, vec![code_answer(WITH_FLAKY)]).await;
+    let mut cmd = improve(fx2.root());
+    cmd.args(["-n", "1", "--reruns", "0"]);
+    llm2.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), Some(0));
+    let log = improve_json(fx2.root(), &["log", "--json"]);
+    assert_eq!(log[0]["tests_added"], 2, "{log:#}");
+}
