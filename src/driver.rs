@@ -54,6 +54,12 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     // per repository too, in git's common dir (shared by every worktree).
     let _repo_lock = crate::state::lock_file(&repo.commondir().join("improve.lock"), &repo_root)?;
     git::exclude_state_dir(&repo, &repo_root, &state_dir)?;
+    for stale in git::remove_stale_ref_locks(&repo)? {
+        tracing::warn!(
+            "removed a ref lock left by a killed run: {}",
+            stale.display()
+        );
+    }
     if let Err(e) = crate::logging::set_log_file(&state_dir.join("log.jsonl")) {
         printer.line(&format!(
             "note: no log file in {}: {e}",

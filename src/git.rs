@@ -274,6 +274,43 @@ pub fn amend_head(worktree: &Path, files: &[String], message: &str) -> Result<Oi
         .ctx(|| "amend the iteration commit".into())
 }
 
+/// The commit a worktree's HEAD points at.
+pub fn head_of(worktree: &Path) -> Option<Oid> {
+    Repository::open(worktree)
+        .ok()?
+        .head()
+        .ok()?
+        .peel_to_commit()
+        .ok()
+        .map(|c| c.id())
+}
+
+/// Removes ref lock files left in our own ref namespaces (`improve/`, `improve-wip/`) by a
+/// process killed mid-update; libgit2, like git, refuses to touch a ref whose `.lock` exists.
+/// Only called while holding the repository-wide improve lock, so no live improve owns them.
+pub fn remove_stale_ref_locks(repo: &Repository) -> Result<Vec<PathBuf>, GitError> {
+    let mut removed = Vec::new();
+    for namespace in ["improve", "improve-wip"] {
+        let root = repo.commondir().join("refs").join("heads").join(namespace);
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "lock") {
+                    std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+                    removed.push(path);
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// The unified diff a commit introduces over its first parent.
 pub fn commit_patch(repo: &Repository, commit: Oid) -> Result<String, GitError> {
     let c = repo

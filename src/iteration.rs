@@ -526,9 +526,12 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         source,
     })?;
     let wt_path = ctx.worktree_path(&run_id, n);
-    // A crash mid-verify can leave what the tests did in the tree; start from the commit again.
-    let dirty = wt_path.join(".git").exists() && !git::dirty_paths(&wt_path)?.is_empty();
-    if !wt_path.join(".git").exists() || dirty {
+    // A crash mid-verify can leave what the tests did in the tree, or a pruned commit the state
+    // never recorded (keeping would then take the unpruned one): start from the state's commit.
+    let usable = wt_path.join(".git").exists()
+        && git::head_of(&wt_path) == Some(commit_oid)
+        && git::dirty_paths(&wt_path)?.is_empty();
+    if !usable {
         // Removed by hand or by a crash mid-cleanup: re-create it from the iteration commit.
         git::add_worktree(
             &ctx.repo,
@@ -580,6 +583,7 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
                     std::slice::from_ref(&test_file),
                     &format!("improve: proposal of iteration {n}, failing tests dropped"),
                 )?;
+                crash_point("pruned", n);
                 state.iterations[idx].iteration_commit = Some(oid.to_string());
                 artifact(
                     dir.join("diff.patch"),

@@ -86,7 +86,12 @@ async fn resumes_after_kill_dash_nine_at_random_moments() {
     let mut rng = fastrand::Rng::with_seed(7);
     for round in 0..3 {
         let fx = Fixture::new();
-        let llm = StandIn::start(Wire::OpenAi, answers()).await;
+        // Only good answers, and spares: a kill can lose an answer in flight, and the next
+        // iteration then gets the next one.
+        let spares: Vec<Answer> = (0..12)
+            .map(|i| code_answer(if i % 2 == 0 { GOOD_TEXT } else { GOOD_OPS }))
+            .collect();
+        let llm = StandIn::start(Wire::OpenAi, spares).await;
         let mut kills = 0;
         let mut finished = false;
         for _ in 0..6 {
@@ -95,16 +100,20 @@ async fn resumes_after_kill_dash_nine_at_random_moments() {
             llm.args(&mut cmd);
             let mut child = cmd
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
             let wait = Duration::from_millis(rng.u64(200..2500));
             tokio::time::sleep(wait).await;
             if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
                 assert_eq!(
                     status.code(),
                     Some(0),
-                    "round {round}: a run that was not killed must complete"
+                    "round {round}: a run that was not killed must complete: {err}"
                 );
                 finished = true;
                 break;
@@ -130,7 +139,7 @@ async fn resumes_after_kill_dash_nine_at_random_moments() {
                 stderr(&out)
             );
         }
-        assert_consistent(&fx, 2);
+        assert_consistent(&fx, 3);
         assert!(
             llm.requests().await.len() <= 3 + kills,
             "answers asked for more than once per kill"
@@ -529,4 +538,54 @@ async fn a_run_branch_moved_back_is_reported_and_one_moved_forward_is_built_on()
         subjects.lines().next().unwrap().starts_with("improve #2"),
         "{subjects}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_after_pruning_never_keeps_the_unpruned_file() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(PARTLY_FAILING)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"])
+        .env("IMPROVE_TEST_ABORT_AT", "pruned:1");
+    llm.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), None);
+    let mut cmd = improve(fx.root());
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let branch = fx.run_branch();
+    let kept = git(
+        fx.root(),
+        &["show", &format!("{branch}:tests/test_text_improve_1.py")],
+    );
+    assert!(
+        !kept.contains("def test_wrong") && !kept.contains("test_add_table"),
+        "{kept}"
+    );
+    let (ok, summary) = fx.suite_passes_on_run_branch();
+    assert!(ok, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ref_lock_left_by_a_killed_run_is_cleared() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"])
+        .env("IMPROVE_TEST_ABORT_AT", "verified:1");
+    llm.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), None);
+    // What a kill in the middle of moving the run branch leaves behind.
+    let branch = fx.run_branch();
+    let lock = fx
+        .root()
+        .join(".git/refs/heads")
+        .join(format!("{branch}.lock"));
+    std::fs::write(&lock, "").unwrap();
+    let mut cmd = improve(fx.root());
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!lock.exists());
+    assert_eq!(fx.run_commits().len(), 1);
 }
