@@ -39,7 +39,6 @@ pub struct RunSettings {
     pub llm_timeout: Duration,
     pub max_llm_failures: u32,
     pub max_tokens: Option<u64>,
-    pub max_duration_s: Option<u64>,
     /// Tests run under bubblewrap. Saved, so a resume stays sandboxed.
     #[serde(default)]
     pub sandbox: bool,
@@ -342,7 +341,6 @@ pub fn resolve(
                 .unwrap_or(5),
             // Limits are for this invocation: a stopped run resumes with the same command.
             max_tokens: cli.max_tokens.or(file.max_tokens),
-            max_duration_s: max_duration.map(|d| d.as_secs()),
             sandbox: cli.sandbox
                 || file.sandbox.unwrap_or(false)
                 || saved.is_some_and(|s| s.sandbox),

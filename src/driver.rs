@@ -143,12 +143,6 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         Some(mut s) => {
             // Checked before anything is saved: a run whose kept commits are gone from git is
             // the user's to sort out, and its state stays exactly as it was.
-            if s.kept().next().is_some() && git::branch_tip(&repo, &s.run_branch)?.is_none() {
-                return Err(git::GitError::RunBranchMissing {
-                    branch: s.run_branch,
-                }
-                .into());
-            }
             check_kept_commits_on_branch(&repo, &s)?;
             if let Some(n) = args.iterations {
                 // Never below what is done: "done 7 of 5" helps nobody.
@@ -236,9 +230,10 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
 /// A run branch moved back past kept commits would make every later iteration see "broken"
 /// tests that are simply gone; say so instead. Commits the user added on top are fine.
 fn check_kept_commits_on_branch(repo: &git2::Repository, state: &RunState) -> Result<()> {
-    let Some(tip) = git::branch_tip(repo, &state.run_branch)? else {
+    if state.kept().next().is_none() {
         return Ok(());
-    };
+    }
+    let tip = git::run_tip(repo, &state.run_branch)?;
     for it in state.kept() {
         let Some(commit) = it
             .commit
@@ -275,7 +270,7 @@ fn ensure_run_branch(repo: &git2::Repository, state: &RunState) -> Result<()> {
         }
         .into());
     }
-    let base = git2::Oid::from_str(&state.base_commit).context("the base commit in the state")?;
+    let base = git::oid(&state.base_commit, "the base commit")?;
     git::create_branch(repo, &state.run_branch, base, false)?;
     Ok(())
 }
@@ -310,10 +305,7 @@ async fn measure_baseline(
 ) -> Result<(), StepError> {
     printer.line("measuring the baseline: running the whole suite at the base commit");
     printer.doing("baseline: running the whole suite");
-    let base = git2::Oid::from_str(&state.base_commit).map_err(|source| git::GitError::Op {
-        context: "read the base commit".into(),
-        source,
-    })?;
+    let base = git::oid(&state.base_commit, "the base commit")?;
     let name = format!("improve-{}-baseline", state.run_id);
     let path = ctx
         .store
@@ -402,7 +394,7 @@ async fn drive(
         iteration::crash_point("baseline", 0);
     }
     // What is committed at the base is what the iterations test, not the user's working tree.
-    let base = git2::Oid::from_str(&state.base_commit).context("the base commit in the state")?;
+    let base = git::oid(&state.base_commit, "the base commit")?;
     let package_files = git::python_files_at(&ctx.repo, base, &state.settings.package)?;
     let modules = target::list_modules(&package_files, &state.settings.package);
     if modules.is_empty() {

@@ -124,6 +124,21 @@ pub fn exclude_state_dir(
         .ctx(|| format!("write {}", exclude.display()))
 }
 
+/// A commit id kept in the state; `what` names it for the error.
+pub fn oid(hex: &str, what: &str) -> Result<Oid, GitError> {
+    Oid::from_str(hex).map_err(|source| GitError::Op {
+        context: format!("read {what} from the state"),
+        source,
+    })
+}
+
+/// The tip of the run branch, which must exist.
+pub fn run_tip(repo: &Repository, run_branch: &str) -> Result<Oid, GitError> {
+    branch_tip(repo, run_branch)?.ok_or_else(|| GitError::RunBranchMissing {
+        branch: run_branch.to_string(),
+    })
+}
+
 pub fn branch_tip(repo: &Repository, branch: &str) -> Result<Option<Oid>, GitError> {
     match repo.find_branch(branch, BranchType::Local) {
         Ok(b) => Ok(b.get().target()),
@@ -214,10 +229,11 @@ pub fn signature(repo: &Repository) -> Result<Signature<'static>, GitError> {
         .ctx(|| "make a commit signature".into())
 }
 
-/// Commits the given files (paths relative to the worktree) on the worktree's branch.
-pub fn commit_files(worktree: &Path, files: &[String], message: &str) -> Result<Oid, GitError> {
-    let repo =
-        Repository::open(worktree).ctx(|| format!("open worktree {}", worktree.display()))?;
+/// Stages `files` (relative to the worktree) and returns the tree and the current HEAD commit.
+fn stage<'r>(
+    repo: &'r Repository,
+    files: &[String],
+) -> Result<(git2::Tree<'r>, git2::Commit<'r>), GitError> {
     let mut index = repo.index().ctx(|| "read the worktree index".into())?;
     for f in files {
         index.add_path(Path::new(f)).ctx(|| format!("stage {f}"))?;
@@ -225,10 +241,18 @@ pub fn commit_files(worktree: &Path, files: &[String], message: &str) -> Result<
     index.write().ctx(|| "write the worktree index".into())?;
     let tree_id = index.write_tree().ctx(|| "write tree".into())?;
     let tree = repo.find_tree(tree_id).ctx(|| "find tree".into())?;
-    let parent = repo
+    let head = repo
         .head()
         .and_then(|h| h.peel_to_commit())
         .ctx(|| "read the worktree HEAD".into())?;
+    Ok((tree, head))
+}
+
+/// Commits the given files (paths relative to the worktree) on the worktree's branch.
+pub fn commit_files(worktree: &Path, files: &[String], message: &str) -> Result<Oid, GitError> {
+    let repo =
+        Repository::open(worktree).ctx(|| format!("open worktree {}", worktree.display()))?;
+    let (tree, parent) = stage(&repo, files)?;
     let sig = signature(&repo)?;
     repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
         .ctx(|| "commit in the worktree".into())
@@ -259,17 +283,7 @@ pub fn dirty_paths(worktree: &Path) -> Result<Vec<String>, GitError> {
 pub fn amend_head(worktree: &Path, files: &[String], message: &str) -> Result<Oid, GitError> {
     let repo =
         Repository::open(worktree).ctx(|| format!("open worktree {}", worktree.display()))?;
-    let mut index = repo.index().ctx(|| "read the worktree index".into())?;
-    for f in files {
-        index.add_path(Path::new(f)).ctx(|| format!("stage {f}"))?;
-    }
-    index.write().ctx(|| "write the worktree index".into())?;
-    let tree_id = index.write_tree().ctx(|| "write tree".into())?;
-    let tree = repo.find_tree(tree_id).ctx(|| "find tree".into())?;
-    let head = repo
-        .head()
-        .and_then(|h| h.peel_to_commit())
-        .ctx(|| "read the worktree HEAD".into())?;
+    let (tree, head) = stage(&repo, files)?;
     head.amend(Some("HEAD"), None, None, None, Some(message), Some(&tree))
         .ctx(|| "amend the iteration commit".into())
 }

@@ -346,11 +346,7 @@ async fn ask(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), S
         // A crash after the answer was saved: reuse it, never pay for it twice.
         Some(r) => r,
         None => {
-            let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| {
-                GitError::RunBranchMissing {
-                    branch: state.run_branch.clone(),
-                }
-            })?;
+            let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
             let request = build_request(ctx, state, idx, tip)?;
             let prompt_text = format!(
                 "# system\n\n{}\n\n# user\n\n{}\n",
@@ -433,11 +429,7 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
         return Ok(());
     }
 
-    let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| {
-        GitError::RunBranchMissing {
-            branch: state.run_branch.clone(),
-        }
-    })?;
+    let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
     let wt_path = ctx.worktree_path(&run_id, n);
     let branch = iteration_branch(&run_id, n);
     git::add_worktree(
@@ -498,18 +490,21 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     Ok(())
 }
 
-fn names(ids: &[String], max: usize) -> String {
-    let short: Vec<&str> = ids
-        .iter()
-        .take(max)
-        .map(|id| id.rsplit("::").next().unwrap_or(id))
-        .collect();
-    let more = if ids.len() > max {
-        format!(" and {} more", ids.len() - max)
+/// The first three of `items`, and how many more: `a, b, c and 4 more`.
+fn first_three<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = items.len();
+    let shown: Vec<&str> = items.take(3).collect();
+    let more = if total > 3 {
+        format!(" and {} more", total - 3)
     } else {
         String::new()
     };
-    format!("{}{more}", short.join(", "))
+    format!("{}{more}", shown.join(", "))
+}
+
+/// Test names without their module path.
+fn names(ids: &[String]) -> String {
+    first_three(ids.iter().map(|id| id.rsplit("::").next().unwrap_or(id)))
 }
 
 async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), StepError> {
@@ -521,10 +516,7 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         state.iterations[idx].step = Step::Asked;
         return Ok(());
     };
-    let commit_oid = Oid::from_str(&commit).map_err(|source| GitError::Op {
-        context: "read the iteration commit from the state".into(),
-        source,
-    })?;
+    let commit_oid = git::oid(&commit, "the iteration commit")?;
     let wt_path = ctx.worktree_path(&run_id, n);
     // A crash mid-verify can leave what the tests did in the tree, or a pruned commit the state
     // never recorded (keeping would then take the unpruned one): start from the state's commit.
@@ -541,118 +533,73 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
             commit_oid,
         )?;
     }
-    let dir = ctx.store.iteration_dir(&run_id, n);
+    let just_the_file = std::slice::from_ref(&test_file);
+    let timeout = humantime::format_duration(ctx.test_cmd.timeout);
 
-    let started = Instant::now();
-    let new = pytest::run(
-        &ctx.test_cmd,
+    let mut new = run_timed(
+        ctx,
+        state,
+        idx,
         &wt_path,
-        std::slice::from_ref(&test_file),
-        &dir,
+        just_the_file,
         "pytest-new",
         false,
-        &ctx.cancel,
     )
-    .await;
-    state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
-    let mut new = new?;
+    .await?;
+    let mut touched = side_effects(state, &wt_path)?;
     // Good tests are not thrown away with bad ones: when some new tests pass and some fail,
     // the failing ones are removed (by Python's own parser) and the rest are run again.
     let mut pruned = Vec::new();
-    let failing = [
-        new.ids_with(CaseOutcome::Failed),
-        new.ids_with(CaseOutcome::Error),
-    ]
-    .concat();
-    let collects = !new
-        .cases
-        .iter()
-        .any(|c| c.outcome == CaseOutcome::Error && !c.id.contains("::"));
-    if !new.timed_out
-        && collects
+    let failing = new.failing();
+    if touched.is_empty()
+        && !new.timed_out
+        && new.collection_error().is_none()
         && !failing.is_empty()
         && new.count(CaseOutcome::Passed) > 0
-        && side_effects(state, &wt_path)?.is_empty()
+        && drop_tests(ctx, state, idx, &wt_path, &test_file, &failing, "failing").await?
     {
-        let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
-        let doomed = prune_names(&failing, &test_file);
-        match pytest::prune(&python, &wt_path.join(&test_file), &doomed, &dir).await {
-            Ok(removed) if removed > 0 => {
-                let oid = git::amend_head(
-                    &wt_path,
-                    std::slice::from_ref(&test_file),
-                    &format!("improve: proposal of iteration {n}, failing tests dropped"),
-                )?;
-                crash_point("pruned", n);
-                state.iterations[idx].iteration_commit = Some(oid.to_string());
-                artifact(
-                    dir.join("diff.patch"),
-                    git::commit_patch(&ctx.repo, oid)?.as_bytes(),
-                )?;
-                let started = Instant::now();
-                let rerun = pytest::run(
-                    &ctx.test_cmd,
-                    &wt_path,
-                    std::slice::from_ref(&test_file),
-                    &dir,
-                    "pytest-new-pruned",
-                    false,
-                    &ctx.cancel,
-                )
-                .await;
-                state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
-                new = rerun?;
-                pruned = failing;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::info!("failing tests could not be dropped: {e}"),
-        }
+        new = run_timed(
+            ctx,
+            state,
+            idx,
+            &wt_path,
+            just_the_file,
+            "pytest-new-pruned",
+            false,
+        )
+        .await?;
+        touched = side_effects(state, &wt_path)?;
+        pruned = failing;
     }
     let mut verdict = Verdict {
         pruned,
         pytest_summary: new.summary.clone(),
-        new_failed: [
-            new.ids_with(CaseOutcome::Failed),
-            new.ids_with(CaseOutcome::Error),
-        ]
-        .concat(),
+        new_failed: new.failing(),
         ..Verdict::default()
     };
     let mut passed_new = new.ids_with(CaseOutcome::Passed);
-    let touched = side_effects(state, &wt_path)?;
     let reject_reason = if !touched.is_empty() {
         Some(format!(
             "side effects: the new tests changed {}",
-            names_of_paths(&touched)
+            first_three(touched.iter().map(String::as_str))
         ))
     } else if new.timed_out {
         Some(format!(
-            "timed out: the new tests ran past --test-timeout ({})",
-            humantime::format_duration(ctx.test_cmd.timeout)
+            "timed out: the new tests ran past --test-timeout ({timeout})"
         ))
     } else if new.cases.is_empty() {
         Some(match new.exit_code {
             Some(5) => "no tests collected from the proposal".to_string(),
             _ => format!("does not collect: {}", new.tail(1).trim()),
         })
-    } else if new
-        .cases
-        .iter()
-        .any(|c| c.outcome == CaseOutcome::Error && !c.id.contains("::"))
-    {
-        let msg = new
-            .cases
-            .iter()
-            .find(|c| c.outcome == CaseOutcome::Error)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        Some(format!("does not collect: {msg}"))
+    } else if let Some(case) = new.collection_error() {
+        Some(format!("does not collect: {}", case.message))
     } else if !verdict.new_failed.is_empty() {
         Some(format!(
             "{} of {} new tests fail: {}",
             verdict.new_failed.len(),
             new.cases.len(),
-            names(&verdict.new_failed, 3)
+            names(&verdict.new_failed)
         ))
     } else if passed_new.is_empty() {
         Some("no new test ran (all skipped)".to_string())
@@ -671,95 +618,45 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     if reruns > 0 {
         let mut args = vec!["--keep-duplicates".to_string()];
         args.extend(std::iter::repeat_n(test_file.clone(), reruns as usize));
-        let started = Instant::now();
-        let rerun = pytest::run(
-            &ctx.test_cmd,
-            &wt_path,
-            &args,
-            &dir,
-            "pytest-reruns",
-            false,
-            &ctx.cancel,
-        )
-        .await;
-        state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
-        let rerun = rerun?;
-        let mut flaky = [
-            rerun.ids_with(CaseOutcome::Failed),
-            rerun.ids_with(CaseOutcome::Error),
-        ]
-        .concat();
+        let rerun = run_timed(ctx, state, idx, &wt_path, &args, "pytest-reruns", false).await?;
+        let mut flaky = rerun.failing();
         flaky.sort();
         flaky.dedup();
         let touched = side_effects(state, &wt_path)?;
         let reason = if !touched.is_empty() {
             Some(format!(
                 "side effects: the new tests changed {}",
-                names_of_paths(&touched)
+                first_three(touched.iter().map(String::as_str))
             ))
         } else if rerun.timed_out {
             Some(format!(
-                "timed out: {reruns} reruns of the new tests ran past --test-timeout ({})",
-                humantime::format_duration(ctx.test_cmd.timeout)
+                "timed out: {reruns} reruns of the new tests ran past --test-timeout ({timeout})"
             ))
-        } else if !flaky.is_empty() && passed_new.iter().all(|id| flaky.contains(id)) {
-            Some(format!("flaky: {} fail on rerun", names(&flaky, 3)))
+        } else if flaky.is_empty() {
+            None
+        } else if passed_new.iter().all(|id| flaky.contains(id))
+            || !drop_tests(ctx, state, idx, &wt_path, &test_file, &flaky, "flaky").await?
+        {
+            Some(format!("flaky: {} fail on rerun", names(&flaky)))
         } else {
+            // Whole functions go, so every case of a parametrized flaky test goes.
+            passed_new.retain(|id| {
+                let base = id.split('[').next().unwrap_or(id);
+                !flaky
+                    .iter()
+                    .any(|f| f.split('[').next().unwrap_or(f) == base)
+            });
             None
         };
+        verdict.flaky = flaky;
         if let Some(reason) = reason {
-            verdict.flaky = flaky;
             verdict.reason = Some(reason);
             finish_verified(state, idx, verdict);
             return Ok(());
         }
-        if !flaky.is_empty() {
-            let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
-            let doomed = prune_names(&flaky, &test_file);
-            match pytest::prune(&python, &wt_path.join(&test_file), &doomed, &dir).await {
-                Ok(removed) if removed > 0 => {
-                    let oid = git::amend_head(
-                        &wt_path,
-                        std::slice::from_ref(&test_file),
-                        &format!("improve: proposal of iteration {n}, flaky tests dropped"),
-                    )?;
-                    state.iterations[idx].iteration_commit = Some(oid.to_string());
-                    artifact(
-                        dir.join("diff.patch"),
-                        git::commit_patch(&ctx.repo, oid)?.as_bytes(),
-                    )?;
-                    // Whole functions go, so every case of a parametrized flaky test goes.
-                    passed_new.retain(|id| {
-                        let base = id.split('[').next().unwrap_or(id);
-                        !flaky
-                            .iter()
-                            .any(|f| f.split('[').next().unwrap_or(f) == base)
-                    });
-                    verdict.flaky = flaky;
-                }
-                _ => {
-                    verdict.flaky = flaky.clone();
-                    verdict.reason = Some(format!("flaky: {} fail on rerun", names(&flaky, 3)));
-                    finish_verified(state, idx, verdict);
-                    return Ok(());
-                }
-            }
-        }
     }
 
-    let started = Instant::now();
-    let suite = pytest::run(
-        &ctx.test_cmd,
-        &wt_path,
-        &[],
-        &dir,
-        "pytest-suite",
-        true,
-        &ctx.cancel,
-    )
-    .await;
-    state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
-    let suite = suite?;
+    let suite = run_timed(ctx, state, idx, &wt_path, &[], "pytest-suite", true).await?;
     let suite_passed = suite.ids_with(CaseOutcome::Passed);
     verdict.pytest_summary = suite.summary.clone();
     verdict.suite_tests = suite.cases.len() as u32;
@@ -779,24 +676,23 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     verdict.reason = if !touched.is_empty() {
         Some(format!(
             "side effects: the suite with the new tests changed {}",
-            names_of_paths(&touched)
+            first_three(touched.iter().map(String::as_str))
         ))
     } else if suite.timed_out {
         Some(format!(
-            "timed out: the suite ran past --test-timeout ({})",
-            humantime::format_duration(ctx.test_cmd.timeout)
+            "timed out: the suite ran past --test-timeout ({timeout})"
         ))
     } else if !verdict.regressions.is_empty() {
         Some(format!(
             "breaks {} passing tests: {}",
             verdict.regressions.len(),
-            names(&verdict.regressions, 3)
+            names(&verdict.regressions)
         ))
     } else if !new_failing_in_suite.is_empty() {
         Some(format!(
             "{} new tests fail in the whole suite: {}",
             new_failing_in_suite.len(),
-            names(&new_failing_in_suite, 3)
+            names(&new_failing_in_suite)
         ))
     } else {
         None
@@ -849,14 +745,69 @@ fn side_effects(state: &RunState, worktree: &std::path::Path) -> Result<Vec<Stri
         .collect())
 }
 
-fn names_of_paths(paths: &[String]) -> String {
-    let shown: Vec<&str> = paths.iter().take(3).map(String::as_str).collect();
-    let more = if paths.len() > 3 {
-        format!(" and {} more", paths.len() - 3)
-    } else {
-        String::new()
-    };
-    format!("{}{more}", shown.join(", "))
+/// One pytest run in the worktree, its time added to the iteration's pytest seconds.
+async fn run_timed(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    worktree: &std::path::Path,
+    args: &[String],
+    label: &str,
+    with_coverage: bool,
+) -> Result<pytest::PytestRun, StepError> {
+    let dir = ctx
+        .store
+        .iteration_dir(&state.run_id, state.iterations[idx].n);
+    let started = Instant::now();
+    let run = pytest::run(
+        &ctx.test_cmd,
+        worktree,
+        args,
+        &dir,
+        label,
+        with_coverage,
+        &ctx.cancel,
+    )
+    .await;
+    state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
+    Ok(run?)
+}
+
+/// Removes the tests `ids` from the proposal's file and amends the iteration commit (still one
+/// commit on the run branch); `why` goes in the commit message. Returns whether any were removed.
+async fn drop_tests(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    worktree: &std::path::Path,
+    test_file: &str,
+    ids: &[String],
+    why: &str,
+) -> Result<bool, StepError> {
+    let n = state.iterations[idx].n;
+    let dir = ctx.store.iteration_dir(&state.run_id, n);
+    let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
+    let doomed = prune_names(ids, test_file);
+    match pytest::prune(&python, &worktree.join(test_file), &doomed, &dir).await {
+        Ok(removed) if removed > 0 => {}
+        Ok(_) => return Ok(false),
+        Err(e) => {
+            tracing::info!("{why} tests could not be dropped: {e}");
+            return Ok(false);
+        }
+    }
+    let oid = git::amend_head(
+        worktree,
+        &[test_file.to_string()],
+        &format!("improve: proposal of iteration {n}, {why} tests dropped"),
+    )?;
+    crash_point("pruned", n);
+    state.iterations[idx].iteration_commit = Some(oid.to_string());
+    artifact(
+        dir.join("diff.patch"),
+        git::commit_patch(&ctx.repo, oid)?.as_bytes(),
+    )?;
+    Ok(true)
 }
 
 fn finish_verified(state: &mut RunState, idx: usize, verdict: Verdict) {
@@ -923,19 +874,12 @@ fn keep_or_reject(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<
         finish(ctx, state, idx, Outcome::Rejected, reason);
         return Ok(());
     }
-    let base = Oid::from_str(&state.base_commit).map_err(|source| GitError::Op {
-        context: "read the base commit from the state".into(),
-        source,
-    })?;
+    let base = git::oid(&state.base_commit, "the base commit")?;
     let kept = match git::find_kept_commit(&ctx.repo, &state.run_branch, &run_id, n, base)? {
         // The ref was moved before a crash cut the state save short: it is already kept.
         Some(oid) => oid,
         None => {
-            let tip = git::branch_tip(&ctx.repo, &state.run_branch)?.ok_or_else(|| {
-                GitError::RunBranchMissing {
-                    branch: state.run_branch.clone(),
-                }
-            })?;
+            let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
             let iteration_commit = it
                 .iteration_commit
                 .as_deref()

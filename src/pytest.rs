@@ -95,6 +95,20 @@ impl PytestRun {
             .map(|c| c.id.clone())
             .collect()
     }
+    /// Ids of cases that failed or errored.
+    pub fn failing(&self) -> Vec<String> {
+        [
+            self.ids_with(CaseOutcome::Failed),
+            self.ids_with(CaseOutcome::Error),
+        ]
+        .concat()
+    }
+    /// A file that did not collect shows up as an error case without `::` in its id.
+    pub fn collection_error(&self) -> Option<&TestCase> {
+        self.cases
+            .iter()
+            .find(|c| c.outcome == CaseOutcome::Error && !c.id.contains("::"))
+    }
     pub fn count(&self, outcome: CaseOutcome) -> usize {
         self.cases.iter().filter(|c| c.outcome == outcome).count()
     }
@@ -627,30 +641,41 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// Checks that the test command can import pytest, and whether coverage.py is there too.
-pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<bool, String> {
+/// Runs a short helper command (a Python one-liner, `--version`) with the tests' environment
+/// and a one-minute limit; returns its exit code and the last line it printed.
+async fn run_helper(
+    words: &[String],
+    cwd: &Path,
+    out: &Path,
+) -> Result<(Option<i32>, String), String> {
     let cancel = CancellationToken::new();
-    let mut words = cmd.words.clone();
-    words.push("--version".into());
-    let out = scratch.join("preflight-pytest.txt");
     let (code, _) = spawn_and_wait(
-        &words,
+        words,
         cwd,
-        &out,
+        out,
         Duration::from_secs(60),
         &cancel,
         &test_environment(&[]),
     )
     .await
     .map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Ok((code, last))
+}
+
+/// Checks that the test command can import pytest, and whether coverage.py is there too.
+pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<bool, String> {
+    let mut words = cmd.words.clone();
+    words.push("--version".into());
+    let (code, last) = run_helper(&words, cwd, &scratch.join("preflight-pytest.txt")).await?;
     if code != Some(0) {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        let last = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
         return Err(format!(
             "`{}` does not run pytest ({last}): install pytest for that Python \
              (e.g. `python3 -m pip install pytest coverage`) or pass --test-cmd",
@@ -660,23 +685,8 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
     let Some(python) = cmd.python() else {
         return Ok(false);
     };
-    let words = vec![
-        python.to_string(),
-        "-m".into(),
-        "coverage".into(),
-        "--version".into(),
-    ];
-    let out = scratch.join("preflight-coverage.txt");
-    let (code, _) = spawn_and_wait(
-        &words,
-        cwd,
-        &out,
-        Duration::from_secs(60),
-        &cancel,
-        &test_environment(&[]),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let words = [python, "-m", "coverage", "--version"].map(String::from);
+    let (code, _) = run_helper(&words, cwd, &scratch.join("preflight-coverage.txt")).await?;
     Ok(code == Some(0))
 }
 
@@ -688,69 +698,32 @@ pub async fn prune(
     names: &[String],
     scratch: &Path,
 ) -> Result<u32, String> {
-    let cancel = CancellationToken::new();
     let names_json = serde_json::to_string(names).map_err(|e| e.to_string())?;
-    let words = vec![
-        python.to_string(),
-        "-c".into(),
-        include_str!("../python/prune.py").into(),
-        file.display().to_string(),
-        names_json,
-    ];
-    let out = scratch.join("prune.txt");
-    let (code, _) = spawn_and_wait(
-        &words,
-        scratch,
-        &out,
-        Duration::from_secs(60),
-        &cancel,
-        &test_environment(&[]),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    let last = text.lines().last().unwrap_or("").trim().to_string();
-    match code {
-        Some(0) => last
+    let words = [
+        python,
+        "-c",
+        include_str!("../python/prune.py"),
+        &file.display().to_string(),
+        &names_json,
+    ]
+    .map(String::from);
+    match run_helper(&words, scratch, &scratch.join("prune.txt")).await? {
+        (Some(0), last) => last
             .parse::<u32>()
             .map_err(|_| format!("unexpected output: {last}")),
-        _ => Err(last),
+        (_, last) => Err(last),
     }
 }
 
 /// Whether a file is valid Python, asked of the test command's own interpreter (its grammar is
 /// the one that matters). `Err` carries the syntax error as Python reports it.
 pub async fn check_syntax(python: &str, file: &Path, scratch: &Path) -> Result<(), String> {
-    let cancel = CancellationToken::new();
     let script = "import ast,sys\nsrc=open(sys.argv[1],encoding='utf-8').read()\ntry:\n    ast.parse(src)\nexcept SyntaxError as e:\n    print(f'line {e.lineno}: {e.msg}')\n    sys.exit(3)\n";
-    let words = vec![
-        python.to_string(),
-        "-c".into(),
-        script.into(),
-        file.display().to_string(),
-    ];
-    let out = scratch.join("syntax-check.txt");
-    let (code, _) = spawn_and_wait(
-        &words,
-        scratch,
-        &out,
-        Duration::from_secs(60),
-        &cancel,
-        &test_environment(&[]),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    match code {
-        Some(0) => Ok(()),
-        _ => {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            Err(text
-                .lines()
-                .last()
-                .unwrap_or("unparseable")
-                .trim()
-                .to_string())
-        }
+    let words = [python, "-c", script, &file.display().to_string()].map(String::from);
+    match run_helper(&words, scratch, &scratch.join("syntax-check.txt")).await? {
+        (Some(0), _) => Ok(()),
+        (_, last) if last.is_empty() => Err("unparseable".into()),
+        (_, last) => Err(last),
     }
 }
 

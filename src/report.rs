@@ -47,13 +47,8 @@ pub struct ReportModel {
     pub elapsed: String,
     pub elapsed_s: f64,
     pub time: TimeSplit,
-    pub avg_llm_s: String,
-    pub avg_tests_s: String,
-    pub avg_other_s: String,
     pub rejection_reasons: Vec<ReasonCount>,
     pub kept_iterations: Vec<KeptRow>,
-    /// Paths of files created (kept for templates written against the first report).
-    pub files: Vec<String>,
     pub file_rows: Vec<FileRow>,
     /// The chart's file name beside the report, when one was drawn.
     pub chart: Option<String>,
@@ -214,11 +209,6 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         }
     }
     let file_rows: Vec<FileRow> = file_rows.into_values().collect();
-    let files: Vec<String> = file_rows
-        .iter()
-        .filter(|f| f.created)
-        .map(|f| f.path.clone())
-        .collect();
     let tests_added: u32 = state.kept().map(|i| i.tests_added).sum();
 
     let start_cov = state.baseline.as_ref().and_then(|b| b.coverage.as_ref());
@@ -288,7 +278,6 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
     }
 
     let (tokens_in, tokens_out) = state.tokens();
-    let count = finished.len().max(1) as f64;
     let sum =
         |f: fn(&crate::state::Seconds) -> f64| finished.iter().map(|i| f(&i.seconds)).sum::<f64>();
     let (llm, tests, total) = (sum(|s| s.llm), sum(|s| s.tests), sum(|s| s.total));
@@ -343,12 +332,8 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
             tests_pct: pct(tests, total),
             other_pct: pct(other, total),
         },
-        avg_llm_s: format!("{:.1}", llm / count),
-        avg_tests_s: format!("{:.1}", tests / count),
-        avg_other_s: format!("{:.1}", other / count),
         rejection_reasons,
         kept_iterations,
-        files,
         file_rows,
         chart: None,
     }

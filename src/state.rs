@@ -522,7 +522,6 @@ mod tests {
                 llm_timeout: Duration::from_secs(60),
                 max_llm_failures: 5,
                 max_tokens: None,
-                max_duration_s: None,
                 sandbox: false,
                 reruns: 5,
                 pass_env: Vec::new(),
