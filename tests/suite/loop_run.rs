@@ -254,11 +254,7 @@ async fn review_commands_describe_the_run() {
         vec![code_answer(GOOD_TEXT), code_answer(FAILING)],
     )
     .await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "2"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &["-n", "2"]).await;
 
     let text = |args: &[&str]| {
         let mut c = improve(fx.root());
@@ -393,11 +389,7 @@ async fn a_repo_without_any_pytest_config_keeps_good_tests() {
     git(fx.root(), &["rm", "-q", "pyproject.toml"]);
     git(fx.root(), &["commit", "-qm", "no config"]);
     let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT)]).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
     let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
 }
@@ -407,11 +399,7 @@ async fn a_path_mentioned_in_prose_is_only_a_hint() {
     let fx = Fixture::new();
     let answer = format!("Here are tests for `calc/text.py`:\n\n```python\n{GOOD_TEXT}```\n");
     let llm = StandIn::start(Wire::OpenAi, vec![Answer::Text(answer)]).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
     let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
     assert_eq!(log[0]["files"][0], "tests/test_text_improve_1.py");
@@ -422,11 +410,7 @@ async fn the_report_figures_match_git_and_a_user_template_overrides() {
     let fx = Fixture::new();
     let llm = StandIn::start(Wire::OpenAi, mixed_answers()).await;
     let base = fx.head();
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "5", "--focus", "edges,errors"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &["-n", "5", "--focus", "edges,errors"]).await;
 
     let report = improve_json(fx.root(), &["report", "--format", "json"]);
     let branch = fx.run_branch();
@@ -554,11 +538,7 @@ async fn quiet_prints_only_the_summary_and_the_log_file_has_every_iteration() {
         vec![code_answer(GOOD_TEXT), code_answer(FAILING)],
     )
     .await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "2", "-q"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_ok(fx.root(), &llm, &["-n", "2", "-q"]).await;
     let err = stderr(&out);
     assert!(err.starts_with("run complete"), "{err}");
     assert!(
@@ -614,11 +594,7 @@ async fn tests_that_change_project_files_are_rejected_as_side_effects() {
         ],
     )
     .await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "3"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &["-n", "3"]).await;
     let log = improve_json(fx.root(), &["log", "--json"]);
     let rows = log.as_array().unwrap();
     assert_eq!(rows[0]["outcome"], "rejected");
@@ -676,11 +652,7 @@ async fn tests_see_an_allow_listed_environment_plus_what_the_user_passes() {
 async fn failing_tests_are_dropped_and_the_passing_ones_kept() {
     let fx = Fixture::new();
     let llm = StandIn::start(Wire::OpenAi, vec![code_answer(PARTLY_FAILING)]).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
     let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
     assert_eq!(log[0]["tests_added"], 2, "{log:#}");
@@ -717,11 +689,7 @@ async fn flaky_tests_are_dropped_on_rerun() {
         vec![code_answer(WITH_FLAKY), code_answer(ONLY_FLAKY)],
     )
     .await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "2"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &["-n", "2"]).await;
     let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
     assert_eq!(log[0]["tests_added"], 1, "{log:#}");

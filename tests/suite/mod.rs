@@ -190,6 +190,16 @@ pub async fn output(mut cmd: Command) -> Output {
         .expect("join")
 }
 
+/// `improve <args>` on `repo` against the stand-in `llm`, which must exit 0.
+pub async fn run_ok(repo: &Path, llm: &StandIn, args: &[&str]) -> Output {
+    let mut cmd = improve(repo);
+    cmd.args(args);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    out
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }

@@ -208,11 +208,7 @@ async fn a_lock_left_by_a_dead_process_is_taken_over() {
     // A lock file naming a process that no longer exists.
     std::fs::write(fx.state_dir().join("lock"), "999999\n").unwrap();
     let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT)]).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -229,11 +225,7 @@ async fn a_larger_iteration_count_on_resume_extends_the_run() {
     llm.args(&mut cmd);
     assert_eq!(output(cmd).await.status.code(), None);
     let branch = fx.run_branch();
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "2"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &["-n", "2"]).await;
     assert_eq!(fx.run_branch(), branch);
     assert_eq!(fx.run_commits().len(), 2);
     assert_eq!(llm.requests().await.len(), 2);
@@ -253,11 +245,7 @@ async fn after_a_complete_run_a_new_one_starts_and_the_old_is_archived() {
     assert_eq!(output(cmd).await.status.code(), Some(0));
     let first_branch = fx.run_branch();
     // The run is complete: a plain rerun starts a new run and archives the old state.
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_ok(fx.root(), &llm, &["-n", "1"]).await;
     assert!(stderr(&out).contains("archived"), "{}", stderr(&out));
     assert_ne!(fx.run_branch(), first_branch);
     // The first run's branch and commit are still there.
@@ -321,10 +309,7 @@ async fn a_signal_stops_the_run_with_130_and_it_resumes() {
     assert_eq!(status["state"], "interrupted");
     assert_eq!(status["iterations_done"], 0);
 
-    let mut cmd = improve(fx.root());
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &[]).await;
     assert_eq!(fx.run_commits().len(), 2);
 }
 
@@ -366,10 +351,7 @@ async fn token_and_time_limits_stop_cleanly_and_the_same_command_resumes() {
     assert!(stderr(&out).contains("--max-duration"), "{}", stderr(&out));
 
     // Without limits the same run finishes.
-    let mut cmd = improve(fx.root());
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &[]).await;
     let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["iterations_done"], 3);
     assert_eq!(llm.requests().await.len(), 3);
@@ -393,10 +375,7 @@ async fn a_worktree_removed_by_hand_is_recreated_and_a_deleted_run_branch_is_rep
     for entry in std::fs::read_dir(&worktrees).unwrap().flatten() {
         std::fs::remove_dir_all(entry.path()).unwrap();
     }
-    let mut cmd = improve(fx.root());
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &[]).await;
     assert_eq!(fx.run_commits().len(), 2);
 }
 
@@ -525,10 +504,7 @@ async fn a_run_branch_moved_back_is_reported_and_one_moved_forward_is_built_on()
         fx.root(),
         &["worktree", "remove", "--force", wt.to_str().unwrap()],
     );
-    let mut cmd = improve(fx.root());
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &[]).await;
     let subjects = git(
         fx.root(),
         &["log", "--format=%s", &format!("main..{branch}")],
@@ -549,10 +525,7 @@ async fn a_kill_after_pruning_never_keeps_the_unpruned_file() {
         .env("IMPROVE_TEST_ABORT_AT", "pruned:1");
     llm.args(&mut cmd);
     assert_eq!(output(cmd).await.status.code(), None);
-    let mut cmd = improve(fx.root());
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &[]).await;
     let branch = fx.run_branch();
     let kept = git(
         fx.root(),
@@ -582,10 +555,7 @@ async fn a_ref_lock_left_by_a_killed_run_is_cleared() {
         .join(".git/refs/heads")
         .join(format!("{branch}.lock"));
     std::fs::write(&lock, "").unwrap();
-    let mut cmd = improve(fx.root());
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &[]).await;
     assert!(!lock.exists());
     assert_eq!(fx.run_commits().len(), 1);
 }

@@ -39,11 +39,7 @@ async fn sandboxed_tests_cannot_write_outside_the_worktree_nor_reach_the_network
         code_answer(&probe_connects(port)),
     ];
     let llm = StandIn::start(Wire::OpenAi, answers).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "2", "--sandbox"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm, &["-n", "2", "--sandbox"]).await;
     let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "the write went through: {log:#}");
     assert_eq!(
@@ -72,11 +68,7 @@ async fn sandboxed_tests_cannot_write_outside_the_worktree_nor_reach_the_network
         vec![code_answer(&probe_writes_outside(&escape))],
     )
     .await;
-    let mut cmd = improve(fx2.root());
-    cmd.args(["-n", "1"]);
-    llm2.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx2.root(), &llm2, &["-n", "1"]).await;
     let log = improve_json(fx2.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "rejected", "{log:#}");
     assert!(escape.exists());

@@ -42,11 +42,12 @@ async fn the_prompt_carries_the_module_its_tests_and_the_guidelines() {
         vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)],
     )
     .await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "2", "--focus", "boundaries,errors"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "2", "--focus", "boundaries,errors"],
+    )
+    .await;
     let requests = llm.requests().await;
     let bodies: Vec<serde_json::Value> = requests
         .iter()
@@ -203,10 +204,7 @@ async fn an_llm_that_keeps_failing_stops_the_run_resumably() {
         vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)],
     )
     .await;
-    let mut cmd = improve(fx.root());
-    llm2.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(fx.root(), &llm2, &[]).await;
     let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["iterations_done"], 4);
     assert_eq!(status["kept"], 2);
@@ -242,11 +240,12 @@ async fn each_kind_of_misbehaviour_is_classified_and_the_run_goes_on() {
     answers.extend((0..5).map(|_| garbage()));
     answers.extend((0..5).map(|_| slow()));
     let llm = StandIn::start(Wire::OpenAi, answers).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "6", "--llm-timeout", "1s", "--max-llm-failures", "3"]);
-    llm.args(&mut cmd);
-    let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "6", "--llm-timeout", "1s", "--max-llm-failures", "3"],
+    )
+    .await;
     let log = improve_json(fx.root(), &["log", "--json"]);
     let row = |i: usize| {
         (
