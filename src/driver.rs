@@ -2,11 +2,14 @@
 //! plans and advances iterations until the target is reached, a limit or the LLM stops it, or a
 //! signal interrupts it. It knows nothing of HTTP, git internals or pytest flags.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{GlobalArgs, RunArgs};
@@ -19,7 +22,9 @@ use crate::progress::Printer;
 use crate::prompt::Templates;
 use crate::pytest::{self, CaseOutcome, CoverageSpec, TestCommand};
 use crate::report;
-use crate::state::{Baseline, Iteration, Kind, RunState, RunStatus, SCHEMA_VERSION, StateStore};
+use crate::state::{
+    Baseline, Iteration, Kind, Outcome, RunState, RunStatus, SCHEMA_VERSION, StateStore,
+};
 use crate::target;
 
 /// The API key, from the environment only: IMPROVE_API_KEY, else the provider's usual variable.
@@ -89,9 +94,6 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         &file,
         resume.as_ref().map(|s| &s.settings),
     )?;
-    if resolved.settings.jobs > 1 {
-        printer.line("note: --jobs above 1 is not available yet; iterations run one at a time");
-    }
     let settings = &resolved.settings;
     let llm = LlmClient::new(
         LlmSettings {
@@ -192,6 +194,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         cancel: CancellationToken::new(),
         session_start: Instant::now(),
         elapsed_before: state.elapsed_s,
+        keep_lock: tokio::sync::Mutex::new(()),
     };
     // The state is saved before the run branch exists, so a crash in between leaves a run
     // whose branch is simply created on resume, never an orphan branch and a second run.
@@ -201,7 +204,9 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     iteration::crash_point("started", 0);
     install_signal_handlers(ctx.cancel.clone());
 
-    let end = drive(&ctx, &mut state, &resolved, &printer).await;
+    let run = RefCell::new(state);
+    let end = drive(&ctx, &run, &resolved, &printer).await;
+    let mut state = run.into_inner();
     printer.finish();
     let end = end?;
     match &end {
@@ -374,90 +379,192 @@ async fn measure_baseline(
 
 async fn drive(
     ctx: &RunContext,
-    state: &mut RunState,
+    run: &RefCell<RunState>,
     resolved: &Resolved,
     printer: &Printer,
 ) -> Result<RunEnd> {
-    let step = |r: Result<(), StepError>| -> Result<Option<RunEnd>> {
-        match r {
-            Ok(()) => Ok(None),
-            Err(StepError::Cancelled) => Ok(Some(RunEnd::Interrupted)),
-            Err(StepError::Pytest(msg)) => Err(UserError(msg).into()),
-            Err(e) => Err(e.into()),
+    if run.borrow().baseline.is_none() {
+        let mut state = run.borrow().clone();
+        match measure_baseline(ctx, &mut state, printer).await {
+            Ok(()) => {}
+            Err(e) => return step_end(e),
         }
-    };
-    if state.baseline.is_none() {
-        if let Some(end) = step(measure_baseline(ctx, state, printer).await)? {
-            return Ok(end);
-        }
-        ctx.save(state)?;
+        ctx.save(&mut state)?;
+        *run.borrow_mut() = state;
         iteration::crash_point("baseline", 0);
     }
     // What is committed at the base is what the iterations test, not the user's working tree.
-    let base = git::oid(&state.base_commit, "the base commit")?;
-    let package_files = git::python_files_at(&ctx.repo, base, &state.settings.package)?;
-    let modules = target::list_modules(&package_files, &state.settings.package);
+    let (modules, jobs) = {
+        let state = run.borrow();
+        let base = git::oid(&state.base_commit, "the base commit")?;
+        let package_files = git::python_files_at(&ctx.repo, base, &state.settings.package)?;
+        let modules = target::list_modules(&package_files, &state.settings.package);
+        (modules, state.settings.jobs.max(1) as usize)
+    };
     if modules.is_empty() {
         return Err(UserError(format!(
             "the package {} has no Python modules to write tests for: pass --package DIR",
-            state.settings.package
+            run.borrow().settings.package
         ))
         .into());
     }
     let session_start = Instant::now();
-    let tokens_at_start = state.tokens();
-    printer.start(state.iterations_target, state.iterations_done());
+    let tokens_at_start = run.borrow().tokens();
+    {
+        let state = run.borrow();
+        printer.start(state.iterations_target, state.iterations_done());
+    }
+    // Iterations cut off mid-way (several, after a kill with --jobs) go first, in order.
+    let mut unfinished: std::collections::VecDeque<u32> = run
+        .borrow()
+        .iterations
+        .iter()
+        .filter(|i| !i.is_finished())
+        .map(|i| i.n)
+        .collect();
+    let mut in_flight = FuturesUnordered::new();
+    let mut busy: Vec<(u32, String)> = Vec::new();
+    // Why no new iteration starts; the run ends with it once those in flight are done.
+    let mut stop: Option<RunEnd> = None;
+    let mut failure: Option<anyhow::Error> = None;
     loop {
-        printer.counts(
-            state.iterations_done(),
-            state.iterations_target,
-            state.count(crate::state::Outcome::Kept),
-            state.count(crate::state::Outcome::Rejected),
-            state.count(crate::state::Outcome::Error),
-        );
-        if ctx.cancel.is_cancelled() {
-            return Ok(RunEnd::Interrupted);
-        }
-        // An iteration cut off mid-way is finished before anything new starts.
-        let idx = match state.iterations.iter().position(|i| !i.is_finished()) {
-            Some(idx) => idx,
-            None => {
-                if state.iterations_done() >= state.iterations_target {
-                    return Ok(RunEnd::Complete);
-                }
-                if let Some(reason) = limit_reached(state, resolved, session_start, tokens_at_start)
-                {
-                    return Ok(RunEnd::Stopped(reason));
-                }
-                let n = state.iterations.len() as u32 + 1;
-                let coverage = state.coverage_now().cloned();
-                let Some(target) = target::choose_target(&modules, state, coverage.as_ref(), &[])
-                else {
-                    return Ok(RunEnd::Complete);
-                };
-                let focus = target::focus_for(n, &state.settings.focus);
-                state
-                    .iterations
-                    .push(Iteration::new(n, target, focus, Kind::Add));
-                ctx.save(state)?;
-                iteration::crash_point("planned", n);
-                state.iterations.len() - 1
-            }
-        };
-        if let Some(end) = step(iteration::advance(ctx, state, idx).await)? {
-            return Ok(end);
-        }
-        print_iteration(&state.iterations[idx], state.iterations_target, printer);
-        if state.consecutive_llm_failures >= state.settings.max_llm_failures
-            && state.iterations_done() < state.iterations_target
         {
-            let last = state.iterations[idx].reason.clone().unwrap_or_default();
-            return Ok(RunEnd::Stopped(format!(
-                "{} iterations in a row failed on the LLM (last: {last})",
-                state.consecutive_llm_failures
+            let state = run.borrow();
+            printer.counts(
+                state.iterations_done(),
+                state.iterations_target,
+                state.count(Outcome::Kept),
+                state.count(Outcome::Rejected),
+                state.count(Outcome::Error),
+            );
+        }
+        if ctx.cancel.is_cancelled() && stop.is_none() {
+            stop = Some(RunEnd::Interrupted);
+        }
+        while stop.is_none() && in_flight.len() < jobs {
+            let n = match unfinished.pop_front() {
+                Some(n) => n,
+                None => match plan_next(
+                    ctx,
+                    run,
+                    &modules,
+                    &busy,
+                    resolved,
+                    session_start,
+                    tokens_at_start,
+                )? {
+                    Planned::Started(n) => n,
+                    Planned::Stop(end) => {
+                        stop = end;
+                        break;
+                    }
+                },
+            };
+            let target = {
+                let state = run.borrow();
+                state
+                    .index_of(n)
+                    .map(|i| state.iterations[i].target.clone())
+                    .unwrap_or_default()
+            };
+            busy.push((n, target));
+            in_flight.push(async move { (n, iteration::advance(ctx, run, n).await) });
+        }
+        let Some((n, result)) = in_flight.next().await else {
+            break;
+        };
+        busy.retain(|(b, _)| *b != n);
+        match result {
+            Ok(()) => {}
+            Err(StepError::Cancelled) => {
+                stop.get_or_insert(RunEnd::Interrupted);
+                continue;
+            }
+            Err(e) => {
+                // Fatal for the run: stop the others at their next await and wait for them,
+                // so no pytest is left running and every state they reached is saved.
+                ctx.cancel.cancel();
+                stop = Some(RunEnd::Interrupted);
+                failure.get_or_insert(step_failure(e));
+                continue;
+            }
+        }
+        let state = run.borrow();
+        let Some(it) = state.index_of(n).map(|i| &state.iterations[i]) else {
+            continue;
+        };
+        print_iteration(it, state.iterations_target, printer);
+        if stop.is_none()
+            && state.consecutive_llm_failures >= state.settings.max_llm_failures
+            && state.iterations.len() < state.iterations_target as usize
+        {
+            stop = Some(RunEnd::Stopped(format!(
+                "{} iterations in a row failed on the LLM (last: {})",
+                state.consecutive_llm_failures,
+                it.reason.as_deref().unwrap_or_default()
             )));
         }
     }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(stop.unwrap_or(RunEnd::Complete))
+}
+
+/// What the driver does with an iteration's error: a signal ends the run resumably, a test
+/// command that cannot run is the user's to fix, anything else is a fault.
+fn step_end(e: StepError) -> Result<RunEnd> {
+    match e {
+        StepError::Cancelled => Ok(RunEnd::Interrupted),
+        other => Err(step_failure(other)),
+    }
+}
+
+fn step_failure(e: StepError) -> anyhow::Error {
+    match e {
+        StepError::Pytest(msg) => UserError(msg).into(),
+        other => other.into(),
+    }
+}
+
+enum Planned {
+    Started(u32),
+    /// Nothing more to start: None when the run is simply complete (or every module left is
+    /// busy), else why it stops.
+    Stop(Option<RunEnd>),
+}
+
+/// Plans the next iteration (numbered in order, saved before any work) unless the target, a
+/// limit, or busy modules say otherwise.
+fn plan_next(
+    ctx: &RunContext,
+    run: &RefCell<RunState>,
+    modules: &[String],
+    busy: &[(u32, String)],
+    resolved: &Resolved,
+    session_start: Instant,
+    tokens_at_start: (u64, u64),
+) -> Result<Planned> {
+    let mut state = run.borrow_mut();
+    if state.iterations.len() >= state.iterations_target as usize {
+        return Ok(Planned::Stop(None));
+    }
+    if let Some(reason) = limit_reached(&state, resolved, session_start, tokens_at_start) {
+        return Ok(Planned::Stop(Some(RunEnd::Stopped(reason))));
+    }
+    let n = state.iterations.len() as u32 + 1;
+    let coverage = state.coverage_now().cloned();
+    let busy: Vec<String> = busy.iter().map(|(_, t)| t.clone()).collect();
+    let Some(target) = target::choose_target(modules, &state, coverage.as_ref(), &busy) else {
+        return Ok(Planned::Stop(None));
+    };
+    let focus = target::focus_for(n, &state.settings.focus);
+    state
+        .iterations
+        .push(Iteration::new(n, target, focus, Kind::Add));
+    ctx.save(&mut state)?;
+    iteration::crash_point("planned", n);
+    Ok(Planned::Started(n))
 }
 
 /// The limits count from the start of this invocation, so that a stopped run resumes with the
@@ -546,9 +653,9 @@ fn print_summary(state: &RunState, end: &RunEnd, report: &Path, repo_root: &Path
             "{} of {} iterations: {} kept, {} rejected, {} errors; {added} tests added{coverage}",
             state.iterations_done(),
             state.iterations_target,
-            state.count(crate::state::Outcome::Kept),
-            state.count(crate::state::Outcome::Rejected),
-            state.count(crate::state::Outcome::Error),
+            state.count(Outcome::Kept),
+            state.count(Outcome::Rejected),
+            state.count(Outcome::Error),
         ),
     ];
     if *end == RunEnd::Complete {

@@ -442,6 +442,35 @@ pub fn keep_on_run_branch(
     Ok(new)
 }
 
+/// Re-applies `commit` (a one-commit change on its own parent) on top of `onto`: the change an
+/// iteration verified, moved past what was kept meanwhile. None when the two conflict.
+pub fn replay_onto(repo: &Repository, commit: Oid, onto: Oid) -> Result<Option<Oid>, GitError> {
+    let picked = repo
+        .find_commit(commit)
+        .ctx(|| format!("find commit {commit}"))?;
+    let base = repo
+        .find_commit(onto)
+        .ctx(|| format!("find commit {onto}"))?;
+    let mut index = repo
+        .cherrypick_commit(&picked, &base, 0, None)
+        .ctx(|| format!("replay {commit} onto {onto}"))?;
+    if index.has_conflicts() {
+        return Ok(None);
+    }
+    let tree_id = index
+        .write_tree_to(repo)
+        .ctx(|| "write the replayed tree".into())?;
+    let tree = repo
+        .find_tree(tree_id)
+        .ctx(|| "read the replayed tree".into())?;
+    let sig = signature(repo)?;
+    let message = picked.message().unwrap_or("improve: replayed proposal");
+    let new = repo
+        .commit(None, &sig, &sig, message, &tree, &[&base])
+        .ctx(|| "write the replayed commit".into())?;
+    Ok(Some(new))
+}
+
 /// The `.py` files under `folder` in `commit`'s tree, as (path, text). What is committed is
 /// what the tests run against; the user's working tree may hold anything.
 pub fn python_files_at(

@@ -4,7 +4,8 @@
 //! twice. Git effects stay in the iteration's worktree and branch until Keep, which is one
 //! compare-and-swap update of the run branch.
 
-use std::path::PathBuf;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -62,6 +63,8 @@ pub struct RunContext {
     /// When this session started, and the run's elapsed time before it.
     pub session_start: Instant,
     pub elapsed_before: f64,
+    /// Keeping is serialized: one iteration at a time compares with and moves the run branch.
+    pub keep_lock: tokio::sync::Mutex<()>,
 }
 
 impl RunContext {
@@ -120,26 +123,58 @@ impl Clock {
     }
 }
 
-/// Drives iteration `idx` from its last durable step to Finished.
-pub async fn advance(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), StepError> {
+/// Drives iteration `n` from its last durable step to Finished.
+///
+/// Several iterations may advance at once (`--jobs`), all polled by the driver's one task, so
+/// `run` is shared without locks (never borrowed across an await). Each step works on a copy of
+/// the run state taken when it starts and then writes back only its own iteration, so steps of
+/// other iterations that ended meanwhile are never overwritten.
+pub async fn advance(ctx: &RunContext, run: &RefCell<RunState>, n: u32) -> Result<(), StepError> {
     let mut clock = Clock(Instant::now());
     loop {
-        let step = state.iterations[idx].step;
-        let it = &state.iterations[idx];
-        ctx.printer
-            .doing(&format!("#{} {}: {}", it.n, it.target, doing(step)));
+        let step = {
+            let state = run.borrow();
+            let it = &state.iterations[index(&state, n)?];
+            ctx.printer
+                .doing(&format!("#{} {}: {}", it.n, it.target, doing(it.step)));
+            it.step
+        };
+        // Keeping compares with the run branch's tip and moves it: one iteration at a time, and
+        // with the state as it is once the lock is held.
+        let _keeping = match step {
+            Step::Verified => Some(ctx.keep_lock.lock().await),
+            Step::Finished => return Ok(()),
+            _ => None,
+        };
+        let mut state = run.borrow().clone();
+        let idx = index(&state, n)?;
+        let failures_before = state.consecutive_llm_failures;
         match step {
-            Step::Planned => ask(ctx, state, idx).await?,
-            Step::Asked => apply(ctx, state, idx).await?,
-            Step::Applied => verify(ctx, state, idx).await?,
-            Step::Verified => keep_or_reject(ctx, state, idx)?,
+            Step::Planned => ask(ctx, &mut state, idx).await?,
+            Step::Asked => apply(ctx, &mut state, idx).await?,
+            Step::Applied => verify(ctx, &mut state, idx).await?,
+            Step::Verified => keep_or_reject(ctx, &mut state, idx).await?,
             Step::Finished => return Ok(()),
         }
         state.iterations[idx].seconds.total += clock.lap();
-        ctx.save(state)?;
-        let it = &state.iterations[idx];
-        crash_point(step_name(it.step), it.n);
+        let done = state.iterations[idx].step;
+        {
+            let mut shared = run.borrow_mut();
+            let at = index(&shared, n)?;
+            shared.iterations[at] = state.iterations.swap_remove(idx);
+            if state.consecutive_llm_failures != failures_before {
+                shared.consecutive_llm_failures = state.consecutive_llm_failures;
+            }
+            ctx.save(&mut shared)?;
+        }
+        crash_point(step_name(done), n);
     }
+}
+
+fn index(state: &RunState, n: u32) -> Result<usize, StepError> {
+    state
+        .index_of(n)
+        .ok_or_else(|| StepError::Pytest(format!("the state lost iteration {n}")))
 }
 
 /// What happens after `step`, for the progress bar.
@@ -253,9 +288,13 @@ fn latest_coverage_json(ctx: &RunContext, state: &RunState) -> Option<PathBuf> {
         .rev()
         .filter(|i| i.verdict.as_ref().is_some_and(|v| v.coverage.is_some()))
         .map(|i| {
+            let label = match i.verdict.as_ref().and_then(|v| v.replayed_onto.as_ref()) {
+                Some(_) => "pytest-suite-replayed",
+                None => "pytest-suite",
+            };
             ctx.store
                 .iteration_dir(&state.run_id, i.n)
-                .join("pytest-suite.coverage.json")
+                .join(format!("{label}.coverage.json"))
         })
         .chain(std::iter::once(
             ctx.store
@@ -656,23 +695,66 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         }
     }
 
-    let suite = run_timed(ctx, state, idx, &wt_path, &[], "pytest-suite", true).await?;
+    // The worktree started from the tip of that moment, which with `--jobs` may be behind the
+    // tip now: compare with what passed there.
+    let parent = ctx
+        .repo
+        .find_commit(git::oid(
+            state.iterations[idx]
+                .iteration_commit
+                .as_deref()
+                .unwrap_or(&commit),
+            "the iteration commit",
+        )?)
+        .and_then(|c| c.parent_id(0))
+        .map(|p| p.to_string())
+        .ok();
+    let passing_before = state.passing_at(parent.as_deref());
+    verdict.new_tests = passed_new;
+    run_suite(
+        ctx,
+        state,
+        idx,
+        &wt_path,
+        "pytest-suite",
+        &passing_before,
+        &mut verdict,
+    )
+    .await?;
+    finish_verified(state, idx, verdict);
+    Ok(())
+}
+
+/// Runs the whole suite (with coverage) in the worktree and judges it: nothing that passed in
+/// `passing_before` may fail, and every new test must pass among all the others. Fills the
+/// verdict's suite figures and its reason (None: keep).
+async fn run_suite(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    wt_path: &Path,
+    label: &str,
+    passing_before: &[String],
+    verdict: &mut Verdict,
+) -> Result<(), StepError> {
+    let suite = run_timed(ctx, state, idx, wt_path, &[], label, true).await?;
     let suite_passed = suite.ids_with(CaseOutcome::Passed);
     verdict.pytest_summary = suite.summary.clone();
     verdict.suite_tests = suite.cases.len() as u32;
     verdict.suite_passed = suite_passed.len() as u32;
     verdict.coverage = suite.coverage.clone();
-    verdict.regressions = state
-        .passing_at_tip()
-        .into_iter()
-        .filter(|id| !suite_passed.contains(id))
-        .collect();
-    let new_failing_in_suite: Vec<String> = passed_new
+    verdict.regressions = passing_before
         .iter()
         .filter(|id| !suite_passed.contains(id))
         .cloned()
         .collect();
-    let touched = side_effects(state, &wt_path)?;
+    let new_failing_in_suite: Vec<String> = verdict
+        .new_tests
+        .iter()
+        .filter(|id| !suite_passed.contains(id))
+        .cloned()
+        .collect();
+    let touched = side_effects(state, wt_path)?;
     verdict.reason = if !touched.is_empty() {
         Some(format!(
             "side effects: the suite with the new tests changed {}",
@@ -680,7 +762,8 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         ))
     } else if suite.timed_out {
         Some(format!(
-            "timed out: the suite ran past --test-timeout ({timeout})"
+            "timed out: the suite ran past --test-timeout ({})",
+            humantime::format_duration(ctx.test_cmd.timeout)
         ))
     } else if !verdict.regressions.is_empty() {
         Some(format!(
@@ -698,8 +781,6 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         None
     };
     verdict.keep = verdict.reason.is_none();
-    verdict.new_tests = passed_new;
-    finish_verified(state, idx, verdict);
     Ok(())
 }
 
@@ -810,6 +891,61 @@ async fn drop_tests(
     Ok(true)
 }
 
+/// Replays the iteration's commit onto `tip` in its worktree and runs the whole suite there.
+/// Returns the replayed commit, or None with `verdict.reason` saying why it cannot be kept.
+async fn replay(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    commit: Oid,
+    tip: Oid,
+    verdict: &mut Verdict,
+) -> Result<Option<Oid>, StepError> {
+    let run_id = state.run_id.clone();
+    let n = state.iterations[idx].n;
+    let tip_text = tip.to_string();
+    verdict.replayed_onto = Some(tip_text.clone());
+    let Some(replayed) = git::replay_onto(&ctx.repo, commit, tip)? else {
+        verdict.reason = Some(format!(
+            "conflicts with what was kept meanwhile (replayed onto {})",
+            git::short(&tip_text)
+        ));
+        return Ok(None);
+    };
+    let wt_path = ctx.worktree_path(&run_id, n);
+    git::add_worktree(
+        &ctx.repo,
+        &worktree_name(&run_id, n),
+        &wt_path,
+        &iteration_branch(&run_id, n),
+        replayed,
+    )?;
+    let passing_before = state.passing_at_tip();
+    run_suite(
+        ctx,
+        state,
+        idx,
+        &wt_path,
+        "pytest-suite-replayed",
+        &passing_before,
+        verdict,
+    )
+    .await?;
+    if let Some(reason) = &verdict.reason {
+        verdict.reason = Some(format!(
+            "after replaying onto {} (kept meanwhile): {reason}",
+            git::short(&tip_text)
+        ));
+        return Ok(None);
+    }
+    let patch = git::commit_patch(&ctx.repo, replayed)?;
+    artifact(
+        ctx.store.iteration_dir(&run_id, n).join("diff.patch"),
+        patch.as_bytes(),
+    )?;
+    Ok(Some(replayed))
+}
+
 fn finish_verified(state: &mut RunState, idx: usize, verdict: Verdict) {
     let it = &mut state.iterations[idx];
     it.verdict = Some(verdict);
@@ -861,16 +997,20 @@ fn commit_message(state: &RunState, idx: usize, verdict: &Verdict) -> String {
     )
 }
 
-fn keep_or_reject(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), StepError> {
+async fn keep_or_reject(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+) -> Result<(), StepError> {
     let run_id = state.run_id.clone();
     let it = &state.iterations[idx];
     let n = it.n;
-    let Some(verdict) = it.verdict.clone() else {
+    let Some(mut verdict) = it.verdict.clone() else {
         state.iterations[idx].step = Step::Applied;
         return Ok(());
     };
     if !verdict.keep {
-        let reason = verdict.reason.unwrap_or_else(|| "rejected".into());
+        let reason = verdict.reason.clone().unwrap_or_else(|| "rejected".into());
         finish(ctx, state, idx, Outcome::Rejected, reason);
         return Ok(());
     }
@@ -880,7 +1020,7 @@ fn keep_or_reject(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<
         Some(oid) => oid,
         None => {
             let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
-            let iteration_commit = it
+            let mut iteration_commit = it
                 .iteration_commit
                 .as_deref()
                 .and_then(|c| Oid::from_str(c).ok())
@@ -894,14 +1034,19 @@ fn keep_or_reject(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<
                     source,
                 })?;
             if parent != tip {
-                finish(
-                    ctx,
-                    state,
-                    idx,
-                    Outcome::Rejected,
-                    "the run branch moved while this iteration was verified".into(),
-                );
-                return Ok(());
+                // Another iteration was kept while this one was verified: what passed beside
+                // the old tip must pass again beside the new one.
+                match replay(ctx, state, idx, iteration_commit, tip, &mut verdict).await? {
+                    Some(replayed) => iteration_commit = replayed,
+                    None => {
+                        let reason = verdict.reason.clone().unwrap_or_default();
+                        state.iterations[idx].verdict = Some(verdict);
+                        finish(ctx, state, idx, Outcome::Rejected, reason);
+                        return Ok(());
+                    }
+                }
+                state.iterations[idx].iteration_commit = Some(iteration_commit.to_string());
+                state.iterations[idx].verdict = Some(verdict.clone());
             }
             let message = commit_message(state, idx, &verdict);
             let oid = git::keep_on_run_branch(
@@ -919,7 +1064,9 @@ fn keep_or_reject(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<
         .into_iter()
         .map(|(path, _)| path)
         .collect();
+    let seq = state.next_keep_seq();
     let it = &mut state.iterations[idx];
+    it.keep_seq = Some(seq);
     it.commit = Some(kept.to_string());
     it.files = files;
     it.tests_added = verdict.new_tests.len() as u32;

@@ -146,6 +146,13 @@ pub struct Verdict {
     pub suite_passed: u32,
     pub pytest_summary: String,
     pub coverage: Option<Coverage>,
+    /// Tests that failed at the run's start and pass with this iteration (fix iterations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fixed: Vec<String>,
+    /// Set when the run branch moved while this iteration was verified and its commit was
+    /// replayed onto the new tip (and the suite run again there) before keeping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_onto: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +183,10 @@ pub struct Iteration {
     pub tests_fixed: u32,
     pub verdict: Option<Verdict>,
     pub seconds: Seconds,
+    /// The order in which kept iterations landed on the run branch: with `--jobs` above 1 it
+    /// need not be the order of their numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_seq: Option<u32>,
 }
 
 impl Iteration {
@@ -202,6 +213,7 @@ impl Iteration {
             tests_fixed: 0,
             verdict: None,
             seconds: Seconds::default(),
+            keep_seq: None,
         }
     }
 
@@ -248,23 +260,53 @@ impl RunState {
             .iter()
             .fold((0, 0), |(a, b), i| (a + i.tokens_in, b + i.tokens_out))
     }
+    /// Kept iterations in the order they landed on the run branch.
     pub fn kept(&self) -> impl Iterator<Item = &Iteration> {
-        self.finished().filter(|i| i.outcome == Some(Outcome::Kept))
+        let mut kept: Vec<&Iteration> = self
+            .finished()
+            .filter(|i| i.outcome == Some(Outcome::Kept))
+            .collect();
+        kept.sort_by_key(|i| i.keep_seq.unwrap_or(i.n));
+        kept.into_iter()
+    }
+    /// The number the next kept iteration lands as.
+    pub fn next_keep_seq(&self) -> u32 {
+        self.kept()
+            .map(|i| i.keep_seq.unwrap_or(i.n))
+            .max()
+            .unwrap_or(0)
+            + 1
     }
     /// Tests known to pass at the run branch's tip: the baseline's passing tests plus every
-    /// kept iteration's new tests. Verification compares against this set.
+    /// kept iteration's new tests. Keeping compares against this set.
     pub fn passing_at_tip(&self) -> Vec<String> {
+        self.passing_at(None)
+    }
+    /// Tests known to pass at `commit` (the base or a kept commit; None or an unknown commit
+    /// mean the tip): what an iteration started from `commit` is verified against.
+    pub fn passing_at(&self, commit: Option<&str>) -> Vec<String> {
         let mut ids: Vec<String> = self
             .baseline
             .as_ref()
             .map(|b| b.passed.clone())
             .unwrap_or_default();
+        if commit == Some(self.base_commit.as_str()) {
+            return ids;
+        }
         for it in self.kept() {
             if let Some(v) = &it.verdict {
                 ids.extend(v.new_tests.iter().cloned());
+                ids.extend(v.fixed.iter().cloned());
+            }
+            if commit.is_some() && it.commit.as_deref() == commit {
+                break;
             }
         }
         ids
+    }
+    /// Where iteration `n` sits in `iterations`.
+    pub fn index_of(&self, n: u32) -> Option<usize> {
+        self.iterations.iter().position(|i| i.n == n)
     }
     /// The last measured test count: the suite run of the latest kept iteration, else the baseline.
     pub fn tests_now(&self) -> Option<u32> {

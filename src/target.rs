@@ -64,7 +64,7 @@ pub fn import_name(module_path: &str, package: &str) -> String {
 }
 
 /// The next target: fewest times targeted in this run, then lowest coverage, then name. Modules in
-/// `busy` (targeted by an iteration still in flight) are skipped while others remain.
+/// `busy` (targeted by an iteration still in flight) are skipped; None when every module is.
 pub fn choose_target(
     modules: &[String],
     state: &RunState,
@@ -77,13 +77,11 @@ pub fn choose_target(
             .and_then(|c| c.modules.get(m).copied())
             .unwrap_or(0.0)
     };
-    let pool: Vec<&String> = modules.iter().filter(|m| !busy.contains(m)).collect();
-    let pool = if pool.is_empty() {
-        modules.iter().collect()
-    } else {
-        pool
-    };
-    pool.into_iter()
+    // Never two iterations on one module at once (`--jobs`): their tests would be written
+    // against the same gaps and the second would mostly repeat the first.
+    modules
+        .iter()
+        .filter(|m| !busy.contains(m))
         .min_by(|a, b| {
             times(a)
                 .cmp(&times(b))

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Benchmarks improve against a stand-in LLM (scripts/bench_standin.py) on examples/demo:
+# throughput at a fixed LLM latency for --jobs 1, 2 and 4, then, with no latency at all, how
+# much of the wall time is improve itself rather than the LLM or pytest, and improve's own
+# peak memory. Every run starts from a fresh copy of the demo, so runs don't share state.
+#
+# Environment: BENCH_ITERATIONS (default 12), BENCH_LATENCY (seconds, default 2),
+# IMPROVE_BIN (default target/release/improve), BENCH_BUILD=1 (build even if IMPROVE_BIN is
+# set), VENV_PYTHON (default .venv/bin/python), BENCH_KEEP=1 (keep the temp repos).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+ITERATIONS=${BENCH_ITERATIONS:-12}
+LATENCY=${BENCH_LATENCY:-2}
+
+# The tests run with this Python, and so do the stand-in and the figures below: one
+# interpreter whose pytest improve is told to use.
+if [[ -z ${VENV_PYTHON:-} ]]; then
+  VENV_PYTHON=$ROOT/.venv/bin/python
+  [[ -x $VENV_PYTHON ]] || scripts/setup-python.sh
+fi
+PY=$VENV_PYTHON
+
+# A stale binary would benchmark old code, so the default binary is always (re)built; cargo
+# makes that a no-op when nothing changed. An explicit IMPROVE_BIN is taken as it is.
+if [[ -z ${IMPROVE_BIN:-} ]]; then
+  IMPROVE_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/improve
+  BENCH_BUILD=${BENCH_BUILD:-1}
+fi
+if [[ ${BENCH_BUILD:-0} == 1 || ! -x $IMPROVE_BIN ]]; then
+  cargo build --release --quiet
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/improve-bench.XXXXXX")
+RESULTS=$WORK/results.jsonl
+STANDIN_PID=
+WATCH_PID=
+cleanup() {
+  [[ -n $WATCH_PID ]] && kill "$WATCH_PID" 2>/dev/null || true
+  [[ -n $STANDIN_PID ]] && kill "$STANDIN_PID" 2>/dev/null || true
+  if [[ ${BENCH_KEEP:-0} == 1 ]]; then echo "kept: $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+start_standin() { # latency -> sets STANDIN_PID and PORT
+  local out=$WORK/standin.$1.port
+  "$PY" "$ROOT/scripts/bench_standin.py" --port 0 --latency "$1" \
+    --recording "$ROOT/examples/demo/recording.json" >"$out" 2>"$WORK/standin.$1.err" &
+  STANDIN_PID=$!
+  # The port is printed once the socket is bound; waiting for it avoids a connection refused.
+  for _ in $(seq 100); do
+    PORT=$(head -n1 "$out" 2>/dev/null || true)
+    [[ -n $PORT ]] && return 0
+    kill -0 "$STANDIN_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "bench: the stand-in did not start:" >&2
+  cat "$WORK/standin.$1.err" >&2
+  exit 1
+}
+
+stop_standin() {
+  kill "$STANDIN_PID" 2>/dev/null || true
+  wait "$STANDIN_PID" 2>/dev/null || true
+  STANDIN_PID=
+}
+
+fresh_demo() { # dir
+  mkdir -p "$1"
+  cp -R "$ROOT/examples/demo/." "$1/"
+  # Caches left by someone running the demo's tests in place would change what pytest does.
+  find "$1" \( -name __pycache__ -o -name .pytest_cache -o -name .improve -o -name .coverage \) \
+    -prune -exec rm -rf {} +
+  git -C "$1" init -q -b main
+  git -C "$1" add -A
+  git -C "$1" -c user.name=bench -c user.email=bench@example.com commit -q -m "demo"
+}
+
+run_one() { # label latency jobs
+  local label=$1 latency=$2 jobs=$3
+  local repo=$WORK/$label
+  fresh_demo "$repo"
+  start_standin "$latency"
+
+  local start end rc=0
+  start=$EPOCHREALTIME
+  "$IMPROVE_BIN" --repo "$repo" --provider openai --llm-url "http://127.0.0.1:$PORT/v1" \
+    --model bench --iterations "$ITERATIONS" --jobs "$jobs" \
+    --test-cmd "$PY -m pytest" -q >"$WORK/$label.out" 2>&1 &
+  local pid=$!
+  # VmHWM is the peak resident size of this one process, so pytest children don't count. It
+  # is polled from a separate loop so that the wall time below ends at the exit itself, not at
+  # the next poll; the last value read is the peak (it only grows).
+  local hwm_file=$WORK/$label.hwm
+  echo 0 >"$hwm_file"
+  (
+    while [[ -r /proc/$pid/status ]]; do
+      kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+      [[ -n $kb ]] && echo "$kb" >"$hwm_file"
+      sleep 0.05
+    done
+  ) &
+  WATCH_PID=$!
+  wait "$pid" || rc=$?
+  end=$EPOCHREALTIME
+  kill "$WATCH_PID" 2>/dev/null || true
+  wait "$WATCH_PID" 2>/dev/null || true
+  WATCH_PID=
+  stop_standin
+
+  if [[ $rc != 0 ]]; then
+    echo "bench: improve exited with $rc in run $label:" >&2
+    cat "$WORK/$label.out" >&2
+    exit 1
+  fi
+
+  "$IMPROVE_BIN" log --json --repo "$repo" >"$WORK/$label.log.json"
+  "$IMPROVE_BIN" status --json --repo "$repo" >"$WORK/$label.status.json"
+  # "not available yet" (or any other word about --jobs) means this build ran sequentially.
+  local jobs_note=
+  grep -qi -- "not available" "$WORK/$label.out" && jobs_note=sequential
+  "$PY" - "$label" "$latency" "$jobs" "$start" "$end" "$(cat "$hwm_file")" "$repo" "$WORK" \
+    "$jobs_note" >>"$RESULTS" <<'EOF'
+import json, sys
+label, latency, jobs, start, end, hwm_kb, repo, work, note = sys.argv[1:]
+log = json.load(open(f"{work}/{label}.log.json"))
+status = json.load(open(f"{work}/{label}.status.json"))
+state = json.load(open(f"{repo}/.improve/state.json"))
+# The log rounds seconds to 0.1, which summed over many sub-second iterations would skew the
+# shares; state.json keeps them unrounded, so prefer it and fall back to the log.
+precise = {it["n"]: it.get("seconds") for it in state.get("iterations", []) if it.get("seconds")}
+llm = tests = other = 0.0
+for row in log:
+    s = precise.get(row["n"]) or row["seconds"]
+    llm += s.get("llm", 0.0)
+    tests += s.get("tests", 0.0)
+    other += s.get("other", s.get("total", 0.0) - s.get("llm", 0.0) - s.get("tests", 0.0))
+baseline = state.get("baseline") or {}
+print(json.dumps({
+    "label": label, "latency": float(latency), "jobs": int(jobs),
+    "wall": float(end) - float(start),
+    "done": status["iterations_done"],
+    "kept": status["kept"], "rejected": status["rejected"], "errors": status["errors"],
+    "llm": llm, "tests": tests, "other": other, "rows": len(log),
+    "baseline_tests": float(baseline.get("seconds") or 0.0),
+    "hwm_mb": int(hwm_kb) / 1024, "note": note,
+}))
+EOF
+  if [[ ${BENCH_KEEP:-0} != 1 ]]; then
+    # Worktrees and branches would otherwise pile up across many runs in one temp dir.
+    rm -rf "$repo"
+  fi
+}
+
+for jobs in 1 2 4; do
+  run_one "lat${LATENCY}-j$jobs" "$LATENCY" "$jobs"
+done
+run_one "lat0-j1" 0 1
+
+"$PY" - "$RESULTS" "$ITERATIONS" "$LATENCY" "$("$IMPROVE_BIN" --version)" <<'EOF'
+import json, sys
+path, iterations, latency, version = sys.argv[1:]
+runs = [json.loads(line) for line in open(path)]
+print(f"improve benchmark — {version}, examples/demo, {iterations} iterations per run, "
+      "stand-in LLM (scripts/bench_standin.py)")
+print()
+print(f"{'run':<22}{'wall s':>8}{'iter/h':>9}{'done':>6}{'kept':>6}{'rej':>5}{'err':>5}"
+      f"{'peak MB':>9}")
+rate = {}
+for r in runs:
+    per_hour = r["done"] / r["wall"] * 3600 if r["wall"] > 0 else 0.0
+    if r["latency"] > 0:
+        rate[r["jobs"]] = per_hour
+    name = f"latency {r['latency']:g}s, --jobs {r['jobs']}"
+    note = "  (ran sequentially)" if r["note"] else ""
+    print(f"{name:<22}{r['wall']:>8.1f}{per_hour:>9.0f}{r['done']:>6}{r['kept']:>6}"
+          f"{r['rejected']:>5}{r['errors']:>5}{r['hwm_mb']:>9.1f}{note}")
+print()
+if 1 in rate and rate[1] > 0:
+    ratios = ", ".join(f"jobs{j}/jobs1 = {rate[j] / rate[1]:.2f}x" for j in (2, 4) if j in rate)
+    print(f"Throughput at {float(latency):g} s latency: {ratios}.")
+zero = next((r for r in runs if r["latency"] == 0), None)
+if zero:
+    wall = zero["wall"]
+    tests = zero["tests"] + zero["baseline_tests"]
+    outside = wall - zero["llm"] - tests
+    mean_other = zero["other"] / zero["rows"] if zero["rows"] else 0.0
+    print(f"0 s latency, --jobs 1: wall {wall:.2f} s = LLM {zero['llm']:.2f} s"
+          f" + pytest {tests:.2f} s (iterations {zero['tests']:.2f} + baseline"
+          f" {zero['baseline_tests']:.2f}) + outside both {outside:.2f} s"
+          f" ({outside / wall * 100:.1f}% of wall); mean seconds.other per iteration"
+          f" {mean_other:.3f} s.")
+print(f"Peak memory of the improve process itself (VmHWM, pytest excluded): "
+      f"max {max(r['hwm_mb'] for r in runs):.1f} MB.")
+EOF
