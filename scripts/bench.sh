@@ -36,12 +36,16 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/improve-bench.XXXXXX")
 RESULTS=$WORK/results.jsonl
 STANDIN_PID=
 WATCH_PID=
+IMPROVE_PID=
+# Background jobs of a script ignore Ctrl-C, so an interrupted benchmark must stop them itself.
 cleanup() {
+  [[ -n $IMPROVE_PID ]] && kill "$IMPROVE_PID" 2>/dev/null && wait "$IMPROVE_PID" 2>/dev/null || true
   [[ -n $WATCH_PID ]] && kill "$WATCH_PID" 2>/dev/null || true
   [[ -n $STANDIN_PID ]] && kill "$STANDIN_PID" 2>/dev/null || true
   if [[ ${BENCH_KEEP:-0} == 1 ]]; then echo "kept: $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 start_standin() { # latency -> sets STANDIN_PID and PORT
   local out=$WORK/standin.$1.port
@@ -89,6 +93,7 @@ run_one() { # label latency jobs
     --model bench --iterations "$ITERATIONS" --jobs "$jobs" \
     --test-cmd "$PY -m pytest" -q >"$WORK/$label.out" 2>&1 &
   local pid=$!
+  IMPROVE_PID=$pid
   # VmHWM is the peak resident size of this one process, so pytest children don't count. It
   # is polled from a separate loop so that the wall time below ends at the exit itself, not at
   # the next poll; the last value read is the peak (it only grows).
@@ -104,6 +109,7 @@ run_one() { # label latency jobs
   WATCH_PID=$!
   wait "$pid" || rc=$?
   end=$EPOCHREALTIME
+  IMPROVE_PID=
   kill "$WATCH_PID" 2>/dev/null || true
   wait "$WATCH_PID" 2>/dev/null || true
   WATCH_PID=
@@ -117,13 +123,11 @@ run_one() { # label latency jobs
 
   "$IMPROVE_BIN" log --json --repo "$repo" >"$WORK/$label.log.json"
   "$IMPROVE_BIN" status --json --repo "$repo" >"$WORK/$label.status.json"
-  # "not available yet" (or any other word about --jobs) means this build ran sequentially.
-  local jobs_note=
-  grep -qi -- "not available" "$WORK/$label.out" && jobs_note=sequential
   "$PY" - "$label" "$latency" "$jobs" "$start" "$end" "$(cat "$hwm_file")" "$repo" "$WORK" \
-    "$jobs_note" >>"$RESULTS" <<'EOF'
-import json, sys
-label, latency, jobs, start, end, hwm_kb, repo, work, note = sys.argv[1:]
+    >>"$RESULTS" <<'EOF'
+import json, re, sys
+from datetime import datetime
+label, latency, jobs, start, end, hwm_kb, repo, work = sys.argv[1:]
 log = json.load(open(f"{work}/{label}.log.json"))
 status = json.load(open(f"{work}/{label}.status.json"))
 state = json.load(open(f"{repo}/.improve/state.json"))
@@ -137,6 +141,22 @@ for row in log:
     tests += s.get("tests", 0.0)
     other += s.get("other", s.get("total", 0.0) - s.get("llm", 0.0) - s.get("tests", 0.0))
 baseline = state.get("baseline") or {}
+
+def when(stamp):
+    # RFC 3339 with nanoseconds; datetime takes at most microseconds.
+    stamp = re.sub(r"(\.\d{6})\d*", r"\1", stamp).replace("Z", "+00:00")
+    return datetime.fromisoformat(stamp).timestamp()
+
+# How many iterations were really in flight at once, from their own start and end times: a
+# build that accepts --jobs but runs sequentially (or says so only without -q) shows 1 here.
+events = []
+for it in state.get("iterations", []):
+    if it.get("started_at") and it.get("finished_at"):
+        events += [(when(it["started_at"]), 1), (when(it["finished_at"]), -1)]
+in_flight = peak = 0
+for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at a tie
+    in_flight += step
+    peak = max(peak, in_flight)
 print(json.dumps({
     "label": label, "latency": float(latency), "jobs": int(jobs),
     "wall": float(end) - float(start),
@@ -144,7 +164,7 @@ print(json.dumps({
     "kept": status["kept"], "rejected": status["rejected"], "errors": status["errors"],
     "llm": llm, "tests": tests, "other": other, "rows": len(log),
     "baseline_tests": float(baseline.get("seconds") or 0.0),
-    "hwm_mb": int(hwm_kb) / 1024, "note": note,
+    "hwm_mb": int(hwm_kb) / 1024, "in_flight": peak if events else None,
 }))
 EOF
   if [[ ${BENCH_KEEP:-0} != 1 ]]; then
@@ -166,16 +186,18 @@ print(f"improve benchmark — {version}, examples/demo, {iterations} iterations 
       "stand-in LLM (scripts/bench_standin.py)")
 print()
 print(f"{'run':<22}{'wall s':>8}{'iter/h':>9}{'done':>6}{'kept':>6}{'rej':>5}{'err':>5}"
-      f"{'peak MB':>9}")
+      f"{'peak MB':>9}{'in flight':>11}")
 rate = {}
 for r in runs:
     per_hour = r["done"] / r["wall"] * 3600 if r["wall"] > 0 else 0.0
     if r["latency"] > 0:
         rate[r["jobs"]] = per_hour
     name = f"latency {r['latency']:g}s, --jobs {r['jobs']}"
-    note = "  (ran sequentially)" if r["note"] else ""
+    in_flight = "?" if r["in_flight"] is None else r["in_flight"]
     print(f"{name:<22}{r['wall']:>8.1f}{per_hour:>9.0f}{r['done']:>6}{r['kept']:>6}"
-          f"{r['rejected']:>5}{r['errors']:>5}{r['hwm_mb']:>9.1f}{note}")
+          f"{r['rejected']:>5}{r['errors']:>5}{r['hwm_mb']:>9.1f}{in_flight:>11}")
+print("iter/h = iterations done / improve's whole wall time (baseline included) * 3600; peak MB ="
+      " VmHWM of improve itself; in flight = most iterations running at once, from state.json.")
 print()
 if 1 in rate and rate[1] > 0:
     ratios = ", ".join(f"jobs{j}/jobs1 = {rate[j] / rate[1]:.2f}x" for j in (2, 4) if j in rate)

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod bad_input;
+mod jobs;
 mod loop_run;
 mod resume;
 mod sandbox;
@@ -260,12 +261,14 @@ pub fn code_answer(code: &str) -> Answer {
 pub struct Queue {
     wire: Wire,
     answers: Mutex<VecDeque<Answer>>,
+    /// How long every answer takes, as a real model's would.
+    latency: std::time::Duration,
 }
 
 impl Respond for Queue {
     fn respond(&self, _req: &Request) -> ResponseTemplate {
         let next = self.answers.lock().unwrap().pop_front();
-        match next {
+        let template = match next {
             Some(Answer::Text(text)) => ResponseTemplate::new(200).set_body_json(match self.wire {
                 Wire::OpenAi => serde_json::json!({
                     "id": "chatcmpl-1", "object": "chat.completion", "model": "stand-in",
@@ -281,6 +284,12 @@ impl Respond for Queue {
             }),
             Some(Answer::Raw(t)) => t,
             None => ResponseTemplate::new(500).set_body_string("stand-in: no answer queued"),
+        };
+        // Raw answers keep a delay of their own.
+        if self.latency.is_zero() {
+            template
+        } else {
+            template.set_delay(self.latency)
         }
     }
 }
@@ -292,6 +301,15 @@ pub struct StandIn {
 
 impl StandIn {
     pub async fn start(wire: Wire, answers: Vec<Answer>) -> StandIn {
+        StandIn::with_latency(wire, answers, std::time::Duration::ZERO).await
+    }
+
+    /// A stand-in whose every answer takes `latency`.
+    pub async fn with_latency(
+        wire: Wire,
+        answers: Vec<Answer>,
+        latency: std::time::Duration,
+    ) -> StandIn {
         let server = MockServer::start().await;
         let route = match wire {
             Wire::OpenAi => "/v1/chat/completions",
@@ -302,6 +320,7 @@ impl StandIn {
             .respond_with(Queue {
                 wire,
                 answers: Mutex::new(answers.into()),
+                latency,
             })
             .mount(&server)
             .await;

@@ -83,8 +83,20 @@ async fn resumes_after_a_kill_at_every_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resumes_after_kill_dash_nine_at_random_moments() {
-    let mut rng = fastrand::Rng::with_seed(7);
-    for round in 0..3 {
+    random_kills(1, 7, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resumes_after_kill_dash_nine_at_random_moments_with_two_jobs() {
+    random_kills(2, 11, 3).await;
+}
+
+/// `rounds` fresh runs of 3 iterations with `--jobs jobs`, each killed with SIGKILL at up to 6
+/// random moments and resumed; the run must end whole.
+async fn random_kills(jobs: u32, seed: u64, rounds: u32) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let jobs_arg = jobs.to_string();
+    for round in 0..rounds {
         let fx = Fixture::new();
         // Only good answers, and spares: a kill can lose an answer in flight, and the next
         // iteration then gets the next one.
@@ -96,7 +108,7 @@ async fn resumes_after_kill_dash_nine_at_random_moments() {
         let mut finished = false;
         for _ in 0..6 {
             let mut cmd = improve(fx.root());
-            cmd.args(["-n", "3"]);
+            cmd.args(["-n", "3", "--jobs", &jobs_arg]);
             llm.args(&mut cmd);
             let mut child = cmd
                 .stdout(std::process::Stdio::null())
@@ -130,6 +142,7 @@ async fn resumes_after_kill_dash_nine_at_random_moments() {
         }
         if !finished {
             let mut cmd = improve(fx.root());
+            cmd.args(["--jobs", &jobs_arg]);
             llm.args(&mut cmd);
             let out = output(cmd).await;
             assert_eq!(
@@ -140,8 +153,9 @@ async fn resumes_after_kill_dash_nine_at_random_moments() {
             );
         }
         assert_consistent(&fx, 3);
+        // A kill can lose at most the answers in flight, one per job.
         assert!(
-            llm.requests().await.len() <= 3 + kills,
+            llm.requests().await.len() <= 3 + kills * jobs as usize,
             "answers asked for more than once per kill"
         );
     }

@@ -1,0 +1,178 @@
+//! `--jobs`: iterations in flight at once, each in its own worktree, kept one at a time.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::*;
+
+fn state(fx: &Fixture) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fx.state_dir().join("state.json")).unwrap())
+        .unwrap()
+}
+
+fn time(v: &serde_json::Value) -> DateTime<Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// (n, target, started, finished) of every iteration in the state.
+fn timeline(state: &serde_json::Value) -> Vec<(u64, String, DateTime<Utc>, DateTime<Utc>)> {
+    state["iterations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| {
+            (
+                it["n"].as_u64().unwrap(),
+                it["target"].as_str().unwrap().to_string(),
+                time(&it["started_at"]),
+                time(&it["finished_at"]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_jobs_overlap_never_share_a_target_and_keep_one_commit_each() {
+    let fx = Fixture::new();
+    let answers = (0..4)
+        .map(|i| code_answer(if i % 2 == 0 { GOOD_OPS } else { GOOD_TEXT }))
+        .collect();
+    // A slow model, so that two iterations are surely waiting on it at once.
+    let llm = StandIn::with_latency(Wire::OpenAi, answers, Duration::from_millis(1500)).await;
+    run_ok(fx.root(), &llm, &["-n", "4", "--jobs", "2"]).await;
+
+    let state = state(&fx);
+    let line = timeline(&state);
+    assert_eq!(
+        line.iter().map(|i| i.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "numbered in order"
+    );
+    let overlap =
+        |a: &(u64, String, DateTime<Utc>, DateTime<Utc>),
+         b: &(u64, String, DateTime<Utc>, DateTime<Utc>)| { a.2 < b.3 && b.2 < a.3 };
+    let mut concurrent = 0;
+    for (i, a) in line.iter().enumerate() {
+        for b in &line[i + 1..] {
+            if overlap(a, b) {
+                concurrent += 1;
+                assert_ne!(a.1, b.1, "iterations {} and {} share a target", a.0, b.0);
+            }
+        }
+    }
+    assert!(concurrent >= 2, "iterations ran one at a time: {line:?}");
+
+    let status = improve_json(fx.root(), &["status", "--json"]);
+    assert_eq!(status["state"], "complete", "{status:#}");
+    assert_eq!(status["kept"], 4, "{status:#}");
+    let commits = fx.run_commits();
+    assert_eq!(commits.len(), 4);
+    let mut trailers: Vec<String> = commits
+        .iter()
+        .map(|c| {
+            git(fx.root(), &["log", "-1", "--format=%B", c])
+                .lines()
+                .find(|l| l.starts_with("Improve-Iteration: "))
+                .expect("trailer")
+                .to_string()
+        })
+        .collect();
+    trailers.sort();
+    trailers.dedup();
+    assert_eq!(trailers.len(), 4, "one commit per iteration");
+    // Two iterations verified beside the same tip: the second to keep was replayed onto the
+    // first one's commit and its suite run again there.
+    let replayed: Vec<&serde_json::Value> = state["iterations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|it| !it["verdict"]["replayed_onto"].is_null())
+        .collect();
+    assert!(!replayed.is_empty(), "{state:#}");
+    for it in &replayed {
+        let dir = fx
+            .state_dir()
+            .join("runs")
+            .join(state["run_id"].as_str().unwrap())
+            .join("iterations")
+            .join(format!("{:04}", it["n"].as_u64().unwrap()));
+        assert!(dir.join("pytest-suite-replayed.xml").is_file());
+    }
+    let (ok, out) = fx.suite_passes_on_run_branch();
+    assert!(ok, "{out}");
+    assert_eq!(git(fx.root(), &["branch", "--list", "improve-wip/*"]), "");
+}
+
+/// Sets a flag on the module when imported; its own test passes.
+const POLLUTER: &str = "import calc.ops\n\ncalc.ops.MODE = 'loud'\n\n\ndef test_add_still_adds():\n    assert calc.ops.add(1, 2) == 3\n";
+/// Passes alone, fails once the polluter's file is in the same pytest process.
+const VICTIM: &str = "import calc.text\nimport calc.ops\n\n\ndef test_quiet_by_default():\n    assert getattr(calc.ops, 'MODE', 'quiet') == 'quiet'\n    assert calc.text.slug('A b') == 'a-b'\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proposal_that_clashes_with_one_kept_meanwhile_is_rejected_after_replay() {
+    let fx = Fixture::new();
+    let llm = StandIn::with_latency(
+        Wire::OpenAi,
+        vec![code_answer(POLLUTER), code_answer(VICTIM)],
+        Duration::from_millis(500),
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "2", "--jobs", "2"]).await;
+
+    let log = improve_json(fx.root(), &["log", "--json"]);
+    let rows = log.as_array().unwrap();
+    let kept: Vec<_> = rows.iter().filter(|r| r["outcome"] == "kept").collect();
+    let rejected: Vec<_> = rows.iter().filter(|r| r["outcome"] == "rejected").collect();
+    assert_eq!((kept.len(), rejected.len()), (1, 1), "{log:#}");
+    let reason = rejected[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("after replaying onto"), "{reason}");
+    assert_eq!(fx.run_commits().len(), 1);
+    let (ok, out) = fx.suite_passes_on_run_branch();
+    assert!(ok, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_killed_with_two_iterations_in_flight_resumes_both() {
+    let fx = Fixture::new();
+    let answers = (0..4)
+        .map(|i| code_answer(if i % 2 == 0 { GOOD_OPS } else { GOOD_TEXT }))
+        .collect();
+    let llm = StandIn::with_latency(Wire::OpenAi, answers, Duration::from_millis(300)).await;
+    // Killed right after iteration 2 saved its answer; iteration 1 is then mid-way too.
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "3", "--jobs", "2"])
+        .env("IMPROVE_TEST_ABORT_AT", "asked:2");
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), None, "{}", stderr(&out));
+    let before = state(&fx);
+    let unfinished = before["iterations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|it| it["step"] != "finished")
+        .count();
+    assert!(unfinished >= 1, "{before:#}");
+    // Iteration 1's answer may still have been on the way when the kill came: then, and only
+    // then, it is asked for again.
+    let run_dir = fx
+        .state_dir()
+        .join("runs")
+        .join(before["run_id"].as_str().unwrap());
+    let lost = usize::from(!run_dir.join("iterations/0001/response.json").is_file());
+
+    let out = run_ok(fx.root(), &llm, &["--jobs", "2"]).await;
+    assert!(stderr(&out).contains("resuming run"), "{}", stderr(&out));
+    let status = improve_json(fx.root(), &["status", "--json"]);
+    assert_eq!(status["state"], "complete", "{status:#}");
+    assert_eq!(status["iterations_done"], 3);
+    assert_eq!(
+        fx.run_commits().len(),
+        status["kept"].as_u64().unwrap() as usize
+    );
+    // The answers received before the kill were reused, not asked for again.
+    assert_eq!(llm.requests().await.len(), 3 + lost);
+    let (ok, out) = fx.suite_passes_on_run_branch();
+    assert!(ok, "{out}");
+}
