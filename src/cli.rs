@@ -178,6 +178,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub reruns: Option<u32>,
 
+    /// Drop new tests that add no line or branch coverage to the target, and reject a proposal
+    /// left with none (reason `no gain`). On by default; `--require-coverage-gain=false` keeps
+    /// every passing test. Needs coverage.py in the test command's Python.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub require_coverage_gain: Option<bool>,
+
+    /// Rounds in which failing new tests go back to the LLM, in the same conversation, with
+    /// their failure output, before the ones still failing are dropped (default 2; 0: none).
+    #[arg(long, value_name = "N")]
+    pub max_repairs: Option<u32>,
+
     /// Run the tests under bubblewrap: file system read-only but for the worktree, a private
     /// /tmp, no network. Refuses to start when bubblewrap cannot sandbox on this machine.
     #[arg(long)]

@@ -48,6 +48,20 @@ pub struct RunSettings {
     /// Extra runs of the new tests to catch flaky ones (0: none).
     #[serde(default = "default_reruns")]
     pub reruns: u32,
+    /// New tests must add coverage to the target to be kept.
+    #[serde(default = "default_true")]
+    pub require_coverage_gain: bool,
+    /// Repair rounds for failing new tests.
+    #[serde(default = "default_max_repairs")]
+    pub max_repairs: u32,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_repairs() -> u32 {
+    2
 }
 
 fn default_reruns() -> u32 {
@@ -101,6 +115,10 @@ pub struct FileConfig {
     #[serde(alias = "pass_env")]
     pub pass_env: Option<Vec<String>>,
     pub reruns: Option<u32>,
+    #[serde(alias = "require_coverage_gain")]
+    pub require_coverage_gain: Option<bool>,
+    #[serde(alias = "max_repairs")]
+    pub max_repairs: Option<u32>,
 }
 
 /// Reads `improve.toml` (whole file) or else `[tool.improve]` of `pyproject.toml`.
@@ -355,6 +373,16 @@ pub fn resolve(
                 .or(file.reruns)
                 .or(saved.map(|s| s.reruns))
                 .unwrap_or_else(default_reruns),
+            require_coverage_gain: cli
+                .require_coverage_gain
+                .or(file.require_coverage_gain)
+                .or(saved.map(|s| s.require_coverage_gain))
+                .unwrap_or(true),
+            max_repairs: cli
+                .max_repairs
+                .or(file.max_repairs)
+                .or(saved.map(|s| s.max_repairs))
+                .unwrap_or_else(default_max_repairs),
         },
     })
 }

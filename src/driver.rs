@@ -121,6 +121,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
             .unwrap_or_default(),
         sandbox: settings.sandbox,
         pass_env: settings.pass_env.clone(),
+        plugin_dir: None,
     };
     if settings.sandbox {
         pytest::sandbox_preflight(&scratch)
@@ -130,6 +131,14 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     let has_coverage = pytest::preflight(&test_cmd, &scratch, &scratch)
         .await
         .map_err(UserError)?;
+    // Per-test coverage and an in-process coverage report come from our pytest plugin.
+    match pytest::install_plugin(&scratch) {
+        Ok(dir) => test_cmd.plugin_dir = Some(dir),
+        Err(e) => printer.line(&format!(
+            "note: cannot write the pytest plugin to {}: {e}; running without it",
+            scratch.display()
+        )),
+    }
     if has_coverage {
         test_cmd.coverage = Some(CoverageSpec {
             source: settings.package.clone(),
@@ -325,7 +334,7 @@ async fn measure_baseline(
         &[],
         &dir,
         "pytest-suite",
-        true,
+        pytest::Measure::Report,
         &ctx.cancel,
     )
     .await;

@@ -17,7 +17,7 @@ use crate::git::{self, GitError};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, LlmClient, LlmError, Role};
 use crate::prompt::{self, Templates};
 use crate::proposal;
-use crate::pytest::{self, CaseOutcome, PytestError, TestCommand};
+use crate::pytest::{self, CaseOutcome, Measure, PytestError, TestCommand};
 use crate::state::{Outcome, RunState, StateError, StateStore, Step, Verdict, write_atomic};
 use crate::target;
 
@@ -457,16 +457,21 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     let proposal_file = dir.join("proposal.py");
     artifact(proposal_file.clone(), proposal.code.as_bytes())?;
     let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
-    if let Err(msg) = pytest::check_syntax(&python, &proposal_file, &dir).await {
-        finish(
-            ctx,
-            state,
-            idx,
-            Outcome::Rejected,
-            format!("invalid Python: {msg}"),
-        );
-        return Ok(());
-    }
+    let proposed = match pytest::tidy(&python, &proposal_file, &dir).await {
+        Ok((_, tests)) => tests,
+        Err(msg) => {
+            finish(
+                ctx,
+                state,
+                idx,
+                Outcome::Rejected,
+                format!("invalid Python: {msg}"),
+            );
+            return Ok(());
+        }
+    };
+    // Tidied (non-test `Test*` classes marked) by the step above.
+    let code = std::fs::read_to_string(&proposal_file).unwrap_or(proposal.code);
 
     let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
     let wt_path = ctx.worktree_path(&run_id, n);
@@ -503,7 +508,7 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     let written = abs
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&abs, &proposal.code));
+        .and_then(|()| std::fs::write(&abs, &code));
     if let Err(e) = written {
         finish(
             ctx,
@@ -523,6 +528,7 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     artifact(dir.join("diff.patch"), patch.as_bytes())?;
 
     let it = &mut state.iterations[idx];
+    it.proposed = proposed;
     it.test_file = Some(rel);
     it.iteration_commit = Some(oid.to_string());
     it.step = Step::Applied;
@@ -572,51 +578,41 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
             commit_oid,
         )?;
     }
-    let just_the_file = std::slice::from_ref(&test_file);
     let timeout = humantime::format_duration(ctx.test_cmd.timeout);
+    let mut verdict = Verdict::default();
+    verdict.funnel.proposed = state.iterations[idx].proposed;
 
-    let mut new = run_timed(
+    // One pytest process runs the new file 1 + `reruns` times (TestGen-LLM's filter against
+    // flaky tests), recording which lines of the package each test runs.
+    let reruns = state.settings.reruns as usize;
+    let mut args = Vec::new();
+    if reruns > 0 {
+        args.push("--keep-duplicates".to_string());
+    }
+    args.extend(std::iter::repeat_n(test_file.clone(), 1 + reruns));
+    let new = run_timed(
         ctx,
         state,
         idx,
         &wt_path,
-        just_the_file,
+        &args,
         "pytest-new",
-        false,
+        Measure::PerTest,
     )
     .await?;
-    let mut touched = side_effects(state, &wt_path)?;
-    // Good tests are not thrown away with bad ones: when some new tests pass and some fail,
-    // the failing ones are removed (by Python's own parser) and the rest are run again.
-    let mut pruned = Vec::new();
-    let failing = new.failing();
-    if touched.is_empty()
-        && !new.timed_out
-        && new.collection_error().is_none()
-        && !failing.is_empty()
-        && new.count(CaseOutcome::Passed) > 0
-        && drop_tests(ctx, state, idx, &wt_path, &test_file, &failing, "failing").await?
-    {
-        new = run_timed(
-            ctx,
-            state,
-            idx,
-            &wt_path,
-            just_the_file,
-            "pytest-new-pruned",
-            false,
-        )
-        .await?;
-        touched = side_effects(state, &wt_path)?;
-        pruned = failing;
+    let touched = side_effects(state, &wt_path)?;
+    let tally = Tally::of(&new.cases);
+    verdict.pytest_summary = new.summary.clone();
+    verdict.new_failed = tally.failing();
+    if !new.cases.is_empty() && new.collection_error().is_none() {
+        verdict.funnel.proposed = tally.ids.len() as u32;
+        verdict.funnel.collected = tally.ids.len() as u32;
     }
-    let mut verdict = Verdict {
-        pruned,
-        pytest_summary: new.summary.clone(),
-        new_failed: new.failing(),
-        ..Verdict::default()
-    };
-    let mut passed_new = new.ids_with(CaseOutcome::Passed);
+    let failing = tally.failing();
+    let flaky = tally.flaky();
+    let passing = tally.passing();
+    verdict.funnel.passing = verdict.funnel.collected - failing.len() as u32;
+    verdict.funnel.stable = passing.len() as u32;
     let reject_reason = if !touched.is_empty() {
         Some(format!(
             "side effects: the new tests changed {}",
@@ -624,7 +620,8 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         ))
     } else if new.timed_out {
         Some(format!(
-            "timed out: the new tests ran past --test-timeout ({timeout})"
+            "timed out: {} runs of the new tests ran past --test-timeout ({timeout})",
+            1 + reruns
         ))
     } else if new.cases.is_empty() {
         Some(match new.exit_code {
@@ -633,14 +630,16 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         })
     } else if let Some(case) = new.collection_error() {
         Some(format!("does not collect: {}", case.message))
-    } else if !verdict.new_failed.is_empty() {
+    } else if passing.is_empty() && !failing.is_empty() {
         Some(format!(
             "{} of {} new tests fail: {}",
-            verdict.new_failed.len(),
-            new.cases.len(),
-            names(&verdict.new_failed)
+            failing.len(),
+            tally.ids.len(),
+            names(&failing)
         ))
-    } else if passed_new.is_empty() {
+    } else if passing.is_empty() && !flaky.is_empty() {
+        Some(format!("flaky: {} fail on rerun", names(&flaky)))
+    } else if passing.is_empty() {
         Some("no new test ran (all skipped)".to_string())
     } else {
         None
@@ -651,49 +650,92 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         return Ok(());
     }
 
-    // Flakiness: the surviving tests run `reruns` more times in one pytest process; a test
-    // that fails even once is dropped as flaky (TestGen-LLM's filter).
-    let reruns = state.settings.reruns;
-    if reruns > 0 {
-        let mut args = vec!["--keep-duplicates".to_string()];
-        args.extend(std::iter::repeat_n(test_file.clone(), reruns as usize));
-        let rerun = run_timed(ctx, state, idx, &wt_path, &args, "pytest-reruns", false).await?;
-        let mut flaky = rerun.failing();
-        flaky.sort();
-        flaky.dedup();
-        let touched = side_effects(state, &wt_path)?;
-        let reason = if !touched.is_empty() {
-            Some(format!(
-                "side effects: the new tests changed {}",
-                first_three(touched.iter().map(String::as_str))
-            ))
-        } else if rerun.timed_out {
-            Some(format!(
-                "timed out: {reruns} reruns of the new tests ran past --test-timeout ({timeout})"
-            ))
-        } else if flaky.is_empty() {
-            None
-        } else if passed_new.iter().all(|id| flaky.contains(id))
-            || !drop_tests(ctx, state, idx, &wt_path, &test_file, &flaky, "flaky").await?
+    // Coverage gain: a passing test that runs nothing of the package the suite did not
+    // already run (nor an earlier new test) is redundant. The whole package, not only the
+    // target: a test that reaches a helper the target calls is worth keeping too. Measured from the run above, before the whole suite runs, so a
+    // proposal with no gain costs no suite run.
+    let mut redundant = Vec::new();
+    if state.settings.require_coverage_gain && ctx.test_cmd.coverage.is_some() {
+        let data_file = ctx
+            .store
+            .iteration_dir(&run_id, n)
+            .join("pytest-new.coverage");
+        let candidates = prune_names(&passing, &test_file);
+        let before = latest_coverage_json(ctx, state);
+        let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
+        let dir = ctx.store.iteration_dir(&run_id, n);
+        match pytest::coverage_gain(
+            &python,
+            &data_file,
+            &wt_path,
+            before.as_deref(),
+            &candidates,
+            &dir,
+        )
+        .await
         {
-            Some(format!("flaky: {} fail on rerun", names(&flaky)))
-        } else {
-            // Whole functions go, so every case of a parametrized flaky test goes.
-            passed_new.retain(|id| {
-                let base = id.split('[').next().unwrap_or(id);
-                !flaky
+            Ok(gain) => {
+                artifact(
+                    dir.join("coverage-gain.json"),
+                    &serde_json::to_vec_pretty(&gain.adds).unwrap_or_default(),
+                )?;
+                redundant = passing
                     .iter()
-                    .any(|f| f.split('[').next().unwrap_or(f) == base)
-            });
-            None
-        };
-        verdict.flaky = flaky;
-        if let Some(reason) = reason {
-            verdict.reason = Some(reason);
-            finish_verified(state, idx, verdict);
-            return Ok(());
+                    .filter(|id| {
+                        test_name(id, &test_file).is_some_and(|t| gain.redundant.contains(&t))
+                    })
+                    .cloned()
+                    .collect();
+            }
+            Err(e) => tracing::warn!("iteration {n}: coverage gain not measured: {e}"),
         }
     }
+    verdict.funnel.gain = (passing.len() - redundant.len()) as u32;
+    if redundant.len() == passing.len() {
+        verdict.reason = Some(format!(
+            "no gain: the {} passing new tests cover nothing the suite did not",
+            passing.len()
+        ));
+        verdict.redundant = redundant;
+        finish_verified(state, idx, verdict);
+        return Ok(());
+    }
+
+    // Good tests are not thrown away with bad ones: failing, flaky and redundant tests leave
+    // the file (by Python's own parser) in one amended commit, and the rest go on.
+    let doomed: Vec<String> = [&failing, &flaky, &redundant]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    if !doomed.is_empty() && !drop_tests(ctx, state, idx, &wt_path, &test_file, &doomed).await? {
+        verdict.reason = Some(if !failing.is_empty() {
+            format!(
+                "{} of {} new tests fail: {} (and they could not be removed alone)",
+                failing.len(),
+                tally.ids.len(),
+                names(&failing)
+            )
+        } else if !flaky.is_empty() {
+            format!("flaky: {} fail on rerun", names(&flaky))
+        } else {
+            format!(
+                "redundant tests could not be removed: {}",
+                names(&redundant)
+            )
+        });
+        finish_verified(state, idx, verdict);
+        return Ok(());
+    }
+    verdict.pruned = failing;
+    verdict.flaky = flaky;
+    // Whole functions go, so every case of a dropped parametrized test goes.
+    let dropped_fns: Vec<String> = prune_names(&doomed, &test_file);
+    verdict.new_tests = passing
+        .into_iter()
+        .filter(|id| test_name(id, &test_file).is_none_or(|t| !dropped_fns.contains(&t)))
+        .collect();
+    verdict.redundant = redundant;
 
     // The worktree started from the tip of that moment, which with `--jobs` may be behind the
     // tip now: compare with what passed there.
@@ -710,7 +752,6 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         .map(|p| p.to_string())
         .ok();
     let passing_before = state.passing_at(parent.as_deref());
-    verdict.new_tests = passed_new;
     run_suite(
         ctx,
         state,
@@ -721,8 +762,67 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         &mut verdict,
     )
     .await?;
+    verdict.funnel.clean = if verdict.keep {
+        verdict.new_tests.len() as u32
+    } else {
+        0
+    };
     finish_verified(state, idx, verdict);
     Ok(())
+}
+
+/// Each test id's outcomes over the runs of the new file, in the order pytest first ran them.
+struct Tally {
+    ids: Vec<String>,
+    passed: std::collections::HashMap<String, u32>,
+    failed: std::collections::HashMap<String, u32>,
+}
+
+impl Tally {
+    fn of(cases: &[pytest::TestCase]) -> Tally {
+        let mut tally = Tally {
+            ids: Vec::new(),
+            passed: Default::default(),
+            failed: Default::default(),
+        };
+        for case in cases {
+            if !tally.ids.contains(&case.id) {
+                tally.ids.push(case.id.clone());
+            }
+            match case.outcome {
+                CaseOutcome::Passed => *tally.passed.entry(case.id.clone()).or_default() += 1,
+                CaseOutcome::Failed | CaseOutcome::Error => {
+                    *tally.failed.entry(case.id.clone()).or_default() += 1
+                }
+                _ => {}
+            }
+        }
+        tally
+    }
+    fn select(&self, keep: impl Fn(u32, u32) -> bool) -> Vec<String> {
+        self.ids
+            .iter()
+            .filter(|id| {
+                keep(
+                    self.passed.get(*id).copied().unwrap_or(0),
+                    self.failed.get(*id).copied().unwrap_or(0),
+                )
+            })
+            .cloned()
+            .collect()
+    }
+    /// Never passed.
+    fn failing(&self) -> Vec<String> {
+        self.select(|p, f| p == 0 && f > 0)
+    }
+    /// Passed and failed.
+    fn flaky(&self) -> Vec<String> {
+        self.select(|p, f| p > 0 && f > 0)
+    }
+    /// Passed every time.
+    fn passing(&self) -> Vec<String> {
+        self.select(|p, f| p > 0 && f == 0)
+    }
 }
 
 /// Runs the whole suite (with coverage) in the worktree and judges it: nothing that passed in
@@ -737,7 +837,7 @@ async fn run_suite(
     passing_before: &[String],
     verdict: &mut Verdict,
 ) -> Result<(), StepError> {
-    let suite = run_timed(ctx, state, idx, wt_path, &[], label, true).await?;
+    let suite = run_timed(ctx, state, idx, wt_path, &[], label, Measure::Report).await?;
     let suite_passed = suite.ids_with(CaseOutcome::Passed);
     verdict.pytest_summary = suite.summary.clone();
     verdict.suite_tests = suite.cases.len() as u32;
@@ -784,27 +884,29 @@ async fn run_suite(
     Ok(())
 }
 
-/// pytest ids of failing tests in `test_file` as the pruning script names them: `test_a`
-/// for a function (parameters dropped: a parametrized test goes whole), `TestK::test_b` for a
-/// method.
-fn prune_names(ids: &[String], test_file: &str) -> Vec<String> {
+/// A test id as the pruning script names it: `test_a` for a function (parameters dropped: a
+/// parametrized test goes whole), `TestK::test_b` for a method. None for an id of another file.
+fn test_name(id: &str, test_file: &str) -> Option<String> {
     let module = test_file
         .strip_suffix(".py")
         .unwrap_or(test_file)
         .replace('/', ".");
+    let (class_path, name) = id.rsplit_once("::")?;
+    let name = name.split('[').next().unwrap_or(name);
+    if class_path == module {
+        Some(name.to_string())
+    } else {
+        class_path
+            .strip_prefix(&format!("{module}."))
+            .map(|class| format!("{class}::{name}"))
+    }
+}
+
+/// [`test_name`] of each id, sorted and without repeats.
+fn prune_names(ids: &[String], test_file: &str) -> Vec<String> {
     let mut names: Vec<String> = ids
         .iter()
-        .filter_map(|id| {
-            let (class_path, name) = id.rsplit_once("::")?;
-            let name = name.split('[').next().unwrap_or(name);
-            if class_path == module {
-                Some(name.to_string())
-            } else {
-                class_path
-                    .strip_prefix(&format!("{module}."))
-                    .map(|class| format!("{class}::{name}"))
-            }
-        })
+        .filter_map(|id| test_name(id, test_file))
         .collect();
     names.sort();
     names.dedup();
@@ -834,7 +936,7 @@ async fn run_timed(
     worktree: &std::path::Path,
     args: &[String],
     label: &str,
-    with_coverage: bool,
+    measure: Measure,
 ) -> Result<pytest::PytestRun, StepError> {
     let dir = ctx
         .store
@@ -846,7 +948,7 @@ async fn run_timed(
         args,
         &dir,
         label,
-        with_coverage,
+        measure,
         &ctx.cancel,
     )
     .await;
@@ -863,7 +965,6 @@ async fn drop_tests(
     worktree: &std::path::Path,
     test_file: &str,
     ids: &[String],
-    why: &str,
 ) -> Result<bool, StepError> {
     let n = state.iterations[idx].n;
     let dir = ctx.store.iteration_dir(&state.run_id, n);
@@ -873,14 +974,14 @@ async fn drop_tests(
         Ok(removed) if removed > 0 => {}
         Ok(_) => return Ok(false),
         Err(e) => {
-            tracing::info!("{why} tests could not be dropped: {e}");
+            tracing::info!("tests could not be dropped: {e}");
             return Ok(false);
         }
     }
     let oid = git::amend_head(
         worktree,
         &[test_file.to_string()],
-        &format!("improve: proposal of iteration {n}, {why} tests dropped"),
+        &format!("improve: proposal of iteration {n}, some tests dropped"),
     )?;
     crash_point("pruned", n);
     state.iterations[idx].iteration_commit = Some(oid.to_string());

@@ -41,6 +41,31 @@ pub struct TestCommand {
     pub sandbox: bool,
     /// Variables the user lets through to the tests beyond the allow-list (`--pass-env`).
     pub pass_env: Vec<String>,
+    /// Where `improve_plugin.py` was written (see [`install_plugin`]); None runs pytest bare.
+    pub plugin_dir: Option<PathBuf>,
+}
+
+/// What a pytest run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Nothing beyond pass and fail.
+    Outcomes,
+    /// Coverage with each test's lines labelled by its node id, kept as a data file
+    /// (`<label>.coverage`) for [`coverage_gain`]; no report.
+    PerTest,
+    /// Coverage of the whole run, summed up in a report (`<label>.coverage.json`).
+    Report,
+}
+
+/// Writes the pytest plugin shipped in the binary into `dir`, for `-p improve_plugin`.
+pub fn install_plugin(dir: &Path) -> std::io::Result<PathBuf> {
+    let dir = dir.join("plugin");
+    std::fs::create_dir_all(&dir)?;
+    crate::state::write_atomic(
+        &dir.join("improve_plugin.py"),
+        include_str!("../python/improve_plugin.py").as_bytes(),
+    )?;
+    Ok(dir)
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +229,7 @@ pub async fn run(
     args: &[String],
     artifacts: &Path,
     label: &str,
-    with_coverage: bool,
+    measure: Measure,
     cancel: &CancellationToken,
 ) -> Result<PytestRun, PytestError> {
     std::fs::create_dir_all(artifacts).map_err(|source| PytestError::Output {
@@ -216,9 +241,12 @@ pub async fn run(
     let _ = std::fs::remove_file(&junit_path);
     let cov_data = artifacts.join(format!("{label}.coverage"));
     let cov_json = artifacts.join(format!("{label}.coverage.json"));
+    let _ = std::fs::remove_file(&cov_json);
 
-    let coverage = match (with_coverage, &cmd.coverage, cmd.python()) {
-        (true, Some(spec), Some(python)) => Some((spec, python.to_string())),
+    let coverage = match (measure, &cmd.coverage, cmd.python()) {
+        (Measure::PerTest | Measure::Report, Some(spec), Some(python)) => {
+            Some((spec, python.to_string()))
+        }
         _ => None,
     };
     let mut words: Vec<String> = match &coverage {
@@ -249,26 +277,39 @@ pub async fn run(
         "-q".into(),
         "-rfE".into(),
     ]);
+    if cmd.plugin_dir.is_some() {
+        words.extend(["-p".into(), "improve_plugin".into()]);
+    }
     words.extend(args.iter().cloned());
 
     if cmd.sandbox {
-        words = sandboxed(&words, cwd, artifacts);
+        words = sandboxed(&words, cwd, artifacts, cmd.plugin_dir.as_deref());
     }
-    let import_root = cwd.join(&cmd.import_root);
-    let pythonpath = match std::env::var_os("PYTHONPATH") {
-        Some(existing) if !existing.is_empty() => {
-            let mut p = import_root.into_os_string();
-            p.push(":");
-            p.push(existing);
-            p
-        }
-        _ => import_root.into_os_string(),
-    };
+    let mut pythonpath = cwd.join(&cmd.import_root).into_os_string();
+    // The plugin goes last: a project module of the same name would win, not ours.
+    for extra in [
+        std::env::var_os("PYTHONPATH"),
+        cmd.plugin_dir.clone().map(Into::into),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|p| !p.is_empty())
+    {
+        pythonpath.push(":");
+        pythonpath.push(extra);
+    }
     let mut env: Vec<_> = test_environment(&cmd.pass_env)
         .into_iter()
         .filter(|(k, _)| k != "PYTHONPATH")
         .collect();
     env.push((std::ffi::OsString::from("PYTHONPATH"), pythonpath));
+    if coverage.is_some() && cmd.plugin_dir.is_some() {
+        match measure {
+            Measure::PerTest => env.push(("IMPROVE_COVERAGE_CONTEXTS".into(), "1".into())),
+            Measure::Report => env.push(("IMPROVE_COVERAGE_JSON".into(), cov_json.clone().into())),
+            Measure::Outcomes => {}
+        }
+    }
     let started = Instant::now();
     let (exit_code, timed_out) =
         spawn_and_wait(&words, cwd, &output_path, cmd.timeout, cancel, &env).await?;
@@ -289,7 +330,13 @@ pub async fn run(
     };
 
     let coverage = match coverage {
-        Some((_, python)) if !timed_out && cov_data.exists() => {
+        // The plugin wrote the report in-process: no second Python process for it.
+        Some(_) if measure == Measure::Report && cov_json.is_file() => {
+            std::fs::read_to_string(&cov_json)
+                .ok()
+                .and_then(|j| parse_coverage_json(&j))
+        }
+        Some((_, python)) if measure == Measure::Report && !timed_out && cov_data.exists() => {
             let words = vec![
                 python,
                 "-m".into(),
@@ -332,7 +379,12 @@ pub async fn run(
 /// `words` under bubblewrap: the whole file system read-only, the worktree and the artifacts
 /// folder writable, a private /tmp, no network (a new network namespace has only its own
 /// loopback), its own pid namespace, and death with us.
-pub fn sandboxed(words: &[String], worktree: &Path, artifacts: &Path) -> Vec<String> {
+pub fn sandboxed(
+    words: &[String],
+    worktree: &Path,
+    artifacts: &Path,
+    plugin: Option<&Path>,
+) -> Vec<String> {
     let mut w: Vec<String> = [
         "bwrap",
         "--ro-bind",
@@ -360,6 +412,11 @@ pub fn sandboxed(words: &[String], worktree: &Path, artifacts: &Path) -> Vec<Str
         let p = prefix.display().to_string();
         w.extend(["--ro-bind".into(), p.clone(), p]);
     }
+    // Our plugin may live under the real /tmp too (a state dir in a temp repo).
+    if let Some(dir) = plugin.filter(|d| d.starts_with("/tmp")) {
+        let p = dir.display().to_string();
+        w.extend(["--ro-bind".into(), p.clone(), p]);
+    }
     for rw in [worktree, artifacts] {
         let p = rw.display().to_string();
         w.extend(["--bind".into(), p.clone(), p]);
@@ -383,7 +440,7 @@ pub fn sandboxed(words: &[String], worktree: &Path, artifacts: &Path) -> Vec<Str
 /// Checks that bubblewrap runs here and can create the namespaces the sandbox needs.
 pub async fn sandbox_preflight(scratch: &Path) -> Result<(), String> {
     let cancel = CancellationToken::new();
-    let words: Vec<String> = sandboxed(&["true".to_string()], scratch, scratch);
+    let words: Vec<String> = sandboxed(&["true".to_string()], scratch, scratch, None);
     let out = scratch.join("preflight-sandbox.txt");
     let result = spawn_and_wait(
         &words,
@@ -715,14 +772,67 @@ pub async fn prune(
     }
 }
 
-/// Whether a file is valid Python, asked of the test command's own interpreter (its grammar is
-/// the one that matters). `Err` carries the syntax error as Python reports it.
-pub async fn check_syntax(python: &str, file: &Path, scratch: &Path) -> Result<(), String> {
-    let script = "import ast,sys\nsrc=open(sys.argv[1],encoding='utf-8').read()\ntry:\n    ast.parse(src)\nexcept SyntaxError as e:\n    print(f'line {e.lineno}: {e.msg}')\n    sys.exit(3)\n";
-    let words = [python, "-c", script, &file.display().to_string()].map(String::from);
-    match run_helper(&words, scratch, &scratch.join("syntax-check.txt")).await? {
-        (Some(0), _) => Ok(()),
+/// Checks a proposed test file with the test command's own interpreter (its grammar is the one
+/// that matters) and marks `Test*` classes that are not tests with `__test__ = False`, in one
+/// process. `Ok` carries how many classes were marked and how many test functions the file
+/// defines; `Err` the syntax error as Python says it.
+pub async fn tidy(python: &str, file: &Path, scratch: &Path) -> Result<(u32, u32), String> {
+    let words = [
+        python,
+        "-c",
+        include_str!("../python/tidy.py"),
+        &file.display().to_string(),
+    ]
+    .map(String::from);
+    match run_helper(&words, scratch, &scratch.join("tidy.txt")).await? {
+        (Some(0), last) => {
+            let mut counts = last
+                .split_whitespace()
+                .map(|w| w.parse::<u32>().unwrap_or(0));
+            Ok((counts.next().unwrap_or(0), counts.next().unwrap_or(0)))
+        }
         (_, last) if last.is_empty() => Err("unparseable".into()),
+        (_, last) => Err(last),
+    }
+}
+
+/// What each candidate test adds to the package's coverage (see `python/gain.py`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Gain {
+    /// Per test (as `prune` names it), per module: the lines and branches it alone reaches.
+    pub adds: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Added>>,
+    /// Tests that reach nothing the suite at the tip and earlier candidates did not.
+    pub redundant: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct Added {
+    pub lines: Vec<u32>,
+    pub branches: Vec<(i64, i64)>,
+}
+
+/// Reads a [`Measure::PerTest`] data file and says what each of `names` adds beyond `before`
+/// (the coverage report at the run branch's tip).
+pub async fn coverage_gain(
+    python: &str,
+    data_file: &Path,
+    worktree: &Path,
+    before: Option<&Path>,
+    names: &[String],
+    scratch: &Path,
+) -> Result<Gain, String> {
+    let names_json = serde_json::to_string(names).map_err(|e| e.to_string())?;
+    let words = [
+        python.to_string(),
+        "-c".into(),
+        include_str!("../python/gain.py").into(),
+        data_file.display().to_string(),
+        worktree.display().to_string(),
+        before.map(|p| p.display().to_string()).unwrap_or_default(),
+        names_json,
+    ];
+    match run_helper(&words, scratch, &scratch.join("gain.txt")).await? {
+        (Some(0), last) => serde_json::from_str(&last).map_err(|e| format!("{e}: {last}")),
         (_, last) => Err(last),
     }
 }

@@ -125,6 +125,43 @@ pub struct Seconds {
     pub total: f64,
 }
 
+/// How many of a proposal's tests survived each stage of verification, in the order the stages
+/// run. Counts are pytest's test cases (a parametrized test counts once per case).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Funnel {
+    /// Tests in the answer: pytest's count when the file collects, else the parser's count of
+    /// test functions.
+    pub proposed: u32,
+    /// Collected by pytest.
+    pub collected: u32,
+    /// Passing on the first run (after repair rounds, when there were any).
+    pub passing: u32,
+    /// Passing on every rerun too.
+    pub stable: u32,
+    /// Adding line or branch coverage to the target (all of `stable` when the check is off).
+    pub gain: u32,
+    /// Not turning any other test red in the whole suite.
+    pub clean: u32,
+    /// In the kept commit (0 when the iteration was not kept).
+    pub kept: u32,
+}
+
+impl Funnel {
+    /// `proposed 9 -> collected 9 -> passing 8 -> ...`, for `show` and logs.
+    pub fn line(&self) -> String {
+        format!(
+            "proposed {} -> collected {} -> passing {} -> stable {} -> coverage gain {} -> no pollution {} -> kept {}",
+            self.proposed,
+            self.collected,
+            self.passing,
+            self.stable,
+            self.gain,
+            self.clean,
+            self.kept
+        )
+    }
+}
+
 /// What verification found; kept in the state so that a resume after Verify does not rerun pytest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
@@ -139,6 +176,14 @@ pub struct Verdict {
     /// Tests that failed on a rerun and were dropped as flaky.
     #[serde(default)]
     pub flaky: Vec<String>,
+    /// Passing tests dropped because they add no coverage to the target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redundant: Vec<String>,
+    /// New tests that turned other tests red in the whole suite, found by bisection and dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub polluters: Vec<String>,
+    #[serde(default)]
+    pub funnel: Funnel,
     /// Previously passing tests that fail with the proposal in the suite.
     pub regressions: Vec<String>,
     /// Tests collected in the whole suite with the proposal, and how many passed.
@@ -181,6 +226,10 @@ pub struct Iteration {
     pub files: Vec<String>,
     pub tests_added: u32,
     pub tests_fixed: u32,
+    /// Test functions in the proposal, by the parser's count (the funnel's start when pytest
+    /// cannot collect the file).
+    #[serde(default)]
+    pub proposed: u32,
     pub verdict: Option<Verdict>,
     pub seconds: Seconds,
     /// The order in which kept iterations landed on the run branch: with `--jobs` above 1 it
@@ -211,6 +260,7 @@ impl Iteration {
             files: Vec::new(),
             tests_added: 0,
             tests_fixed: 0,
+            proposed: 0,
             verdict: None,
             seconds: Seconds::default(),
             keep_seq: None,
@@ -566,6 +616,8 @@ mod tests {
                 max_tokens: None,
                 sandbox: false,
                 reruns: 5,
+                require_coverage_gain: true,
+                max_repairs: 2,
                 pass_env: Vec::new(),
             },
             baseline: None,

@@ -40,7 +40,12 @@ async fn two_jobs_overlap_never_share_a_target_and_keep_one_commit_each() {
         .collect();
     // A slow model, so that two iterations are surely waiting on it at once.
     let llm = StandIn::with_latency(Wire::OpenAi, answers, Duration::from_millis(1500)).await;
-    run_ok(fx.root(), &llm, &["-n", "4", "--jobs", "2"]).await;
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "4", "--require-coverage-gain=false", "--jobs", "2"],
+    )
+    .await;
 
     let state = state(&fx);
     let line = timeline(&state);
@@ -118,7 +123,12 @@ async fn a_proposal_that_clashes_with_one_kept_meanwhile_is_rejected_after_repla
         Duration::from_millis(500),
     )
     .await;
-    run_ok(fx.root(), &llm, &["-n", "2", "--jobs", "2"]).await;
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "2", "--require-coverage-gain=false", "--jobs", "2"],
+    )
+    .await;
 
     let log = improve_json(fx.root(), &["log", "--json"]);
     let rows = log.as_array().unwrap();
@@ -141,7 +151,7 @@ async fn a_run_killed_with_two_iterations_in_flight_resumes_both() {
     let llm = StandIn::with_latency(Wire::OpenAi, answers, Duration::from_millis(300)).await;
     // Killed right after iteration 2 saved its answer; iteration 1 is then mid-way too.
     let mut cmd = improve(fx.root());
-    cmd.args(["-n", "3", "--jobs", "2"])
+    cmd.args(["-n", "3", "--require-coverage-gain=false", "--jobs", "2"])
         .env("IMPROVE_TEST_ABORT_AT", "asked:2");
     llm.args(&mut cmd);
     let out = output(cmd).await;

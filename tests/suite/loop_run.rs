@@ -191,7 +191,7 @@ async fn the_api_key_is_sent_but_never_stored_nor_shown_to_tests() {
     .await;
     let recording = fx.state_dir().join("recording.json");
     let mut cmd = improve(fx.root());
-    cmd.args(["-n", "2", "--record"])
+    cmd.args(["-n", "2", "--require-coverage-gain=false", "--record"])
         .arg(&recording)
         .env("OPENAI_API_KEY", key);
     llm.args(&mut cmd);
@@ -627,10 +627,16 @@ async fn tests_see_an_allow_listed_environment_plus_what_the_user_passes() {
     let probe = "import os\n\n\ndef test_environment():\n    assert 'PATH' in os.environ\n    assert os.environ.get('APP_DATABASE_URL') == 'sqlite://'\n    assert 'APP_UNLISTED' not in os.environ\n    assert 'OPENAI_API_KEY' not in os.environ\n";
     let llm = StandIn::start(Wire::OpenAi, vec![code_answer(probe), code_answer(probe)]).await;
     let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1", "--pass-env", "APP_DATABASE_URL,OPENAI_API_KEY"])
-        .env("APP_DATABASE_URL", "sqlite://")
-        .env("APP_UNLISTED", "x")
-        .env("OPENAI_API_KEY", "sk-test-never");
+    cmd.args([
+        "-n",
+        "1",
+        "--require-coverage-gain=false",
+        "--pass-env",
+        "APP_DATABASE_URL,OPENAI_API_KEY",
+    ])
+    .env("APP_DATABASE_URL", "sqlite://")
+    .env("APP_UNLISTED", "x")
+    .env("OPENAI_API_KEY", "sk-test-never");
     llm.args(&mut cmd);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -640,7 +646,8 @@ async fn tests_see_an_allow_listed_environment_plus_what_the_user_passes() {
     // Without --pass-env the variable stays out, and the same probe fails.
     let fx2 = Fixture::new();
     let mut cmd = improve(fx2.root());
-    cmd.args(["-n", "1"]).env("APP_DATABASE_URL", "sqlite://");
+    cmd.args(["-n", "1", "--require-coverage-gain=false"])
+        .env("APP_DATABASE_URL", "sqlite://");
     llm.args(&mut cmd);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -652,7 +659,12 @@ async fn tests_see_an_allow_listed_environment_plus_what_the_user_passes() {
 async fn failing_tests_are_dropped_and_the_passing_ones_kept() {
     let fx = Fixture::new();
     let llm = StandIn::start(Wire::OpenAi, vec![code_answer(PARTLY_FAILING)]).await;
-    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "1", "--require-coverage-gain=false"],
+    )
+    .await;
     let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
     assert_eq!(log[0]["tests_added"], 2, "{log:#}");
@@ -689,7 +701,12 @@ async fn flaky_tests_are_dropped_on_rerun() {
         vec![code_answer(WITH_FLAKY), code_answer(ONLY_FLAKY)],
     )
     .await;
-    run_ok(fx.root(), &llm, &["-n", "2"]).await;
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "2", "--require-coverage-gain=false"],
+    )
+    .await;
     let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
     assert_eq!(log[0]["tests_added"], 1, "{log:#}");
@@ -717,7 +734,7 @@ async fn flaky_tests_are_dropped_on_rerun() {
     let fx2 = Fixture::new();
     let llm2 = StandIn::start(Wire::OpenAi, vec![code_answer(WITH_FLAKY)]).await;
     let mut cmd = improve(fx2.root());
-    cmd.args(["-n", "1", "--reruns", "0"]);
+    cmd.args(["-n", "1", "--require-coverage-gain=false", "--reruns", "0"]);
     llm2.args(&mut cmd);
     assert_eq!(output(cmd).await.status.code(), Some(0));
     let log = improve_json(fx2.root(), &["log", "--json"]);

@@ -108,7 +108,13 @@ async fn random_kills(jobs: u32, seed: u64, rounds: u32) {
         let mut finished = false;
         for _ in 0..6 {
             let mut cmd = improve(fx.root());
-            cmd.args(["-n", "3", "--jobs", &jobs_arg]);
+            cmd.args([
+                "-n",
+                "3",
+                "--require-coverage-gain=false",
+                "--jobs",
+                &jobs_arg,
+            ]);
             llm.args(&mut cmd);
             let mut child = cmd
                 .stdout(std::process::Stdio::null())
