@@ -288,9 +288,9 @@ fn latest_coverage_json(ctx: &RunContext, state: &RunState) -> Option<PathBuf> {
         .rev()
         .filter(|i| i.verdict.as_ref().is_some_and(|v| v.coverage.is_some()))
         .map(|i| {
-            let label = match i.verdict.as_ref().and_then(|v| v.replayed_onto.as_ref()) {
-                Some(_) => "pytest-suite-replayed",
-                None => "pytest-suite",
+            let label = match i.verdict.as_ref().map(|v| v.suite_label.as_str()) {
+                Some(l) if !l.is_empty() => l,
+                _ => "pytest-suite",
             };
             ctx.store
                 .iteration_dir(&state.run_id, i.n)
@@ -762,6 +762,16 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         &mut verdict,
     )
     .await?;
+    remove_polluters(
+        ctx,
+        state,
+        idx,
+        &wt_path,
+        &test_file,
+        &passing_before,
+        &mut verdict,
+    )
+    .await?;
     verdict.funnel.clean = if verdict.keep {
         verdict.new_tests.len() as u32
     } else {
@@ -769,6 +779,150 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     };
     finish_verified(state, idx, verdict);
     Ok(())
+}
+
+/// Pollution: when the whole suite turns tests red that passed before, or new tests fail only
+/// beside the others, the new tests to blame are found and dropped, and the suite runs again
+/// (up to three rounds). New tests failing in the suite are dropped themselves; a previously
+/// passing test gone red is pinned on a new test by bisection: the victims run with half of
+/// the new tests at a time, in suite order, until one test alone reproduces the failure.
+async fn remove_polluters(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    wt_path: &Path,
+    test_file: &str,
+    passing_before: &[String],
+    verdict: &mut Verdict,
+) -> Result<(), StepError> {
+    for round in 1..=3 {
+        let polluted = verdict
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("breaks ") || r.contains("fail in the whole suite"));
+        if verdict.keep || !polluted {
+            return Ok(());
+        }
+        let new_names = prune_names(&verdict.new_tests, test_file);
+        // New tests that failed in the suite: its verdict listed them as not passing there.
+        let mut culprits: Vec<String> = verdict
+            .new_tests
+            .iter()
+            .filter(|id| verdict.failed_in_suite.contains(id))
+            .filter_map(|id| test_name(id, test_file))
+            .collect();
+        if culprits.is_empty() && !verdict.regressions.is_empty() {
+            let victims: Vec<String> = verdict
+                .regressions
+                .iter()
+                .filter_map(|id| node_id(wt_path, id))
+                .collect();
+            if victims.is_empty() {
+                return Ok(());
+            }
+            let mut pool = new_names.clone();
+            let mut probes = 0;
+            while pool.len() > 1 {
+                let (a, b) = pool.split_at(pool.len() / 2);
+                let (a, b) = (a.to_vec(), b.to_vec());
+                probes += 1;
+                if reproduces(ctx, state, idx, wt_path, test_file, &victims, &a, probes).await? {
+                    pool = a;
+                    continue;
+                }
+                probes += 1;
+                if reproduces(ctx, state, idx, wt_path, test_file, &victims, &b, probes).await? {
+                    pool = b;
+                    continue;
+                }
+                // Only together do they pollute: no single test to blame.
+                return Ok(());
+            }
+            probes += 1;
+            if pool.len() == 1
+                && reproduces(ctx, state, idx, wt_path, test_file, &victims, &pool, probes).await?
+            {
+                culprits = pool;
+            }
+        }
+        culprits.sort();
+        culprits.dedup();
+        if culprits.is_empty() || culprits.len() == new_names.len() {
+            return Ok(());
+        }
+        let ids: Vec<String> = verdict
+            .new_tests
+            .iter()
+            .filter(|id| test_name(id, test_file).is_some_and(|t| culprits.contains(&t)))
+            .cloned()
+            .collect();
+        if !drop_tests(ctx, state, idx, wt_path, test_file, &ids).await? {
+            return Ok(());
+        }
+        verdict.polluters.extend(ids);
+        verdict
+            .new_tests
+            .retain(|id| test_name(id, test_file).is_none_or(|t| !culprits.contains(&t)));
+        let label = format!("pytest-suite-{}", round + 1);
+        run_suite(ctx, state, idx, wt_path, &label, passing_before, verdict).await?;
+    }
+    Ok(())
+}
+
+/// Whether running `victims` beside the new tests `subset` (files in path order, as the whole
+/// suite runs them) turns a victim red.
+#[allow(clippy::too_many_arguments)]
+async fn reproduces(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    wt_path: &Path,
+    test_file: &str,
+    victims: &[String],
+    subset: &[String],
+    probe: u32,
+) -> Result<bool, StepError> {
+    let mut args: Vec<String> = victims
+        .iter()
+        .cloned()
+        .chain(subset.iter().map(|t| format!("{test_file}::{t}")))
+        .collect();
+    // Stable: keeps the order within a file.
+    args.sort_by(|a, b| a.split("::").next().cmp(&b.split("::").next()));
+    let run = run_timed(
+        ctx,
+        state,
+        idx,
+        wt_path,
+        &args,
+        &format!("pytest-bisect-{probe}"),
+        Measure::Outcomes,
+    )
+    .await?;
+    let failed = run.failing();
+    Ok(victims.iter().any(|v| {
+        failed
+            .iter()
+            .any(|f| node_id(wt_path, f).as_deref() == Some(v.as_str()))
+    }))
+}
+
+/// pytest's node id (`tests/test_x.py::TestK::test_b[1]`) of a JUnit id
+/// (`tests.test_x.TestK::test_b[1]`): the longest dotted prefix that names a file in the
+/// worktree is the module, the rest the classes.
+fn node_id(worktree: &Path, id: &str) -> Option<String> {
+    let (class_path, name) = id.rsplit_once("::")?;
+    let parts: Vec<&str> = class_path.split('.').collect();
+    (1..=parts.len()).rev().find_map(|k| {
+        let file = format!("{}.py", parts[..k].join("/"));
+        worktree.join(&file).is_file().then(|| {
+            std::iter::once(file)
+                .chain(parts[k..].iter().map(|c| c.to_string()))
+                .chain(std::iter::once(name.to_string()))
+                .collect::<Vec<_>>()
+                .join("::")
+        })
+    })
 }
 
 /// Each test id's outcomes over the runs of the new file, in the order pytest first ran them.
@@ -838,6 +992,7 @@ async fn run_suite(
     verdict: &mut Verdict,
 ) -> Result<(), StepError> {
     let suite = run_timed(ctx, state, idx, wt_path, &[], label, Measure::Report).await?;
+    verdict.suite_label = label.to_string();
     let suite_passed = suite.ids_with(CaseOutcome::Passed);
     verdict.pytest_summary = suite.summary.clone();
     verdict.suite_tests = suite.cases.len() as u32;
@@ -854,6 +1009,7 @@ async fn run_suite(
         .filter(|id| !suite_passed.contains(id))
         .cloned()
         .collect();
+    verdict.failed_in_suite = new_failing_in_suite.clone();
     let touched = side_effects(state, wt_path)?;
     verdict.reason = if !touched.is_empty() {
         Some(format!(
@@ -1115,13 +1271,16 @@ async fn keep_or_reject(
         finish(ctx, state, idx, Outcome::Rejected, reason);
         return Ok(());
     }
+    verdict.coverage_before = state.coverage_now().map(|c| c.percent);
+    verdict.funnel.kept = verdict.new_tests.len() as u32;
+    state.iterations[idx].verdict = Some(verdict.clone());
     let base = git::oid(&state.base_commit, "the base commit")?;
     let kept = match git::find_kept_commit(&ctx.repo, &state.run_branch, &run_id, n, base)? {
         // The ref was moved before a crash cut the state save short: it is already kept.
         Some(oid) => oid,
         None => {
             let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
-            let mut iteration_commit = it
+            let mut iteration_commit = state.iterations[idx]
                 .iteration_commit
                 .as_deref()
                 .and_then(|c| Oid::from_str(c).ok())
@@ -1141,6 +1300,8 @@ async fn keep_or_reject(
                     Some(replayed) => iteration_commit = replayed,
                     None => {
                         let reason = verdict.reason.clone().unwrap_or_default();
+                        verdict.funnel.kept = 0;
+                        verdict.funnel.clean = 0;
                         state.iterations[idx].verdict = Some(verdict);
                         finish(ctx, state, idx, Outcome::Rejected, reason);
                         return Ok(());

@@ -182,6 +182,19 @@ pub struct Verdict {
     /// New tests that turned other tests red in the whole suite, found by bisection and dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub polluters: Vec<String>,
+    /// Overall coverage at the tip this iteration was kept on (percent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage_before: Option<f64>,
+    /// Rounds in which failing tests went back to the LLM.
+    #[serde(default)]
+    pub repairs: u32,
+    /// Tests that kept failing on an assertion about the source after repair: possible bugs
+    /// for a human to look at. Never kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+    /// New tests that passed alone but failed in the whole suite's last run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_in_suite: Vec<String>,
     #[serde(default)]
     pub funnel: Funnel,
     /// Previously passing tests that fail with the proposal in the suite.
@@ -198,6 +211,21 @@ pub struct Verdict {
     /// replayed onto the new tip (and the suite run again there) before keeping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed_onto: Option<String>,
+    /// The artifact label of the suite run the figures above come from (`pytest-suite` when
+    /// empty): its coverage report is what the next prompt's missing lines are read from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub suite_label: String,
+}
+
+/// A test the LLM stood by while it failed on an assertion about the source's behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// The test's id as pytest's JUnit report names it.
+    pub test: String,
+    /// The failure pytest reported (its first line).
+    pub message: String,
+    /// The test's source, as last proposed.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -193,6 +193,20 @@ pub fn log_json(it: &Iteration) -> Value {
         },
         "test_file": it.test_file,
         "pytest_summary": it.verdict.as_ref().map(|v| v.pytest_summary.clone()),
+        "funnel": it.verdict.as_ref().map(|v| v.funnel),
+        "dropped": it.verdict.as_ref().map(|v| json!({
+            "failing": v.pruned,
+            "flaky": v.flaky,
+            "redundant": v.redundant,
+            "polluting": v.polluters,
+        })),
+        "polluters": it.verdict.as_ref().map(|v| v.polluters.clone()).unwrap_or_default(),
+        "coverage": it.verdict.as_ref().filter(|_| it.commit.is_some()).map(|v| json!({
+            "before": v.coverage_before,
+            "after": v.coverage.as_ref().map(|c| c.percent),
+        })),
+        "repairs": it.verdict.as_ref().map(|v| v.repairs).unwrap_or(0),
+        "findings": it.verdict.as_ref().map(|v| v.findings.clone()).unwrap_or_default(),
     })
 }
 
@@ -276,16 +290,39 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
         if !v.regressions.is_empty() {
             let _ = writeln!(out, "broke:    {}", v.regressions.join(", "));
         }
+        let _ = writeln!(out, "funnel:   {}", v.funnel.line());
+        for (what, ids) in [
+            ("failing", &v.pruned),
+            ("flaky", &v.flaky),
+            ("redundant", &v.redundant),
+            ("polluting", &v.polluters),
+        ] {
+            if !ids.is_empty() {
+                let _ = writeln!(out, "dropped:  {what}: {}", ids.join(", "));
+            }
+        }
+        if v.repairs > 0 {
+            let _ = writeln!(out, "repairs:  {} round(s) with the LLM", v.repairs);
+        }
+        for f in &v.findings {
+            let _ = writeln!(out, "possible bug: {} -- {}", f.test, f.message);
+        }
+        if it.commit.is_some()
+            && let (Some(b), Some(a)) = (v.coverage_before, v.coverage.as_ref())
+        {
+            let _ = writeln!(out, "coverage: {b:.1}% -> {:.1}%", a.percent);
+        }
     }
     if let Some(c) = &it.commit {
         let _ = writeln!(out, "commit:   {c}");
     }
     let _ = writeln!(
         out,
-        "time:     {:.1}s total, {:.1}s LLM, {:.1}s pytest; {} LLM call(s), {} tokens in, {} out",
+        "time:     {:.1}s total, {:.1}s LLM, {:.1}s pytest, {:.2}s other; {} LLM call(s), {} tokens in, {} out",
         it.seconds.total,
         it.seconds.llm,
         it.seconds.tests,
+        (it.seconds.total - it.seconds.llm - it.seconds.tests).max(0.0),
         it.llm_calls,
         it.tokens_in,
         it.tokens_out

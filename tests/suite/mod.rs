@@ -9,6 +9,7 @@ mod loop_run;
 mod resume;
 mod sandbox;
 mod wire;
+mod yield_stages;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,99 @@
+//! Issue 3's stages, each driven by a stand-in answer: coverage gain, pollution, repair rounds,
+//! possible bugs, fix iterations, and the funnel that records them.
+
+use super::*;
+
+fn log_of(fx: &Fixture) -> Vec<serde_json::Value> {
+    improve_json(fx.root(), &["log", "--json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The file the kept commit of iteration `n` added, as it is on the run branch.
+fn kept_file(fx: &Fixture, row: &serde_json::Value) -> String {
+    let file = row["files"][0].as_str().unwrap();
+    git(fx.root(), &["show", &format!("{}:{file}", fx.run_branch())])
+}
+
+/// `test_add_again` runs only what the project's own test already runs.
+const WITH_REDUNDANT: &str = "from calc.ops import add, clamp\n\n\ndef test_add_again():\n    assert add(1, 1) == 2\n\n\ndef test_clamp_low():\n    assert clamp(-5, 0, 3) == 0\n";
+const ONLY_REDUNDANT: &str =
+    "from calc.ops import add\n\n\ndef test_add_small():\n    assert add(0, 1) == 1\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tests_that_add_no_coverage_are_dropped_and_a_proposal_of_only_those_is_no_gain() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(WITH_REDUNDANT), code_answer(ONLY_REDUNDANT)],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "2"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(
+        kept.contains("def test_clamp_low") && !kept.contains("def test_add_again"),
+        "{kept}"
+    );
+    assert_eq!(log[0]["funnel"]["stable"], 2, "{log:#?}");
+    assert_eq!(log[0]["funnel"]["gain"], 1, "{log:#?}");
+    assert_eq!(log[0]["funnel"]["kept"], 1, "{log:#?}");
+    assert_eq!(log[1]["outcome"], "rejected", "{log:#?}");
+    assert!(
+        log[1]["reason"].as_str().unwrap().starts_with("no gain"),
+        "{log:#?}"
+    );
+
+    // With the check off, the redundant test stays.
+    let fx2 = Fixture::new();
+    let llm2 = StandIn::start(Wire::OpenAi, vec![code_answer(WITH_REDUNDANT)]).await;
+    run_ok(
+        fx2.root(),
+        &llm2,
+        &["-n", "1", "--require-coverage-gain=false"],
+    )
+    .await;
+    assert_eq!(log_of(&fx2)[0]["tests_added"], 2);
+}
+
+/// `test_clamp_low_and_patch` replaces `calc.ops.add` and never puts it back: every test that
+/// runs after it in the same process and adds numbers fails.
+const POLLUTING: &str = "import pytest\n\nimport calc.ops\nfrom calc.ops import clamp, divide\n\n\ndef test_divide_half():\n    assert divide(1, 2) == 0.5\n\n\ndef test_clamp_low_and_patch():\n    assert clamp(-5, 0, 3) == 0\n    calc.ops.add = lambda a, b: 0\n\n\ndef test_divide_by_zero():\n    with pytest.raises(ZeroDivisionError):\n        divide(1, 0)\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_that_pollutes_another_is_found_by_bisection_and_dropped() {
+    let fx = Fixture::new();
+    // A project test that runs after the new file (its name sorts last) and adds numbers.
+    std::fs::write(
+        fx.root().join("tests/test_zz_defaults.py"),
+        "from calc import ops\n\n\ndef test_add_default():\n    assert ops.add(2, 2) == 4\n",
+    )
+    .unwrap();
+    git(fx.root(), &["add", "-A"]);
+    git(fx.root(), &["commit", "-qm", "a test that runs last"]);
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(POLLUTING)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(
+        !kept.contains("test_clamp_low_and_patch")
+            && kept.contains("def test_divide_half")
+            && kept.contains("def test_divide_by_zero"),
+        "{kept}"
+    );
+    assert_eq!(log[0]["funnel"]["gain"], 3, "{log:#?}");
+    assert_eq!(log[0]["funnel"]["clean"], 2, "{log:#?}");
+    assert_eq!(
+        log[0]["polluters"][0].as_str().unwrap().rsplit("::").next(),
+        Some("test_clamp_low_and_patch"),
+        "{log:#?}"
+    );
+    let (ok, out) = fx.suite_passes_on_run_branch();
+    assert!(ok, "{out}");
+}
