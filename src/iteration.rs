@@ -18,7 +18,9 @@ use crate::llm::{ChatMessage, ChatRequest, ChatResponse, LlmClient, LlmError, Ro
 use crate::prompt::{self, Templates};
 use crate::proposal;
 use crate::pytest::{self, CaseOutcome, Measure, PytestError, TestCommand};
-use crate::state::{Outcome, RunState, StateError, StateStore, Step, Verdict, write_atomic};
+use crate::state::{
+    Finding, Outcome, RunState, StateError, StateStore, Step, Verdict, write_atomic,
+};
 use crate::target;
 
 /// Why an iteration could not go on. Everything else that goes wrong with a proposal is a
@@ -397,6 +399,11 @@ async fn ask(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), S
                     .unwrap_or("")
             );
             artifact(dir.join("prompt.md"), prompt_text.as_bytes())?;
+            // The conversation repair rounds continue.
+            artifact(
+                dir.join("request.json"),
+                &serde_json::to_vec_pretty(&request).unwrap_or_default(),
+            )?;
             let started = Instant::now();
             let result = ctx.llm.complete(&request, &ctx.cancel).await;
             state.iterations[idx].seconds.llm += started.elapsed().as_secs_f64();
@@ -590,18 +597,91 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         args.push("--keep-duplicates".to_string());
     }
     args.extend(std::iter::repeat_n(test_file.clone(), 1 + reruns));
-    let new = run_timed(
-        ctx,
-        state,
-        idx,
-        &wt_path,
-        &args,
-        "pytest-new",
-        Measure::PerTest,
-    )
-    .await?;
-    let touched = side_effects(state, &wt_path)?;
-    let tally = Tally::of(&new.cases);
+    let measure = if state.settings.require_coverage_gain {
+        Measure::PerTest
+    } else {
+        Measure::Outcomes
+    };
+    let new = run_timed(ctx, state, idx, &wt_path, &args, "pytest-new", measure).await?;
+    let mut new = new;
+    let mut touched = side_effects(state, &wt_path)?;
+    let mut tally = Tally::of(&new.cases);
+    // Repair: failing tests (or a file that does not collect, once) go back to the LLM in the
+    // same conversation with their failure output, for up to --max-repairs rounds.
+    let first_failing = first_failures(&new.cases, &tally.failing());
+    let max_repairs = state.settings.max_repairs;
+    let mut repairs = 0;
+    loop {
+        let uncollectable =
+            new.collection_error().is_some() || (new.cases.is_empty() && new.exit_code != Some(5));
+        let failures = if uncollectable && repairs == 0 {
+            let case = new.collection_error();
+            vec![RepairFailure {
+                name: test_file.clone(),
+                message: case.map(|c| c.message.clone()).unwrap_or_default(),
+                detail: case
+                    .map(|c| c.detail.clone())
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| new.tail(30)),
+            }]
+        } else if uncollectable {
+            Vec::new()
+        } else {
+            first_failures(&new.cases, &tally.failing())
+        };
+        if failures.is_empty()
+            || repairs >= max_repairs
+            || !touched.is_empty()
+            || new.timed_out
+            || !repair(
+                ctx,
+                state,
+                idx,
+                &wt_path,
+                &test_file,
+                &failures,
+                uncollectable,
+                repairs + 1,
+            )
+            .await?
+        {
+            break;
+        }
+        repairs += 1;
+        new = run_timed(
+            ctx,
+            state,
+            idx,
+            &wt_path,
+            &args,
+            &format!("pytest-new-repair-{repairs}"),
+            measure,
+        )
+        .await?;
+        touched = side_effects(state, &wt_path)?;
+        tally = Tally::of(&new.cases);
+    }
+    verdict.repairs = repairs;
+    if repairs > 0 {
+        // Failing on an assertion about the code before and after repair, with the model
+        // standing by the test: a possible bug in the source, for a human to look at.
+        let still = tally.failing();
+        let file_text = std::fs::read_to_string(wt_path.join(&test_file)).unwrap_or_default();
+        verdict.findings = first_failures(&new.cases, &still)
+            .into_iter()
+            .filter(|f| {
+                is_assertion(&f.message, &f.detail)
+                    && first_failing
+                        .iter()
+                        .any(|g| g.name == f.name && is_assertion(&g.message, &g.detail))
+            })
+            .map(|f| Finding {
+                source: function_source(&file_text, &f.name),
+                test: f.name,
+                message: f.message.lines().next().unwrap_or_default().to_string(),
+            })
+            .collect();
+    }
     verdict.pytest_summary = new.summary.clone();
     verdict.new_failed = tally.failing();
     if !new.cases.is_empty() && new.collection_error().is_none() {
@@ -611,7 +691,10 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     let failing = tally.failing();
     let flaky = tally.flaky();
     let passing = tally.passing();
-    verdict.funnel.passing = verdict.funnel.collected - failing.len() as u32;
+    verdict.funnel.passing = verdict
+        .funnel
+        .collected
+        .saturating_sub(failing.len() as u32);
     verdict.funnel.stable = passing.len() as u32;
     let reject_reason = if !touched.is_empty() {
         Some(format!(
@@ -923,6 +1006,193 @@ fn node_id(worktree: &Path, id: &str) -> Option<String> {
                 .join("::")
         })
     })
+}
+
+/// A failing test as a repair prompt shows it.
+#[derive(Serialize, Clone)]
+struct RepairFailure {
+    name: String,
+    message: String,
+    detail: String,
+}
+
+/// The first failure of each of `ids` (the new file runs several times; one report each).
+fn first_failures(cases: &[pytest::TestCase], ids: &[String]) -> Vec<RepairFailure> {
+    ids.iter()
+        .filter_map(|id| {
+            cases
+                .iter()
+                .find(|c| {
+                    &c.id == id && matches!(c.outcome, CaseOutcome::Failed | CaseOutcome::Error)
+                })
+                .map(|c| RepairFailure {
+                    name: c.id.clone(),
+                    message: c.message.clone(),
+                    detail: c.detail.clone(),
+                })
+        })
+        .collect()
+}
+
+/// A failure on an assertion about what the code did (not an error in the test itself).
+fn is_assertion(message: &str, detail: &str) -> bool {
+    message.starts_with("assert") || detail.contains("AssertionError")
+}
+
+/// The source of test `id`'s function in `file` (by its name and indentation), for findings.
+fn function_source(file: &str, id: &str) -> String {
+    let name = id.rsplit("::").next().unwrap_or(id);
+    let name = name.split('[').next().unwrap_or(name);
+    let lines: Vec<&str> = file.lines().collect();
+    let Some(start) = lines.iter().position(|l| {
+        let t = l.trim_start();
+        t.starts_with(&format!("def {name}(")) || t.starts_with(&format!("async def {name}("))
+    }) else {
+        return String::new();
+    };
+    let indent = lines[start].len() - lines[start].trim_start().len();
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| !l.trim().is_empty() && l.len() - l.trim_start().len() <= indent)
+        .map_or(lines.len(), |k| start + 1 + k);
+    lines[start..end].join("\n").trim_end().to_string()
+}
+
+#[derive(Serialize)]
+struct RepairData<'a> {
+    test_file: &'a str,
+    failures: &'a [RepairFailure],
+    count: usize,
+    collection: bool,
+    file: String,
+    round: u32,
+    max: u32,
+}
+
+/// One repair round: the failures go back to the LLM in the conversation of the iteration's
+/// first answer, and the corrected file replaces the proposal (the iteration commit is
+/// amended). The answer is saved before use, so a resumed verify never pays for it twice.
+/// Returns false when there is nothing usable to apply (the LLM failed, or its answer holds no
+/// valid file): the failing tests are then dropped as they are.
+#[allow(clippy::too_many_arguments)]
+async fn repair(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    wt_path: &Path,
+    test_file: &str,
+    failures: &[RepairFailure],
+    collection: bool,
+    round: u32,
+) -> Result<bool, StepError> {
+    let n = state.iterations[idx].n;
+    let dir = ctx.store.iteration_dir(&state.run_id, n);
+    let response_path = dir.join(format!("response-repair-{round}.json"));
+    let saved: Option<ChatResponse> = std::fs::read_to_string(&response_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let response = match saved {
+        Some(r) => r,
+        None => {
+            let mut request: ChatRequest = match std::fs::read_to_string(dir.join("request.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                Some(r) => r,
+                None => {
+                    let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
+                    build_request(ctx, state, idx, tip)?
+                }
+            };
+            request.tag = format!("repair:{}", state.iterations[idx].target);
+            let answer = |path: PathBuf| -> Option<String> {
+                std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<ChatResponse>(&t).ok())
+                    .map(|r| r.text)
+            };
+            let mut turns = vec![answer(dir.join("response.json"))];
+            for k in 1..round {
+                turns.push(std::fs::read_to_string(dir.join(format!("repair-prompt-{k}.md"))).ok());
+                turns.push(answer(dir.join(format!("response-repair-{k}.json"))));
+            }
+            for (i, turn) in turns.into_iter().enumerate() {
+                let Some(content) = turn else {
+                    return Ok(false);
+                };
+                let role = if i % 2 == 0 {
+                    Role::Assistant
+                } else {
+                    Role::User
+                };
+                request.messages.push(ChatMessage { role, content });
+            }
+            let data = RepairData {
+                test_file,
+                failures,
+                count: failures.len(),
+                collection,
+                file: std::fs::read_to_string(wt_path.join(test_file)).unwrap_or_default(),
+                round,
+                max: state.settings.max_repairs,
+            };
+            let prompt_text = ctx.templates.render(prompt::REPAIR, &data)?;
+            artifact(
+                dir.join(format!("repair-prompt-{round}.md")),
+                prompt_text.as_bytes(),
+            )?;
+            request.messages.push(ChatMessage {
+                role: Role::User,
+                content: prompt_text,
+            });
+            let started = Instant::now();
+            let result = ctx.llm.complete(&request, &ctx.cancel).await;
+            state.iterations[idx].seconds.llm += started.elapsed().as_secs_f64();
+            match result {
+                Ok(r) => {
+                    artifact(
+                        response_path,
+                        &serde_json::to_vec_pretty(&r).unwrap_or_default(),
+                    )?;
+                    r
+                }
+                Err(LlmError::Cancelled) => return Err(StepError::Cancelled),
+                Err(e) => {
+                    state.iterations[idx].llm_calls += 1;
+                    tracing::warn!("iteration {n}: repair round {round} got no answer: {e}");
+                    return Ok(false);
+                }
+            }
+        }
+    };
+    let it = &mut state.iterations[idx];
+    it.llm_calls += 1;
+    it.tokens_in += response.tokens_in;
+    it.tokens_out += response.tokens_out;
+    let Ok(proposal) = proposal::parse(&response.text) else {
+        return Ok(false);
+    };
+    let proposal_file = dir.join(format!("proposal-repair-{round}.py"));
+    artifact(proposal_file.clone(), proposal.code.as_bytes())?;
+    let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
+    if pytest::tidy(&python, &proposal_file, &dir).await.is_err() {
+        return Ok(false);
+    }
+    let code = std::fs::read_to_string(&proposal_file).unwrap_or(proposal.code);
+    if std::fs::write(wt_path.join(test_file), &code).is_err() {
+        return Ok(false);
+    }
+    let oid = git::amend_head(
+        wt_path,
+        &[test_file.to_string()],
+        &format!("improve: proposal of iteration {n}, repair round {round}"),
+    )?;
+    state.iterations[idx].iteration_commit = Some(oid.to_string());
+    artifact(
+        dir.join("diff.patch"),
+        git::commit_patch(&ctx.repo, oid)?.as_bytes(),
+    )?;
+    Ok(true)
 }
 
 /// Each test id's outcomes over the runs of the new file, in the order pytest first ran them.

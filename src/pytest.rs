@@ -98,6 +98,8 @@ pub struct TestCase {
     pub id: String,
     pub outcome: CaseOutcome,
     pub message: String,
+    /// The traceback pytest wrote for a failure or an error (cut to a few thousand characters).
+    pub detail: String,
 }
 
 #[derive(Debug, Clone)]
@@ -586,17 +588,56 @@ pub fn summary_line(output: &str) -> String {
 }
 
 /// Test cases from pytest's JUnit XML (any `junit_family`). Unreadable XML yields what was read.
+/// How much of a failure's traceback is kept: enough for a repair prompt.
+const MAX_DETAIL: usize = 3000;
+
+fn push_detail(detail: &mut String, text: &str) {
+    if detail.len() >= MAX_DETAIL {
+        return;
+    }
+    detail.push_str(text);
+    if detail.len() > MAX_DETAIL {
+        let mut end = MAX_DETAIL;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+    }
+}
+
 pub fn parse_junit(xml: &str) -> Vec<TestCase> {
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut cases = Vec::new();
     let mut current: Option<TestCase> = None;
+    let mut in_failure = false;
     loop {
         match reader.read_event() {
+            Ok(Event::Text(t)) if in_failure => {
+                if let Some(case) = current.as_mut() {
+                    push_detail(&mut case.detail, &t);
+                }
+            }
+            Ok(Event::GeneralRef(r)) if in_failure => {
+                let text = match (r.resolve_char_ref(), &*r) {
+                    (Ok(Some(c)), _) => c.to_string(),
+                    (_, "lt") => "<".into(),
+                    (_, "gt") => ">".into(),
+                    (_, "amp") => "&".into(),
+                    (_, "quot") => "\"".into(),
+                    (_, "apos") => "'".into(),
+                    (_, other) => format!("&{other};"),
+                };
+                if let Some(case) = current.as_mut() {
+                    push_detail(&mut case.detail, &text);
+                }
+            }
+            Ok(Event::End(e)) if matches!(e.name().0, "failure" | "error") => in_failure = false,
             Ok(Event::Start(e)) if e.name().0 == "testcase" => {
                 if let Some(done) = current.take() {
                     cases.push(done);
                 }
                 current = Some(testcase_from(&e));
+                in_failure = false;
             }
             // A self-closing testcase has no children: it passed and is complete.
             Ok(Event::Empty(e)) if e.name().0 == "testcase" => {
@@ -612,6 +653,7 @@ pub fn parse_junit(xml: &str) -> Vec<TestCase> {
                     "skipped" => Some(CaseOutcome::Skipped),
                     _ => None,
                 };
+                in_failure = matches!(outcome, Some(CaseOutcome::Failed | CaseOutcome::Error));
                 if let (Some(outcome), Some(case)) = (outcome, current.as_mut()) {
                     // A failing test whose teardown also errors is still a failure.
                     if case.outcome == CaseOutcome::Passed || outcome == CaseOutcome::Failed {
@@ -632,6 +674,7 @@ pub fn parse_junit(xml: &str) -> Vec<TestCase> {
                 }
             }
             Ok(Event::End(e)) if e.name().0 == "testcase" => {
+                in_failure = false;
                 if let Some(done) = current.take() {
                     cases.push(done);
                 }
@@ -669,6 +712,7 @@ fn testcase_from(e: &quick_xml::events::BytesStart<'_>) -> TestCase {
         id,
         outcome: CaseOutcome::Passed,
         message: String::new(),
+        detail: String::new(),
     }
 }
 
@@ -845,7 +889,8 @@ mod tests {
     fn junit_outcomes_and_ids() {
         let xml = r#"<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="4">
 <testcase classname="tests.test_a" name="test_ok" time="0.001" />
-<testcase classname="tests.test_a.TestX" name="test_bad" time="0.001"><failure message="assert 1 == 2">trace</failure></testcase>
+<testcase classname="tests.test_a.TestX" name="test_bad" time="0.001"><failure message="assert 1 == 2">def test_bad():
+&gt;       assert 1 == 2 &amp;&#65;</failure></testcase>
 <testcase classname="tests.test_a" name="test_skip" time="0"><skipped type="pytest.skip" message="nope">s</skipped></testcase>
 <testcase classname="" name="tests.test_b" time="0"><error message="collection failure">boom</error></testcase>
 </testsuite></testsuites>"#;
@@ -862,6 +907,8 @@ mod tests {
             ]
         );
         assert_eq!(cases[1].message, "assert 1 == 2");
+        assert_eq!(cases[1].detail, "def test_bad():\n>       assert 1 == 2 &A");
+        assert_eq!(cases[0].detail, "");
     }
 
     #[test]

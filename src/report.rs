@@ -52,6 +52,30 @@ pub struct ReportModel {
     pub file_rows: Vec<FileRow>,
     /// The chart's file name beside the report, when one was drawn.
     pub chart: Option<String>,
+    /// The funnel summed over every verified iteration.
+    pub funnel: crate::state::Funnel,
+    /// Tests dropped at each stage, summed: failing after repair, flaky, redundant, polluting.
+    pub dropped: DroppedCounts,
+    pub repairs: u32,
+    /// Tests the model stood by while they failed on an assertion: possible bugs in the code.
+    pub findings: Vec<FindingRow>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct DroppedCounts {
+    pub failing: u32,
+    pub flaky: u32,
+    pub redundant: u32,
+    pub polluting: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FindingRow {
+    pub n: u32,
+    pub target: String,
+    pub test: String,
+    pub message: String,
+    pub source: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +93,9 @@ pub struct KeptRow {
     pub commit: String,
     pub commit_short: String,
     pub subject: String,
+    /// Overall coverage before and after this commit (percent, formatted), when measured.
+    pub coverage_before: Option<String>,
+    pub coverage_after: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -164,7 +191,14 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
                 .and_then(|oid| git::commit_message(repo, oid).ok())
                 .and_then(|m| m.lines().next().map(str::to_string))
                 .unwrap_or_default();
+            let verdict = it.verdict.as_ref();
             KeptRow {
+                coverage_before: verdict
+                    .and_then(|v| v.coverage_before)
+                    .map(|p| format!("{p:.1}")),
+                coverage_after: verdict
+                    .and_then(|v| v.coverage.as_ref())
+                    .map(|c| format!("{:.1}", c.percent)),
                 n: it.n,
                 target: it.target.clone(),
                 focus: it.focus.clone(),
@@ -277,12 +311,44 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         row.tokens_out += it.tokens_out;
     }
 
+    let mut funnel = crate::state::Funnel::default();
+    let mut dropped = DroppedCounts::default();
+    let mut repairs = 0;
+    let mut findings = Vec::new();
+    for it in &finished {
+        let Some(v) = &it.verdict else { continue };
+        let f = v.funnel;
+        funnel.proposed += f.proposed;
+        funnel.collected += f.collected;
+        funnel.passing += f.passing;
+        funnel.stable += f.stable;
+        funnel.gain += f.gain;
+        funnel.clean += f.clean;
+        funnel.kept += f.kept;
+        dropped.failing += v.pruned.len() as u32;
+        dropped.flaky += v.flaky.len() as u32;
+        dropped.redundant += v.redundant.len() as u32;
+        dropped.polluting += v.polluters.len() as u32;
+        repairs += v.repairs;
+        findings.extend(v.findings.iter().map(|f| FindingRow {
+            n: it.n,
+            target: it.target.clone(),
+            test: f.test.clone(),
+            message: f.message.clone(),
+            source: f.source.clone(),
+        }));
+    }
+
     let (tokens_in, tokens_out) = state.tokens();
     let sum =
         |f: fn(&crate::state::Seconds) -> f64| finished.iter().map(|i| f(&i.seconds)).sum::<f64>();
     let (llm, tests, total) = (sum(|s| s.llm), sum(|s| s.tests), sum(|s| s.total));
     let other = (total - llm - tests).max(0.0);
     ReportModel {
+        funnel,
+        dropped,
+        repairs,
+        findings,
         run_id: state.run_id.clone(),
         run_branch: state.run_branch.clone(),
         base_short: git::short(&state.base_commit).to_string(),

@@ -19,7 +19,7 @@ async fn a_mixed_run_keeps_exactly_the_passing_proposals() {
     let llm = StandIn::start(Wire::OpenAi, mixed_answers()).await;
     let base = fx.head();
     let mut cmd = improve(fx.root());
-    cmd.args(["--iterations", "5"]);
+    cmd.args(["--iterations", "5", "--max-repairs", "0"]);
     llm.args(&mut cmd);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
@@ -410,7 +410,12 @@ async fn the_report_figures_match_git_and_a_user_template_overrides() {
     let fx = Fixture::new();
     let llm = StandIn::start(Wire::OpenAi, mixed_answers()).await;
     let base = fx.head();
-    run_ok(fx.root(), &llm, &["-n", "5", "--focus", "edges,errors"]).await;
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "5", "--max-repairs", "0", "--focus", "edges,errors"],
+    )
+    .await;
 
     let report = improve_json(fx.root(), &["report", "--format", "json"]);
     let branch = fx.run_branch();

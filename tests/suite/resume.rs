@@ -56,7 +56,8 @@ async fn resumes_after_a_kill_at_every_checkpoint() {
         let fx = Fixture::new();
         let llm = StandIn::start(Wire::OpenAi, answers()).await;
         let mut cmd = improve(fx.root());
-        cmd.args(["-n", "3"]).env("IMPROVE_TEST_ABORT_AT", point);
+        cmd.args(["-n", "3", "--max-repairs", "0"])
+            .env("IMPROVE_TEST_ABORT_AT", point);
         llm.args(&mut cmd);
         let out = output(cmd).await;
         assert_eq!(
@@ -347,7 +348,7 @@ async fn token_and_time_limits_stop_cleanly_and_the_same_command_resumes() {
     .await;
     // Each answer costs 165 tokens: the budget is spent after the first iteration.
     let mut cmd = improve(fx.root());
-    cmd.args(["-n", "3", "--max-tokens", "100"]);
+    cmd.args(["-n", "3", "--max-repairs", "0", "--max-tokens", "100"]);
     llm.args(&mut cmd);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));

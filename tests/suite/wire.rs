@@ -115,13 +115,14 @@ async fn a_recorded_run_replays_without_the_network() {
     let recording = tempfile::tempdir().unwrap();
     let file = recording.path().join("rec.json");
     let mut cmd = improve(fx.root());
-    cmd.args(["-n", "2", "--record"]).arg(&file);
+    cmd.args(["-n", "2", "--max-repairs", "0", "--record"])
+        .arg(&file);
     llm.args(&mut cmd);
     assert_eq!(output(cmd).await.status.code(), Some(0));
 
     let fx2 = Fixture::new();
     let mut cmd = improve(fx2.root());
-    cmd.args(["-n", "2", "--replay"])
+    cmd.args(["-n", "2", "--max-repairs", "0", "--replay"])
         .arg(&file)
         .arg("--test-cmd")
         .arg(test_cmd());

@@ -97,3 +97,107 @@ async fn a_test_that_pollutes_another_is_found_by_bisection_and_dropped() {
     let (ok, out) = fx.suite_passes_on_run_branch();
     assert!(ok, "{out}");
 }
+
+/// `test_clamp_inside` expects the wrong value; the first repair gets it wrong again, the
+/// second right.
+const WRONG_ONCE: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\ndef test_clamp_inside():\n    assert clamp(7, 0, 5) == 7\n";
+const REPAIR_STILL_WRONG: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\ndef test_clamp_inside():\n    assert clamp(7, 0, 5) == 0\n";
+const REPAIR_RIGHT: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\ndef test_clamp_inside():\n    assert clamp(7, 0, 5) == 5\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_that_works_on_the_second_round_is_kept_and_the_conversation_goes_on() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            code_answer(WRONG_ONCE),
+            code_answer(REPAIR_STILL_WRONG),
+            code_answer(REPAIR_RIGHT),
+        ],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["repairs"], 2, "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    assert_eq!(log[0]["llm_calls"], 3, "{log:#?}");
+    assert_eq!(log[0]["findings"].as_array().unwrap().len(), 0, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(kept.contains("clamp(7, 0, 5) == 5"), "{kept}");
+
+    // Each repair continues the first conversation: the model's earlier answers are in it,
+    // and the last turn shows the failure pytest reported.
+    let requests = llm.requests().await;
+    assert_eq!(requests.len(), 3);
+    let messages = |i: usize| -> Vec<serde_json::Value> {
+        let body: serde_json::Value = serde_json::from_slice(&requests[i].body).unwrap();
+        body["messages"].as_array().unwrap().clone()
+    };
+    let (first, second, third) = (messages(0), messages(1), messages(2));
+    assert_eq!(second.len(), first.len() + 2);
+    assert_eq!(third.len(), first.len() + 4);
+    assert_eq!(second[first.len()]["role"], "assistant");
+    assert!(
+        second[first.len()]["content"]
+            .as_str()
+            .unwrap()
+            .contains("== 7"),
+        "{second:#?}"
+    );
+    let ask = third.last().unwrap()["content"].as_str().unwrap();
+    assert!(
+        ask.contains("test_clamp_inside") && ask.contains("assert 5 == 0"),
+        "{ask}"
+    );
+    assert!(
+        !ask.contains("test_divide_exact\n"),
+        "only failing tests are shown: {ask}"
+    );
+}
+
+/// The model stands by a test that contradicts the code (which clamps): a possible bug.
+const INSISTS: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\n# possible bug: a value above the range should raise, not be clamped\ndef test_clamp_above_range_raises():\n    assert clamp(9, 0, 5) == 9\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_the_model_insists_on_is_reported_as_a_possible_bug_not_kept() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            code_answer(INSISTS),
+            code_answer(INSISTS),
+            code_answer(INSISTS),
+        ],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["repairs"], 2, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(!kept.contains("test_clamp_above_range_raises"), "{kept}");
+    let findings = log[0]["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{log:#?}");
+    assert!(
+        findings[0]["test"]
+            .as_str()
+            .unwrap()
+            .ends_with("::test_clamp_above_range_raises"),
+        "{findings:#?}"
+    );
+    assert!(
+        findings[0]["source"]
+            .as_str()
+            .unwrap()
+            .contains("assert clamp(9, 0, 5) == 9"),
+        "{findings:#?}"
+    );
+    let mut c = improve(fx.root());
+    c.args(["report", "--out", "-"]);
+    let report = stdout(&c.output().unwrap());
+    assert!(
+        report.contains("Possible bugs") && report.contains("test_clamp_above_range_raises"),
+        "{report}"
+    );
+}
