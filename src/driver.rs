@@ -407,9 +407,17 @@ async fn drive(
         let state = run.borrow();
         let base = git::oid(&state.base_commit, "the base commit")?;
         let package_files = git::python_files_at(&ctx.repo, base, &state.settings.package)?;
-        let modules = target::list_modules(&package_files, &state.settings.package);
-        (modules, state.settings.jobs.max(1) as usize)
+        let mut modules = target::list_modules(&package_files, &state.settings.package);
+        // Test files at the base: where the tests that failed at the start live.
+        let test_files: Vec<String> =
+            git::python_files_at(&ctx.repo, base, &state.settings.tests_dir)?
+                .into_iter()
+                .map(|(path, _)| path)
+                .collect();
+        modules.retain(|m| !test_files.contains(m));
+        ((modules, test_files), state.settings.jobs.max(1) as usize)
     };
+    let (modules, test_files) = modules;
     if modules.is_empty() {
         return Err(UserError(format!(
             "the package {} has no Python modules to write tests for: pass --package DIR",
@@ -456,11 +464,10 @@ async fn drive(
                 None => match plan_next(
                     ctx,
                     run,
-                    &modules,
+                    (&modules, &test_files),
                     &busy,
                     resolved,
-                    session_start,
-                    tokens_at_start,
+                    (session_start, tokens_at_start),
                 )? {
                     Planned::Started(n) => n,
                     Planned::Stop(end) => {
@@ -548,11 +555,10 @@ enum Planned {
 fn plan_next(
     ctx: &RunContext,
     run: &RefCell<RunState>,
-    modules: &[String],
+    (modules, test_files): (&[String], &[String]),
     busy: &[(u32, String)],
     resolved: &Resolved,
-    session_start: Instant,
-    tokens_at_start: (u64, u64),
+    (session_start, tokens_at_start): (Instant, (u64, u64)),
 ) -> Result<Planned> {
     let mut state = run.borrow_mut();
     if state.iterations.len() >= state.iterations_target as usize {
@@ -564,13 +570,15 @@ fn plan_next(
     let n = state.iterations.len() as u32 + 1;
     let coverage = state.coverage_now().cloned();
     let busy: Vec<String> = busy.iter().map(|(_, t)| t.clone()).collect();
-    let Some(target) = target::choose_target(modules, &state, coverage.as_ref(), &busy) else {
+    let iteration = if let Some(file) = target::choose_fix_target(&state, test_files, &busy) {
+        Iteration::new(n, file, "fix failing tests".into(), Kind::Fix)
+    } else if let Some(target) = target::choose_target(modules, &state, coverage.as_ref(), &busy) {
+        let focus = target::focus_for(n, &state.settings.focus);
+        Iteration::new(n, target, focus, Kind::Add)
+    } else {
         return Ok(Planned::Stop(None));
     };
-    let focus = target::focus_for(n, &state.settings.focus);
-    state
-        .iterations
-        .push(Iteration::new(n, target, focus, Kind::Add));
+    state.iterations.push(iteration);
     ctx.save(&mut state)?;
     iteration::crash_point("planned", n);
     Ok(Planned::Started(n))

@@ -19,7 +19,7 @@ use crate::prompt::{self, Templates};
 use crate::proposal;
 use crate::pytest::{self, CaseOutcome, Measure, PytestError, TestCommand};
 use crate::state::{
-    Finding, Outcome, RunState, StateError, StateStore, Step, Verdict, write_atomic,
+    Finding, Kind, Outcome, RunState, StateError, StateStore, Step, Verdict, write_atomic,
 };
 use crate::target;
 
@@ -314,6 +314,9 @@ fn build_request(
     tip: Oid,
 ) -> Result<ChatRequest, StepError> {
     let it = &state.iterations[idx];
+    if it.kind == Kind::Fix {
+        return build_fix_request(ctx, state, idx, tip);
+    }
     let settings = &state.settings;
     let import_name = target::import_name(&it.target, &settings.package);
     let source = read_at_tip(&ctx.repo, tip, &it.target).unwrap_or_default();
@@ -370,6 +373,93 @@ fn build_request(
         messages: vec![ChatMessage {
             role: Role::User,
             content: ctx.templates.render(prompt::ADD, &data)?,
+        }],
+        max_tokens: 4096,
+        temperature: 0.2,
+    })
+}
+
+#[derive(Serialize)]
+struct FixData {
+    test_file: String,
+    file: String,
+    failures: Vec<RepairFailure>,
+    sources: Vec<NamedText>,
+}
+
+/// The tests of the target file that failed at the run's start and are not fixed yet, with
+/// the failure pytest reported then (from the baseline's JUnit report).
+fn open_failures(ctx: &RunContext, state: &RunState, test_file: &str) -> Vec<RepairFailure> {
+    let xml = ctx
+        .store
+        .run_dir(&state.run_id)
+        .join("baseline")
+        .join("pytest-suite.xml");
+    let cases = std::fs::read_to_string(xml)
+        .map(|x| pytest::parse_junit(&x))
+        .unwrap_or_default();
+    let fixed: Vec<&String> = state
+        .kept()
+        .filter_map(|i| i.verdict.as_ref())
+        .flat_map(|v| v.fixed.iter())
+        .collect();
+    let files = [test_file.to_string()];
+    let ids: Vec<String> = state
+        .baseline
+        .as_ref()
+        .map(|b| b.failed.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| !fixed.contains(&id) && target::test_file_of(id, &files).is_some())
+        .collect();
+    let mut failures = first_failures(&cases, &ids);
+    // A failure not in the report (it was removed by hand) still gets named.
+    for id in ids {
+        if !failures.iter().any(|f| f.name == id) {
+            failures.push(RepairFailure {
+                name: id,
+                message: String::new(),
+                detail: String::new(),
+            });
+        }
+    }
+    failures
+}
+
+fn build_fix_request(
+    ctx: &RunContext,
+    state: &RunState,
+    idx: usize,
+    tip: Oid,
+) -> Result<ChatRequest, StepError> {
+    let it = &state.iterations[idx];
+    let file = read_at_tip(&ctx.repo, tip, &it.target).unwrap_or_default();
+    let package = &state.settings.package;
+    let sources = git::python_files_at(&ctx.repo, tip, package)?
+        .into_iter()
+        .filter(|(path, _)| {
+            let name = target::import_name(path, package);
+            !target::tests_importing(&[(it.target.clone(), file.clone())], &name, 1).is_empty()
+        })
+        .take(3)
+        .map(|(path, text)| NamedText {
+            name: path.clone(),
+            path,
+            text: cut(&text, MAX_SOURCE_CHARS),
+        })
+        .collect();
+    let data = FixData {
+        test_file: it.target.clone(),
+        file: cut(&file, MAX_SOURCE_CHARS),
+        failures: open_failures(ctx, state, &it.target),
+        sources,
+    };
+    Ok(ChatRequest {
+        tag: format!("fix:{}", it.target),
+        system: ctx.templates.render(prompt::SYSTEM, &data)?,
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: ctx.templates.render(prompt::FIX, &data)?,
         }],
         max_tokens: 4096,
         temperature: 0.2,
@@ -496,13 +586,19 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "module".into());
-    let rel = match proposal::choose_test_path(
-        &wt_path,
-        &state.settings.tests_dir,
-        proposal.path_hint.as_deref(),
-        &stem,
-        n,
-    ) {
+    // A fix rewrites the failing test file itself; new tests get a file of their own.
+    let chosen = if it.kind == Kind::Fix {
+        Ok(it.target.clone())
+    } else {
+        proposal::choose_test_path(
+            &wt_path,
+            &state.settings.tests_dir,
+            proposal.path_hint.as_deref(),
+            &stem,
+            n,
+        )
+    };
+    let rel = match chosen {
         Ok(rel) => rel,
         Err(e) => {
             finish(ctx, state, idx, Outcome::Rejected, e.to_string());
@@ -584,6 +680,9 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
             &iteration_branch(&run_id, n),
             commit_oid,
         )?;
+    }
+    if state.iterations[idx].kind == Kind::Fix {
+        return verify_fix(ctx, state, idx, &wt_path, &test_file, commit_oid).await;
     }
     let timeout = humantime::format_duration(ctx.test_cmd.timeout);
     let mut verdict = Verdict::default();
@@ -857,6 +956,130 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     .await?;
     verdict.funnel.clean = if verdict.keep {
         verdict.new_tests.len() as u32
+    } else {
+        0
+    };
+    finish_verified(state, idx, verdict);
+    Ok(())
+}
+
+/// A fix iteration is kept when tests that failed at the start now pass, every time, and in
+/// the whole suite; nothing that passed stops passing; and only the test file changed.
+async fn verify_fix(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    wt_path: &Path,
+    test_file: &str,
+    commit: Oid,
+) -> Result<(), StepError> {
+    let mut verdict = Verdict::default();
+    let targeted: Vec<String> = open_failures(ctx, state, test_file)
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    verdict.funnel.proposed = targeted.len() as u32;
+    let changed: Vec<String> = git::commit_changes(&ctx.repo, commit)?
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p != test_file)
+        .collect();
+    if !changed.is_empty() {
+        verdict.reason = Some(format!(
+            "a fix may change only {test_file}, not {}",
+            first_three(changed.iter().map(String::as_str))
+        ));
+        finish_verified(state, idx, verdict);
+        return Ok(());
+    }
+    let reruns = state.settings.reruns as usize;
+    let mut args = Vec::new();
+    if reruns > 0 {
+        args.push("--keep-duplicates".to_string());
+    }
+    args.extend(std::iter::repeat_n(test_file.to_string(), 1 + reruns));
+    let run = run_timed(
+        ctx,
+        state,
+        idx,
+        wt_path,
+        &args,
+        "pytest-fix",
+        Measure::Outcomes,
+    )
+    .await?;
+    let touched = side_effects(state, wt_path)?;
+    let tally = Tally::of(&run.cases);
+    verdict.pytest_summary = run.summary.clone();
+    let passing = tally.passing();
+    let flaky = tally.flaky();
+    let fixed: Vec<String> = targeted
+        .iter()
+        .filter(|id| passing.contains(id))
+        .cloned()
+        .collect();
+    verdict.flaky = targeted
+        .iter()
+        .filter(|id| flaky.contains(id))
+        .cloned()
+        .collect();
+    verdict.new_failed = tally.failing();
+    verdict.funnel.collected = targeted.iter().filter(|id| tally.ids.contains(id)).count() as u32;
+    verdict.funnel.passing = (fixed.len() + verdict.flaky.len()) as u32;
+    verdict.funnel.stable = fixed.len() as u32;
+    verdict.funnel.gain = fixed.len() as u32;
+    verdict.reason = if !touched.is_empty() {
+        Some(format!(
+            "side effects: the fixed tests changed {}",
+            first_three(touched.iter().map(String::as_str))
+        ))
+    } else if run.timed_out {
+        Some(format!(
+            "timed out: the fixed file ran past --test-timeout ({})",
+            humantime::format_duration(ctx.test_cmd.timeout)
+        ))
+    } else if fixed.is_empty() && !verdict.flaky.is_empty() {
+        Some(format!("flaky: {} fail on rerun", names(&verdict.flaky)))
+    } else if fixed.is_empty() {
+        Some(format!(
+            "fixes none of the {} failing tests: {}",
+            targeted.len(),
+            names(&targeted)
+        ))
+    } else {
+        None
+    };
+    if verdict.reason.is_some() {
+        finish_verified(state, idx, verdict);
+        return Ok(());
+    }
+    let parent = ctx
+        .repo
+        .find_commit(commit)
+        .and_then(|c| c.parent_id(0))
+        .map(|p| p.to_string())
+        .ok();
+    let passing_before = state.passing_at(parent.as_deref());
+    let suite_passed = run_suite(
+        ctx,
+        state,
+        idx,
+        wt_path,
+        "pytest-suite",
+        &passing_before,
+        &mut verdict,
+    )
+    .await?;
+    verdict.fixed = fixed
+        .into_iter()
+        .filter(|id| suite_passed.contains(id))
+        .collect();
+    if verdict.keep && verdict.fixed.is_empty() {
+        verdict.keep = false;
+        verdict.reason = Some("the fixed tests fail in the whole suite".into());
+    }
+    verdict.funnel.clean = if verdict.keep {
+        verdict.fixed.len() as u32
     } else {
         0
     };
@@ -1260,7 +1483,7 @@ async fn run_suite(
     label: &str,
     passing_before: &[String],
     verdict: &mut Verdict,
-) -> Result<(), StepError> {
+) -> Result<Vec<String>, StepError> {
     let suite = run_timed(ctx, state, idx, wt_path, &[], label, Measure::Report).await?;
     verdict.suite_label = label.to_string();
     let suite_passed = suite.ids_with(CaseOutcome::Passed);
@@ -1307,7 +1530,7 @@ async fn run_suite(
         None
     };
     verdict.keep = verdict.reason.is_none();
-    Ok(())
+    Ok(suite_passed)
 }
 
 /// A test id as the pruning script names it: `test_a` for a function (parameters dropped: a
@@ -1482,7 +1705,12 @@ fn finish_verified(state: &mut RunState, idx: usize, verdict: Verdict) {
 fn commit_message(state: &RunState, idx: usize, verdict: &Verdict) -> String {
     let it = &state.iterations[idx];
     let added = verdict.new_tests.len();
+    let fixed = verdict.fixed.len();
     let file = it.test_file.clone().unwrap_or_default();
+    let (kind, subject) = match it.kind {
+        Kind::Fix => ("fix", format!("fix {fixed} failing tests in {}", it.target)),
+        Kind::Add => ("add", format!("add {added} tests for {}", it.target)),
+    };
     let coverage = match (state.coverage_now(), &verdict.coverage) {
         (Some(before), Some(after)) => {
             let module = match (
@@ -1498,12 +1726,12 @@ fn commit_message(state: &RunState, idx: usize, verdict: &Verdict) -> String {
         _ => "not measured".to_string(),
     };
     format!(
-        "improve #{n}: add {added} tests for {target}\n\n\
+        "improve #{n}: {subject}\n\n\
          Target: {target}\n\
          Focus: {focus}\n\
-         Kind: add\n\
+         Kind: {kind}\n\
          Tests added: {added} ({file}){dropped}\n\
-         Tests fixed: 0\n\
+         Tests fixed: {fixed}\n\
          Pytest: {summary}\n\
          Coverage: {coverage}\n\n\
          Improve-Run: {run}\n\
@@ -1542,7 +1770,7 @@ async fn keep_or_reject(
         return Ok(());
     }
     verdict.coverage_before = state.coverage_now().map(|c| c.percent);
-    verdict.funnel.kept = verdict.new_tests.len() as u32;
+    verdict.funnel.kept = (verdict.new_tests.len() + verdict.fixed.len()) as u32;
     state.iterations[idx].verdict = Some(verdict.clone());
     let base = git::oid(&state.base_commit, "the base commit")?;
     let kept = match git::find_kept_commit(&ctx.repo, &state.run_branch, &run_id, n, base)? {
@@ -1602,6 +1830,7 @@ async fn keep_or_reject(
     it.commit = Some(kept.to_string());
     it.files = files;
     it.tests_added = verdict.new_tests.len() as u32;
+    it.tests_fixed = verdict.fixed.len() as u32;
     it.outcome = Some(Outcome::Kept);
     it.reason = None;
     it.step = Step::Finished;

@@ -10,12 +10,14 @@ pub const SYSTEM: &str = "system.hbs";
 pub const ADD: &str = "add.hbs";
 pub const REPORT: &str = "report.md.hbs";
 pub const REPAIR: &str = "repair.hbs";
+pub const FIX: &str = "fix.hbs";
 
 const EMBEDDED: &[(&str, &str)] = &[
     (SYSTEM, include_str!("../prompts/system.hbs")),
     (ADD, include_str!("../prompts/add.hbs")),
     (REPORT, include_str!("../prompts/report.md.hbs")),
     (REPAIR, include_str!("../prompts/repair.hbs")),
+    (FIX, include_str!("../prompts/fix.hbs")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::state::{Coverage, RunState};
+use crate::state::{Coverage, Kind, RunState};
 
 /// The package's modules (`pkg/sub/mod.py`) among `files` (path, text): files in folders that
 /// are packages all the way down, without `__init__.py` files that define nothing.
@@ -126,6 +126,54 @@ pub fn tests_importing(
         .cloned()
         .collect()
 }
+
+/// The test file (one of `files`, repo-relative paths) a JUnit id such as
+/// `tests.test_x.TestK::test_b` belongs to: the longest dotted prefix that names a file.
+pub fn test_file_of(id: &str, files: &[String]) -> Option<String> {
+    let class_path = id.rsplit_once("::").map_or(id, |(c, _)| c);
+    let parts: Vec<&str> = class_path.split('.').collect();
+    (1..=parts.len()).rev().find_map(|k| {
+        let file = format!("{}.py", parts[..k].join("/"));
+        files.contains(&file).then_some(file)
+    })
+}
+
+/// The next fix iteration's test file: one holding tests that failed at the start and are not
+/// fixed yet, tried fewer than `MAX_FIX_ATTEMPTS` times and not in flight. Fix iterations go
+/// first: a red suite is where the night starts.
+pub fn choose_fix_target(
+    state: &RunState,
+    test_files: &[String],
+    busy: &[String],
+) -> Option<String> {
+    let baseline = state.baseline.as_ref()?;
+    let fixed: Vec<&String> = state
+        .kept()
+        .filter_map(|i| i.verdict.as_ref())
+        .flat_map(|v| v.fixed.iter())
+        .collect();
+    let mut open: Vec<String> = baseline
+        .failed
+        .iter()
+        .filter(|id| !fixed.contains(id))
+        .filter_map(|id| test_file_of(id, test_files))
+        .filter(|f| !busy.contains(f))
+        .filter(|f| {
+            state
+                .iterations
+                .iter()
+                .filter(|i| i.kind == Kind::Fix && &i.target == f)
+                .count()
+                < MAX_FIX_ATTEMPTS
+        })
+        .collect();
+    open.sort();
+    open.dedup();
+    open.into_iter().next()
+}
+
+/// Tries per failing test file before it is left to a human.
+pub const MAX_FIX_ATTEMPTS: usize = 2;
 
 #[cfg(test)]
 mod tests {

@@ -201,3 +201,82 @@ async fn a_test_the_model_insists_on_is_reported_as_a_possible_bug_not_kept() {
         "{report}"
     );
 }
+
+/// A test file that is red at the start: one test expects the wrong slug.
+const RED_FILE: &str = "from calc.text import initials, slug\n\n\ndef test_initials_ok():\n    assert initials('ada lovelace') == 'AL'\n\n\ndef test_slug_keeps_case():\n    assert slug('Hello World') == 'Hello-World'\n";
+/// Makes the red test pass by deleting it (and the other): not a fix.
+const FIX_BY_DELETING: &str = "from calc.text import initials\n\n\ndef test_initials_ok():\n    assert initials('ada lovelace') == 'AL'\n";
+const REAL_FIX: &str = "from calc.text import initials, slug\n\n\ndef test_initials_ok():\n    assert initials('ada lovelace') == 'AL'\n\n\ndef test_slug_keeps_case():\n    assert slug('Hello World') == 'hello-world'\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_red_suite_is_not_refused_and_fix_iterations_repair_it_first() {
+    let fx = Fixture::new();
+    std::fs::write(fx.root().join("tests/test_text.py"), RED_FILE).unwrap();
+    git(fx.root(), &["add", "-A"]);
+    git(fx.root(), &["commit", "-qm", "a red test"]);
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            code_answer(FIX_BY_DELETING),
+            code_answer(REAL_FIX),
+            code_answer(GOOD_OPS),
+        ],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "3"]).await;
+    let log = log_of(&fx);
+    let kinds: Vec<&str> = log.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["fix", "fix", "add"], "{log:#?}");
+    assert_eq!(log[0]["target"], "tests/test_text.py");
+    assert_eq!(log[0]["outcome"], "rejected", "{log:#?}");
+    assert!(
+        log[0]["reason"].as_str().unwrap().contains("fixes none"),
+        "{log:#?}"
+    );
+    assert_eq!(log[1]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[1]["tests_fixed"], 1, "{log:#?}");
+    assert_eq!(log[1]["files"][0], "tests/test_text.py");
+    assert_eq!(log[2]["outcome"], "kept", "{log:#?}");
+
+    let status = improve_json(fx.root(), &["status", "--json"]);
+    assert_eq!(status["tests_fixed"], 1, "{status:#}");
+    let msg = git(
+        fx.root(),
+        &[
+            "log",
+            "-1",
+            "--format=%B",
+            log[1]["commit"].as_str().unwrap(),
+        ],
+    );
+    assert!(
+        msg.starts_with("improve #2: fix 1 failing tests in tests/test_text.py")
+            && msg.contains("Kind: fix")
+            && msg.contains("Tests fixed: 1"),
+        "{msg}"
+    );
+    // The fix touched the test file only, and the prompt carried the failure and the code.
+    let changed = git(
+        fx.root(),
+        &[
+            "show",
+            "--name-only",
+            "--format=",
+            log[1]["commit"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(changed, "tests/test_text.py");
+    let body: serde_json::Value = serde_json::from_slice(&llm.requests().await[0].body).unwrap();
+    let ask = body["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ask.contains("test_slug_keeps_case")
+            && ask.contains("AssertionError")
+            && ask.contains("def slug(s):"),
+        "{ask}"
+    );
+    let (ok, out) = fx.suite_passes_on_run_branch();
+    assert!(ok, "{out}");
+}
