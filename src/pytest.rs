@@ -721,20 +721,30 @@ pub fn parse_coverage_json(json: &str) -> Option<Coverage> {
     let value: serde_json::Value = serde_json::from_str(json).ok()?;
     let percent = value.get("totals")?.get("percent_covered")?.as_f64()?;
     let mut modules = BTreeMap::new();
+    let mut missing = BTreeMap::new();
     if let Some(files) = value.get("files").and_then(|f| f.as_object()) {
         for (path, data) in files {
-            if let Some(p) = data
-                .get("summary")
+            let summary = data.get("summary");
+            if let Some(p) = summary
                 .and_then(|s| s.get("percent_covered"))
                 .and_then(|p| p.as_f64())
             {
                 modules.insert(path.clone(), round2(p));
             }
+            let count = |key: &str| {
+                summary
+                    .and_then(|s| s.get(key))
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0)
+            };
+            let gaps = count("missing_lines") + count("missing_branches");
+            missing.insert(path.clone(), u32::try_from(gaps).unwrap_or(u32::MAX));
         }
     }
     Some(Coverage {
         percent: round2(percent),
         modules,
+        missing,
     })
 }
 

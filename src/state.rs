@@ -100,6 +100,9 @@ pub struct Coverage {
     pub percent: f64,
     /// Per module (path relative to the repo), percent covered.
     pub modules: BTreeMap<String, f64>,
+    /// Per module, statements never run plus branches never taken: what target choice weighs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missing: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -611,7 +614,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::llm::Provider;
     use std::time::Duration;

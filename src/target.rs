@@ -63,32 +63,73 @@ pub fn import_name(module_path: &str, package: &str) -> String {
     rel.replace('/', ".")
 }
 
-/// The next target: fewest times targeted in this run, then lowest coverage, then name. Modules in
-/// `busy` (targeted by an iteration still in flight) are skipped; None when every module is.
+/// The next target. Each module's weight is what is left to cover in it (statements never run
+/// plus branches never taken, at the run branch's tip), divided by one plus the iterations that
+/// already targeted it and once more by one plus those that kept nothing; ties go to the lower
+/// coverage, then the name. A module whose last two iterations kept nothing rests while the
+/// run's last four iterations include one of them, unless every other module is out too.
+/// Fully covered modules come last. Without coverage figures the weight is 1 for every module,
+/// so the least targeted comes first. Modules in `busy` (targeted by an iteration in flight)
+/// are never chosen; None when every module is.
 pub fn choose_target(
     modules: &[String],
     state: &RunState,
     coverage: Option<&Coverage>,
     busy: &[String],
 ) -> Option<String> {
-    let times = |m: &str| state.iterations.iter().filter(|i| i.target == m).count();
+    let on = |m: &str| -> Vec<&crate::state::Iteration> {
+        state
+            .iterations
+            .iter()
+            .filter(|i| i.target == m && i.kind == Kind::Add)
+            .collect()
+    };
+    let weight = |m: &str| -> f64 {
+        let its = on(m);
+        let misses = its
+            .iter()
+            .filter(|i| i.is_finished() && i.outcome != Some(crate::state::Outcome::Kept))
+            .count();
+        let gaps = match coverage.filter(|c| !c.missing.is_empty()) {
+            Some(c) => f64::from(c.missing.get(m).copied().unwrap_or(0)),
+            None => 1.0,
+        };
+        gaps / (1.0 + its.len() as f64) / (1.0 + misses as f64)
+    };
+    let recent: Vec<u32> = state.iterations.iter().rev().take(4).map(|i| i.n).collect();
+    let rested = |m: &str| {
+        let its = on(m);
+        let last_two: Vec<_> = its.iter().rev().take(2).collect();
+        last_two.len() == 2
+            && last_two
+                .iter()
+                .all(|i| i.is_finished() && i.outcome != Some(crate::state::Outcome::Kept))
+            && last_two.iter().any(|i| recent.contains(&i.n))
+    };
     let cov = |m: &str| {
         coverage
             .and_then(|c| c.modules.get(m).copied())
             .unwrap_or(0.0)
     };
+    let best = |pool: Vec<&String>| {
+        pool.into_iter()
+            .max_by(|a, b| {
+                weight(a)
+                    .total_cmp(&weight(b))
+                    .then(cov(b).total_cmp(&cov(a)))
+                    .then(b.cmp(a))
+            })
+            .cloned()
+    };
     // Never two iterations on one module at once (`--jobs`): their tests would be written
     // against the same gaps and the second would mostly repeat the first.
-    modules
-        .iter()
-        .filter(|m| !busy.contains(m))
-        .min_by(|a, b| {
-            times(a)
-                .cmp(&times(b))
-                .then(cov(a).total_cmp(&cov(b)))
-                .then(a.cmp(b))
-        })
-        .cloned()
+    let free: Vec<&String> = modules.iter().filter(|m| !busy.contains(m)).collect();
+    let awake: Vec<&String> = free.iter().copied().filter(|m| !rested(m)).collect();
+    if awake.is_empty() {
+        best(free)
+    } else {
+        best(awake)
+    }
 }
 
 pub fn focus_for(n: u32, focus: &[String]) -> String {
@@ -178,6 +219,91 @@ pub const MAX_FIX_ATTEMPTS: usize = 2;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn finished(n: u32, target: &str, kept: bool) -> crate::state::Iteration {
+        let mut it = crate::state::Iteration::new(n, target.into(), "f".into(), Kind::Add);
+        it.step = crate::state::Step::Finished;
+        it.outcome = Some(if kept {
+            crate::state::Outcome::Kept
+        } else {
+            crate::state::Outcome::Rejected
+        });
+        it
+    }
+
+    fn coverage(missing: &[(&str, u32)]) -> Coverage {
+        Coverage {
+            percent: 50.0,
+            modules: missing.iter().map(|(m, _)| (m.to_string(), 50.0)).collect(),
+            missing: missing.iter().map(|(m, k)| (m.to_string(), *k)).collect(),
+        }
+    }
+
+    #[test]
+    fn targets_weigh_what_is_missing_and_what_was_tried() {
+        let modules: Vec<String> = ["pkg/a.py", "pkg/b.py", "pkg/c.py"]
+            .map(String::from)
+            .to_vec();
+        let mut state = crate::state::tests::sample_state();
+        state.iterations.clear();
+        let cov = coverage(&[("pkg/a.py", 40), ("pkg/b.py", 25), ("pkg/c.py", 0)]);
+        // The most left to cover first.
+        assert_eq!(
+            choose_target(&modules, &state, Some(&cov), &[]).as_deref(),
+            Some("pkg/a.py")
+        );
+        // Targeted once and kept nothing: 40 / 2 / 2 = 10 < 25.
+        state.iterations.push(finished(1, "pkg/a.py", false));
+        assert_eq!(
+            choose_target(&modules, &state, Some(&cov), &[]).as_deref(),
+            Some("pkg/b.py")
+        );
+        // Busy modules are never chosen; fully covered ones only when nothing else is left.
+        assert_eq!(
+            choose_target(&modules, &state, Some(&cov), &["pkg/b.py".into()]).as_deref(),
+            Some("pkg/a.py")
+        );
+        assert_eq!(
+            choose_target(
+                &modules,
+                &state,
+                Some(&cov),
+                &["pkg/a.py".into(), "pkg/b.py".into()]
+            )
+            .as_deref(),
+            Some("pkg/c.py")
+        );
+        assert_eq!(choose_target(&modules, &state, Some(&cov), &modules), None);
+    }
+
+    #[test]
+    fn a_module_that_keeps_producing_nothing_rests() {
+        let modules: Vec<String> = ["pkg/a.py", "pkg/b.py"].map(String::from).to_vec();
+        let mut state = crate::state::tests::sample_state();
+        state.iterations = vec![
+            finished(1, "pkg/a.py", false),
+            finished(2, "pkg/a.py", false),
+        ];
+        // a has far more left to cover, but its last two tries kept nothing: it rests.
+        let cov = coverage(&[("pkg/a.py", 1000), ("pkg/b.py", 1)]);
+        assert_eq!(
+            choose_target(&modules, &state, Some(&cov), &[]).as_deref(),
+            Some("pkg/b.py")
+        );
+        // Alone, it is still chosen rather than nothing.
+        assert_eq!(
+            choose_target(&modules, &state, Some(&cov), &["pkg/b.py".into()]).as_deref(),
+            Some("pkg/a.py")
+        );
+        // Four iterations later it wakes up.
+        for n in 3..=6 {
+            state.iterations.push(finished(n, "pkg/b.py", true));
+        }
+        assert_eq!(
+            choose_target(&modules, &state, Some(&cov), &[]).as_deref(),
+            Some("pkg/a.py")
+        );
+    }
 
     #[test]
     fn import_names() {

@@ -63,14 +63,19 @@ def clamp(x, lo, hi):
     return max(lo, min(x, hi))
 "#;
 
-pub const TEXT: &str = r#"def slug(s):
-    return "-".join(s.lower().split())
+/// More left to cover than in `OPS` (never imported at the start), so it is the first target.
+pub const TEXT: &str = r#"SEPARATOR = "-"
+EMPTY_NAME = "empty name"
+
+
+def slug(s):
+    return SEPARATOR.join(s.lower().split())
 
 
 def initials(name):
     parts = name.split()
     if not parts:
-        raise ValueError("empty name")
+        raise ValueError(EMPTY_NAME)
     return "".join(p[0].upper() for p in parts)
 "#;
 

@@ -64,7 +64,7 @@ async fn the_prompt_carries_the_module_its_tests_and_the_guidelines() {
     assert!(
         bodies[0]["max_tokens"].as_u64().is_some() && bodies[0]["temperature"].as_f64().is_some()
     );
-    // Least covered first: text.py has no tests at all.
+    // The most left to cover first: text.py has no tests at all.
     assert!(
         user(0).contains("`calc/text.py`") && user(0).contains("def initials"),
         "{}",
@@ -83,8 +83,8 @@ async fn the_prompt_carries_the_module_its_tests_and_the_guidelines() {
     // Coverage-guided: text.py was never imported, so every line is marked; in ops.py only
     // what test_add does not run is.
     assert!(
-        user(0).contains("   1! def slug(s):")
-            && user(0).contains("Not covered yet: lines 1-2, 5-9"),
+        user(0).contains("   5! def slug(s):")
+            && user(0).contains("Not covered yet: lines 1-2, 5-6, 9-13; branches 11->12, 11->13"),
         "{}",
         user(0)
     );
