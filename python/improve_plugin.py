@@ -1,20 +1,29 @@
 """pytest plugin that improve puts on the test command's path (`-p improve_plugin`).
 
-Under `coverage run`, it labels every test's coverage with the test's node id (what
-`--cov-context=test` does in pytest-cov), so improve can tell which new test covers what; and
-it writes coverage's JSON report in-process when the session ends, which saves starting
-`coverage json` (a second Python process) after every suite run.
+Under `coverage run` it saves improve a Python process or two per pytest run:
+- with IMPROVE_GAIN_OUT set, it labels every test's coverage with the test's node id (what
+  `--cov-context=test` does in pytest-cov) and, when the session ends, writes what each test that
+  passed every time adds to the package's coverage beyond the report in IMPROVE_GAIN_BEFORE
+  (the run branch's tip) and beyond the tests before it in the file;
+- with IMPROVE_COVERAGE_JSON set, it writes coverage's JSON report in-process when the session
+  ends, instead of a second `coverage json` process.
+Without coverage.py, or without those variables, it does nothing.
 """
 import contextlib
 import io
+import json
 import os
+import re
 
 import pytest
 
 try:
     import coverage
-except ImportError:  # coverage.py is optional: without it the plugin does nothing
+except ImportError:  # coverage.py is optional
     coverage = None
+
+# node id -> [runs passed, runs failed], in the order pytest ran them.
+_outcomes = {}
 
 
 def _current():
@@ -26,7 +35,7 @@ def _current():
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    cov = _current() if os.environ.get("IMPROVE_COVERAGE_CONTEXTS") else None
+    cov = _current() if os.environ.get("IMPROVE_GAIN_OUT") else None
     if cov is not None:
         cov.switch_context(item.nodeid)
     yield
@@ -34,21 +43,121 @@ def pytest_runtest_protocol(item, nextitem):
         cov.switch_context("")
 
 
+def pytest_runtest_logreport(report):
+    counts = _outcomes.setdefault(report.nodeid, [0, 0])
+    if report.failed:
+        counts[1] += 1
+    elif report.when == "call" and report.passed:
+        counts[0] += 1
+
+
+def name_of(nodeid):
+    """`tests/test_x.py::TestK::test_b[1-2]` -> `TestK::test_b`, as improve prunes tests."""
+    parts = nodeid.split("::")[1:]
+    if not parts:
+        return None
+    parts[-1] = parts[-1].split("[")[0]
+    return "::".join(parts)
+
+
+def gain(data, worktree, before, nodeids):
+    """What each test adds to the coverage in `before` (a JSON report) and of the tests before
+    it, per measured file: {"adds": {name: {path: {"lines", "branches"}}}, "redundant": [..]}."""
+    files = {}
+    for path in data.measured_files():
+        rel = os.path.relpath(path, worktree)
+        if rel.startswith(".."):
+            continue
+        known = before.get(rel, {})
+        taken = {tuple(b) for b in known.get("executed_branches", [])}
+        files[path] = {
+            "rel": rel,
+            "covered": set(known.get("executed_lines", [])),
+            "taken": taken,
+            "branches": taken | {tuple(b) for b in known.get("missing_branches", [])},
+        }
+    per_test, names = {}, []
+    for nodeid in nodeids:
+        name = name_of(nodeid)
+        if name is None:
+            continue
+        if name not in names:
+            names.append(name)
+        # Query contexts are regular expressions, searched: test_a would match test_ab.
+        data.set_query_contexts(["^" + re.escape(nodeid) + "$"])
+        got = per_test.setdefault(name, {})
+        for path, f in files.items():
+            lines = set(data.lines(path) or [])
+            # Only arcs that are branches count (coverage also records entries and exits); for
+            # a module the tip's report lacks, every arc between real lines counts.
+            arcs = {
+                a
+                for a in (data.arcs(path) or [])
+                if a in f["branches"] or (not f["branches"] and a[0] > 0 and a[1] > 0)
+            }
+            if lines or arcs:
+                mine = got.setdefault(path, [set(), set()])
+                mine[0] |= lines
+                mine[1] |= arcs
+    data.set_query_contexts(None)
+    adds, redundant = {}, []
+    for name in names:
+        added = {}
+        for path, (lines, arcs) in per_test.get(name, {}).items():
+            f = files[path]
+            new_lines, new_arcs = lines - f["covered"], arcs - f["taken"]
+            if new_lines or new_arcs:
+                added[f["rel"]] = {"lines": sorted(new_lines), "branches": sorted(new_arcs)}
+                f["covered"] |= new_lines
+                f["taken"] |= new_arcs
+        if added:
+            adds[name] = added
+        else:
+            redundant.append(name)
+    return {"adds": adds, "redundant": redundant}
+
+
+def _write_gain(cov, session, out):
+    try:
+        with open(os.environ.get("IMPROVE_GAIN_BEFORE", ""), encoding="utf-8") as f:
+            before = json.load(f).get("files", {})
+    except (OSError, ValueError):
+        before = {}
+    # A parametrized test counts only when every case passed every time: it is kept or
+    # dropped whole.
+    by_name = {}
+    for nodeid, (passed, failed) in _outcomes.items():
+        ok = passed > 0 and failed == 0
+        by_name.setdefault(name_of(nodeid), []).append((nodeid, ok))
+    candidates = [
+        nodeid
+        for cases in by_name.values()
+        if all(ok for _, ok in cases)
+        for nodeid, _ in cases
+    ]
+    result = gain(cov.get_data(), str(session.config.rootpath), before, candidates)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
-    out = os.environ.get("IMPROVE_COVERAGE_JSON")
     cov = _current()
-    if not out or cov is None:
+    gain_out = os.environ.get("IMPROVE_GAIN_OUT")
+    report_out = os.environ.get("IMPROVE_COVERAGE_JSON")
+    if cov is None or not (gain_out or report_out):
         return
+    out = gain_out or report_out
     try:
         cov.stop()
         cov.save()
-        # Quietly: pytest's own summary must stay the last line of the output.
-        with contextlib.redirect_stdout(io.StringIO()):
-            cov.json_report(outfile=out, pretty_print=False)
-    except Exception as e:  # the report is then made the slow way, by `coverage json`
-        try:
+        if gain_out:
+            _write_gain(cov, session, gain_out)
+        else:
+            # Quietly: pytest's own summary must stay the last line of the output.
+            with contextlib.redirect_stdout(io.StringIO()):
+                cov.json_report(outfile=report_out, pretty_print=False)
+    except Exception as e:  # improve then does without (the report: the slow way)
+        with contextlib.suppress(OSError):
             os.remove(out)
-        except OSError:
-            pass
-        print(f"improve_plugin: no in-process coverage report: {e}")
+        print(f"improve_plugin: {e}")

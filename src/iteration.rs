@@ -697,11 +697,20 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     }
     args.extend(std::iter::repeat_n(test_file.clone(), 1 + reruns));
     let measure = if state.settings.require_coverage_gain {
-        Measure::PerTest
+        Measure::PerTest(latest_coverage_json(ctx, state))
     } else {
         Measure::Outcomes
     };
-    let new = run_timed(ctx, state, idx, &wt_path, &args, "pytest-new", measure).await?;
+    let new = run_timed(
+        ctx,
+        state,
+        idx,
+        &wt_path,
+        &args,
+        "pytest-new",
+        measure.clone(),
+    )
+    .await?;
     let mut new = new;
     let mut touched = side_effects(state, &wt_path)?;
     let mut tally = Tally::of(&new.cases);
@@ -754,7 +763,7 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
             &wt_path,
             &args,
             &format!("pytest-new-repair-{repairs}"),
-            measure,
+            measure.clone(),
         )
         .await?;
         touched = side_effects(state, &wt_path)?;
@@ -837,40 +846,22 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     // target: a test that reaches a helper the target calls is worth keeping too. Measured from the run above, before the whole suite runs, so a
     // proposal with no gain costs no suite run.
     let mut redundant = Vec::new();
-    if state.settings.require_coverage_gain && ctx.test_cmd.coverage.is_some() {
-        let data_file = ctx
-            .store
-            .iteration_dir(&run_id, n)
-            .join("pytest-new.coverage");
-        let candidates = prune_names(&passing, &test_file);
-        let before = latest_coverage_json(ctx, state);
-        let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
-        let dir = ctx.store.iteration_dir(&run_id, n);
-        match pytest::coverage_gain(
-            &python,
-            &data_file,
-            &wt_path,
-            before.as_deref(),
-            &candidates,
-            &dir,
-        )
-        .await
-        {
-            Ok(gain) => {
-                artifact(
-                    dir.join("coverage-gain.json"),
-                    &serde_json::to_vec_pretty(&gain.adds).unwrap_or_default(),
-                )?;
-                redundant = passing
-                    .iter()
-                    .filter(|id| {
-                        test_name(id, &test_file).is_some_and(|t| gain.redundant.contains(&t))
-                    })
-                    .cloned()
-                    .collect();
-            }
-            Err(e) => tracing::warn!("iteration {n}: coverage gain not measured: {e}"),
-        }
+    if let Some(gain) = new
+        .gain
+        .as_ref()
+        .filter(|_| state.settings.require_coverage_gain)
+    {
+        artifact(
+            ctx.store
+                .iteration_dir(&run_id, n)
+                .join("coverage-gain.json"),
+            &serde_json::to_vec_pretty(&gain.adds).unwrap_or_default(),
+        )?;
+        redundant = passing
+            .iter()
+            .filter(|id| test_name(id, &test_file).is_some_and(|t| gain.redundant.contains(&t)))
+            .cloned()
+            .collect();
     }
     verdict.funnel.gain = (passing.len() - redundant.len()) as u32;
     if redundant.len() == passing.len() {

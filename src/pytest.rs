@@ -46,13 +46,14 @@ pub struct TestCommand {
 }
 
 /// What a pytest run measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Measure {
     /// Nothing beyond pass and fail.
     Outcomes,
-    /// Coverage with each test's lines labelled by its node id, kept as a data file
-    /// (`<label>.coverage`) for [`coverage_gain`]; no report.
-    PerTest,
+    /// Coverage of each test on its own, and what each test that passed every time adds beyond
+    /// the coverage report given (the run branch's tip; None: nothing covered) and the tests
+    /// before it: [`PytestRun::gain`], worked out inside the pytest process by our plugin.
+    PerTest(Option<PathBuf>),
     /// Coverage of the whole run, summed up in a report (`<label>.coverage.json`).
     Report,
 }
@@ -112,6 +113,8 @@ pub struct PytestRun {
     pub summary: String,
     pub output_path: PathBuf,
     pub coverage: Option<Coverage>,
+    /// What each new test adds to coverage ([`Measure::PerTest`] runs with coverage.py).
+    pub gain: Option<Gain>,
 }
 
 impl PytestRun {
@@ -245,8 +248,10 @@ pub async fn run(
     let cov_json = artifacts.join(format!("{label}.coverage.json"));
     let _ = std::fs::remove_file(&cov_json);
 
-    let coverage = match (measure, &cmd.coverage, cmd.python()) {
-        (Measure::PerTest | Measure::Report, Some(spec), Some(python)) => {
+    let gain_json = artifacts.join(format!("{label}.gain.json"));
+    let _ = std::fs::remove_file(&gain_json);
+    let coverage = match (&measure, &cmd.coverage, cmd.python()) {
+        (Measure::PerTest(_) | Measure::Report, Some(spec), Some(python)) => {
             Some((spec, python.to_string()))
         }
         _ => None,
@@ -306,8 +311,17 @@ pub async fn run(
         .collect();
     env.push((std::ffi::OsString::from("PYTHONPATH"), pythonpath));
     if coverage.is_some() && cmd.plugin_dir.is_some() {
-        match measure {
-            Measure::PerTest => env.push(("IMPROVE_COVERAGE_CONTEXTS".into(), "1".into())),
+        match &measure {
+            Measure::PerTest(before) => {
+                env.push(("IMPROVE_GAIN_OUT".into(), gain_json.clone().into()));
+                // A copy beside the run's other files: under --sandbox only they are visible.
+                let copy = artifacts.join(format!("{label}.gain-before.json"));
+                if let Some(b) = before
+                    && std::fs::copy(b, &copy).is_ok()
+                {
+                    env.push(("IMPROVE_GAIN_BEFORE".into(), copy.into()));
+                }
+            }
             Measure::Report => env.push(("IMPROVE_COVERAGE_JSON".into(), cov_json.clone().into())),
             Measure::Outcomes => {}
         }
@@ -367,6 +381,9 @@ pub async fn run(
         summary = %summary,
         "pytest finished"
     );
+    let gain = std::fs::read_to_string(&gain_json)
+        .ok()
+        .and_then(|j| serde_json::from_str(&j).ok());
     Ok(PytestRun {
         exit_code,
         timed_out,
@@ -375,6 +392,7 @@ pub async fn run(
         summary,
         output_path,
         coverage,
+        gain,
     })
 }
 
@@ -850,7 +868,7 @@ pub async fn tidy(python: &str, file: &Path, scratch: &Path) -> Result<(u32, u32
     }
 }
 
-/// What each candidate test adds to the package's coverage (see `python/gain.py`).
+/// What each new test adds to the package's coverage (worked out by `python/improve_plugin.py`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct Gain {
     /// Per test (as `prune` names it), per module: the lines and branches it alone reaches.
@@ -863,32 +881,6 @@ pub struct Gain {
 pub struct Added {
     pub lines: Vec<u32>,
     pub branches: Vec<(i64, i64)>,
-}
-
-/// Reads a [`Measure::PerTest`] data file and says what each of `names` adds beyond `before`
-/// (the coverage report at the run branch's tip).
-pub async fn coverage_gain(
-    python: &str,
-    data_file: &Path,
-    worktree: &Path,
-    before: Option<&Path>,
-    names: &[String],
-    scratch: &Path,
-) -> Result<Gain, String> {
-    let names_json = serde_json::to_string(names).map_err(|e| e.to_string())?;
-    let words = [
-        python.to_string(),
-        "-c".into(),
-        include_str!("../python/gain.py").into(),
-        data_file.display().to_string(),
-        worktree.display().to_string(),
-        before.map(|p| p.display().to_string()).unwrap_or_default(),
-        names_json,
-    ];
-    match run_helper(&words, scratch, &scratch.join("gain.txt")).await? {
-        (Some(0), last) => serde_json::from_str(&last).map_err(|e| format!("{e}: {last}")),
-        (_, last) => Err(last),
-    }
 }
 
 #[cfg(test)]
