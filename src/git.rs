@@ -299,8 +299,8 @@ pub fn head_of(worktree: &Path) -> Option<Oid> {
         .map(|c| c.id())
 }
 
-/// Removes ref lock files left in our own ref namespaces (`improve/`, `improve-wip/`) by a
-/// process killed mid-update; libgit2, like git, refuses to touch a ref whose `.lock` exists.
+/// Removes lock files left in our own ref namespaces (`improve/`, `improve-wip/`) and
+/// worktrees by a process killed mid-update; libgit2, like git, refuses to touch a ref whose `.lock` exists.
 /// Only called while holding the repository-wide improve lock, so no live improve owns them.
 pub fn remove_stale_ref_locks(repo: &Repository) -> Result<Vec<PathBuf>, GitError> {
     let mut removed = Vec::new();
@@ -316,6 +316,22 @@ pub fn remove_stale_ref_locks(repo: &Repository) -> Result<Vec<PathBuf>, GitErro
                 if path.is_dir() {
                     stack.push(path);
                 } else if path.extension().is_some_and(|e| e == "lock") {
+                    std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+                    removed.push(path);
+                }
+            }
+        }
+    }
+    // The same for the index and HEAD of our own worktrees (`improve-<run>-<n>`): a kill while
+    // an iteration committed leaves them locked, and the resumed iteration must commit there.
+    if let Ok(entries) = std::fs::read_dir(repo.commondir().join("worktrees")) {
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with("improve-") {
+                continue;
+            }
+            for name in ["index.lock", "HEAD.lock"] {
+                let path = entry.path().join(name);
+                if path.exists() {
                     std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
                     removed.push(path);
                 }

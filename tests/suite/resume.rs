@@ -580,3 +580,28 @@ async fn a_ref_lock_left_by_a_killed_run_is_cleared() {
     assert!(!lock.exists());
     assert_eq!(fx.run_commits().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_lock_left_in_an_iteration_worktree_is_cleared() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(PARTLY_FAILING)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1", "--max-repairs", "0"])
+        .env("IMPROVE_TEST_ABORT_AT", "applied:1");
+    llm.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), None);
+    // What a kill while the iteration amended its commit leaves behind: dropping the failing
+    // tests on resume must commit there again.
+    let admin = std::fs::read_dir(fx.root().join(".git/worktrees"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-0001"))
+        .expect("the iteration's worktree")
+        .path();
+    let lock = admin.join("index.lock");
+    std::fs::write(&lock, "").unwrap();
+    run_ok(fx.root(), &llm, &[]).await;
+    assert_eq!(fx.run_commits().len(), 1);
+    let log = improve_json(fx.root(), &["log", "--json"]);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#}");
+}
