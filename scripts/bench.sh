@@ -134,12 +134,13 @@ state = json.load(open(f"{repo}/.improve/state.json"))
 # The log rounds seconds to 0.1, which summed over many sub-second iterations would skew the
 # shares; state.json keeps them unrounded, so prefer it and fall back to the log.
 precise = {it["n"]: it.get("seconds") for it in state.get("iterations", []) if it.get("seconds")}
-llm = tests = other = 0.0
+llm = tests = helpers = other = 0.0
 for row in log:
     s = precise.get(row["n"]) or row["seconds"]
     llm += s.get("llm", 0.0)
     tests += s.get("tests", 0.0)
-    other += s.get("other", s.get("total", 0.0) - s.get("llm", 0.0) - s.get("tests", 0.0))
+    helpers += s.get("helpers", 0.0)
+    other += s.get("total", 0.0) - s.get("llm", 0.0) - s.get("tests", 0.0) - s.get("helpers", 0.0)
 baseline = state.get("baseline") or {}
 
 def when(stamp):
@@ -162,7 +163,7 @@ print(json.dumps({
     "wall": float(end) - float(start),
     "done": status["iterations_done"],
     "kept": status["kept"], "rejected": status["rejected"], "errors": status["errors"],
-    "llm": llm, "tests": tests, "other": other, "rows": len(log),
+    "llm": llm, "tests": tests, "helpers": helpers, "other": other, "rows": len(log),
     "baseline_tests": float(baseline.get("seconds") or 0.0),
     "hwm_mb": int(hwm_kb) / 1024, "in_flight": peak if events else None,
 }))
@@ -207,12 +208,18 @@ if zero:
     wall = zero["wall"]
     tests = zero["tests"] + zero["baseline_tests"]
     outside = wall - zero["llm"] - tests
-    mean_other = zero["other"] / zero["rows"] if zero["rows"] else 0.0
+    rows = zero["rows"] or 1
+    own = zero["other"]
+    rest = outside - zero["helpers"] - own
     print(f"0 s latency, --jobs 1: wall {wall:.2f} s = LLM {zero['llm']:.2f} s"
           f" + pytest {tests:.2f} s (iterations {zero['tests']:.2f} + baseline"
           f" {zero['baseline_tests']:.2f}) + outside both {outside:.2f} s"
-          f" ({outside / wall * 100:.1f}% of wall); mean seconds.other per iteration"
-          f" {mean_other:.3f} s.")
+          f" ({outside / wall * 100:.1f}% of wall).")
+    print(f"  outside both = Python helper processes (syntax check, pruning) {zero['helpers']:.2f} s"
+          f" ({zero['helpers'] / wall * 100:.1f}%) + improve's own work in iterations (git,"
+          f" saving, parsing) {own:.2f} s ({own / wall * 100:.1f}%, {own / rows * 1000:.0f} ms per"
+          f" iteration) + start-up, baseline worktree and report {rest:.2f} s"
+          f" ({rest / wall * 100:.1f}%).")
 print(f"Peak memory of the improve process itself (VmHWM, pytest excluded): "
       f"max {max(r['hwm_mb'] for r in runs):.1f} MB.")
 EOF

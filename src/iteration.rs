@@ -107,7 +107,27 @@ fn iteration_branch(run_id: &str, n: u32) -> String {
     format!("improve-wip/{run_id}/{n:04}")
 }
 
+/// Writes an artifact for the review (prompt, proposal, diff...). Not fsynced: each can be
+/// made again, and a sync per file would cost more than improve's own work in an iteration.
+/// It is still renamed into place, so a reader never sees half a file.
 fn artifact(path: PathBuf, bytes: &[u8]) -> Result<(), StepError> {
+    let written = (|| {
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, bytes)?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    })();
+    written.map_err(|source| StepError::Artifact {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// An LLM answer: on disk for good (fsynced) before the state may say it was received, so a
+/// resume never pays for it twice.
+fn durable_artifact(path: PathBuf, bytes: &[u8]) -> Result<(), StepError> {
     write_atomic(&path, bytes).map_err(|source| StepError::Artifact {
         path: path.display().to_string(),
         source,
@@ -500,7 +520,7 @@ async fn ask(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), S
             match result {
                 Ok(r) => {
                     let json = serde_json::to_vec_pretty(&r).unwrap_or_default();
-                    artifact(response_path, &json)?;
+                    durable_artifact(response_path, &json)?;
                     r
                 }
                 Err(LlmError::Cancelled) => return Err(StepError::Cancelled),
@@ -554,7 +574,10 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     let proposal_file = dir.join("proposal.py");
     artifact(proposal_file.clone(), proposal.code.as_bytes())?;
     let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
-    let proposed = match pytest::tidy(&python, &proposal_file, &dir).await {
+    let started = Instant::now();
+    let tidied = pytest::tidy(&python, &proposal_file, &dir).await;
+    state.iterations[idx].seconds.helpers += started.elapsed().as_secs_f64();
+    let proposed = match tidied {
         Ok((_, tests)) => tests,
         Err(msg) => {
             finish(
@@ -1364,7 +1387,7 @@ async fn repair(
             state.iterations[idx].seconds.llm += started.elapsed().as_secs_f64();
             match result {
                 Ok(r) => {
-                    artifact(
+                    durable_artifact(
                         response_path,
                         &serde_json::to_vec_pretty(&r).unwrap_or_default(),
                     )?;
@@ -1389,7 +1412,10 @@ async fn repair(
     let proposal_file = dir.join(format!("proposal-repair-{round}.py"));
     artifact(proposal_file.clone(), proposal.code.as_bytes())?;
     let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
-    if pytest::tidy(&python, &proposal_file, &dir).await.is_err() {
+    let started = Instant::now();
+    let tidied = pytest::tidy(&python, &proposal_file, &dir).await;
+    state.iterations[idx].seconds.helpers += started.elapsed().as_secs_f64();
+    if tidied.is_err() {
         return Ok(false);
     }
     let code = std::fs::read_to_string(&proposal_file).unwrap_or(proposal.code);
@@ -1610,7 +1636,10 @@ async fn drop_tests(
     let dir = ctx.store.iteration_dir(&state.run_id, n);
     let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
     let doomed = prune_names(ids, test_file);
-    match pytest::prune(&python, &worktree.join(test_file), &doomed, &dir).await {
+    let started = Instant::now();
+    let pruned = pytest::prune(&python, &worktree.join(test_file), &doomed, &dir).await;
+    state.iterations[idx].seconds.helpers += started.elapsed().as_secs_f64();
+    match pruned {
         Ok(removed) if removed > 0 => {}
         Ok(_) => return Ok(false),
         Err(e) => {

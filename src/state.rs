@@ -125,6 +125,9 @@ pub struct Baseline {
 pub struct Seconds {
     pub llm: f64,
     pub tests: f64,
+    /// In short Python processes that parse a test file (syntax check and tidying, pruning).
+    #[serde(default)]
+    pub helpers: f64,
     pub total: f64,
 }
 

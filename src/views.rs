@@ -189,7 +189,12 @@ pub fn log_json(it: &Iteration) -> Value {
             "llm": round1(it.seconds.llm),
             "tests": round1(it.seconds.tests),
             "total": round1(it.seconds.total),
-            "other": round1((it.seconds.total - it.seconds.llm - it.seconds.tests).max(0.0)),
+            "helpers": round2(it.seconds.helpers),
+            // improve's own work: git, saving, parsing answers and reports.
+            "other": round2(
+                (it.seconds.total - it.seconds.llm - it.seconds.tests - it.seconds.helpers)
+                    .max(0.0)
+            ),
         },
         "test_file": it.test_file,
         "pytest_summary": it.verdict.as_ref().map(|v| v.pytest_summary.clone()),
@@ -212,6 +217,10 @@ pub fn log_json(it: &Iteration) -> Value {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 pub fn log(global: &GlobalArgs, as_json: bool) -> Result<()> {
@@ -318,11 +327,12 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
     }
     let _ = writeln!(
         out,
-        "time:     {:.1}s total, {:.1}s LLM, {:.1}s pytest, {:.2}s other; {} LLM call(s), {} tokens in, {} out",
+        "time:     {:.1}s total, {:.1}s LLM, {:.1}s pytest, {:.2}s Python helpers, {:.2}s other; {} LLM call(s), {} tokens in, {} out",
         it.seconds.total,
         it.seconds.llm,
         it.seconds.tests,
-        (it.seconds.total - it.seconds.llm - it.seconds.tests).max(0.0),
+        it.seconds.helpers,
+        (it.seconds.total - it.seconds.llm - it.seconds.tests - it.seconds.helpers).max(0.0),
         it.llm_calls,
         it.tokens_in,
         it.tokens_out
