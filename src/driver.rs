@@ -20,6 +20,7 @@ use crate::iteration::{self, RunContext, StepError};
 use crate::llm::{ApiKey, LlmClient, LlmSettings, Provider, RetryPolicy};
 use crate::progress::Printer;
 use crate::prompt::Templates;
+use crate::pyhelper::PyHelper;
 use crate::pytest::{self, CaseOutcome, CoverageSpec, TestCommand};
 use crate::report;
 use crate::state::{
@@ -193,6 +194,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         }
     };
 
+    let helper = PyHelper::new(test_cmd.python().unwrap_or("python3"), &scratch);
     let ctx = RunContext {
         repo,
         store,
@@ -204,6 +206,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         session_start: Instant::now(),
         elapsed_before: state.elapsed_s,
         keep_lock: tokio::sync::Mutex::new(()),
+        helper,
     };
     // The state is saved before the run branch exists, so a crash in between leaves a run
     // whose branch is simply created on resume, never an orphan branch and a second run.

@@ -67,6 +67,8 @@ pub struct RunContext {
     pub elapsed_before: f64,
     /// Keeping is serialized: one iteration at a time compares with and moves the run branch.
     pub keep_lock: tokio::sync::Mutex<()>,
+    /// Parses, tidies and prunes test files (one Python process for the whole run).
+    pub helper: crate::pyhelper::PyHelper,
 }
 
 impl RunContext {
@@ -573,9 +575,8 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     };
     let proposal_file = dir.join("proposal.py");
     artifact(proposal_file.clone(), proposal.code.as_bytes())?;
-    let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
     let started = Instant::now();
-    let tidied = pytest::tidy(&python, &proposal_file, &dir).await;
+    let tidied = ctx.helper.tidy(&proposal_file).await;
     state.iterations[idx].seconds.helpers += started.elapsed().as_secs_f64();
     let proposed = match tidied {
         Ok((_, tests)) => tests,
@@ -1411,9 +1412,8 @@ async fn repair(
     };
     let proposal_file = dir.join(format!("proposal-repair-{round}.py"));
     artifact(proposal_file.clone(), proposal.code.as_bytes())?;
-    let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
     let started = Instant::now();
-    let tidied = pytest::tidy(&python, &proposal_file, &dir).await;
+    let tidied = ctx.helper.tidy(&proposal_file).await;
     state.iterations[idx].seconds.helpers += started.elapsed().as_secs_f64();
     if tidied.is_err() {
         return Ok(false);
@@ -1634,10 +1634,9 @@ async fn drop_tests(
 ) -> Result<bool, StepError> {
     let n = state.iterations[idx].n;
     let dir = ctx.store.iteration_dir(&state.run_id, n);
-    let python = ctx.test_cmd.python().unwrap_or("python3").to_string();
     let doomed = prune_names(ids, test_file);
     let started = Instant::now();
-    let pruned = pytest::prune(&python, &worktree.join(test_file), &doomed, &dir).await;
+    let pruned = ctx.helper.prune(&worktree.join(test_file), &doomed).await;
     state.iterations[idx].seconds.helpers += started.elapsed().as_secs_f64();
     match pruned {
         Ok(removed) if removed > 0 => {}

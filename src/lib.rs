@@ -16,6 +16,7 @@ pub mod logging;
 pub mod progress;
 pub mod prompt;
 pub mod proposal;
+pub mod pyhelper;
 pub mod pytest;
 pub mod report;
 pub mod state;

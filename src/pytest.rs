@@ -819,55 +819,6 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
     Ok(code == Some(0))
 }
 
-/// Removes the named test functions from `file` with Python's own parser (python/prune.py);
-/// returns how many were removed.
-pub async fn prune(
-    python: &str,
-    file: &Path,
-    names: &[String],
-    scratch: &Path,
-) -> Result<u32, String> {
-    let names_json = serde_json::to_string(names).map_err(|e| e.to_string())?;
-    let words = [
-        python,
-        "-c",
-        include_str!("../python/prune.py"),
-        &file.display().to_string(),
-        &names_json,
-    ]
-    .map(String::from);
-    match run_helper(&words, scratch, &scratch.join("prune.txt")).await? {
-        (Some(0), last) => last
-            .parse::<u32>()
-            .map_err(|_| format!("unexpected output: {last}")),
-        (_, last) => Err(last),
-    }
-}
-
-/// Checks a proposed test file with the test command's own interpreter (its grammar is the one
-/// that matters) and marks `Test*` classes that are not tests with `__test__ = False`, in one
-/// process. `Ok` carries how many classes were marked and how many test functions the file
-/// defines; `Err` the syntax error as Python says it.
-pub async fn tidy(python: &str, file: &Path, scratch: &Path) -> Result<(u32, u32), String> {
-    let words = [
-        python,
-        "-c",
-        include_str!("../python/tidy.py"),
-        &file.display().to_string(),
-    ]
-    .map(String::from);
-    match run_helper(&words, scratch, &scratch.join("tidy.txt")).await? {
-        (Some(0), last) => {
-            let mut counts = last
-                .split_whitespace()
-                .map(|w| w.parse::<u32>().unwrap_or(0));
-            Ok((counts.next().unwrap_or(0), counts.next().unwrap_or(0)))
-        }
-        (_, last) if last.is_empty() => Err("unparseable".into()),
-        (_, last) => Err(last),
-    }
-}
-
 /// What each new test adds to the package's coverage (worked out by `python/improve_plugin.py`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct Gain {

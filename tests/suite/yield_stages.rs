@@ -280,3 +280,25 @@ async fn a_red_suite_is_not_refused_and_fix_iterations_repair_it_first() {
     let (ok, out) = fx.suite_passes_on_run_branch();
     assert!(ok, "{out}");
 }
+
+/// `TestCase` is a data holder the tests build, not a test class: pytest would warn that it
+/// cannot collect it.
+const WITH_NON_TEST_CLASS: &str = "from calc.text import initials\n\n\nclass TestCase:\n    def __init__(self, name, expected):\n        self.name = name\n        self.expected = expected\n\n\ndef test_initials_table():\n    for case in [TestCase('ada lovelace', 'AL'), TestCase('x', 'X')]:\n        assert initials(case.name) == case.expected\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_classes_that_are_not_tests_are_marked_so() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(WITH_NON_TEST_CLASS)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(
+        kept.contains("class TestCase:\n    __test__ = False"),
+        "{kept}"
+    );
+    // pytest no longer warns about it.
+    let (ok, out) = fx.suite_passes_on_run_branch();
+    assert!(ok && !out.contains("PytestCollectionWarning"), "{out}");
+}

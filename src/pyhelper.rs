@@ -1,0 +1,133 @@
+//! One long-lived Python process (`python/helper.py`, run with the project's interpreter) that
+//! checks, tidies and prunes proposed test files with Python's own parser. A process per
+//! request would cost an interpreter start each time, more than improve's own work in an
+//! iteration; this one starts on first use and again if it ever dies.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// No request takes long (a parse of one file); past this the helper is taken for hung.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct PyHelper {
+    python: String,
+    scratch: PathBuf,
+    running: tokio::sync::Mutex<Option<Running>>,
+}
+
+struct Running {
+    // Held so that the process is killed with the helper (kill_on_drop).
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl PyHelper {
+    pub fn new(python: &str, scratch: &Path) -> PyHelper {
+        PyHelper {
+            python: python.to_string(),
+            scratch: scratch.to_path_buf(),
+            running: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn start(&self) -> Result<Running, String> {
+        let stderr = std::fs::File::create(self.scratch.join("helper-stderr.txt"))
+            .map_err(|e| format!("cannot write to {}: {e}", self.scratch.display()))?;
+        let mut child = Command::new(&self.python)
+            .arg("-c")
+            .arg(include_str!("../python/helper.py"))
+            .current_dir(&self.scratch)
+            .env_clear()
+            .envs(crate::pytest::test_environment(&[]))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.python))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("the Python helper has no pipes".into());
+        };
+        Ok(Running {
+            _child: child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        })
+    }
+
+    /// One request, one answer. A helper that fails to answer is dropped (and killed) and the
+    /// next request starts a new one.
+    async fn call(&self, request: Value) -> Result<Value, String> {
+        let mut slot = self.running.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.start()?);
+        }
+        let Some(running) = slot.as_mut() else {
+            return Err("the Python helper did not start".into());
+        };
+        let exchange = async {
+            let mut line = request.to_string();
+            line.push('\n');
+            running.stdin.write_all(line.as_bytes()).await?;
+            running.stdin.flush().await?;
+            let mut answer = String::new();
+            running.stdout.read_line(&mut answer).await?;
+            Ok::<String, std::io::Error>(answer)
+        };
+        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok(answer)) if !answer.is_empty() => answer,
+            outcome => {
+                *slot = None;
+                let why = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => "it exited".into(),
+                    Err(_) => "no answer within a minute".into(),
+                };
+                return Err(format!(
+                    "the Python helper failed ({why}; see {})",
+                    self.scratch.join("helper-stderr.txt").display()
+                ));
+            }
+        };
+        let value: Value = serde_json::from_str(&answer)
+            .map_err(|e| format!("the Python helper answered {answer:?}: {e}"))?;
+        if value["ok"] == Value::Bool(true) {
+            Ok(value)
+        } else {
+            Err(value["error"].as_str().unwrap_or("failed").to_string())
+        }
+    }
+
+    /// Checks `file` is valid Python and marks `Test*` classes that are not tests with
+    /// `__test__ = False`. `Ok` carries the classes marked and the test functions the file
+    /// defines; `Err` the syntax error as Python reports it (`line 3: invalid syntax`).
+    pub async fn tidy(&self, file: &Path) -> Result<(u32, u32), String> {
+        let v = self
+            .call(json!({"op": "tidy", "file": file.display().to_string()}))
+            .await?;
+        let count = |k: &str| {
+            v[k].as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0)
+        };
+        Ok((count("marked"), count("tests")))
+    }
+
+    /// Removes the test functions `names` (`test_a`, `TestK::test_b`) from `file`; returns how
+    /// many went. The file is left as it was when the result would not parse.
+    pub async fn prune(&self, file: &Path, names: &[String]) -> Result<u32, String> {
+        let v = self
+            .call(json!({"op": "prune", "file": file.display().to_string(), "names": names}))
+            .await?;
+        Ok(v["removed"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0))
+    }
+}
