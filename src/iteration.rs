@@ -715,17 +715,13 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     // One pytest process runs the new file 1 + `reruns` times (TestGen-LLM's filter against
     // flaky tests), recording which lines of the package each test runs.
     let reruns = state.settings.reruns as usize;
-    let mut args = Vec::new();
-    if reruns > 0 {
-        args.push("--keep-duplicates".to_string());
-    }
-    args.extend(std::iter::repeat_n(test_file.clone(), 1 + reruns));
+    let args = repeated_runs(&test_file, reruns);
     let measure = if state.settings.require_coverage_gain {
         Measure::PerTest(latest_coverage_json(ctx, state))
     } else {
         Measure::Outcomes
     };
-    let new = run_timed(
+    let mut new = run_timed(
         ctx,
         state,
         idx,
@@ -735,7 +731,6 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         measure.clone(),
     )
     .await?;
-    let mut new = new;
     let mut touched = side_effects(state, &wt_path)?;
     let mut tally = Tally::of(&new.cases);
     // Repair: failing tests (or a file that does not collect, once) go back to the LLM in the
@@ -936,19 +931,11 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
 
     // The worktree started from the tip of that moment, which with `--jobs` may be behind the
     // tip now: compare with what passed there.
-    let parent = ctx
-        .repo
-        .find_commit(git::oid(
-            state.iterations[idx]
-                .iteration_commit
-                .as_deref()
-                .unwrap_or(&commit),
-            "the iteration commit",
-        )?)
-        .and_then(|c| c.parent_id(0))
-        .map(|p| p.to_string())
-        .ok();
-    let passing_before = state.passing_at(parent.as_deref());
+    let current = state.iterations[idx]
+        .iteration_commit
+        .as_deref()
+        .unwrap_or(&commit);
+    let passing_before = passing_before(ctx, state, git::oid(current, "the iteration commit")?);
     run_suite(
         ctx,
         state,
@@ -976,6 +963,26 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     };
     finish_verified(state, idx, verdict);
     Ok(())
+}
+
+/// pytest arguments that run `test_file` once and then `reruns` more times, in one process.
+fn repeated_runs(test_file: &str, reruns: usize) -> Vec<String> {
+    let keep = (reruns > 0).then(|| "--keep-duplicates".to_string());
+    keep.into_iter()
+        .chain(std::iter::repeat_n(test_file.to_string(), 1 + reruns))
+        .collect()
+}
+
+/// What passed where the iteration's commit started: with `--jobs` the tip may have moved on
+/// since, and tests kept meanwhile are not in this worktree.
+fn passing_before(ctx: &RunContext, state: &RunState, commit: Oid) -> Vec<String> {
+    let parent = ctx
+        .repo
+        .find_commit(commit)
+        .and_then(|c| c.parent_id(0))
+        .map(|p| p.to_string())
+        .ok();
+    state.passing_at(parent.as_deref())
 }
 
 /// A fix iteration is kept when tests that failed at the start now pass, every time, and in
@@ -1007,12 +1014,7 @@ async fn verify_fix(
         finish_verified(state, idx, verdict);
         return Ok(());
     }
-    let reruns = state.settings.reruns as usize;
-    let mut args = Vec::new();
-    if reruns > 0 {
-        args.push("--keep-duplicates".to_string());
-    }
-    args.extend(std::iter::repeat_n(test_file.to_string(), 1 + reruns));
+    let args = repeated_runs(test_file, state.settings.reruns as usize);
     let run = run_timed(
         ctx,
         state,
@@ -1068,13 +1070,7 @@ async fn verify_fix(
         finish_verified(state, idx, verdict);
         return Ok(());
     }
-    let parent = ctx
-        .repo
-        .find_commit(commit)
-        .and_then(|c| c.parent_id(0))
-        .map(|p| p.to_string())
-        .ok();
-    let passing_before = state.passing_at(parent.as_deref());
+    let passing_before = passing_before(ctx, state, commit);
     let suite_passed = run_suite(
         ctx,
         state,
