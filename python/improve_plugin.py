@@ -33,9 +33,20 @@ def _current():
     return current() if current else None
 
 
+# The coverage object, once stopped when the file's tests began to run again (see below):
+# Coverage.current() knows only a running one.
+_stopped = []
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    cov = _current() if os.environ.get("IMPROVE_GAIN_OUT") else None
+    cov = _current() if os.environ.get("IMPROVE_GAIN_OUT") and not _stopped else None
+    if cov is not None and item.nodeid in _outcomes:
+        # The reruns (--keep-duplicates) only look for flaky tests: what each test covers was
+        # recorded on its first run, and tracing the others would only cost time.
+        cov.stop()
+        _stopped.append(cov)
+        cov = None
     if cov is not None:
         cov.switch_context(item.nodeid)
     yield
@@ -142,14 +153,15 @@ def _write_gain(cov, session, out):
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
-    cov = _current()
+    cov = _stopped[0] if _stopped else _current()
     gain_out = os.environ.get("IMPROVE_GAIN_OUT")
     report_out = os.environ.get("IMPROVE_COVERAGE_JSON")
     if cov is None or not (gain_out or report_out):
         return
     out = gain_out or report_out
     try:
-        cov.stop()
+        if not _stopped:
+            cov.stop()
         cov.save()
         if gain_out:
             _write_gain(cov, session, gain_out)
