@@ -302,3 +302,53 @@ async fn test_classes_that_are_not_tests_are_marked_so() {
     let (ok, out) = fx.suite_passes_on_run_branch();
     assert!(ok && !out.contains("PytestCollectionWarning"), "{out}");
 }
+
+/// Imports a name the module does not have: the file does not collect.
+const DOES_NOT_COLLECT: &str = "from calc.ops import clamp, divide, multiply\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n";
+const COLLECTS: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\ndef test_clamp_low():\n    assert clamp(-1, 0, 3) == 0\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_that_does_not_collect_gets_one_repair_round() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(DOES_NOT_COLLECT), code_answer(COLLECTS)],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["repairs"], 1, "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    // The repair request showed the import error pytest reported.
+    let requests = llm.requests().await;
+    assert_eq!(requests.len(), 2);
+    let body: serde_json::Value = serde_json::from_slice(&requests[1].body).unwrap();
+    let ask = body["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ask.contains("to collect") && ask.contains("multiply"),
+        "{ask}"
+    );
+
+    // Only one round for a file that does not collect: a second broken answer is rejected.
+    let fx2 = Fixture::new();
+    let llm2 = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(DOES_NOT_COLLECT), code_answer(DOES_NOT_COLLECT)],
+    )
+    .await;
+    run_ok(fx2.root(), &llm2, &["-n", "1"]).await;
+    let log = log_of(&fx2);
+    assert_eq!(log[0]["outcome"], "rejected", "{log:#?}");
+    assert!(
+        log[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("does not collect"),
+        "{log:#?}"
+    );
+    assert_eq!(llm2.requests().await.len(), 2);
+}
