@@ -182,6 +182,10 @@ pub async fn advance(ctx: &RunContext, run: &RefCell<RunState>, n: u32) -> Resul
         }
         state.iterations[idx].seconds.total += clock.lap();
         let done = state.iterations[idx].step;
+        state.iterations[idx].timeline.push(crate::state::StepTime {
+            step: done,
+            at: Utc::now(),
+        });
         {
             let mut shared = run.borrow_mut();
             let at = index(&shared, n)?;

@@ -270,6 +270,16 @@ pub struct Iteration {
     /// need not be the order of their numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_seq: Option<u32>,
+    /// When each step ended (`asked`, `applied`, `verified`, `finished`), in this iteration's
+    /// own time line: with `--jobs` above 1, iterations overlap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<StepTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTime {
+    pub step: Step,
+    pub at: DateTime<Utc>,
 }
 
 impl Iteration {
@@ -298,6 +308,7 @@ impl Iteration {
             verdict: None,
             seconds: Seconds::default(),
             keep_seq: None,
+            timeline: Vec::new(),
         }
     }
 

@@ -337,6 +337,17 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
         it.tokens_in,
         it.tokens_out
     );
+    if !it.timeline.is_empty() {
+        let steps: Vec<String> = it
+            .timeline
+            .iter()
+            .map(|t| {
+                let secs = (t.at - it.started_at).num_milliseconds() as f64 / 1000.0;
+                format!("{} +{secs:.1}s", step_word(t.step))
+            })
+            .collect();
+        let _ = writeln!(out, "steps:    {}", steps.join(", "));
+    }
     for (label, file) in [("prompt", "prompt.md"), ("answer", "response.json")] {
         let p = dir.join(file);
         if p.exists() {
@@ -395,4 +406,14 @@ pub fn report(global: &GlobalArgs, out: Option<&Path>, format: ReportFormat) -> 
         }
     }
     Ok(())
+}
+
+fn step_word(step: crate::state::Step) -> &'static str {
+    match step {
+        crate::state::Step::Planned => "planned",
+        crate::state::Step::Asked => "asked",
+        crate::state::Step::Applied => "applied",
+        crate::state::Step::Verified => "verified",
+        crate::state::Step::Finished => "finished",
+    }
 }

@@ -67,6 +67,27 @@ async fn two_jobs_overlap_never_share_a_target_and_keep_one_commit_each() {
         }
     }
     assert!(concurrent >= 2, "iterations ran one at a time: {line:?}");
+    // Each iteration's own time line: its steps in order, in time.
+    for it in state["iterations"].as_array().unwrap() {
+        let steps: Vec<&str> = it["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["step"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            ["asked", "applied", "verified", "finished"],
+            "{it:#}"
+        );
+        let times: Vec<DateTime<Utc>> = it["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| time(&t["at"]))
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{it:#}");
+    }
 
     let status = improve_json(fx.root(), &["status", "--json"]);
     assert_eq!(status["state"], "complete", "{status:#}");
