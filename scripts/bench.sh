@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks improve against a stand-in LLM (scripts/bench_standin.py) on examples/demo:
 # throughput at a fixed LLM latency for --jobs 1, 2 and 4, then, with no latency at all, how
-# much of the wall time is improve itself rather than the LLM or pytest, and improve's own
-# peak memory. Every run starts from a fresh copy of the demo, so runs don't share state.
+# much of the wall time is improve itself rather than the LLM or pytest (on the demo, and on a
+# generated package whose suite has thousands of tests: scripts/bench_fixture.py), and
+# improve's own peak memory. Every run starts from a fresh copy, so runs don't share state.
 #
 # Environment: BENCH_ITERATIONS (default 12), BENCH_LATENCY (seconds, default 2),
 # IMPROVE_BIN (default target/release/improve), BENCH_BUILD=1 (build even if IMPROVE_BIN is
@@ -47,10 +48,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start_standin() { # latency -> sets STANDIN_PID and PORT
+start_standin() { # latency recording -> sets STANDIN_PID and PORT
   local out=$WORK/standin.$1.port
   "$PY" "$ROOT/scripts/bench_standin.py" --port 0 --latency "$1" \
-    --recording "$ROOT/examples/demo/recording.json" >"$out" 2>"$WORK/standin.$1.err" &
+    --recording "$2" >"$out" 2>"$WORK/standin.$1.err" &
   STANDIN_PID=$!
   # The port is printed once the socket is bound; waiting for it avoids a connection refused.
   for _ in $(seq 100); do
@@ -70,22 +71,28 @@ stop_standin() {
   STANDIN_PID=
 }
 
-fresh_demo() { # dir
+fresh_repo() { # dir fixture
   mkdir -p "$1"
-  cp -R "$ROOT/examples/demo/." "$1/"
+  if [[ $2 == large ]]; then
+    "$PY" "$ROOT/scripts/bench_fixture.py" "$1" "$WORK/large-recording.json"
+  else
+    cp -R "$ROOT/examples/demo/." "$1/"
+    rm -f "$1/recording.json"
+  fi
   # Caches left by someone running the demo's tests in place would change what pytest does.
   find "$1" \( -name __pycache__ -o -name .pytest_cache -o -name .improve -o -name .coverage \) \
     -prune -exec rm -rf {} +
   git -C "$1" init -q -b main
   git -C "$1" add -A
-  git -C "$1" -c user.name=bench -c user.email=bench@example.com commit -q -m "demo"
+  git -C "$1" -c user.name=bench -c user.email=bench@example.com commit -q -m "fixture"
 }
 
-run_one() { # label latency jobs
-  local label=$1 latency=$2 jobs=$3
-  local repo=$WORK/$label
-  fresh_demo "$repo"
-  start_standin "$latency"
+run_one() { # label latency jobs [fixture: demo | large]
+  local label=$1 latency=$2 jobs=$3 fixture=${4:-demo}
+  local repo=$WORK/$label recording=$ROOT/examples/demo/recording.json
+  fresh_repo "$repo" "$fixture"
+  [[ $fixture == large ]] && recording=$WORK/large-recording.json
+  start_standin "$latency" "$recording"
 
   local start end rc=0
   start=$EPOCHREALTIME
@@ -124,10 +131,10 @@ run_one() { # label latency jobs
   "$IMPROVE_BIN" log --json --repo "$repo" >"$WORK/$label.log.json"
   "$IMPROVE_BIN" status --json --repo "$repo" >"$WORK/$label.status.json"
   "$PY" - "$label" "$latency" "$jobs" "$start" "$end" "$(cat "$hwm_file")" "$repo" "$WORK" \
-    >>"$RESULTS" <<'EOF'
+    "$fixture" >>"$RESULTS" <<'EOF'
 import json, re, sys
 from datetime import datetime
-label, latency, jobs, start, end, hwm_kb, repo, work = sys.argv[1:]
+label, latency, jobs, start, end, hwm_kb, repo, work, fixture = sys.argv[1:]
 log = json.load(open(f"{work}/{label}.log.json"))
 status = json.load(open(f"{work}/{label}.status.json"))
 state = json.load(open(f"{repo}/.improve/state.json"))
@@ -159,7 +166,7 @@ for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a st
     in_flight += step
     peak = max(peak, in_flight)
 print(json.dumps({
-    "label": label, "latency": float(latency), "jobs": int(jobs),
+    "label": label, "latency": float(latency), "jobs": int(jobs), "fixture": fixture,
     "wall": float(end) - float(start),
     "done": status["iterations_done"],
     "kept": status["kept"], "rejected": status["rejected"], "errors": status["errors"],
@@ -178,6 +185,9 @@ for jobs in 1 2 4; do
   run_one "lat${LATENCY}-j$jobs" "$LATENCY" "$jobs"
 done
 run_one "lat0-j1" 0 1
+# The demo's suite runs in a fraction of a second; a project's takes longer, and improve's own
+# work weighs accordingly less. The same at 0 s on a generated package with thousands of tests.
+run_one "lat0-j1-large" 0 1 large
 
 "$PY" - "$RESULTS" "$ITERATIONS" "$LATENCY" "$("$IMPROVE_BIN" --version)" <<'EOF'
 import json, sys
@@ -186,7 +196,7 @@ runs = [json.loads(line) for line in open(path)]
 print(f"improve benchmark — {version}, examples/demo, {iterations} iterations per run, "
       "stand-in LLM (scripts/bench_standin.py)")
 print()
-print(f"{'run':<22}{'wall s':>8}{'iter/h':>9}{'done':>6}{'kept':>6}{'rej':>5}{'err':>5}"
+print(f"{'run':<29}{'wall s':>8}{'iter/h':>9}{'done':>6}{'kept':>6}{'rej':>5}{'err':>5}"
       f"{'peak MB':>9}{'in flight':>11}")
 rate = {}
 for r in runs:
@@ -194,8 +204,10 @@ for r in runs:
     if r["latency"] > 0:
         rate[r["jobs"]] = per_hour
     name = f"latency {r['latency']:g}s, --jobs {r['jobs']}"
+    if r["fixture"] != "demo":
+        name += f", {r['fixture']}"
     in_flight = "?" if r["in_flight"] is None else r["in_flight"]
-    print(f"{name:<22}{r['wall']:>8.1f}{per_hour:>9.0f}{r['done']:>6}{r['kept']:>6}"
+    print(f"{name:<29}{r['wall']:>8.1f}{per_hour:>9.0f}{r['done']:>6}{r['kept']:>6}"
           f"{r['rejected']:>5}{r['errors']:>5}{r['hwm_mb']:>9.1f}{in_flight:>11}")
 print("iter/h = iterations done / improve's whole wall time (baseline included) * 3600; peak MB ="
       " VmHWM of improve itself; in flight = most iterations running at once, from state.json.")
@@ -203,15 +215,14 @@ print()
 if 1 in rate and rate[1] > 0:
     ratios = ", ".join(f"jobs{j}/jobs1 = {rate[j] / rate[1]:.2f}x" for j in (2, 4) if j in rate)
     print(f"Throughput at {float(latency):g} s latency: {ratios}.")
-zero = next((r for r in runs if r["latency"] == 0), None)
-if zero:
+for zero in (r for r in runs if r["latency"] == 0):
     wall = zero["wall"]
     tests = zero["tests"] + zero["baseline_tests"]
     outside = wall - zero["llm"] - tests
     rows = zero["rows"] or 1
     own = zero["other"]
     rest = outside - zero["helpers"] - own
-    print(f"0 s latency, --jobs 1: wall {wall:.2f} s = LLM {zero['llm']:.2f} s"
+    print(f"0 s latency, --jobs 1, {zero['fixture']} fixture: wall {wall:.2f} s = LLM {zero['llm']:.2f} s"
           f" + pytest {tests:.2f} s (iterations {zero['tests']:.2f} + baseline"
           f" {zero['baseline_tests']:.2f}) + outside both {outside:.2f} s"
           f" ({outside / wall * 100:.1f}% of wall).")

@@ -406,7 +406,7 @@ async fn drive(
         iteration::crash_point("baseline", 0);
     }
     // What is committed at the base is what the iterations test, not the user's working tree.
-    let (modules, jobs) = {
+    let (modules, test_files, jobs) = {
         let state = run.borrow();
         let base = git::oid(&state.base_commit, "the base commit")?;
         let package_files = git::python_files_at(&ctx.repo, base, &state.settings.package)?;
@@ -418,9 +418,8 @@ async fn drive(
                 .map(|(path, _)| path)
                 .collect();
         modules.retain(|m| !test_files.contains(m));
-        ((modules, test_files), state.settings.jobs.max(1) as usize)
+        (modules, test_files, state.settings.jobs.max(1) as usize)
     };
-    let (modules, test_files) = modules;
     if modules.is_empty() {
         return Err(UserError(format!(
             "the package {} has no Python modules to write tests for: pass --package DIR",
