@@ -102,7 +102,9 @@ pub struct RunArgs {
     #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub iterations: Option<u32>,
 
-    /// Iterations in flight at once (default 1).
+    /// Iterations in flight at once (default 1), each in its own worktree, never two on one
+    /// module; they are kept one at a time, replayed onto the run branch's tip and the suite
+    /// run again there when another was kept meanwhile.
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
 

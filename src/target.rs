@@ -1,6 +1,7 @@
-//! Choosing what the next iteration works on: the package's modules, least targeted first, then
-//! least covered, and the focus areas in rotation. Also gathers what the prompt shows about a
-//! module: its import name and the existing tests that import it.
+//! Choosing what the next iteration works on: a test file red since the start (a fix), else the
+//! module with the most left to cover, weighed against how often it was tried and kept nothing;
+//! and the focus areas in rotation. Also gathers what the prompt shows about a module: its
+//! import name and the existing tests that import it.
 
 use std::path::Path;
 
