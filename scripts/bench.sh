@@ -147,7 +147,8 @@ for row in log:
     llm += s.get("llm", 0.0)
     tests += s.get("tests", 0.0)
     helpers += s.get("helpers", 0.0)
-    other += s.get("total", 0.0) - s.get("llm", 0.0) - s.get("tests", 0.0) - s.get("helpers", 0.0)
+    other += (s.get("total", 0.0) - s.get("llm", 0.0) - s.get("tests", 0.0)
+              - s.get("helpers", 0.0) - s.get("queued", 0.0))
 baseline = state.get("baseline") or {}
 
 def when(stamp):

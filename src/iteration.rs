@@ -165,13 +165,16 @@ pub async fn advance(ctx: &RunContext, run: &RefCell<RunState>, n: u32) -> Resul
         };
         // Keeping compares with the run branch's tip and moves it: one iteration at a time, and
         // with the state as it is once the lock is held.
+        let queued = Instant::now();
         let _keeping = match step {
             Step::Verified => Some(ctx.keep_lock.lock().await),
             Step::Finished => return Ok(()),
             _ => None,
         };
+        let queued = queued.elapsed().as_secs_f64();
         let mut state = run.borrow().clone();
         let idx = index(&state, n)?;
+        state.iterations[idx].seconds.queued += queued;
         let failures_before = state.consecutive_llm_failures;
         match step {
             Step::Planned => ask(ctx, &mut state, idx).await?,

@@ -136,9 +136,13 @@ pub struct TimeSplit {
     pub llm_s: String,
     pub tests_s: String,
     pub other_s: String,
+    /// Waiting for another iteration to finish keeping (`--jobs` above 1); None when nothing
+    /// waited.
+    pub queued_s: Option<String>,
     pub llm_pct: String,
     pub tests_pct: String,
     pub other_pct: String,
+    pub queued_pct: String,
 }
 
 /// Groups reasons by their general kind ("3 of 7 new tests fail: ..." -> "new tests fail").
@@ -343,7 +347,8 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
     let sum =
         |f: fn(&crate::state::Seconds) -> f64| finished.iter().map(|i| f(&i.seconds)).sum::<f64>();
     let (llm, tests, total) = (sum(|s| s.llm), sum(|s| s.tests), sum(|s| s.total));
-    let other = (total - llm - tests).max(0.0);
+    let queued = sum(|s| s.queued);
+    let other = (total - llm - tests - queued).max(0.0);
     ReportModel {
         funnel,
         dropped,
@@ -394,9 +399,11 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
             llm_s: format!("{llm:.1}"),
             tests_s: format!("{tests:.1}"),
             other_s: format!("{other:.1}"),
+            queued_s: (queued >= 0.05).then(|| format!("{queued:.1}")),
             llm_pct: pct(llm, total),
             tests_pct: pct(tests, total),
             other_pct: pct(other, total),
+            queued_pct: pct(queued, total),
         },
         rejection_reasons,
         kept_iterations,

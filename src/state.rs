@@ -128,7 +128,17 @@ pub struct Seconds {
     /// In short Python processes that parse a test file (syntax check and tidying, pruning).
     #[serde(default)]
     pub helpers: f64,
+    /// Waiting for another iteration to finish keeping (`--jobs` above 1).
+    #[serde(default)]
+    pub queued: f64,
     pub total: f64,
+}
+
+impl Seconds {
+    /// improve's own work: the total less the LLM, pytest, the Python helpers and the queue.
+    pub fn own(&self) -> f64 {
+        (self.total - self.llm - self.tests - self.helpers - self.queued).max(0.0)
+    }
 }
 
 /// How many of a proposal's tests survived each stage of verification, in the order the stages

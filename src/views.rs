@@ -190,11 +190,9 @@ pub fn log_json(it: &Iteration) -> Value {
             "tests": round1(it.seconds.tests),
             "total": round1(it.seconds.total),
             "helpers": round2(it.seconds.helpers),
+            "queued": round2(it.seconds.queued),
             // improve's own work: git, saving, parsing answers and reports.
-            "other": round2(
-                (it.seconds.total - it.seconds.llm - it.seconds.tests - it.seconds.helpers)
-                    .max(0.0)
-            ),
+            "other": round2(it.seconds.own()),
         },
         "test_file": it.test_file,
         "pytest_summary": it.verdict.as_ref().map(|v| v.pytest_summary.clone()),
@@ -307,7 +305,22 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
             ("polluting", &v.polluters),
         ] {
             if !ids.is_empty() {
-                let _ = writeln!(out, "dropped:  {what}: {}", ids.join(", "));
+                // Names without their module path, and not hundreds of them.
+                let shown: Vec<&str> = ids
+                    .iter()
+                    .take(5)
+                    .map(|id| id.rsplit("::").next().unwrap_or(id))
+                    .collect();
+                let more = match ids.len() {
+                    k if k > 5 => format!(" and {} more", k - 5),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "dropped:  {} {what}: {}{more}",
+                    ids.len(),
+                    shown.join(", ")
+                );
             }
         }
         if v.repairs > 0 {
@@ -327,12 +340,13 @@ pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
     }
     let _ = writeln!(
         out,
-        "time:     {:.1}s total, {:.1}s LLM, {:.1}s pytest, {:.2}s Python helpers, {:.2}s other; {} LLM call(s), {} tokens in, {} out",
+        "time:     {:.1}s total, {:.1}s LLM, {:.1}s pytest, {:.2}s Python helpers, {:.1}s waiting to keep, {:.2}s other; {} LLM call(s), {} tokens in, {} out",
         it.seconds.total,
         it.seconds.llm,
         it.seconds.tests,
         it.seconds.helpers,
-        (it.seconds.total - it.seconds.llm - it.seconds.tests - it.seconds.helpers).max(0.0),
+        it.seconds.queued,
+        it.seconds.own(),
         it.llm_calls,
         it.tokens_in,
         it.tokens_out
