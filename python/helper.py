@@ -7,7 +7,8 @@ never imports or runs the files it reads.
   {"op": "tidy", "file": F}
       Checks that F is valid Python; a class named `Test*` that pytest cannot or should not
       collect (it has an `__init__`, or no test methods: a helper or a model the tests build)
-      gets `__test__ = False` as its first statement, so pytest neither warns nor runs it.
+      gets `__test__ = False` as its first statement, so pytest neither warns nor runs it;
+      unless it derives from a class or others derive from it (the attribute is inherited).
       -> {"ok": true, "marked": <classes marked>, "tests": <test functions in the file>}
       or {"ok": false, "error": "line N: message"}
   {"op": "prune", "file": F, "names": ["test_a", "TestK::test_b", ...]}
@@ -45,9 +46,21 @@ def tidy(path):
     tests = sum(
         1 for node in ast.walk(tree) if isinstance(node, FUNCS) and node.name.startswith("test")
     )
+    # `__test__` is inherited: a class that others in the file derive from is left alone.
+    bases = {
+        b.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for b in node.bases
+        if isinstance(b, ast.Name)
+    }
     inserts = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.ClassDef) and node.name.startswith("Test")):
+            continue
+        # A subclass may inherit its tests; a one-line body has no line to insert before.
+        inherits = any(not (isinstance(b, ast.Name) and b.id == "object") for b in node.bases)
+        if inherits or node.name in bases or node.body[0].lineno == node.lineno:
             continue
         names = [n.name for n in node.body if isinstance(n, FUNCS)]
         declared = any(

@@ -83,6 +83,7 @@ def gain(data, worktree, before, nodeids):
         taken = {tuple(b) for b in known.get("executed_branches", [])}
         files[path] = {
             "rel": rel,
+            "known": rel in before,
             "covered": set(known.get("executed_lines", [])),
             "taken": taken,
             "branches": taken | {tuple(b) for b in known.get("missing_branches", [])},
@@ -100,11 +101,12 @@ def gain(data, worktree, before, nodeids):
         for path, f in files.items():
             lines = set(data.lines(path) or [])
             # Only arcs that are branches count (coverage also records entries and exits); for
-            # a module the tip's report lacks, every arc between real lines counts.
+            # a module the tip's report lacks, every arc between real lines counts (a module it
+            # has without branches has none to add).
             arcs = {
                 a
                 for a in (data.arcs(path) or [])
-                if a in f["branches"] or (not f["branches"] and a[0] > 0 and a[1] > 0)
+                if a in f["branches"] or (not f["known"] and a[0] > 0 and a[1] > 0)
             }
             if lines or arcs:
                 mine = got.setdefault(path, [set(), set()])

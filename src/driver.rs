@@ -334,7 +334,7 @@ async fn measure_baseline(
     let run = pytest::run(
         &ctx.test_cmd,
         &path,
-        &[],
+        &[iteration::SUITE_FLAG.to_string()],
         &dir,
         "pytest-suite",
         pytest::Measure::Report,
@@ -470,10 +470,17 @@ async fn drive(
                     &busy,
                     resolved,
                     (session_start, tokens_at_start),
-                )? {
-                    Planned::Started(n) => n,
-                    Planned::Stop(end) => {
+                ) {
+                    Ok(Planned::Started(n)) => n,
+                    Ok(Planned::Stop(end)) => {
                         stop = end;
+                        break;
+                    }
+                    Err(e) => {
+                        // As for a failing step: stop those in flight and wait for them.
+                        ctx.cancel.cancel();
+                        stop = Some(RunEnd::Interrupted);
+                        failure.get_or_insert(e);
                         break;
                     }
                 },

@@ -174,8 +174,9 @@ pub async fn advance(ctx: &RunContext, run: &RefCell<RunState>, n: u32) -> Resul
         let queued = queued.elapsed().as_secs_f64();
         let mut state = run.borrow().clone();
         let idx = index(&state, n)?;
+        // Reported back as 0 (an answer came) or not (the ask failed): see the write-back.
+        state.consecutive_llm_failures = 0;
         state.iterations[idx].seconds.queued += queued;
-        let failures_before = state.consecutive_llm_failures;
         match step {
             Step::Planned => ask(ctx, &mut state, idx).await?,
             Step::Asked => apply(ctx, &mut state, idx).await?,
@@ -192,10 +193,15 @@ pub async fn advance(ctx: &RunContext, run: &RefCell<RunState>, n: u32) -> Resul
         {
             let mut shared = run.borrow_mut();
             let at = index(&shared, n)?;
-            shared.iterations[at] = state.iterations.swap_remove(idx);
-            if state.consecutive_llm_failures != failures_before {
-                shared.consecutive_llm_failures = state.consecutive_llm_failures;
+            // The circuit breaker counts asks in the order they end, whichever iteration they
+            // belong to: a failure adds one, an answer resets it.
+            if step == Step::Planned {
+                match state.consecutive_llm_failures {
+                    0 => shared.consecutive_llm_failures = 0,
+                    _ => shared.consecutive_llm_failures += 1,
+                }
             }
+            shared.iterations[at] = state.iterations.swap_remove(idx);
             ctx.save(&mut shared)?;
         }
         crash_point(step_name(done), n);
@@ -763,6 +769,7 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         } else {
             first_failures(&new.cases, &tally.failing())
         };
+        let before_repair = (state.iterations[idx].iteration_commit.clone(), new.clone());
         if failures.is_empty()
             || repairs >= max_repairs
             || !touched.is_empty()
@@ -794,6 +801,30 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         .await?;
         touched = side_effects(state, &wt_path)?;
         tally = Tally::of(&new.cases);
+        let worse = !uncollectable
+            && (new.collection_error().is_some()
+                || (new.cases.is_empty() && new.exit_code != Some(5)));
+        if let (true, (Some(previous), previous_run)) = (worse, before_repair) {
+            // The repair broke a file that collected: go back to the version before it, whose
+            // passing tests are still worth keeping.
+            let previous_oid = git::oid(&previous, "the iteration commit")?;
+            git::add_worktree(
+                &ctx.repo,
+                &worktree_name(&run_id, n),
+                &wt_path,
+                &iteration_branch(&run_id, n),
+                previous_oid,
+            )?;
+            artifact(
+                ctx.store.iteration_dir(&run_id, n).join("diff.patch"),
+                git::commit_patch(&ctx.repo, previous_oid)?.as_bytes(),
+            )?;
+            state.iterations[idx].iteration_commit = Some(previous);
+            new = previous_run;
+            touched = Vec::new();
+            tally = Tally::of(&new.cases);
+            break;
+        }
     }
     verdict.repairs = repairs;
     if repairs > 0 {
@@ -935,6 +966,18 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         .filter(|id| test_name(id, &test_file).is_none_or(|t| !dropped_fns.contains(&t)))
         .collect();
     verdict.redundant = redundant;
+    if verdict.new_tests.is_empty() {
+        // Every passing case belonged to a test function dropped whole (a parametrized test
+        // with a failing case): nothing is left to keep.
+        verdict.reason = Some(format!(
+            "{} of {} new tests fail, and the passing ones are cases of the same functions: {}",
+            verdict.pruned.len(),
+            tally.ids.len(),
+            names(&verdict.pruned)
+        ));
+        finish_verified(state, idx, verdict);
+        return Ok(());
+    }
 
     // The worktree started from the tip of that moment, which with `--jobs` may be behind the
     // tip now: compare with what passed there.
@@ -1037,9 +1080,12 @@ async fn verify_fix(
     verdict.pytest_summary = run.summary.clone();
     let passing = tally.passing();
     let flaky = tally.flaky();
+    // A file that did not even import (its id has no `::`) is fixed once it collects and its
+    // tests pass.
+    let collects = run.collection_error().is_none() && !passing.is_empty();
     let fixed: Vec<String> = targeted
         .iter()
-        .filter(|id| passing.contains(id))
+        .filter(|id| passing.contains(id) || (!id.contains("::") && collects))
         .cloned()
         .collect();
     verdict.flaky = targeted
@@ -1078,7 +1124,7 @@ async fn verify_fix(
         return Ok(());
     }
     let passing_before = passing_before(ctx, state, commit);
-    let suite_passed = run_suite(
+    let suite = run_suite(
         ctx,
         state,
         idx,
@@ -1088,10 +1134,7 @@ async fn verify_fix(
         &mut verdict,
     )
     .await?;
-    verdict.fixed = fixed
-        .into_iter()
-        .filter(|id| suite_passed.contains(id))
-        .collect();
+    verdict.fixed = still_fixed(fixed, &suite);
     if verdict.keep && verdict.fixed.is_empty() {
         verdict.keep = false;
         verdict.reason = Some("the fixed tests fail in the whole suite".into());
@@ -1103,6 +1146,17 @@ async fn verify_fix(
     };
     finish_verified(state, idx, verdict);
     Ok(())
+}
+
+/// The fixed tests that pass in the whole suite `suite` (a file fixed from not importing: that
+/// it no longer fails to).
+fn still_fixed(fixed: Vec<String>, suite: &pytest::PytestRun) -> Vec<String> {
+    let passed = suite.ids_with(CaseOutcome::Passed);
+    let failing = suite.failing();
+    fixed
+        .into_iter()
+        .filter(|id| passed.contains(id) || (!id.contains("::") && !failing.contains(id)))
+        .collect()
 }
 
 /// Pollution: when the whole suite turns tests red that passed before, or new tests fail only
@@ -1492,6 +1546,10 @@ impl Tally {
     }
 }
 
+/// A test file of the project that does not import would otherwise stop the whole session,
+/// and every proposal after it would look broken.
+pub const SUITE_FLAG: &str = "--continue-on-collection-errors";
+
 /// Runs the whole suite (with coverage) in the worktree and judges it: nothing that passed in
 /// `passing_before` may fail, and every new test must pass among all the others. Fills the
 /// verdict's suite figures and its reason (None: keep).
@@ -1503,8 +1561,17 @@ async fn run_suite(
     label: &str,
     passing_before: &[String],
     verdict: &mut Verdict,
-) -> Result<Vec<String>, StepError> {
-    let suite = run_timed(ctx, state, idx, wt_path, &[], label, Measure::Report).await?;
+) -> Result<pytest::PytestRun, StepError> {
+    let suite = run_timed(
+        ctx,
+        state,
+        idx,
+        wt_path,
+        &[SUITE_FLAG.to_string()],
+        label,
+        Measure::Report,
+    )
+    .await?;
     verdict.suite_label = label.to_string();
     let suite_passed = suite.ids_with(CaseOutcome::Passed);
     verdict.pytest_summary = suite.summary.clone();
@@ -1550,7 +1617,7 @@ async fn run_suite(
         None
     };
     verdict.keep = verdict.reason.is_none();
-    Ok(suite_passed)
+    Ok(suite)
 }
 
 /// A test id as the pruning script names it: `test_a` for a function (parameters dropped: a
@@ -1693,7 +1760,7 @@ async fn replay(
         replayed,
     )?;
     let passing_before = state.passing_at_tip();
-    run_suite(
+    let suite = run_suite(
         ctx,
         state,
         idx,
@@ -1703,6 +1770,14 @@ async fn replay(
         verdict,
     )
     .await?;
+    // A fix must still fix beside what was kept meanwhile.
+    if state.iterations[idx].kind == Kind::Fix && verdict.reason.is_none() {
+        verdict.fixed = still_fixed(std::mem::take(&mut verdict.fixed), &suite);
+        if verdict.fixed.is_empty() {
+            verdict.reason = Some("the fixed tests fail in the whole suite".into());
+            verdict.keep = false;
+        }
+    }
     if let Some(reason) = &verdict.reason {
         verdict.reason = Some(format!(
             "after replaying onto {} (kept meanwhile): {reason}",

@@ -207,3 +207,20 @@ async fn a_run_killed_with_two_iterations_in_flight_resumes_both() {
     let (ok, out) = fx.suite_passes_on_run_branch();
     assert!(ok, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_llm_circuit_breaker_counts_failures_across_jobs() {
+    let fx = Fixture::new();
+    // No answers queued: every call gets a 500.
+    let llm = StandIn::with_latency(Wire::OpenAi, Vec::new(), Duration::from_millis(200)).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "10", "--jobs", "2", "--max-llm-failures", "2"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let status = improve_json(fx.root(), &["status", "--json"]);
+    // Two failing at once reach the limit; at most the pair in flight ends after it.
+    let done = status["iterations_done"].as_u64().unwrap();
+    assert!((2..=3).contains(&done), "{status:#}");
+    assert_eq!(status["errors"].as_u64(), Some(done));
+}

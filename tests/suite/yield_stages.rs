@@ -352,3 +352,93 @@ async fn a_file_that_does_not_collect_gets_one_repair_round() {
     );
     assert_eq!(llm2.requests().await.len(), 2);
 }
+
+/// One parametrized test whose second case fails: pruning takes the whole function.
+const ONE_PARAMETRIZED: &str = "import pytest\n\nfrom calc.ops import clamp\n\n\n@pytest.mark.parametrize('x, want', [(-1, 0), (9, 9)])\ndef test_clamp_table(x, want):\n    assert clamp(x, 0, 5) == want\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proposal_left_without_tests_after_pruning_is_rejected() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(ONE_PARAMETRIZED)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1", "--max-repairs", "0"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "rejected", "{log:#?}");
+    assert!(
+        log[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cases of the same functions"),
+        "{log:#?}"
+    );
+    assert!(fx.run_commits().is_empty());
+}
+
+const ONE_FAILS: &str = "from calc.ops import clamp\n\n\ndef test_clamp_low():\n    assert clamp(-1, 0, 5) == 0\n\n\ndef test_clamp_wrong():\n    assert clamp(9, 0, 5) == 9\n";
+const REPAIR_BREAKS_IT: &str = "from calc.ops import clamp, nothing_here\n\n\ndef test_clamp_low():\n    assert clamp(-1, 0, 5) == 0\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_that_breaks_the_file_is_undone_and_the_passing_tests_kept() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(ONE_FAILS), code_answer(REPAIR_BREAKS_IT)],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1", "--max-repairs", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(
+        kept.contains("def test_clamp_low") && !kept.contains("nothing_here"),
+        "{kept}"
+    );
+}
+
+/// A project test file that does not import at all.
+const BROKEN_IMPORT: &str = "from calc.text import slug, no_such_function\n\n\ndef test_slug():\n    assert slug('A b') == 'a-b'\n";
+const IMPORT_FIXED: &str =
+    "from calc.text import slug\n\n\ndef test_slug():\n    assert slug('A b') == 'a-b'\n";
+
+fn with_broken_test_file() -> Fixture {
+    let fx = Fixture::new();
+    std::fs::write(fx.root().join("tests/test_text.py"), BROKEN_IMPORT).unwrap();
+    git(fx.root(), &["add", "-A"]);
+    git(
+        fx.root(),
+        &["commit", "-qm", "a test file that does not import"],
+    );
+    fx
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_file_that_does_not_import_neither_blocks_the_run_nor_escapes_fixing() {
+    // Two failed fixes, then the file is left to a human: the add iteration after them is
+    // kept although that file still does not collect in the suite.
+    let fx = with_broken_test_file();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            code_answer(BROKEN_IMPORT),
+            code_answer(BROKEN_IMPORT),
+            code_answer(GOOD_OPS),
+        ],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "3"]).await;
+    let log = log_of(&fx);
+    let kinds: Vec<&str> = log.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["fix", "fix", "add"], "{log:#?}");
+    assert_eq!(log[2]["outcome"], "kept", "{log:#?}");
+
+    // A fix that makes it import counts as a fixed test.
+    let fx2 = with_broken_test_file();
+    let llm2 = StandIn::start(Wire::OpenAi, vec![code_answer(IMPORT_FIXED)]).await;
+    run_ok(fx2.root(), &llm2, &["-n", "1"]).await;
+    let log = log_of(&fx2);
+    assert_eq!(log[0]["kind"], "fix", "{log:#?}");
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_fixed"], 1, "{log:#?}");
+    let (ok, out) = fx2.suite_passes_on_run_branch();
+    assert!(ok, "{out}");
+}
