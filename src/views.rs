@@ -152,7 +152,7 @@ pub fn status(global: &GlobalArgs, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Time left at the pace of the iterations finished so far.
+/// Time left at the pace of the iterations finished so far, `--jobs` of them at a time.
 fn eta(state: &RunState) -> String {
     let done: Vec<f64> = state.finished().map(|i| i.seconds.total).collect();
     let left = state
@@ -162,9 +162,14 @@ fn eta(state: &RunState) -> String {
         return format!("{left} iterations left; no pace yet for an estimate");
     }
     let per = done.iter().sum::<f64>() / done.len() as f64;
-    let secs = (per * f64::from(left)).round() as u64;
+    let jobs = f64::from(state.settings.jobs.max(1));
+    let secs = (per * f64::from(left) / jobs).round() as u64;
+    let at_once = match state.settings.jobs {
+        0 | 1 => String::new(),
+        j => format!(", {j} at a time"),
+    };
     format!(
-        "{left} iterations left, about {} at {:.0} s each",
+        "{left} iterations left, about {} at {:.0} s each{at_once}",
         humantime::format_duration(std::time::Duration::from_secs(secs)),
         per
     )
