@@ -801,9 +801,25 @@ async fn run_helper(
 
 /// Checks that the test command can import pytest, and whether coverage.py is there too.
 pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<bool, String> {
-    let mut words = cmd.words.clone();
-    words.push("--version".into());
-    let (code, last) = run_helper(&words, cwd, &scratch.join("preflight-pytest.txt")).await?;
+    // `<python> -m pytest`: one interpreter start answers both questions (coverage is looked
+    // up, not imported). Any other command can only be asked for its version.
+    let words: Vec<String> = match cmd.python() {
+        Some(python) => [
+            python,
+            "-c",
+            "import importlib.util, pytest\n\
+             print('coverage' if importlib.util.find_spec('coverage') else 'no coverage')",
+        ]
+        .map(String::from)
+        .to_vec(),
+        None => cmd
+            .words
+            .iter()
+            .cloned()
+            .chain(["--version".into()])
+            .collect(),
+    };
+    let (code, last) = run_helper(&words, cwd, &scratch.join("preflight.txt")).await?;
     if code != Some(0) {
         return Err(format!(
             "`{}` does not run pytest ({last}): install pytest for that Python \
@@ -811,12 +827,7 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
             shell_words::join(&cmd.words)
         ));
     }
-    let Some(python) = cmd.python() else {
-        return Ok(false);
-    };
-    let words = [python, "-m", "coverage", "--version"].map(String::from);
-    let (code, _) = run_helper(&words, cwd, &scratch.join("preflight-coverage.txt")).await?;
-    Ok(code == Some(0))
+    Ok(cmd.python().is_some() && last == "coverage")
 }
 
 /// What each new test adds to the package's coverage (worked out by `python/improve_plugin.py`).
