@@ -402,12 +402,23 @@ fn build_request(
         existing_tests,
         guidelines,
     };
+    first_request(ctx, format!("add:{}", it.target), prompt::ADD, &data)
+}
+
+/// An iteration's first request: the system prompt and one user turn from `template`. `tag`
+/// names its purpose for recordings (`add:<module>`, `fix:<test file>`).
+fn first_request<T: Serialize>(
+    ctx: &RunContext,
+    tag: String,
+    template: &str,
+    data: &T,
+) -> Result<ChatRequest, StepError> {
     Ok(ChatRequest {
-        tag: format!("add:{}", it.target),
-        system: ctx.templates.render(prompt::SYSTEM, &data)?,
+        tag,
+        system: ctx.templates.render(prompt::SYSTEM, data)?,
         messages: vec![ChatMessage {
             role: Role::User,
-            content: ctx.templates.render(prompt::ADD, &data)?,
+            content: ctx.templates.render(template, data)?,
         }],
         max_tokens: 4096,
         temperature: 0.2,
@@ -489,16 +500,7 @@ fn build_fix_request(
         failures: open_failures(ctx, state, &it.target),
         sources,
     };
-    Ok(ChatRequest {
-        tag: format!("fix:{}", it.target),
-        system: ctx.templates.render(prompt::SYSTEM, &data)?,
-        messages: vec![ChatMessage {
-            role: Role::User,
-            content: ctx.templates.render(prompt::FIX, &data)?,
-        }],
-        max_tokens: 4096,
-        temperature: 0.2,
-    })
+    first_request(ctx, format!("fix:{}", it.target), prompt::FIX, &data)
 }
 
 async fn ask(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), StepError> {
