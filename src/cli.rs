@@ -180,8 +180,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub reruns: Option<u32>,
 
-    /// Drop new tests that add no line or branch coverage to the target, and reject a proposal
-    /// left with none (reason `no gain`). On by default; `--require-coverage-gain=false` keeps
+    /// Drop new tests that run no line or branch of the package that the suite (and the new
+    /// tests before them) did not, and reject a proposal left with none (reason `no gain`). On by default; `--require-coverage-gain=false` keeps
     /// every passing test. Needs coverage.py in the test command's Python.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub require_coverage_gain: Option<bool>,

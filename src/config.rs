@@ -48,7 +48,7 @@ pub struct RunSettings {
     /// Extra runs of the new tests to catch flaky ones (0: none).
     #[serde(default = "default_reruns")]
     pub reruns: u32,
-    /// New tests must add coverage to the target to be kept.
+    /// New tests must add coverage to the package to be kept.
     #[serde(default = "default_true")]
     pub require_coverage_gain: bool,
     /// Repair rounds for failing new tests.

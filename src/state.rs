@@ -154,7 +154,7 @@ pub struct Funnel {
     pub passing: u32,
     /// Passing on every rerun too.
     pub stable: u32,
-    /// Adding line or branch coverage to the target (all of `stable` when the check is off).
+    /// Adding line or branch coverage to the package (all of `stable` when the check is off).
     pub gain: u32,
     /// Not turning any other test red in the whole suite.
     pub clean: u32,
@@ -192,7 +192,7 @@ pub struct Verdict {
     /// Tests that failed on a rerun and were dropped as flaky.
     #[serde(default)]
     pub flaky: Vec<String>,
-    /// Passing tests dropped because they add no coverage to the target.
+    /// Passing tests dropped because they add no coverage to the package.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redundant: Vec<String>,
     /// New tests that turned other tests red in the whole suite, found by bisection and dropped.
