@@ -723,7 +723,6 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     if state.iterations[idx].kind == Kind::Fix {
         return verify_fix(ctx, state, idx, &wt_path, &test_file, commit_oid).await;
     }
-    let timeout = humantime::format_duration(ctx.test_cmd.timeout);
     let mut verdict = Verdict::default();
     verdict.funnel.proposed = state.iterations[idx].proposed;
 
@@ -863,16 +862,9 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         .collected
         .saturating_sub(failing.len() as u32);
     verdict.funnel.stable = passing.len() as u32;
-    let reject_reason = if !touched.is_empty() {
-        Some(format!(
-            "side effects: the new tests changed {}",
-            first_three(touched.iter().map(String::as_str))
-        ))
-    } else if new.timed_out {
-        Some(format!(
-            "timed out: {} runs of the new tests ran past --test-timeout ({timeout})",
-            1 + reruns
-        ))
+    let runs_of_new = format!("{} runs of the new tests", 1 + reruns);
+    let reject_reason = if let Some(trouble) = trouble(ctx, &touched, new.timed_out, &runs_of_new) {
+        Some(trouble)
     } else if new.cases.is_empty() {
         Some(match new.exit_code {
             Some(5) => "no tests collected from the proposal".to_string(),
@@ -1037,6 +1029,24 @@ fn passing_before(ctx: &RunContext, state: &RunState, commit: Oid) -> Vec<String
     state.passing_at(parent.as_deref())
 }
 
+/// What disqualifies a pytest run of `what` whatever its results: it changed project files,
+/// or it ran out of time.
+fn trouble(ctx: &RunContext, touched: &[String], timed_out: bool, what: &str) -> Option<String> {
+    if !touched.is_empty() {
+        Some(format!(
+            "side effects: {what} changed {}",
+            first_three(touched.iter().map(String::as_str))
+        ))
+    } else if timed_out {
+        Some(format!(
+            "timed out: {what} ran past --test-timeout ({})",
+            humantime::format_duration(ctx.test_cmd.timeout)
+        ))
+    } else {
+        None
+    }
+}
+
 /// A fix iteration is kept when tests that failed at the start now pass, every time, and in
 /// the whole suite; nothing that passed stops passing; and only the test file changed.
 async fn verify_fix(
@@ -1100,16 +1110,9 @@ async fn verify_fix(
     verdict.funnel.passing = (fixed.len() + verdict.flaky.len()) as u32;
     verdict.funnel.stable = fixed.len() as u32;
     verdict.funnel.gain = fixed.len() as u32;
-    verdict.reason = if !touched.is_empty() {
-        Some(format!(
-            "side effects: the fixed tests changed {}",
-            first_three(touched.iter().map(String::as_str))
-        ))
-    } else if run.timed_out {
-        Some(format!(
-            "timed out: the fixed file ran past --test-timeout ({})",
-            humantime::format_duration(ctx.test_cmd.timeout)
-        ))
+    verdict.reason = if let Some(trouble) = trouble(ctx, &touched, run.timed_out, "the fixed file")
+    {
+        Some(trouble)
     } else if fixed.is_empty() && !verdict.flaky.is_empty() {
         Some(format!("flaky: {} fail on rerun", names(&verdict.flaky)))
     } else if fixed.is_empty() {
@@ -1593,16 +1596,13 @@ async fn run_suite(
         .collect();
     verdict.failed_in_suite = new_failing_in_suite.clone();
     let touched = side_effects(state, wt_path)?;
-    verdict.reason = if !touched.is_empty() {
-        Some(format!(
-            "side effects: the suite with the new tests changed {}",
-            first_three(touched.iter().map(String::as_str))
-        ))
-    } else if suite.timed_out {
-        Some(format!(
-            "timed out: the suite ran past --test-timeout ({})",
-            humantime::format_duration(ctx.test_cmd.timeout)
-        ))
+    verdict.reason = if let Some(trouble) = trouble(
+        ctx,
+        &touched,
+        suite.timed_out,
+        "the suite with the new tests",
+    ) {
+        Some(trouble)
     } else if !verdict.regressions.is_empty() {
         Some(format!(
             "breaks {} passing tests: {}",
