@@ -112,6 +112,42 @@ fn iteration_branch(run_id: &str, n: u32) -> String {
 /// Writes an artifact for the review (prompt, proposal, diff...). Not fsynced: a resume never
 /// relies on one (each is made again when its step is redone); only the LLM answers and the
 /// state are. It is still renamed into place, so a reader never sees half a file.
+/// (Re-)creates iteration `n`'s worktree on its own branch at `at`, and returns its path.
+fn iteration_worktree(
+    ctx: &RunContext,
+    run_id: &str,
+    n: u32,
+    at: Oid,
+) -> Result<PathBuf, StepError> {
+    let path = ctx.worktree_path(run_id, n);
+    git::add_worktree(
+        &ctx.repo,
+        &worktree_name(run_id, n),
+        &path,
+        &iteration_branch(run_id, n),
+        at,
+    )?;
+    Ok(path)
+}
+
+/// Makes `oid` the iteration's commit in the state, and its diff the one `show` displays.
+fn record_commit(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    oid: Oid,
+) -> Result<(), StepError> {
+    let dir = ctx
+        .store
+        .iteration_dir(&state.run_id, state.iterations[idx].n);
+    artifact(
+        dir.join("diff.patch"),
+        git::commit_patch(&ctx.repo, oid)?.as_bytes(),
+    )?;
+    state.iterations[idx].iteration_commit = Some(oid.to_string());
+    Ok(())
+}
+
 fn artifact(path: PathBuf, bytes: &[u8]) -> Result<(), StepError> {
     let written = (|| {
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
@@ -444,11 +480,7 @@ fn open_failures(ctx: &RunContext, state: &RunState, test_file: &str) -> Vec<Rep
     let cases = std::fs::read_to_string(xml)
         .map(|x| pytest::parse_junit(&x))
         .unwrap_or_default();
-    let fixed: Vec<&String> = state
-        .kept()
-        .filter_map(|i| i.verdict.as_ref())
-        .flat_map(|v| v.fixed.iter())
-        .collect();
+    let fixed = state.fixed_tests();
     let files = [test_file.to_string()];
     let ids: Vec<String> = state
         .baseline
@@ -610,15 +642,7 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     let code = std::fs::read_to_string(&proposal_file).unwrap_or(proposal.code);
 
     let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
-    let wt_path = ctx.worktree_path(&run_id, n);
-    let branch = iteration_branch(&run_id, n);
-    git::add_worktree(
-        &ctx.repo,
-        &worktree_name(&run_id, n),
-        &wt_path,
-        &branch,
-        tip,
-    )?;
+    let wt_path = iteration_worktree(ctx, &run_id, n, tip)?;
 
     let it = &state.iterations[idx];
     let stem = std::path::Path::new(&it.target)
@@ -666,13 +690,11 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
         std::slice::from_ref(&rel),
         &format!("improve: proposal of iteration {n} for {}", it.target),
     )?;
-    let patch = git::commit_patch(&ctx.repo, oid)?;
-    artifact(dir.join("diff.patch"), patch.as_bytes())?;
+    record_commit(ctx, state, idx, oid)?;
 
     let it = &mut state.iterations[idx];
     it.proposed = proposed;
     it.test_file = Some(rel);
-    it.iteration_commit = Some(oid.to_string());
     it.step = Step::Applied;
     Ok(())
 }
@@ -712,13 +734,7 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         && git::dirty_paths(&wt_path)?.is_empty();
     if !usable {
         // Removed by hand or by a crash mid-cleanup: re-create it from the iteration commit.
-        git::add_worktree(
-            &ctx.repo,
-            &worktree_name(&run_id, n),
-            &wt_path,
-            &iteration_branch(&run_id, n),
-            commit_oid,
-        )?;
+        iteration_worktree(ctx, &run_id, n, commit_oid)?;
     }
     if state.iterations[idx].kind == Kind::Fix {
         return verify_fix(ctx, state, idx, &wt_path, &test_file, commit_oid).await;
@@ -753,8 +769,7 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
     let max_repairs = state.settings.max_repairs;
     let mut repairs = 0;
     loop {
-        let uncollectable =
-            new.collection_error().is_some() || (new.cases.is_empty() && new.exit_code != Some(5));
+        let uncollectable = new.does_not_collect();
         let failures = if uncollectable && repairs == 0 {
             let case = new.collection_error();
             vec![RepairFailure {
@@ -802,25 +817,13 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         .await?;
         touched = side_effects(state, &wt_path)?;
         tally = Tally::of(&new.cases);
-        let worse = !uncollectable
-            && (new.collection_error().is_some()
-                || (new.cases.is_empty() && new.exit_code != Some(5)));
+        let worse = !uncollectable && new.does_not_collect();
         if let (true, (Some(previous), previous_run)) = (worse, before_repair) {
             // The repair broke a file that collected: go back to the version before it, whose
             // passing tests are still worth keeping.
             let previous_oid = git::oid(&previous, "the iteration commit")?;
-            git::add_worktree(
-                &ctx.repo,
-                &worktree_name(&run_id, n),
-                &wt_path,
-                &iteration_branch(&run_id, n),
-                previous_oid,
-            )?;
-            artifact(
-                ctx.store.iteration_dir(&run_id, n).join("diff.patch"),
-                git::commit_patch(&ctx.repo, previous_oid)?.as_bytes(),
-            )?;
-            state.iterations[idx].iteration_commit = Some(previous);
+            iteration_worktree(ctx, &run_id, n, previous_oid)?;
+            record_commit(ctx, state, idx, previous_oid)?;
             new = previous_run;
             touched = Vec::new();
             tally = Tally::of(&new.cases);
@@ -1489,11 +1492,7 @@ async fn repair(
         &[test_file.to_string()],
         &format!("improve: proposal of iteration {n}, repair round {round}"),
     )?;
-    state.iterations[idx].iteration_commit = Some(oid.to_string());
-    artifact(
-        dir.join("diff.patch"),
-        git::commit_patch(&ctx.repo, oid)?.as_bytes(),
-    )?;
+    record_commit(ctx, state, idx, oid)?;
     Ok(true)
 }
 
@@ -1705,7 +1704,6 @@ async fn drop_tests(
     ids: &[String],
 ) -> Result<bool, StepError> {
     let n = state.iterations[idx].n;
-    let dir = ctx.store.iteration_dir(&state.run_id, n);
     let doomed = prune_names(ids, test_file);
     let started = Instant::now();
     let pruned = ctx.helper.prune(&worktree.join(test_file), &doomed).await;
@@ -1724,11 +1722,7 @@ async fn drop_tests(
         &format!("improve: proposal of iteration {n}, some tests dropped"),
     )?;
     crash_point("pruned", n);
-    state.iterations[idx].iteration_commit = Some(oid.to_string());
-    artifact(
-        dir.join("diff.patch"),
-        git::commit_patch(&ctx.repo, oid)?.as_bytes(),
-    )?;
+    record_commit(ctx, state, idx, oid)?;
     Ok(true)
 }
 
@@ -1753,14 +1747,7 @@ async fn replay(
         ));
         return Ok(None);
     };
-    let wt_path = ctx.worktree_path(&run_id, n);
-    git::add_worktree(
-        &ctx.repo,
-        &worktree_name(&run_id, n),
-        &wt_path,
-        &iteration_branch(&run_id, n),
-        replayed,
-    )?;
+    let wt_path = iteration_worktree(ctx, &run_id, n, replayed)?;
     let passing_before = state.passing_at_tip();
     let suite = run_suite(
         ctx,
@@ -1787,11 +1774,7 @@ async fn replay(
         ));
         return Ok(None);
     }
-    let patch = git::commit_patch(&ctx.repo, replayed)?;
-    artifact(
-        ctx.store.iteration_dir(&run_id, n).join("diff.patch"),
-        patch.as_bytes(),
-    )?;
+    record_commit(ctx, state, idx, replayed)?;
     Ok(Some(replayed))
 }
 
@@ -1893,6 +1876,7 @@ async fn keep_or_reject(
             if parent != tip {
                 // Another iteration was kept while this one was verified: what passed beside
                 // the old tip must pass again beside the new one.
+                // On success the replayed commit is the iteration's commit from here on.
                 match replay(ctx, state, idx, iteration_commit, tip, &mut verdict).await? {
                     Some(replayed) => iteration_commit = replayed,
                     None => {
@@ -1904,7 +1888,6 @@ async fn keep_or_reject(
                         return Ok(());
                     }
                 }
-                state.iterations[idx].iteration_commit = Some(iteration_commit.to_string());
                 state.iterations[idx].verdict = Some(verdict.clone());
             }
             let message = commit_message(state, idx, &verdict);

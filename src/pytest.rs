@@ -139,6 +139,10 @@ impl PytestRun {
             .iter()
             .find(|c| c.outcome == CaseOutcome::Error && !c.id.contains("::"))
     }
+    /// pytest could not collect what it was given (an import or syntax error; not "no tests").
+    pub fn does_not_collect(&self) -> bool {
+        self.collection_error().is_some() || (self.cases.is_empty() && self.exit_code != Some(5))
+    }
     pub fn count(&self, outcome: CaseOutcome) -> usize {
         self.cases.iter().filter(|c| c.outcome == outcome).count()
     }

@@ -409,6 +409,13 @@ impl RunState {
         }
         ids
     }
+    /// Tests that failed at the start and a kept fix iteration made pass.
+    pub fn fixed_tests(&self) -> Vec<&String> {
+        self.kept()
+            .filter_map(|i| i.verdict.as_ref())
+            .flat_map(|v| v.fixed.iter())
+            .collect()
+    }
     /// Where iteration `n` sits in `iterations`.
     pub fn index_of(&self, n: u32) -> Option<usize> {
         self.iterations.iter().position(|i| i.n == n)

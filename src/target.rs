@@ -189,11 +189,7 @@ pub fn choose_fix_target(
     busy: &[String],
 ) -> Option<String> {
     let baseline = state.baseline.as_ref()?;
-    let fixed: Vec<&String> = state
-        .kept()
-        .filter_map(|i| i.verdict.as_ref())
-        .flat_map(|v| v.fixed.iter())
-        .collect();
+    let fixed = state.fixed_tests();
     let mut open: Vec<String> = baseline
         .failed
         .iter()
