@@ -10,6 +10,18 @@ fn log_of(fx: &Fixture) -> Vec<serde_json::Value> {
         .clone()
 }
 
+/// Serves `answers` (each a test file in a fenced block) from a stand-in, runs `improve` with
+/// `args` on `fx`, which must exit 0, and returns the stand-in for its requests.
+async fn run_answers(fx: &Fixture, answers: &[&str], args: &[&str]) -> StandIn {
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        answers.iter().map(|a| code_answer(a)).collect(),
+    )
+    .await;
+    run_ok(fx.root(), &llm, args).await;
+    llm
+}
+
 /// The file the kept commit of iteration `n` added, as it is on the run branch.
 fn kept_file(fx: &Fixture, row: &serde_json::Value) -> String {
     let file = row["files"][0].as_str().unwrap();
@@ -24,12 +36,7 @@ const ONLY_REDUNDANT: &str =
 #[tokio::test(flavor = "multi_thread")]
 async fn tests_that_add_no_coverage_are_dropped_and_a_proposal_of_only_those_is_no_gain() {
     let fx = Fixture::new();
-    let llm = StandIn::start(
-        Wire::OpenAi,
-        vec![code_answer(WITH_REDUNDANT), code_answer(ONLY_REDUNDANT)],
-    )
-    .await;
-    run_ok(fx.root(), &llm, &["-n", "2"]).await;
+    run_answers(&fx, &[WITH_REDUNDANT, ONLY_REDUNDANT], &["-n", "2"]).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
     assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
@@ -49,10 +56,9 @@ async fn tests_that_add_no_coverage_are_dropped_and_a_proposal_of_only_those_is_
 
     // With the check off, the redundant test stays.
     let fx2 = Fixture::new();
-    let llm2 = StandIn::start(Wire::OpenAi, vec![code_answer(WITH_REDUNDANT)]).await;
-    run_ok(
-        fx2.root(),
-        &llm2,
+    run_answers(
+        &fx2,
+        &[WITH_REDUNDANT],
         &["-n", "1", "--require-coverage-gain=false"],
     )
     .await;
@@ -74,8 +80,7 @@ async fn a_test_that_pollutes_another_is_found_by_bisection_and_dropped() {
     .unwrap();
     git(fx.root(), &["add", "-A"]);
     git(fx.root(), &["commit", "-qm", "a test that runs last"]);
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(POLLUTING)]).await;
-    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    run_answers(&fx, &[POLLUTING], &["-n", "1"]).await;
 
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
@@ -107,16 +112,12 @@ const REPAIR_RIGHT: &str = "from calc.ops import clamp, divide\n\n\ndef test_div
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repair_that_works_on_the_second_round_is_kept_and_the_conversation_goes_on() {
     let fx = Fixture::new();
-    let llm = StandIn::start(
-        Wire::OpenAi,
-        vec![
-            code_answer(WRONG_ONCE),
-            code_answer(REPAIR_STILL_WRONG),
-            code_answer(REPAIR_RIGHT),
-        ],
+    let llm = run_answers(
+        &fx,
+        &[WRONG_ONCE, REPAIR_STILL_WRONG, REPAIR_RIGHT],
+        &["-n", "1"],
     )
     .await;
-    run_ok(fx.root(), &llm, &["-n", "1"]).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
     assert_eq!(log[0]["repairs"], 2, "{log:#?}");
@@ -162,16 +163,7 @@ const INSISTS: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_e
 #[tokio::test(flavor = "multi_thread")]
 async fn a_test_the_model_insists_on_is_reported_as_a_possible_bug_not_kept() {
     let fx = Fixture::new();
-    let llm = StandIn::start(
-        Wire::OpenAi,
-        vec![
-            code_answer(INSISTS),
-            code_answer(INSISTS),
-            code_answer(INSISTS),
-        ],
-    )
-    .await;
-    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    run_answers(&fx, &[INSISTS, INSISTS, INSISTS], &["-n", "1"]).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
     assert_eq!(log[0]["repairs"], 2, "{log:#?}");
@@ -214,16 +206,7 @@ async fn a_red_suite_is_not_refused_and_fix_iterations_repair_it_first() {
     std::fs::write(fx.root().join("tests/test_text.py"), RED_FILE).unwrap();
     git(fx.root(), &["add", "-A"]);
     git(fx.root(), &["commit", "-qm", "a red test"]);
-    let llm = StandIn::start(
-        Wire::OpenAi,
-        vec![
-            code_answer(FIX_BY_DELETING),
-            code_answer(REAL_FIX),
-            code_answer(GOOD_OPS),
-        ],
-    )
-    .await;
-    run_ok(fx.root(), &llm, &["-n", "3"]).await;
+    let llm = run_answers(&fx, &[FIX_BY_DELETING, REAL_FIX, GOOD_OPS], &["-n", "3"]).await;
     let log = log_of(&fx);
     let kinds: Vec<&str> = log.iter().map(|r| r["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["fix", "fix", "add"], "{log:#?}");
@@ -288,8 +271,7 @@ const WITH_NON_TEST_CLASS: &str = "from calc.text import initials\n\n\nclass Tes
 #[tokio::test(flavor = "multi_thread")]
 async fn test_classes_that_are_not_tests_are_marked_so() {
     let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(WITH_NON_TEST_CLASS)]).await;
-    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    run_answers(&fx, &[WITH_NON_TEST_CLASS], &["-n", "1"]).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
     assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
@@ -310,12 +292,7 @@ const COLLECTS: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_that_does_not_collect_gets_one_repair_round() {
     let fx = Fixture::new();
-    let llm = StandIn::start(
-        Wire::OpenAi,
-        vec![code_answer(DOES_NOT_COLLECT), code_answer(COLLECTS)],
-    )
-    .await;
-    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let llm = run_answers(&fx, &[DOES_NOT_COLLECT, COLLECTS], &["-n", "1"]).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
     assert_eq!(log[0]["repairs"], 1, "{log:#?}");
@@ -335,12 +312,7 @@ async fn a_file_that_does_not_collect_gets_one_repair_round() {
 
     // Only one round for a file that does not collect: a second broken answer is rejected.
     let fx2 = Fixture::new();
-    let llm2 = StandIn::start(
-        Wire::OpenAi,
-        vec![code_answer(DOES_NOT_COLLECT), code_answer(DOES_NOT_COLLECT)],
-    )
-    .await;
-    run_ok(fx2.root(), &llm2, &["-n", "1"]).await;
+    let llm2 = run_answers(&fx2, &[DOES_NOT_COLLECT, DOES_NOT_COLLECT], &["-n", "1"]).await;
     let log = log_of(&fx2);
     assert_eq!(log[0]["outcome"], "rejected", "{log:#?}");
     assert!(
@@ -359,8 +331,7 @@ const ONE_PARAMETRIZED: &str = "import pytest\n\nfrom calc.ops import clamp\n\n\
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proposal_left_without_tests_after_pruning_is_rejected() {
     let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(ONE_PARAMETRIZED)]).await;
-    run_ok(fx.root(), &llm, &["-n", "1", "--max-repairs", "0"]).await;
+    run_answers(&fx, &[ONE_PARAMETRIZED], &["-n", "1", "--max-repairs", "0"]).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "rejected", "{log:#?}");
     assert!(
@@ -379,12 +350,12 @@ const REPAIR_BREAKS_IT: &str = "from calc.ops import clamp, nothing_here\n\n\nde
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repair_that_breaks_the_file_is_undone_and_the_passing_tests_kept() {
     let fx = Fixture::new();
-    let llm = StandIn::start(
-        Wire::OpenAi,
-        vec![code_answer(ONE_FAILS), code_answer(REPAIR_BREAKS_IT)],
+    run_answers(
+        &fx,
+        &[ONE_FAILS, REPAIR_BREAKS_IT],
+        &["-n", "1", "--max-repairs", "1"],
     )
     .await;
-    run_ok(fx.root(), &llm, &["-n", "1", "--max-repairs", "1"]).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
     assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
@@ -416,16 +387,7 @@ async fn a_test_file_that_does_not_import_neither_blocks_the_run_nor_escapes_fix
     // Two failed fixes, then the file is left to a human: the add iteration after them is
     // kept although that file still does not collect in the suite.
     let fx = with_broken_test_file();
-    let llm = StandIn::start(
-        Wire::OpenAi,
-        vec![
-            code_answer(BROKEN_IMPORT),
-            code_answer(BROKEN_IMPORT),
-            code_answer(GOOD_OPS),
-        ],
-    )
-    .await;
-    run_ok(fx.root(), &llm, &["-n", "3"]).await;
+    run_answers(&fx, &[BROKEN_IMPORT, BROKEN_IMPORT, GOOD_OPS], &["-n", "3"]).await;
     let log = log_of(&fx);
     let kinds: Vec<&str> = log.iter().map(|r| r["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["fix", "fix", "add"], "{log:#?}");
@@ -433,8 +395,7 @@ async fn a_test_file_that_does_not_import_neither_blocks_the_run_nor_escapes_fix
 
     // A fix that makes it import counts as a fixed test.
     let fx2 = with_broken_test_file();
-    let llm2 = StandIn::start(Wire::OpenAi, vec![code_answer(IMPORT_FIXED)]).await;
-    run_ok(fx2.root(), &llm2, &["-n", "1"]).await;
+    run_answers(&fx2, &[IMPORT_FIXED], &["-n", "1"]).await;
     let log = log_of(&fx2);
     assert_eq!(log[0]["kind"], "fix", "{log:#?}");
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
