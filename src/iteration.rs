@@ -148,6 +148,18 @@ fn record_commit(
     Ok(())
 }
 
+/// Awaits a request to the Python helper, its time counted as the iteration's helper seconds.
+async fn in_helper<T>(
+    state: &mut RunState,
+    idx: usize,
+    request: impl std::future::Future<Output = T>,
+) -> T {
+    let started = Instant::now();
+    let answer = request.await;
+    state.iterations[idx].seconds.helpers += started.elapsed().as_secs_f64();
+    answer
+}
+
 fn artifact(path: PathBuf, bytes: &[u8]) -> Result<(), StepError> {
     let written = (|| {
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
@@ -622,9 +634,7 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     };
     let proposal_file = dir.join("proposal.py");
     artifact(proposal_file.clone(), proposal.code.as_bytes())?;
-    let started = Instant::now();
-    let tidied = ctx.helper.tidy(&proposal_file).await;
-    state.iterations[idx].seconds.helpers += started.elapsed().as_secs_f64();
+    let tidied = in_helper(state, idx, ctx.helper.tidy(&proposal_file)).await;
     let proposed = match tidied {
         Ok((_, tests)) => tests,
         Err(msg) => {
@@ -1477,9 +1487,7 @@ async fn repair(
     };
     let proposal_file = dir.join(format!("proposal-repair-{round}.py"));
     artifact(proposal_file.clone(), proposal.code.as_bytes())?;
-    let started = Instant::now();
-    let tidied = ctx.helper.tidy(&proposal_file).await;
-    state.iterations[idx].seconds.helpers += started.elapsed().as_secs_f64();
+    let tidied = in_helper(state, idx, ctx.helper.tidy(&proposal_file)).await;
     if tidied.is_err() {
         return Ok(false);
     }
@@ -1705,9 +1713,12 @@ async fn drop_tests(
 ) -> Result<bool, StepError> {
     let n = state.iterations[idx].n;
     let doomed = prune_names(ids, test_file);
-    let started = Instant::now();
-    let pruned = ctx.helper.prune(&worktree.join(test_file), &doomed).await;
-    state.iterations[idx].seconds.helpers += started.elapsed().as_secs_f64();
+    let pruned = in_helper(
+        state,
+        idx,
+        ctx.helper.prune(&worktree.join(test_file), &doomed),
+    )
+    .await;
     match pruned {
         Ok(removed) if removed > 0 => {}
         Ok(_) => return Ok(false),

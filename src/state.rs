@@ -537,10 +537,9 @@ impl StateStore {
 
     /// Writes state.json atomically: temp file in the same folder, write, fsync, rename, fsync the
     /// folder. A crash at any instant leaves the previous or the next version.
-    pub fn save(&self, state: &RunState) -> Result<(), StateError> {
-        let mut state = state.clone();
+    pub fn save(&self, state: &mut RunState) -> Result<(), StateError> {
         state.updated_at = Utc::now();
-        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| StateError::Save {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Save {
             path: self.state_path().display().to_string(),
             source: std::io::Error::other(e),
         })?;
@@ -699,7 +698,7 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = StateStore::new(tmp.path().to_path_buf());
         let state = sample_state();
-        store.save(&state).unwrap();
+        store.save(&mut state.clone()).unwrap();
         let loaded = store.load().unwrap().unwrap();
         assert_eq!(loaded.run_id, state.run_id);
         assert_eq!(loaded.iterations, state.iterations);
@@ -768,7 +767,7 @@ pub(crate) mod tests {
     fn archive_moves_and_keeps_the_file() {
         let tmp = tempfile::tempdir().unwrap();
         let store = StateStore::new(tmp.path().to_path_buf());
-        store.save(&sample_state()).unwrap();
+        store.save(&mut sample_state()).unwrap();
         let to = store.archive_current(Some("r1")).unwrap().unwrap();
         assert!(to.is_file());
         assert!(!store.state_path().exists());
