@@ -8,14 +8,27 @@ Under `coverage run` it saves improve a Python process or two per pytest run:
 - with IMPROVE_COVERAGE_JSON set, it writes coverage's JSON report in-process when the session
   ends, instead of a second `coverage json` process.
 Without coverage.py, or without those variables, it does nothing.
+
+With IMPROVE_BYTECODE_CACHE set, the bytecode of everything imported from here on (the project's
+package, conftest files and tests) is cached there, outside the worktree, for the next run in
+the same worktree to reuse.
 """
 import contextlib
 import io
 import json
 import os
 import re
+import sys
 
 import pytest
+
+if os.environ.get("IMPROVE_BYTECODE_CACHE"):
+    # Set here rather than through PYTHONPYCACHEPREFIX: that one would also move the bytecode of
+    # Python's and pytest's own modules (imported before this) out of their installed
+    # __pycache__, and the first run would compile all of them again. pytest's assertion
+    # rewriter reads both settings when it writes a test module's bytecode.
+    sys.pycache_prefix = os.environ["IMPROVE_BYTECODE_CACHE"]
+    sys.dont_write_bytecode = False
 
 try:
     import coverage

@@ -27,6 +27,7 @@ use crate::state::{
     Baseline, Iteration, Kind, Outcome, RunState, RunStatus, SCHEMA_VERSION, StateStore,
 };
 use crate::target;
+use crate::worktrees::{self, WorktreePool};
 
 /// The API key, from the environment only: IMPROVE_API_KEY, else the provider's usual variable.
 pub fn api_key(provider: Provider) -> Option<ApiKey> {
@@ -123,6 +124,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         sandbox: settings.sandbox,
         pass_env: settings.pass_env.clone(),
         plugin_dir: None,
+        bytecode_cache: Some(scratch.join("bytecode")),
     };
     if settings.sandbox {
         pytest::sandbox_preflight(&scratch)
@@ -195,6 +197,15 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     };
 
     let helper = PyHelper::new(test_cmd.python().unwrap_or("python3"), &scratch);
+    let worktrees = WorktreePool::new(
+        store.worktrees_dir(),
+        &state.run_id,
+        test_cmd
+            .bytecode_cache
+            .clone()
+            .filter(|_| !test_cmd.sandbox),
+    );
+    worktrees.detach_leftovers(&repo);
     let ctx = RunContext {
         repo,
         store,
@@ -207,6 +218,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         elapsed_before: state.elapsed_s,
         keep_lock: tokio::sync::Mutex::new(()),
         helper,
+        worktrees,
     };
     // The state is saved before the run branch exists, so a crash in between leaves a run
     // whose branch is simply created on resume, never an orphan branch and a second run.
@@ -218,6 +230,8 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
 
     let run = RefCell::new(state);
     let end = drive(&ctx, &run, &resolved, &printer).await;
+    // Nothing in flight needs a worktree any more; a resumed iteration gets one again.
+    ctx.worktrees.remove_all(&ctx.repo);
     let mut state = run.into_inner();
     printer.finish();
     let end = end?;
@@ -323,13 +337,10 @@ async fn measure_baseline(
     printer.line("measuring the baseline: running the whole suite at the base commit");
     printer.doing("baseline: running the whole suite");
     let base = git::oid(&state.base_commit, "the base commit")?;
-    let name = format!("improve-{}-baseline", state.run_id);
-    let path = ctx
-        .store
-        .worktrees_dir()
-        .join(format!("{}-baseline", state.run_id));
     let branch = format!("improve-wip/{}/baseline", state.run_id);
-    git::add_worktree(&ctx.repo, &name, &path, &branch, base)?;
+    let path = ctx
+        .worktrees
+        .check_out(&ctx.repo, worktrees::BASELINE, &branch, base)?;
     let dir = ctx.store.run_dir(&state.run_id).join("baseline");
     let run = pytest::run(
         &ctx.test_cmd,
@@ -342,7 +353,8 @@ async fn measure_baseline(
     )
     .await;
     let side_effects = git::dirty_paths(&path).unwrap_or_default();
-    let _ = git::remove_worktree(&ctx.repo, &name, &path);
+    // The slot, and what Python compiled there, goes on to the first iteration.
+    ctx.worktrees.release(&ctx.repo, worktrees::BASELINE);
     let _ = git::delete_branch(&ctx.repo, &branch);
     let run = run?;
     if run.timed_out {

@@ -160,8 +160,10 @@ pub fn create_branch(
 }
 
 pub fn delete_branch(repo: &Repository, branch: &str) -> Result<(), GitError> {
-    match repo.find_branch(branch, BranchType::Local) {
-        Ok(mut b) => b.delete().ctx(|| format!("delete branch {branch}")),
+    // The reference itself, not `Branch::delete`: that one refuses a branch a worktree has
+    // checked out, as a slot left by a killed session may still have.
+    match repo.find_reference(&format!("refs/heads/{branch}")) {
+        Ok(mut r) => r.delete().ctx(|| format!("delete branch {branch}")),
         Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(()),
         Err(e) => Err(e).ctx(|| format!("find branch {branch}")),
     }
@@ -201,6 +203,70 @@ pub fn add_worktree(
         path: path.to_path_buf(),
         branch: branch.to_string(),
     })
+}
+
+/// Whether `path` holds a usable linked worktree registered as `name`, whose `.git` file
+/// still points at its own administrative folder (tests ran there and could have rewritten it;
+/// opened through a rewritten one, a checkout could land in another repository's files).
+pub fn is_worktree(repo: &Repository, name: &str, path: &Path) -> bool {
+    let admin = repo.commondir().join("worktrees").join(name);
+    let points_home = std::fs::read_to_string(path.join(".git")).is_ok_and(|link| {
+        link.trim()
+            .strip_prefix("gitdir:")
+            .is_some_and(|dir| Path::new(dir.trim()) == admin)
+    });
+    points_home
+        && repo
+            .find_worktree(name)
+            .is_ok_and(|wt| wt.validate().is_ok() && wt.path() == path)
+        && Repository::open(path).is_ok()
+}
+
+/// Points an existing worktree at `branch`, (re)set to `at`, and makes its files exactly that
+/// commit: whatever another iteration changed, added or left ignored there is removed. Only the
+/// files that differ are written, so a switch costs what changed, not the size of the tree.
+/// Returns the files the checkout wrote, relative to the worktree.
+pub fn switch_worktree(
+    repo: &Repository,
+    path: &Path,
+    branch: &str,
+    at: Oid,
+) -> Result<Vec<String>, GitError> {
+    let refname = format!("refs/heads/{branch}");
+    // Through the reference itself: libgit2 refuses to force a branch that some worktree has
+    // checked out, which is exactly the case when an iteration's commit is replayed.
+    repo.reference(&refname, at, true, "improve: iteration branch")
+        .ctx(|| format!("set branch {branch}"))?;
+    let wt = Repository::open(path).ctx(|| format!("open worktree {}", path.display()))?;
+    wt.set_head(&refname)
+        .ctx(|| format!("check out {branch} in {}", path.display()))?;
+    let mut written = Vec::new();
+    let mut opts = git2::build::CheckoutBuilder::new();
+    opts.force()
+        .remove_untracked(true)
+        .remove_ignored(true)
+        .notify_on(git2::CheckoutNotificationType::UPDATED)
+        .notify(|_, file, _, _, _| {
+            if let Some(file) = file.and_then(Path::to_str) {
+                written.push(file.to_string());
+            }
+            true
+        });
+    wt.checkout_head(Some(&mut opts))
+        .ctx(|| format!("check out {branch} in {}", path.display()))?;
+    drop(opts);
+    Ok(written)
+}
+
+/// Leaves a worktree on its commit without a branch, so that the branch can be deleted.
+pub fn detach_worktree(path: &Path) -> Result<(), GitError> {
+    let wt = Repository::open(path).ctx(|| format!("open worktree {}", path.display()))?;
+    let head = wt
+        .head()
+        .and_then(|h| h.peel_to_commit())
+        .ctx(|| format!("read the HEAD of {}", path.display()))?;
+    wt.set_head_detached(head.id())
+        .ctx(|| format!("detach the HEAD of {}", path.display()))
 }
 
 /// Removes a worktree folder and its administrative entry; absent ones are fine.

@@ -69,6 +69,8 @@ pub struct RunContext {
     pub keep_lock: tokio::sync::Mutex<()>,
     /// Parses, tidies and prunes test files (one Python process for the whole run).
     pub helper: crate::pyhelper::PyHelper,
+    /// The worktrees iterations work in, reused from one to the next.
+    pub worktrees: crate::worktrees::WorktreePool,
 }
 
 impl RunContext {
@@ -78,8 +80,9 @@ impl RunContext {
         self.store.save(state)
     }
 
-    pub fn worktree_path(&self, run_id: &str, n: u32) -> PathBuf {
-        self.store.worktrees_dir().join(format!("{run_id}-{n:04}"))
+    /// Removes what Python compiled from `source` (a file improve just wrote in a worktree).
+    fn forget_bytecode(&self, source: &Path) {
+        crate::worktrees::forget_bytecode(self.test_cmd.bytecode_cache.as_deref(), source);
     }
 }
 
@@ -101,10 +104,6 @@ pub fn crash_point(name: &str, n: u32) {
     }
 }
 
-fn worktree_name(run_id: &str, n: u32) -> String {
-    format!("improve-{run_id}-{n:04}")
-}
-
 fn iteration_branch(run_id: &str, n: u32) -> String {
     format!("improve-wip/{run_id}/{n:04}")
 }
@@ -112,22 +111,16 @@ fn iteration_branch(run_id: &str, n: u32) -> String {
 /// Writes an artifact for the review (prompt, proposal, diff...). Not fsynced: a resume never
 /// relies on one (each is made again when its step is redone); only the LLM answers and the
 /// state are. It is still renamed into place, so a reader never sees half a file.
-/// (Re-)creates iteration `n`'s worktree on its own branch at `at`, and returns its path.
+/// Iteration `n`'s worktree, on its own branch (re)set to `at`; returns its path.
 fn iteration_worktree(
     ctx: &RunContext,
     run_id: &str,
     n: u32,
     at: Oid,
 ) -> Result<PathBuf, StepError> {
-    let path = ctx.worktree_path(run_id, n);
-    git::add_worktree(
-        &ctx.repo,
-        &worktree_name(run_id, n),
-        &path,
-        &iteration_branch(run_id, n),
-        at,
-    )?;
-    Ok(path)
+    Ok(ctx
+        .worktrees
+        .check_out(&ctx.repo, n, &iteration_branch(run_id, n), at)?)
 }
 
 /// Makes `oid` the iteration's commit in the state, and its diff the one `show` displays.
@@ -228,7 +221,7 @@ pub async fn advance(ctx: &RunContext, run: &RefCell<RunState>, n: u32) -> Resul
         match step {
             Step::Planned => ask(ctx, &mut state, idx).await?,
             Step::Asked => apply(ctx, &mut state, idx).await?,
-            Step::Applied => verify(ctx, &mut state, idx).await?,
+            Step::Applied => verify(ctx, &mut state, idx, run).await?,
             Step::Verified => keep_or_reject(ctx, &mut state, idx).await?,
             Step::Finished => return Ok(()),
         }
@@ -294,13 +287,10 @@ fn finish(ctx: &RunContext, state: &mut RunState, idx: usize, outcome: Outcome, 
     cleanup(ctx, &run_id, it.n);
 }
 
-/// Removes the iteration's worktree and branch. Failing to clean up loses nothing (the state
-/// and artifacts hold the iteration), so it is logged, not fatal.
+/// Gives the iteration's worktree back and deletes its branch. Failing to clean up loses
+/// nothing (the state and artifacts hold the iteration), so it is logged, not fatal.
 fn cleanup(ctx: &RunContext, run_id: &str, n: u32) {
-    let path = ctx.worktree_path(run_id, n);
-    if let Err(e) = git::remove_worktree(&ctx.repo, &worktree_name(run_id, n), &path) {
-        tracing::warn!("could not remove the worktree of iteration {n}: {e}");
-    }
+    ctx.worktrees.release(&ctx.repo, n);
     if let Err(e) = git::delete_branch(&ctx.repo, &iteration_branch(run_id, n)) {
         tracing::warn!("could not delete the branch of iteration {n}: {e}");
     }
@@ -685,6 +675,7 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
         .and_then(|()| std::fs::write(&abs, &code));
+    ctx.forget_bytecode(&abs);
     if let Err(e) = written {
         finish(
             ctx,
@@ -726,7 +717,12 @@ fn names(ids: &[String]) -> String {
     first_three(ids.iter().map(|id| id.rsplit("::").next().unwrap_or(id)))
 }
 
-async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(), StepError> {
+async fn verify(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    shared: &RefCell<RunState>,
+) -> Result<(), StepError> {
     let run_id = state.run_id.clone();
     let it = &state.iterations[idx];
     let n = it.n;
@@ -736,18 +732,19 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         return Ok(());
     };
     let commit_oid = git::oid(&commit, "the iteration commit")?;
-    let wt_path = ctx.worktree_path(&run_id, n);
     // A crash mid-verify can leave what the tests did in the tree, or a pruned commit the state
     // never recorded (keeping would then take the unpruned one): start from the state's commit.
-    let usable = wt_path.join(".git").exists()
-        && git::head_of(&wt_path) == Some(commit_oid)
-        && git::dirty_paths(&wt_path)?.is_empty();
-    if !usable {
-        // Removed by hand or by a crash mid-cleanup: re-create it from the iteration commit.
-        iteration_worktree(ctx, &run_id, n, commit_oid)?;
-    }
+    // A resumed iteration holds no worktree yet and gets one here.
+    let wt_path = match ctx.worktrees.held(n) {
+        Some(path)
+            if git::head_of(&path) == Some(commit_oid) && git::dirty_paths(&path)?.is_empty() =>
+        {
+            path
+        }
+        _ => iteration_worktree(ctx, &run_id, n, commit_oid)?,
+    };
     if state.iterations[idx].kind == Kind::Fix {
-        return verify_fix(ctx, state, idx, &wt_path, &test_file, commit_oid).await;
+        return verify_fix(ctx, state, idx, shared, &wt_path, &test_file, commit_oid).await;
     }
     let mut verdict = Verdict::default();
     verdict.funnel.proposed = state.iterations[idx].proposed;
@@ -986,13 +983,7 @@ async fn verify(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<()
         return Ok(());
     }
 
-    // The worktree started from the tip of that moment, which with `--jobs` may be behind the
-    // tip now: compare with what passed there.
-    let current = state.iterations[idx]
-        .iteration_commit
-        .as_deref()
-        .unwrap_or(&commit);
-    let passing_before = passing_before(ctx, state, git::oid(current, "the iteration commit")?);
+    let passing_before = catch_up(ctx, state, idx, shared)?;
     run_suite(
         ctx,
         state,
@@ -1030,16 +1021,50 @@ fn repeated_runs(test_file: &str, reruns: usize) -> Vec<String> {
         .collect()
 }
 
-/// What passed where the iteration's commit started: with `--jobs` the tip may have moved on
-/// since, and tests kept meanwhile are not in this worktree.
-fn passing_before(ctx: &RunContext, state: &RunState, commit: Oid) -> Vec<String> {
+/// Moves the iteration's commit onto the run branch's tip, if other iterations were kept since
+/// it was made (with `--jobs`, while this one waited for the LLM or ran its new tests), and
+/// returns the tests that pass there: what its whole-suite run is judged against. The suite then
+/// runs beside everything kept so far, and keeping needs no second run unless the tip moves
+/// again meanwhile. A conflict leaves the commit where it is, for keeping to reject.
+///
+/// The tip and what passes there come from the run as it is now (`shared`), not from the copy
+/// this step started with: another iteration may have been kept since.
+fn catch_up(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    shared: &RefCell<RunState>,
+) -> Result<Vec<String>, StepError> {
+    let commit = state.iterations[idx]
+        .iteration_commit
+        .as_deref()
+        .map(|c| git::oid(c, "the iteration commit"))
+        .transpose()?
+        .ok_or_else(|| StepError::Pytest("the state lost the iteration commit".into()))?;
     let parent = ctx
         .repo
         .find_commit(commit)
         .and_then(|c| c.parent_id(0))
-        .map(|p| p.to_string())
-        .ok();
-    state.passing_at(parent.as_deref())
+        .map_err(|source| GitError::Op {
+            context: "read the iteration commit".into(),
+            source,
+        })?;
+    // Kept commits move the run branch and the run's state in one go (no await between), so
+    // the two agree here.
+    let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
+    let now = shared.borrow();
+    if parent == tip {
+        return Ok(now.passing_at(Some(&tip.to_string())));
+    }
+    let passing = now.passing_at_tip();
+    drop(now);
+    let Some(replayed) = git::replay_onto(&ctx.repo, commit, tip)? else {
+        return Ok(state.passing_at(Some(&parent.to_string())));
+    };
+    let n = state.iterations[idx].n;
+    iteration_worktree(ctx, &state.run_id.clone(), n, replayed)?;
+    record_commit(ctx, state, idx, replayed)?;
+    Ok(passing)
 }
 
 /// What disqualifies a pytest run of `what` whatever its results: it changed project files,
@@ -1066,6 +1091,7 @@ async fn verify_fix(
     ctx: &RunContext,
     state: &mut RunState,
     idx: usize,
+    shared: &RefCell<RunState>,
     wt_path: &Path,
     test_file: &str,
     commit: Oid,
@@ -1141,7 +1167,7 @@ async fn verify_fix(
         finish_verified(state, idx, verdict);
         return Ok(());
     }
-    let passing_before = passing_before(ctx, state, commit);
+    let passing_before = catch_up(ctx, state, idx, shared)?;
     let suite = run_suite(
         ctx,
         state,
@@ -1495,6 +1521,7 @@ async fn repair(
     if std::fs::write(wt_path.join(test_file), &code).is_err() {
         return Ok(false);
     }
+    ctx.forget_bytecode(&wt_path.join(test_file));
     let oid = git::amend_head(
         wt_path,
         &[test_file.to_string()],
@@ -1720,7 +1747,7 @@ async fn drop_tests(
     )
     .await;
     match pruned {
-        Ok(removed) if removed > 0 => {}
+        Ok(removed) if removed > 0 => ctx.forget_bytecode(&worktree.join(test_file)),
         Ok(_) => return Ok(false),
         Err(e) => {
             tracing::info!("tests could not be dropped: {e}");

@@ -22,3 +22,4 @@ pub mod report;
 pub mod state;
 pub mod target;
 pub mod views;
+pub mod worktrees;

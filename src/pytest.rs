@@ -43,6 +43,11 @@ pub struct TestCommand {
     pub pass_env: Vec<String>,
     /// Where `improve_plugin.py` was written (see [`install_plugin`]); None runs pytest bare.
     pub plugin_dir: Option<PathBuf>,
+    /// Where the project's compiled bytecode is kept (our plugin's `sys.pycache_prefix`),
+    /// outside the worktrees, so that runs in a reused worktree compile only what changed. None
+    /// (and always under the sandbox, where a test could plant bytecode for a later run to
+    /// load), or no plugin: no bytecode is written at all.
+    pub bytecode_cache: Option<PathBuf>,
 }
 
 /// What a pytest run measures.
@@ -314,6 +319,13 @@ pub async fn run(
         .filter(|(k, _)| k != "PYTHONPATH")
         .collect();
     env.push((std::ffi::OsString::from("PYTHONPATH"), pythonpath));
+    // Our plugin caches bytecode outside the worktree (a user's PYTHONDONTWRITEBYTECODE keeps
+    // it out of their source folders, which this never touches).
+    if let Some(cache) = cmd.bytecode_cache.as_ref().filter(|_| !cmd.sandbox)
+        && cmd.plugin_dir.is_some()
+    {
+        env.push(("IMPROVE_BYTECODE_CACHE".into(), cache.clone().into()));
+    }
     if coverage.is_some() && cmd.plugin_dir.is_some() {
         match &measure {
             Measure::PerTest(before) => {
@@ -445,6 +457,13 @@ pub fn sandboxed(
         let p = rw.display().to_string();
         w.extend(["--bind".into(), p.clone(), p]);
     }
+    // The worktree's `.git` file says where its repository is; improve commits through it after
+    // the tests ran, so a test must not be able to point it at the user's own checkout.
+    let gitlink = worktree.join(".git");
+    if gitlink.is_file() {
+        let p = gitlink.display().to_string();
+        w.extend(["--ro-bind".into(), p.clone(), p]);
+    }
     w.extend(
         [
             "--unshare-net",
@@ -541,6 +560,8 @@ async fn spawn_and_wait(
         // Only what `env` holds: an allow-list, so a secret we did not think of stays out.
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // Never beside the sources in a worktree, where it would look like something the tests
+        // wrote; our plugin sends the project's bytecode to a cache of its own.
         .env("PYTHONDONTWRITEBYTECODE", "1");
     let mut child = command.spawn().map_err(|source| PytestError::Spawn {
         cmd: shell_words::join(words),

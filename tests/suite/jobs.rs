@@ -130,6 +130,80 @@ async fn two_jobs_overlap_never_share_a_target_and_keep_one_commit_each() {
     assert_eq!(git(fx.root(), &["branch", "--list", "improve-wip/*"]), "");
 }
 
+/// Commits a project test that sleeps `seconds`, so every whole-suite run lasts that long.
+fn slow_project_test(fx: &Fixture, seconds: f64) {
+    std::fs::write(
+        fx.root().join("tests/test_zz_slow.py"),
+        format!("import time\n\n\ndef test_takes_time():\n    time.sleep({seconds})\n"),
+    )
+    .unwrap();
+    git(fx.root(), &["add", "-A"]);
+    git(fx.root(), &["commit", "-qm", "a slow test"]);
+}
+
+/// The directory of iteration `n`'s artifacts.
+fn iteration_dir(fx: &Fixture, state: &serde_json::Value, n: u64) -> std::path::PathBuf {
+    fx.state_dir()
+        .join("runs")
+        .join(state["run_id"].as_str().unwrap())
+        .join("iterations")
+        .join(format!("{n:04}"))
+}
+
+/// GOOD_OPS with a test that takes a while: its new-file runs (1 + reruns) outlast the other
+/// iteration's whole verification.
+const SLOW_OPS: &str = "import time\n\nfrom calc.ops import clamp, divide\n\n\ndef test_divide_slowly():\n    time.sleep(1.0)\n    assert divide(6, 3) == 2\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_iteration_behind_the_tip_catches_up_before_its_suite_run_and_keeps_without_a_rerun() {
+    let fx = Fixture::new();
+    let llm = StandIn::with_latency(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(SLOW_OPS)],
+        Duration::from_millis(300),
+    )
+    .await;
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "2", "--require-coverage-gain=false", "--jobs", "2"],
+    )
+    .await;
+
+    let state = state(&fx);
+    let its = state["iterations"].as_array().unwrap();
+    assert!(its.iter().all(|it| it["outcome"] == "kept"), "{state:#}");
+    // Whichever iteration got the slow answer was kept second.
+    let slow = its
+        .iter()
+        .find(|it| {
+            let n = it["n"].as_u64().unwrap();
+            std::fs::read_to_string(iteration_dir(&fx, &state, n).join("proposal.py"))
+                .unwrap()
+                .contains("sleep")
+        })
+        .expect("an iteration got the slow answer");
+    let fast = its.iter().find(|it| it["n"] != slow["n"]).unwrap();
+    assert_eq!(slow["keep_seq"].as_u64(), Some(2), "{state:#}");
+    // It was moved onto the other's commit before its whole-suite run, so that run already
+    // had the other's tests in it, and keeping needed no replay and no second run.
+    assert!(slow["verdict"]["replayed_onto"].is_null(), "{slow:#}");
+    let dir = iteration_dir(&fx, &state, slow["n"].as_u64().unwrap());
+    assert!(!dir.join("pytest-suite-replayed.xml").exists());
+    let suite = std::fs::read_to_string(dir.join("pytest-suite.xml")).unwrap();
+    assert!(suite.contains("test_initials_empty"), "{suite}");
+    let parent = git(
+        fx.root(),
+        &[
+            "rev-parse",
+            &format!("{}^", slow["commit"].as_str().unwrap()),
+        ],
+    );
+    assert_eq!(parent.trim(), fast["commit"].as_str().unwrap());
+    let (ok, out) = fx.suite_passes_on_run_branch();
+    assert!(ok, "{out}");
+}
+
 /// Sets a flag on the module when imported; its own test passes.
 const POLLUTER: &str = "import calc.ops\n\ncalc.ops.MODE = 'loud'\n\n\ndef test_add_still_adds():\n    assert calc.ops.add(1, 2) == 3\n";
 /// Passes alone, fails once the polluter's file is in the same pytest process.
@@ -138,6 +212,9 @@ const VICTIM: &str = "import calc.text\nimport calc.ops\n\n\ndef test_quiet_by_d
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proposal_that_clashes_with_one_kept_meanwhile_is_rejected_after_replay() {
     let fx = Fixture::new();
+    // A slow project test makes each whole-suite run last, so both iterations (answered at
+    // the same moment) are in theirs when the first is kept: the second must be replayed.
+    slow_project_test(&fx, 2.0);
     let llm = StandIn::with_latency(
         Wire::OpenAi,
         vec![code_answer(POLLUTER), code_answer(VICTIM)],

@@ -595,7 +595,7 @@ async fn an_index_lock_left_in_an_iteration_worktree_is_cleared() {
     let admin = std::fs::read_dir(fx.root().join(".git/worktrees"))
         .unwrap()
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with("-0001"))
+        .find(|e| e.file_name().to_string_lossy().contains("-slot"))
         .expect("the iteration's worktree")
         .path();
     let lock = admin.join("index.lock");
