@@ -5,14 +5,14 @@
 # generated package whose suite has thousands of tests: scripts/bench_fixture.py), and
 # improve's own peak memory. Every run starts from a fresh copy, so runs don't share state.
 #
-# Environment: BENCH_ITERATIONS (default 12), BENCH_LATENCY (seconds, default 2),
+# Environment: BENCH_ITERATIONS (default 24), BENCH_LATENCY (seconds, default 2),
 # IMPROVE_BIN (default target/release/improve), BENCH_BUILD=1 (build even if IMPROVE_BIN is
 # set), VENV_PYTHON (default .venv/bin/python), BENCH_KEEP=1 (keep the temp repos).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ITERATIONS=${BENCH_ITERATIONS:-12}
+ITERATIONS=${BENCH_ITERATIONS:-24}
 LATENCY=${BENCH_LATENCY:-2}
 
 # The tests run with this Python, and so do the stand-in and the figures below: one
@@ -174,6 +174,9 @@ print(json.dumps({
     "llm": llm, "tests": tests, "helpers": helpers, "other": other, "rows": len(log),
     "baseline_tests": float(baseline.get("seconds") or 0.0),
     "hwm_mb": int(hwm_kb) / 1024, "in_flight": peak if events else None,
+    # Kept iterations whose suite had to run a second time, after a replay at keep time.
+    "replayed": sum(1 for it in state.get("iterations", [])
+                    if (it.get("verdict") or {}).get("replayed_onto")),
 }))
 EOF
   if [[ ${BENCH_KEEP:-0} != 1 ]]; then
@@ -198,7 +201,7 @@ print(f"improve benchmark — {version}, examples/demo, {iterations} iterations 
       "stand-in LLM (scripts/bench_standin.py)")
 print()
 print(f"{'run':<29}{'wall s':>8}{'iter/h':>9}{'done':>6}{'kept':>6}{'rej':>5}{'err':>5}"
-      f"{'peak MB':>9}{'in flight':>11}")
+      f"{'peak MB':>9}{'in flight':>11}{'replays':>9}")
 rate = {}
 for r in runs:
     per_hour = r["done"] / r["wall"] * 3600 if r["wall"] > 0 else 0.0
@@ -209,9 +212,11 @@ for r in runs:
         name += f", {r['fixture']}"
     in_flight = "?" if r["in_flight"] is None else r["in_flight"]
     print(f"{name:<29}{r['wall']:>8.1f}{per_hour:>9.0f}{r['done']:>6}{r['kept']:>6}"
-          f"{r['rejected']:>5}{r['errors']:>5}{r['hwm_mb']:>9.1f}{in_flight:>11}")
+          f"{r['rejected']:>5}{r['errors']:>5}{r['hwm_mb']:>9.1f}{in_flight:>11}"
+          f"{r['replayed']:>9}")
 print("iter/h = iterations done / improve's whole wall time (baseline included) * 3600; peak MB ="
-      " VmHWM of improve itself; in flight = most iterations running at once, from state.json.")
+      " VmHWM of improve itself; in flight = most iterations running at once, from state.json;"
+      " replays = iterations whose whole suite ran again after a replay at keep time.")
 print()
 if 1 in rate and rate[1] > 0:
     ratios = ", ".join(f"jobs{j}/jobs1 = {rate[j] / rate[1]:.2f}x" for j in (2, 4) if j in rate)

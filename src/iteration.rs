@@ -108,9 +108,6 @@ fn iteration_branch(run_id: &str, n: u32) -> String {
     format!("improve-wip/{run_id}/{n:04}")
 }
 
-/// Writes an artifact for the review (prompt, proposal, diff...). Not fsynced: a resume never
-/// relies on one (each is made again when its step is redone); only the LLM answers and the
-/// state are. It is still renamed into place, so a reader never sees half a file.
 /// Iteration `n`'s worktree, on its own branch (re)set to `at`; returns its path.
 fn iteration_worktree(
     ctx: &RunContext,
@@ -153,6 +150,9 @@ async fn in_helper<T>(
     answer
 }
 
+/// Writes an artifact for the review (prompt, proposal, diff...). Not fsynced: a resume never
+/// relies on one (each is made again when its step is redone); only the LLM answers and the
+/// state are. It is still renamed into place, so a reader never sees half a file.
 fn artifact(path: PathBuf, bytes: &[u8]) -> Result<(), StepError> {
     let written = (|| {
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
