@@ -824,15 +824,18 @@ async fn run_helper(
     Ok((code, last))
 }
 
-/// Checks that the test command can import pytest, and whether coverage.py is there too.
+/// Checks that the test command has pytest, and whether coverage.py is there too.
 pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<bool, String> {
-    // `<python> -m pytest`: one interpreter start answers both questions (coverage is looked
-    // up, not imported). Any other command can only be asked for its version.
+    // `<python> -m pytest`: one interpreter start answers both questions. Both are looked up,
+    // not imported (importing pytest alone takes a tenth of a second); a pytest that is there
+    // but broken fails the baseline run, which shows its output. Any other command can only be
+    // asked for its version.
     let words: Vec<String> = match cmd.python() {
         Some(python) => [
             python,
             "-c",
-            "import importlib.util, pytest\n\
+            "import importlib.util, sys\n\
+             if importlib.util.find_spec('pytest') is None: sys.exit('No module named pytest')\n\
              print('coverage' if importlib.util.find_spec('coverage') else 'no coverage')",
         ]
         .map(String::from)
