@@ -258,7 +258,8 @@ pub fn switch_worktree(
     Ok(written)
 }
 
-/// Leaves a worktree on its commit without a branch, so that the branch can be deleted.
+/// Leaves a worktree on its commit without a branch: git lets a branch be checked out in one
+/// worktree at a time, so an idle worktree must not keep one.
 pub fn detach_worktree(path: &Path) -> Result<(), GitError> {
     let wt = Repository::open(path).ctx(|| format!("open worktree {}", path.display()))?;
     let head = wt

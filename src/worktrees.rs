@@ -31,7 +31,7 @@ pub struct WorktreePool {
 }
 
 impl WorktreePool {
-    /// Slots live in `dir` (the state dir's `worktrees`); `bytecode` is pytest's bytecode cache
+    /// Slots live in `dir` (the state dir's `worktrees`); `bytecode` is the project's bytecode cache
     /// (see [`crate::pytest::TestCommand::bytecode_cache`]), if runs have one.
     pub fn new(dir: PathBuf, run_id: &str, bytecode: Option<PathBuf>) -> Self {
         WorktreePool {
@@ -162,7 +162,7 @@ impl WorktreePool {
     }
 
     /// Removes every slot of the run (this session's and any a killed one left), and their
-    /// bytecode. Failing to loses nothing: a later session reuses or remakes them.
+    /// bytecode. Failing to remove one loses nothing: a later session reuses or remakes it.
     pub fn remove_all(&self, repo: &Repository) {
         for dir_name in self.on_disk() {
             let path = self.dir.join(&dir_name);
