@@ -130,6 +130,23 @@ async fn two_jobs_overlap_never_share_a_target_and_keep_one_commit_each() {
     assert_eq!(git(fx.root(), &["branch", "--list", "improve-wip/*"]), "");
 }
 
+/// Runs two iterations with `--jobs 2` (no coverage-gain check) against a stand-in that
+/// serves `answers` after `latency`.
+async fn two_at_once(fx: &Fixture, answers: [&str; 2], latency: Duration) {
+    let llm = StandIn::with_latency(
+        Wire::OpenAi,
+        answers.iter().map(|a| code_answer(a)).collect(),
+        latency,
+    )
+    .await;
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "2", "--require-coverage-gain=false", "--jobs", "2"],
+    )
+    .await;
+}
+
 /// Commits a project test that sleeps `seconds`, so every whole-suite run lasts that long.
 fn slow_project_test(fx: &Fixture, seconds: f64) {
     std::fs::write(
@@ -157,18 +174,7 @@ const SLOW_OPS: &str = "import time\n\nfrom calc.ops import clamp, divide\n\n\nd
 #[tokio::test(flavor = "multi_thread")]
 async fn an_iteration_behind_the_tip_catches_up_before_its_suite_run_and_keeps_without_a_rerun() {
     let fx = Fixture::new();
-    let llm = StandIn::with_latency(
-        Wire::OpenAi,
-        vec![code_answer(GOOD_TEXT), code_answer(SLOW_OPS)],
-        Duration::from_millis(300),
-    )
-    .await;
-    run_ok(
-        fx.root(),
-        &llm,
-        &["-n", "2", "--require-coverage-gain=false", "--jobs", "2"],
-    )
-    .await;
+    two_at_once(&fx, [GOOD_TEXT, SLOW_OPS], Duration::from_millis(300)).await;
 
     let state = state(&fx);
     let its = state["iterations"].as_array().unwrap();
@@ -215,18 +221,7 @@ async fn a_proposal_that_clashes_with_one_kept_meanwhile_is_rejected_after_repla
     // A slow project test makes each whole-suite run last, so both iterations (answered at
     // the same moment) are in theirs when the first is kept: the second must be replayed.
     slow_project_test(&fx, 2.0);
-    let llm = StandIn::with_latency(
-        Wire::OpenAi,
-        vec![code_answer(POLLUTER), code_answer(VICTIM)],
-        Duration::from_millis(500),
-    )
-    .await;
-    run_ok(
-        fx.root(),
-        &llm,
-        &["-n", "2", "--require-coverage-gain=false", "--jobs", "2"],
-    )
-    .await;
+    two_at_once(&fx, [POLLUTER, VICTIM], Duration::from_millis(500)).await;
 
     let log = improve_json(fx.root(), &["log", "--json"]);
     let rows = log.as_array().unwrap();

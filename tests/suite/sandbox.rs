@@ -114,28 +114,20 @@ fn without_bubblewrap_the_sandbox_refuses_to_start() {
 /// changing it.
 const PROBE_GITLINK: &str = "import pathlib\n\nimport pytest\n\n\ndef test_cannot_touch_the_git_link():\n    link = pathlib.Path(__file__).resolve().parents[1] / '.git'\n    assert link.is_file()\n    with pytest.raises(OSError):\n        open(link, 'a').close()\n";
 
+/// The outcome of one iteration whose answer is `probe`, run with `extra` arguments.
+async fn outcome_of(probe: &str, extra: &[&str]) -> String {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(probe)]).await;
+    let mut args = vec!["-n", "1", "--require-coverage-gain=false"];
+    args.extend_from_slice(extra);
+    run_ok(fx.root(), &llm, &args).await;
+    let log = improve_json(fx.root(), &["log", "--json"]);
+    log[0]["outcome"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sandboxed_tests_cannot_rewrite_the_worktree_git_link() {
-    let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(PROBE_GITLINK)]).await;
-    run_ok(
-        fx.root(),
-        &llm,
-        &["-n", "1", "--require-coverage-gain=false", "--sandbox"],
-    )
-    .await;
-    let log = improve_json(fx.root(), &["log", "--json"]);
-    assert_eq!(log[0]["outcome"], "kept", "the link was writable: {log:#}");
-
+    assert_eq!(outcome_of(PROBE_GITLINK, &["--sandbox"]).await, "kept");
     // Without --sandbox the probe can open it, so the probe is sound.
-    let fx2 = Fixture::new();
-    let llm2 = StandIn::start(Wire::OpenAi, vec![code_answer(PROBE_GITLINK)]).await;
-    run_ok(
-        fx2.root(),
-        &llm2,
-        &["-n", "1", "--require-coverage-gain=false"],
-    )
-    .await;
-    let log2 = improve_json(fx2.root(), &["log", "--json"]);
-    assert_eq!(log2[0]["outcome"], "rejected", "{log2:#}");
+    assert_eq!(outcome_of(PROBE_GITLINK, &[]).await, "rejected");
 }
