@@ -183,10 +183,9 @@ print(json.dumps({
                     if (it.get("verdict") or {}).get("replayed_onto")),
 }))
 EOF
-  if [[ ${BENCH_KEEP:-0} != 1 ]]; then
-    # Worktrees and branches would otherwise pile up across many runs in one temp dir.
-    rm -rf "$repo"
-  fi
+  # The runs' copies are removed together at exit (see cleanup), not here: deleting thousands
+  # of files right before the next run made the file system slower during it (its own work
+  # came out at 22 ms per iteration instead of 15 when it followed the others).
 }
 
 for jobs in 1 2 4; do
