@@ -605,3 +605,67 @@ async fn an_index_lock_left_in_an_iteration_worktree_is_cleared() {
     let log = improve_json(fx.root(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
 }
+
+/// Every file below `dir`, recursively.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worktree_is_reused_with_the_project_bytecode_kept_outside_it() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_OPS)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"])
+        .env("IMPROVE_TEST_ABORT_AT", "applied:1");
+    llm.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), None);
+    // The baseline ran in the one slot, which the iteration then got.
+    let slots: Vec<PathBuf> = std::fs::read_dir(fx.state_dir().join("worktrees"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    let slot = &slots[0];
+    // What Python compiled for the package and the suite is cached outside the worktree,
+    // under the slot's own path, and nothing compiled landed in the worktree.
+    let cached = files_below(&fx.state_dir().join("scratch/bytecode"));
+    let slot_text = slot.to_string_lossy().trim_start_matches('/').to_string();
+    let of_slot = |part: &str| {
+        cached.iter().any(|f| {
+            let f = f.to_string_lossy();
+            f.contains(&slot_text) && f.contains(part) && f.ends_with(".pyc")
+        })
+    };
+    assert!(of_slot("/calc/ops."), "{cached:?}");
+    assert!(of_slot("/tests/test_"), "{cached:?}");
+    assert!(
+        !files_below(slot)
+            .iter()
+            .any(|f| f.to_string_lossy().contains("__pycache__")),
+        "bytecode in the worktree"
+    );
+
+    // The resumed run finishes and leaves no worktree behind.
+    run_ok(fx.root(), &llm, &[]).await;
+    assert_eq!(fx.run_commits().len(), 1);
+    assert_eq!(
+        std::fs::read_dir(fx.state_dir().join("worktrees"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+}
