@@ -537,15 +537,27 @@ async fn a_run_branch_moved_back_is_reported_and_one_moved_forward_is_built_on()
     );
 }
 
+/// Runs one iteration whose answer is `answer` (with `extra` arguments), killed with SIGKILL
+/// at checkpoint `point`; returns the stand-in, for the resumed run.
+async fn killed_at(fx: &Fixture, answer: &str, point: &str, extra: &[&str]) -> StandIn {
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(answer)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"])
+        .args(extra)
+        .env("IMPROVE_TEST_ABORT_AT", point);
+    llm.args(&mut cmd);
+    assert_eq!(
+        output(cmd).await.status.code(),
+        None,
+        "not killed at {point}"
+    );
+    llm
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kill_after_pruning_never_keeps_the_unpruned_file() {
     let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(PARTLY_FAILING)]).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1"])
-        .env("IMPROVE_TEST_ABORT_AT", "pruned:1");
-    llm.args(&mut cmd);
-    assert_eq!(output(cmd).await.status.code(), None);
+    let llm = killed_at(&fx, PARTLY_FAILING, "pruned:1", &[]).await;
     run_ok(fx.root(), &llm, &[]).await;
     let branch = fx.run_branch();
     let kept = git(
@@ -563,12 +575,7 @@ async fn a_kill_after_pruning_never_keeps_the_unpruned_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ref_lock_left_by_a_killed_run_is_cleared() {
     let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_TEXT)]).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1"])
-        .env("IMPROVE_TEST_ABORT_AT", "verified:1");
-    llm.args(&mut cmd);
-    assert_eq!(output(cmd).await.status.code(), None);
+    let llm = killed_at(&fx, GOOD_TEXT, "verified:1", &[]).await;
     // What a kill in the middle of moving the run branch leaves behind.
     let branch = fx.run_branch();
     let lock = fx
@@ -584,12 +591,7 @@ async fn a_ref_lock_left_by_a_killed_run_is_cleared() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_index_lock_left_in_an_iteration_worktree_is_cleared() {
     let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(PARTLY_FAILING)]).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1", "--max-repairs", "0"])
-        .env("IMPROVE_TEST_ABORT_AT", "applied:1");
-    llm.args(&mut cmd);
-    assert_eq!(output(cmd).await.status.code(), None);
+    let llm = killed_at(&fx, PARTLY_FAILING, "applied:1", &["--max-repairs", "0"]).await;
     // What a kill while the iteration amended its commit leaves behind: dropping the failing
     // tests on resume must commit there again.
     let admin = std::fs::read_dir(fx.root().join(".git/worktrees"))
@@ -606,32 +608,10 @@ async fn an_index_lock_left_in_an_iteration_worktree_is_cleared() {
     assert_eq!(log[0]["outcome"], "kept", "{log:#}");
 }
 
-/// Every file below `dir`, recursively.
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_worktree_is_reused_with_the_project_bytecode_kept_outside_it() {
     let fx = Fixture::new();
-    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(GOOD_OPS)]).await;
-    let mut cmd = improve(fx.root());
-    cmd.args(["-n", "1"])
-        .env("IMPROVE_TEST_ABORT_AT", "applied:1");
-    llm.args(&mut cmd);
-    assert_eq!(output(cmd).await.status.code(), None);
+    let llm = killed_at(&fx, GOOD_OPS, "applied:1", &[]).await;
     // The baseline ran in the one slot, which the iteration then got.
     let slots: Vec<PathBuf> = std::fs::read_dir(fx.state_dir().join("worktrees"))
         .unwrap()
@@ -642,7 +622,7 @@ async fn the_worktree_is_reused_with_the_project_bytecode_kept_outside_it() {
     let slot = &slots[0];
     // What Python compiled for the package and the suite is cached outside the worktree,
     // under the slot's own path, and nothing compiled landed in the worktree.
-    let cached = files_below(&fx.state_dir().join("scratch/bytecode"));
+    let cached = super::loop_run::walk(&fx.state_dir().join("scratch/bytecode"));
     let slot_text = slot.to_string_lossy().trim_start_matches('/').to_string();
     let of_slot = |part: &str| {
         cached.iter().any(|f| {
@@ -653,7 +633,7 @@ async fn the_worktree_is_reused_with_the_project_bytecode_kept_outside_it() {
     assert!(of_slot("/calc/ops."), "{cached:?}");
     assert!(of_slot("/tests/test_"), "{cached:?}");
     assert!(
-        !files_below(slot)
+        !super::loop_run::walk(slot)
             .iter()
             .any(|f| f.to_string_lossy().contains("__pycache__")),
         "bytecode in the worktree"
