@@ -1021,20 +1021,12 @@ fn repeated_runs(test_file: &str, reruns: usize) -> Vec<String> {
         .collect()
 }
 
-/// Moves the iteration's commit onto the run branch's tip, if other iterations were kept since
-/// it was made (with `--jobs`, while this one waited for the LLM or ran its new tests), and
-/// returns the tests that pass there: what its whole-suite run is judged against. The suite then
-/// runs beside everything kept so far, and keeping needs no second run unless the tip moves
-/// again meanwhile. A conflict leaves the commit where it is, for keeping to reject.
-///
-/// The tip and what passes there come from the run as it is now (`shared`), not from the copy
-/// this step started with: another iteration may have been kept since.
-fn catch_up(
+/// The iteration's commit, and the commit it was made on.
+fn commit_and_parent(
     ctx: &RunContext,
-    state: &mut RunState,
+    state: &RunState,
     idx: usize,
-    shared: &RefCell<RunState>,
-) -> Result<Vec<String>, StepError> {
+) -> Result<(Oid, Oid), StepError> {
     let commit = state.iterations[idx]
         .iteration_commit
         .as_deref()
@@ -1049,6 +1041,24 @@ fn catch_up(
             context: "read the iteration commit".into(),
             source,
         })?;
+    Ok((commit, parent))
+}
+
+/// Moves the iteration's commit onto the run branch's tip, if other iterations were kept since
+/// it was made (with `--jobs`, while this one waited for the LLM or ran its new tests), and
+/// returns the tests that pass there: what its whole-suite run is judged against. The suite then
+/// runs beside everything kept so far, and keeping needs no second run unless the tip moves
+/// again meanwhile. A conflict leaves the commit where it is, for keeping to reject.
+///
+/// The tip and what passes there come from the run as it is now (`shared`), not from the copy
+/// this step started with: another iteration may have been kept since.
+fn catch_up(
+    ctx: &RunContext,
+    state: &mut RunState,
+    idx: usize,
+    shared: &RefCell<RunState>,
+) -> Result<Vec<String>, StepError> {
+    let (commit, parent) = commit_and_parent(ctx, state, idx)?;
     // Kept commits move the run branch and the run's state in one go (no await between), so
     // the two agree here.
     let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
@@ -1898,19 +1908,7 @@ async fn keep_or_reject(
         Some(oid) => oid,
         None => {
             let tip = git::run_tip(&ctx.repo, &state.run_branch)?;
-            let mut iteration_commit = state.iterations[idx]
-                .iteration_commit
-                .as_deref()
-                .and_then(|c| Oid::from_str(c).ok())
-                .ok_or_else(|| StepError::Pytest("the state lost the iteration commit".into()))?;
-            let parent = ctx
-                .repo
-                .find_commit(iteration_commit)
-                .and_then(|c| c.parent_id(0))
-                .map_err(|source| GitError::Op {
-                    context: "read the iteration commit".into(),
-                    source,
-                })?;
+            let (mut iteration_commit, parent) = commit_and_parent(ctx, state, idx)?;
             if parent != tip {
                 // Another iteration was kept while this one was verified: what passed beside
                 // the old tip must pass again beside the new one.
