@@ -9,16 +9,23 @@ Under `coverage run` it saves improve a Python process or two per pytest run:
   ends, instead of a second `coverage json` process.
 Without coverage.py, or without those variables, it does nothing.
 
+With IMPROVE_PROJECT_OUT set (a `--collect-only` run in the baseline's worktree), it writes what
+pytest's configuration and collection say about the project's tests (`testpaths`,
+`python_files`, the config file, the files tests were collected from) and, for each import
+name in IMPROVE_IMPORT_CHECK, where that code is imported from or why it cannot be.
+
 With IMPROVE_BYTECODE_CACHE set, the bytecode of everything imported from here on (the project's
 package, conftest files and tests) is cached there, outside the worktree, for the next run in
 the same worktree to reuse.
 """
 import contextlib
+import importlib
 import io
 import json
 import os
 import re
 import sys
+import traceback
 
 import pytest
 
@@ -188,3 +195,52 @@ def pytest_sessionfinish(session, exitstatus):
         with contextlib.suppress(OSError):
             os.remove(out)
         print(f"improve_plugin: {e}")
+
+
+def _ini_list(config, name):
+    try:
+        value = config.getini(name)
+    except (ValueError, KeyError):
+        return []
+    if isinstance(value, str):
+        value = value.split()
+    return [str(v) for v in value]
+
+
+def _import_check(name):
+    try:
+        module = importlib.import_module(name)
+    except BaseException as e:  # a module may raise anything on import, SystemExit too
+        tail = traceback.format_exception(type(e), e, e.__traceback__)
+        return {"error": f"{type(e).__name__}: {e}", "traceback": "".join(tail)[-3000:]}
+    return {
+        "file": getattr(module, "__file__", None),
+        "path": [str(p) for p in (getattr(module, "__path__", None) or [])],
+    }
+
+
+def pytest_collection_finish(session):
+    out = os.environ.get("IMPROVE_PROJECT_OUT")
+    if not out:
+        return
+    config = session.config
+    rootpath = str(config.rootpath)
+    files = set()
+    for item in session.items:
+        # Doctests are collected from the code under test: those files are not test files.
+        if type(item).__name__ == "DoctestItem":
+            continue
+        path = getattr(item, "path", None) or getattr(item, "fspath", None)
+        if path is not None:
+            files.add(os.path.relpath(str(path), rootpath))
+    inipath = getattr(config, "inipath", None)
+    names = [n for n in os.environ.get("IMPROVE_IMPORT_CHECK", "").split(",") if n]
+    result = {
+        "testpaths": _ini_list(config, "testpaths"),
+        "python_files": _ini_list(config, "python_files"),
+        "files": sorted(f for f in files if not f.startswith("..")),
+        "inifile": os.path.relpath(str(inipath), rootpath) if inipath else None,
+        "imports": {name: _import_check(name) for name in names},
+    }
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(result, f)

@@ -134,13 +134,21 @@ pub struct RunArgs {
     #[arg(long, value_name = "CMD")]
     pub test_cmd: Option<String>,
 
-    /// The source package, relative to the repo (auto-detected).
-    #[arg(long, value_name = "DIR")]
-    pub package: Option<String>,
+    /// The code under test: package folders or .py modules relative to the repo,
+    /// comma-separated (auto-detected from the coverage and packaging config, else the tree).
+    #[arg(long, value_name = "PATH[,PATH...]", value_delimiter = ',')]
+    pub package: Option<Vec<String>>,
 
-    /// The tests folder, relative to the repo (auto-detected: tests/ or test/).
+    /// Where new test files go, relative to the repo (default: where the target module's tests
+    /// live as pytest collects them, else the project's main tests folder, else tests/).
     #[arg(long, value_name = "DIR")]
     pub tests_dir: Option<String>,
+
+    /// Run once in each new worktree before its first pytest run, for projects that need a
+    /// build step (e.g. 'python setup.py build_ext --inplace'). Runs with the tests' environment
+    /// and the test command's Python first on PATH.
+    #[arg(long, value_name = "CMD")]
+    pub setup_cmd: Option<String>,
 
     /// Focus areas rotated across iterations, comma-separated.
     #[arg(long, value_name = "A,B,...", value_delimiter = ',')]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{RunArgs, parse_duration};
 use crate::error::UsageError;
 use crate::llm::Provider;
+use crate::project::{self, ProjectTree};
 
 pub const DEFAULT_FOCUS: &[&str] = &[
     "edge cases",
@@ -29,8 +30,17 @@ pub struct RunSettings {
     pub replay: Option<PathBuf>,
     pub record: Option<PathBuf>,
     pub test_cmd: Vec<String>,
-    pub package: String,
-    pub tests_dir: String,
+    /// The code under test: package folders and module files, relative to the repository.
+    /// Runs saved before several were possible hold one string under `package`.
+    #[serde(alias = "package", deserialize_with = "one_or_many")]
+    pub packages: Vec<String>,
+    /// Where new tests go, when the user said so; otherwise each target's tests folder as
+    /// pytest's collection shows it (see [`crate::layout`]).
+    #[serde(default)]
+    pub tests_dir: Option<String>,
+    /// Run once in each new worktree before its first pytest run (a build step).
+    #[serde(default)]
+    pub setup_cmd: Option<String>,
     pub focus: Vec<String>,
     pub jobs: u32,
     #[serde(with = "humantime_serde_secs")]
@@ -54,6 +64,28 @@ pub struct RunSettings {
     /// Repair rounds for failing new tests.
     #[serde(default = "default_max_repairs")]
     pub max_repairs: u32,
+}
+
+/// One string or a list of them (TOML, state.json).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The items, a single string split at commas.
+    pub fn items(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => s.split(',').map(str::to_string).collect(),
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(OneOrMany::deserialize(d)?.items())
 }
 
 fn default_true() -> bool {
@@ -96,9 +128,12 @@ pub struct FileConfig {
     pub model: Option<String>,
     #[serde(alias = "test_cmd")]
     pub test_cmd: Option<String>,
-    pub package: Option<String>,
+    #[serde(alias = "packages")]
+    pub package: Option<OneOrMany>,
     #[serde(alias = "tests_dir")]
     pub tests_dir: Option<String>,
+    #[serde(alias = "setup_cmd")]
+    pub setup_cmd: Option<String>,
     pub focus: Option<Vec<String>>,
     pub base: Option<String>,
     #[serde(alias = "max_duration")]
@@ -187,6 +222,7 @@ pub fn resolve(
     cli: &RunArgs,
     file: &FileConfig,
     saved: Option<&RunSettings>,
+    tree: &ProjectTree,
 ) -> Result<Resolved, UsageError> {
     // Saved with the run as absolute paths, so a resume from another folder finds them.
     let replay = cli
@@ -264,20 +300,27 @@ pub fn resolve(
         },
     };
 
-    let package = match cli.package.clone().or_else(|| file.package.clone()) {
-        Some(p) => check_dir(repo_root, &p, "--package")?,
+    let packages = match cli
+        .package
+        .clone()
+        .or_else(|| file.package.as_ref().map(OneOrMany::items))
+    {
+        Some(list) => check_packages(repo_root, &list)?,
         None => match saved {
-            Some(s) => s.package.clone(),
-            None => detect_package(repo_root)?,
+            Some(s) => s.packages.clone(),
+            None => project::detect_packages(tree).map_err(UsageError)?,
         },
     };
     let tests_dir = match cli.tests_dir.clone().or_else(|| file.tests_dir.clone()) {
-        Some(t) => check_dir(repo_root, &t, "--tests-dir")?,
-        None => match saved {
-            Some(s) => s.tests_dir.clone(),
-            None => detect_tests_dir(repo_root)?,
-        },
+        Some(t) => Some(check_dir(repo_root, &t, "--tests-dir", false)?),
+        None => saved.and_then(|s| s.tests_dir.clone()),
     };
+    let setup_cmd = cli
+        .setup_cmd
+        .clone()
+        .or_else(|| file.setup_cmd.clone())
+        .or_else(|| saved.and_then(|s| s.setup_cmd.clone()))
+        .filter(|c| !c.trim().is_empty());
 
     let focus: Vec<String> = cli
         .focus
@@ -346,8 +389,9 @@ pub fn resolve(
                 .map(absolute)
                 .or_else(|| saved.and_then(|s| s.record.clone())),
             test_cmd,
-            package,
+            packages,
             tests_dir,
+            setup_cmd,
             focus,
             jobs,
             test_timeout,
@@ -438,8 +482,14 @@ pub fn default_test_cmd(repo_root: &Path) -> Vec<String> {
     vec![python, "-m".into(), "pytest".into()]
 }
 
-/// A relative folder inside the repo, normalized to forward slashes without a trailing one.
-fn check_dir(repo_root: &Path, rel: &str, flag: &str) -> Result<String, UsageError> {
+/// A relative folder inside the repo, normalized to forward slashes without a trailing one. A
+/// tests folder may not exist yet (the first kept iteration creates it).
+fn check_dir(
+    repo_root: &Path,
+    rel: &str,
+    flag: &str,
+    must_exist: bool,
+) -> Result<String, UsageError> {
     let trimmed = rel.trim().trim_end_matches('/').to_string();
     let p = Path::new(&trimmed);
     if trimmed.is_empty()
@@ -451,74 +501,36 @@ fn check_dir(repo_root: &Path, rel: &str, flag: &str) -> Result<String, UsageErr
             "{flag} `{rel}` must be a folder relative to the repository, without `..`"
         )));
     }
-    if !repo_root.join(p).is_dir() {
+    if must_exist && !repo_root.join(p).exists() {
         return Err(UsageError(format!(
-            "{flag} `{rel}`: no such folder in {}",
+            "{flag} `{rel}`: no such folder or module in {}",
             repo_root.display()
         )));
     }
     Ok(trimmed)
 }
 
-const NOT_PACKAGES: &[&str] = &[
-    "tests", "test", "docs", "examples", "build", "dist", "venv", "env",
-];
-
-/// Finds the one package (a folder with `__init__.py`) at the root or under `src/`.
-pub fn detect_package(repo_root: &Path) -> Result<String, UsageError> {
-    let mut found = Vec::new();
-    for parent in ["", "src"] {
-        let dir = repo_root.join(parent);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with('.')
-                || name.starts_with('_')
-                || NOT_PACKAGES.contains(&name.as_str())
-            {
-                continue;
-            }
-            let path = entry.path();
-            if path.is_dir() && path.join("__init__.py").is_file() {
-                found.push(if parent.is_empty() {
-                    name
-                } else {
-                    format!("{parent}/{name}")
-                });
-            }
+/// `--package a,b`: each a folder or a `.py` module inside the repository.
+fn check_packages(repo_root: &Path, list: &[String]) -> Result<Vec<String>, UsageError> {
+    let mut out = Vec::new();
+    for item in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let path = check_dir(repo_root, item, "--package", true)?;
+        let abs = repo_root.join(&path);
+        if abs.is_file() && !path.ends_with(".py") {
+            return Err(UsageError(format!(
+                "--package `{item}` is a file but not a Python module: name a package folder or a .py file"
+            )));
+        }
+        if !out.contains(&path) {
+            out.push(path);
         }
     }
-    found.sort();
-    match found.len() {
-        0 => Err(UsageError(format!(
-            "no Python package (a folder with __init__.py) found in {} or its src/: pass --package DIR",
-            repo_root.display()
-        ))),
-        1 => Ok(found.remove(0)),
-        _ => Err(UsageError(format!(
-            "several packages found ({}): pass --package DIR to choose one",
-            found.join(", ")
-        ))),
+    if out.is_empty() {
+        return Err(UsageError(
+            "--package needs at least one folder or module".into(),
+        ));
     }
-}
-
-pub fn detect_tests_dir(repo_root: &Path) -> Result<String, UsageError> {
-    let found: Vec<&str> = ["tests", "test"]
-        .into_iter()
-        .filter(|d| repo_root.join(d).is_dir())
-        .collect();
-    match found.as_slice() {
-        [one] => Ok(one.to_string()),
-        [] => Err(UsageError(format!(
-            "no tests folder (tests/ or test/) in {}: create one or pass --tests-dir DIR",
-            repo_root.display()
-        ))),
-        _ => Err(UsageError(
-            "both tests/ and test/ exist: pass --tests-dir DIR to choose one".into(),
-        )),
-    }
+    Ok(out)
 }
 
 /// Resolves `--repo`: it must exist; relative paths are taken from the current directory.
@@ -563,31 +575,65 @@ mod tests {
         tmp
     }
 
-    #[test]
-    fn detects_the_single_package_and_tests_folder() {
-        let tmp = repo_with(&["pkg", "tests", "docs"], &["pkg/__init__.py"]);
-        assert_eq!(detect_package(tmp.path()).unwrap(), "pkg");
-        assert_eq!(detect_tests_dir(tmp.path()).unwrap(), "tests");
+    fn tree_of(files: &[&str]) -> ProjectTree {
+        ProjectTree::new(files.iter().map(|s| s.to_string()), |_| None)
     }
 
     #[test]
-    fn detects_src_layout() {
-        let tmp = repo_with(&["src/pkg", "tests"], &["src/pkg/__init__.py"]);
-        assert_eq!(detect_package(tmp.path()).unwrap(), "src/pkg");
+    fn packages_come_from_the_command_line_else_the_file_else_detection() {
+        let tmp = repo_with(
+            &["a", "b", "tests"],
+            &["a/__init__.py", "b/__init__.py", "six.py"],
+        );
+        let tree = tree_of(&["a/__init__.py", "b/__init__.py"]);
+        let cli = RunArgs {
+            model: Some("m".into()),
+            package: Some(vec!["six.py".into(), "b/".into()]),
+            ..RunArgs::default()
+        };
+        let r = resolve(tmp.path(), &cli, &FileConfig::default(), None, &tree).unwrap();
+        assert_eq!(r.settings.packages, ["six.py", "b"]);
+        let file: FileConfig = toml::from_str("model = \"m\"\npackage = [\"a\"]").unwrap();
+        let r = resolve(tmp.path(), &RunArgs::default(), &file, None, &tree).unwrap();
+        assert_eq!(r.settings.packages, ["a"]);
+        let file: FileConfig = toml::from_str("model = \"m\"").unwrap();
+        let r = resolve(tmp.path(), &RunArgs::default(), &file, None, &tree).unwrap();
+        assert_eq!(r.settings.packages, ["a", "b"]);
+        assert_eq!(r.settings.tests_dir, None);
     }
 
     #[test]
-    fn ambiguous_package_is_an_error_naming_both() {
-        let tmp = repo_with(&["a", "b"], &["a/__init__.py", "b/__init__.py"]);
-        let err = detect_package(tmp.path()).unwrap_err().0;
-        assert!(err.contains("a, b") && err.contains("--package"), "{err}");
+    fn a_package_that_is_not_there_is_a_usage_error() {
+        let tmp = repo_with(&["pkg"], &["pkg/__init__.py", "README"]);
+        for bad in ["nope", "../x", "README"] {
+            let cli = RunArgs {
+                model: Some("m".into()),
+                package: Some(vec![bad.into()]),
+                ..RunArgs::default()
+            };
+            let err = resolve(
+                tmp.path(),
+                &cli,
+                &FileConfig::default(),
+                None,
+                &tree_of(&[]),
+            )
+            .unwrap_err();
+            assert!(err.0.contains("--package"), "{bad}: {}", err.0);
+        }
     }
 
     #[test]
-    fn missing_tests_folder_says_what_to_do() {
-        let tmp = repo_with(&["pkg"], &["pkg/__init__.py"]);
-        let err = detect_tests_dir(tmp.path()).unwrap_err().0;
-        assert!(err.contains("--tests-dir"), "{err}");
+    fn a_saved_single_package_still_loads() {
+        let json = serde_json::json!({
+            "provider": "openai", "llm_url": "http://x", "model": "m", "replay": null,
+            "record": null, "test_cmd": ["python3", "-m", "pytest"], "package": "src/pkg",
+            "tests_dir": "tests", "focus": ["a"], "jobs": 1, "test_timeout": 1.0,
+            "llm_timeout": 1.0, "max_llm_failures": 5, "max_tokens": null
+        });
+        let s: RunSettings = serde_json::from_value(json).unwrap();
+        assert_eq!(s.packages, ["src/pkg"]);
+        assert_eq!(s.tests_dir.as_deref(), Some("tests"));
     }
 
     #[test]
@@ -600,11 +646,25 @@ mod tests {
             model: Some("from-cli".into()),
             ..RunArgs::default()
         };
-        let r = resolve(tmp.path(), &cli, &file, None).unwrap();
+        let r = resolve(
+            tmp.path(),
+            &cli,
+            &file,
+            None,
+            &tree_of(&["pkg/__init__.py"]),
+        )
+        .unwrap();
         assert_eq!(r.settings.model, "from-cli");
         assert_eq!(r.settings.focus, vec!["a", "b"]);
         assert_eq!(r.settings.test_timeout, Duration::from_secs(10));
-        let r2 = resolve(tmp.path(), &RunArgs::default(), &file, None).unwrap();
+        let r2 = resolve(
+            tmp.path(),
+            &RunArgs::default(),
+            &file,
+            None,
+            &tree_of(&["pkg/__init__.py"]),
+        )
+        .unwrap();
         assert_eq!(r2.settings.model, "from-file");
     }
 
@@ -622,6 +682,7 @@ mod tests {
             &RunArgs::default(),
             &FileConfig::default(),
             None,
+            &tree_of(&["pkg/__init__.py"]),
         )
         .unwrap_err();
         assert!(err.0.contains("--model"));

@@ -18,6 +18,7 @@ use crate::error::{RunEnd, UsageError, UserError};
 use crate::git;
 use crate::iteration::{self, RunContext, StepError};
 use crate::llm::{ApiKey, LlmClient, LlmSettings, Provider, RetryPolicy};
+use crate::prepare::{Preparer, SetupCommand};
 use crate::progress::Printer;
 use crate::prompt::Templates;
 use crate::pyhelper::PyHelper;
@@ -90,11 +91,26 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     let previous_id = existing.as_ref().map(|s| s.run_id.clone());
     let resume = existing.filter(|s| s.status != RunStatus::Complete && !args.fresh);
 
+    // The project as the base commit has it: that is what every worktree tests.
+    let base_rev = match &resume {
+        Some(s) => s.base_commit.clone(),
+        None => args
+            .base
+            .clone()
+            .or_else(|| file.base.clone())
+            .unwrap_or_else(|| "HEAD".into()),
+    };
+    let tree = match git::resolve_commit(&repo, &base_rev) {
+        Ok(oid) => git::project_tree(&repo, oid)?,
+        // A bad --base is reported where the run is made, with its own message.
+        Err(_) => crate::project::ProjectTree::default(),
+    };
     let resolved = config::resolve(
         &repo_root,
         args,
         &file,
         resume.as_ref().map(|s| &s.settings),
+        &tree,
     )?;
     let settings = &resolved.settings;
     let llm = LlmClient::new(
@@ -117,10 +133,13 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         words: settings.test_cmd.clone(),
         coverage: None,
         timeout: settings.test_timeout,
-        import_root: Path::new(&settings.package)
-            .parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
+        import_roots: import_roots(&settings.packages),
+        import_names: settings
+            .packages
+            .iter()
+            .map(|p| crate::project::import_name(p))
+            .collect(),
+        extra_args: Vec::new(),
         sandbox: settings.sandbox,
         pass_env: settings.pass_env.clone(),
         plugin_dir: None,
@@ -131,9 +150,10 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
             .await
             .map_err(UserError)?;
     }
-    let has_coverage = pytest::preflight(&test_cmd, &scratch, &scratch)
+    let found = pytest::preflight(&test_cmd, &scratch, &scratch)
         .await
         .map_err(UserError)?;
+    test_cmd.extra_args = found.extra_args.clone();
     // Per-test coverage and an in-process coverage report come from our pytest plugin.
     match pytest::install_plugin(&scratch) {
         Ok(dir) => test_cmd.plugin_dir = Some(dir),
@@ -142,10 +162,11 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
             scratch.display()
         )),
     }
-    if has_coverage {
-        test_cmd.coverage = Some(CoverageSpec {
-            source: settings.package.clone(),
-        });
+    if found.coverage {
+        test_cmd.coverage = Some(CoverageSpec::for_packages(
+            &settings.packages,
+            crate::project::tests_inside(&tree, &settings.packages),
+        ));
     } else {
         printer.line(
             "note: coverage.py is not available to the test command; coverage will not be measured",
@@ -197,6 +218,23 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     };
 
     let helper = PyHelper::new(test_cmd.python().unwrap_or("python3"), &scratch);
+    let setup = state.settings.setup_cmd.clone().map(|c| {
+        SetupCommand::new(
+            c,
+            test_cmd.python(),
+            &state.settings.pass_env,
+            state.settings.test_timeout,
+        )
+    });
+    let prep = Preparer::new(&repo_root, &state.settings.packages, &scratch, setup)
+        .map_err(|e| UserError(format!("cannot prepare the worktrees: {e}")))?;
+    if !prep.copied().is_empty() {
+        printer.line(&format!(
+            "worktrees get {} files git ignores from your package folders: {}",
+            prep.copied().len(),
+            first_names(prep.copied())
+        ));
+    }
     let worktrees = WorktreePool::new(
         store.worktrees_dir(),
         &state.run_id,
@@ -204,6 +242,7 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
             .bytecode_cache
             .clone()
             .filter(|_| !test_cmd.sandbox),
+        prep,
     );
     worktrees.detach_leftovers(&repo);
     let ctx = RunContext {
@@ -256,6 +295,26 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     }
     print_summary(&state, &end, &report_path, &repo_root);
     Ok(end)
+}
+
+/// The folders the packages are imported from (`""`, `src`), each once.
+fn import_roots(packages: &[String]) -> Vec<String> {
+    let mut roots: Vec<String> = Vec::new();
+    for root in packages.iter().map(|p| crate::project::import_root(p)) {
+        if !roots.contains(&root) {
+            roots.push(root);
+        }
+    }
+    roots
+}
+
+/// `a, b, c and 4 more`.
+fn first_names(items: &[String]) -> String {
+    let shown: Vec<&str> = items.iter().take(3).map(String::as_str).collect();
+    match items.len() {
+        n if n > 3 => format!("{} and {} more", shown.join(", "), n - 3),
+        _ => shown.join(", "),
+    }
 }
 
 /// A run branch moved back past kept commits would make every later iteration see "broken"
@@ -328,7 +387,9 @@ fn new_run(repo: &git2::Repository, resolved: &Resolved) -> Result<RunState> {
     })
 }
 
-/// Runs the whole suite at the base commit in a worktree of its own (never in the user's tree).
+/// Runs the whole suite at the base commit in a worktree of its own (never in the user's tree),
+/// after asking pytest where the project's tests are and checking that the code under test
+/// imports from that worktree.
 async fn measure_baseline(
     ctx: &RunContext,
     state: &mut RunState,
@@ -341,22 +402,65 @@ async fn measure_baseline(
     let path = ctx
         .worktrees
         .check_out(&ctx.repo, worktrees::BASELINE, &branch, base)?;
+    let measured = baseline_in(ctx, state, &path).await;
+    // The slot, and what Python compiled there, goes on to the first iteration.
+    ctx.worktrees.release(&ctx.repo, worktrees::BASELINE);
+    let _ = git::delete_branch(&ctx.repo, &branch);
+    let baseline = measured?;
+    for line in baseline_notes(&baseline, &state.settings.packages) {
+        printer.line(&line);
+    }
+    printer.line(&format!(
+        "baseline: {}{}",
+        if baseline.summary.is_empty() {
+            "no tests"
+        } else {
+            &baseline.summary
+        },
+        baseline
+            .coverage
+            .as_ref()
+            .map(|c| format!(", coverage {:.1}%", c.percent))
+            .unwrap_or_default()
+    ));
+    state.baseline = Some(baseline);
+    Ok(())
+}
+
+fn prepare_failure(e: crate::prepare::PrepareError) -> StepError {
+    match e {
+        crate::prepare::PrepareError::Cancelled => StepError::Cancelled,
+        other => StepError::Pytest(other.to_string()),
+    }
+}
+
+async fn baseline_in(
+    ctx: &RunContext,
+    state: &RunState,
+    path: &Path,
+) -> Result<Baseline, StepError> {
+    ctx.worktrees
+        .ready(path, &ctx.cancel)
+        .await
+        .map_err(prepare_failure)?;
     let dir = ctx.store.run_dir(&state.run_id).join("baseline");
+    let layout = discover(ctx, state, path, &dir).await?;
     let run = pytest::run(
         &ctx.test_cmd,
-        &path,
+        path,
         &[iteration::SUITE_FLAG.to_string()],
         &dir,
         "pytest-suite",
         pytest::Measure::Report,
         &ctx.cancel,
     )
-    .await;
-    let side_effects = git::dirty_paths(&path).unwrap_or_default();
-    // The slot, and what Python compiled there, goes on to the first iteration.
-    ctx.worktrees.release(&ctx.repo, worktrees::BASELINE);
-    let _ = git::delete_branch(&ctx.repo, &branch);
-    let run = run?;
+    .await?;
+    let prepared = ctx.worktrees.prepared_in(path);
+    let side_effects: Vec<String> = git::dirty_paths(path)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !prepared.contains(p))
+        .collect();
     if run.timed_out {
         return Err(StepError::Pytest(format!(
             "the suite at the base commit did not finish within --test-timeout ({}): raise --test-timeout",
@@ -371,34 +475,105 @@ async fn measure_baseline(
             run.output_path.display()
         )));
     }
-    let failed = [
-        run.ids_with(CaseOutcome::Failed),
-        run.ids_with(CaseOutcome::Error),
-    ]
-    .concat();
-    state.baseline = Some(Baseline {
+    let unfixable = crate::layout::unfixable_files(
+        &run.cases,
+        &state.settings.packages,
+        &ctx.test_cmd.import_names,
+        path,
+    );
+    Ok(Baseline {
         tests: run.cases.len() as u32,
         passed: run.ids_with(CaseOutcome::Passed),
-        failed,
+        failed: run.failing(),
         skipped: run.count(CaseOutcome::Skipped) as u32,
         summary: run.summary.clone(),
         coverage: run.coverage.clone(),
         seconds: run.duration.as_secs_f64(),
         side_effects,
-    });
-    printer.line(&format!(
-        "baseline: {}{}",
-        if run.summary.is_empty() {
-            "no tests"
-        } else {
-            &run.summary
+        layout,
+        unfixable,
+    })
+}
+
+/// Asks pytest, in the baseline's worktree, where the tests are (its config and collection),
+/// and checks that the code under test imports, from that worktree.
+async fn discover(
+    ctx: &RunContext,
+    state: &RunState,
+    path: &Path,
+    dir: &Path,
+) -> Result<crate::layout::TestLayout, StepError> {
+    let args = [
+        "--collect-only".to_string(),
+        iteration::SUITE_FLAG.to_string(),
+    ];
+    let run = pytest::run(
+        &ctx.test_cmd,
+        path,
+        &args,
+        dir,
+        "pytest-collect",
+        pytest::Measure::Discover,
+        &ctx.cancel,
+    )
+    .await?;
+    let Some(found) = run.discovery else {
+        // pytest stopped before collecting (a bad option in its config, say): the suite run
+        // says why in its own words; without our plugin there is nothing to learn here.
+        return Ok(crate::layout::TestLayout::default());
+    };
+    for (name, check) in &found.imports {
+        if let Some(problem) =
+            crate::layout::import_problem(name, check, path, &state.settings.packages)
+        {
+            return Err(StepError::Pytest(problem));
+        }
+    }
+    Ok(crate::layout::TestLayout {
+        testpaths: found.testpaths,
+        python_files: found.python_files,
+        test_files: found.files,
+        inifile: found.inifile,
+    })
+}
+
+/// What the user should know about the baseline before the first iteration.
+fn baseline_notes(baseline: &Baseline, packages: &[String]) -> Vec<String> {
+    let layout = &baseline.layout;
+    let mut notes = vec![format!(
+        "project: code under test {}; tests {}{}",
+        packages.join(", "),
+        match layout.test_files.len() {
+            0 => "none yet".to_string(),
+            n => {
+                let mut dirs = layout.test_dirs(packages);
+                if dirs.is_empty() {
+                    dirs.push(layout.main_dir(packages));
+                }
+                let shown: Vec<&str> = dirs
+                    .iter()
+                    .map(|d| if d.is_empty() { "." } else { d.as_str() })
+                    .collect();
+                format!("in {} ({n} files)", shown.join(", "))
+            }
         },
-        run.coverage
-            .as_ref()
-            .map(|c| format!(", coverage {:.1}%", c.percent))
+        layout
+            .inifile
+            .as_deref()
+            .map(|f| format!(", pytest config {f}"))
             .unwrap_or_default()
-    ));
-    Ok(())
+    )];
+    if let Some(first) = baseline.unfixable.first() {
+        let files: Vec<String> = baseline.unfixable.iter().map(|u| u.file.clone()).collect();
+        notes.push(format!(
+            "note: {} test files do not import at the base commit because the project or a \
+             dependency does not ({}): {}; no fix iteration will touch them",
+            files.len(),
+            first.cause,
+            first_names(&files)
+        ));
+    }
+    notes
 }
 
 async fn drive(
@@ -421,21 +596,18 @@ async fn drive(
     let (modules, test_files, jobs) = {
         let state = run.borrow();
         let base = git::oid(&state.base_commit, "the base commit")?;
-        let package_files = git::python_files_at(&ctx.repo, base, &state.settings.package)?;
-        let mut modules = target::list_modules(&package_files, &state.settings.package);
+        let modules = target::modules_at(&ctx.repo, base, &state)?;
         // Test files at the base: where the tests that failed at the start live.
-        let test_files: Vec<String> =
-            git::python_files_at(&ctx.repo, base, &state.settings.tests_dir)?
-                .into_iter()
-                .map(|(path, _)| path)
-                .collect();
-        modules.retain(|m| !test_files.contains(m));
+        let test_files: Vec<String> = target::test_files_at(&ctx.repo, base, &state)?
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect();
         (modules, test_files, state.settings.jobs.max(1) as usize)
     };
     if modules.is_empty() {
         return Err(UserError(format!(
-            "the package {} has no Python modules to write tests for: pass --package DIR",
-            run.borrow().settings.package
+            "{} holds no Python modules to write tests for: pass --package PATH",
+            run.borrow().settings.packages.join(", ")
         ))
         .into());
     }

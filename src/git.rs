@@ -345,6 +345,38 @@ pub fn dirty_paths(worktree: &Path) -> Result<Vec<String>, GitError> {
     Ok(paths)
 }
 
+/// Files in the working tree at `root` that git does not track, under `under` (all of it when
+/// empty): ignored ones, and untracked ones too when `untracked`. Folders are listed file by
+/// file; symbolic links and other non-files are left out.
+pub fn untracked_files(
+    root: &Path,
+    under: &[String],
+    untracked: bool,
+) -> Result<Vec<String>, GitError> {
+    let repo = Repository::open(root).ctx(|| format!("open {}", root.display()))?;
+    let mut opts = git2::StatusOptions::new();
+    opts.include_ignored(true)
+        .recurse_ignored_dirs(true)
+        .include_untracked(untracked)
+        .recurse_untracked_dirs(untracked)
+        .exclude_submodules(true);
+    for dir in under {
+        opts.pathspec(dir);
+    }
+    let statuses = repo
+        .statuses(Some(&mut opts))
+        .ctx(|| format!("read the status of {}", root.display()))?;
+    let wanted = |st: git2::Status| st.is_ignored() || (untracked && st.is_wt_new());
+    let mut paths: Vec<String> = statuses
+        .iter()
+        .filter(|e| wanted(e.status()))
+        .filter_map(|e| e.path().ok().map(str::to_string))
+        .filter(|p| std::fs::symlink_metadata(root.join(p)).is_ok_and(|m| m.file_type().is_file()))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 /// Replaces the worktree's HEAD commit by one with `files` as they are now (same parent), so
 /// the iteration stays one commit on top of the run branch.
 pub fn amend_head(worktree: &Path, files: &[String], message: &str) -> Result<Oid, GitError> {
@@ -561,20 +593,64 @@ pub fn python_files_at(
     commit: Oid,
     folder: &str,
 ) -> Result<Vec<(String, String)>, GitError> {
+    let folder = folder.trim_end_matches('/');
+    if folder.ends_with(".py") {
+        return python_files_where(repo, commit, |p| p == folder);
+    }
+    let prefix = format!("{folder}/");
+    python_files_where(repo, commit, |p| {
+        folder.is_empty() || p.starts_with(&prefix)
+    })
+}
+
+/// Every file committed in `commit`, with the text of the configuration files that package
+/// detection reads: the project as the worktrees will see it.
+pub fn project_tree(
+    repo: &Repository,
+    commit: Oid,
+) -> Result<crate::project::ProjectTree, GitError> {
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
         .ctx(|| format!("read the tree of {commit}"))?;
-    let prefix = format!("{}/", folder.trim_end_matches('/'));
+    let mut files = Vec::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+        if entry.kind() == Some(git2::ObjectType::Blob)
+            && let Ok(name) = entry.name()
+        {
+            files.push(format!("{root}{name}"));
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .ctx(|| "walk the tree".into())?;
+    let read = |name: &str| {
+        let entry = tree.get_path(Path::new(name)).ok()?;
+        let blob = repo.find_blob(entry.id()).ok()?;
+        Some(String::from_utf8_lossy(blob.content()).into_owned())
+    };
+    Ok(crate::project::ProjectTree::new(files, read))
+}
+
+/// The `.py` files of `commit` for which `keep` holds, as (path, text).
+pub fn python_files_where(
+    repo: &Repository,
+    commit: Oid,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, String)>, GitError> {
+    let tree = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .ctx(|| format!("read the tree of {commit}"))?;
     let mut found = Vec::new();
     tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
-        let Ok(name) = entry.name() else {
-            return git2::TreeWalkResult::Ok;
-        };
-        let path = format!("{root}{name}");
-        let is_blob = entry.kind() == Some(git2::ObjectType::Blob);
-        if is_blob && name.ends_with(".py") && path.starts_with(&prefix) {
-            found.push((path, entry.id()));
+        if let Ok(name) = entry.name()
+            && entry.kind() == Some(git2::ObjectType::Blob)
+            && name.ends_with(".py")
+        {
+            let path = format!("{root}{name}");
+            if keep(&path) {
+                found.push((path, entry.id()));
+            }
         }
         git2::TreeWalkResult::Ok
     })

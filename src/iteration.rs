@@ -390,12 +390,12 @@ fn build_request(
     if it.kind == Kind::Fix {
         return build_fix_request(ctx, state, idx, tip);
     }
-    let settings = &state.settings;
-    let import_name = target::import_name(&it.target, &settings.package);
+    let import_name = crate::project::import_name(&it.target);
     let source = read_at_tip(&ctx.repo, tip, &it.target).unwrap_or_default();
     // The tests at the run branch's tip: the project's own plus those kept earlier in the run,
     // so the model sees what is already covered.
-    let test_files = git::python_files_at(&ctx.repo, tip, &settings.tests_dir)?;
+    let test_files = target::test_files_at(&ctx.repo, tip, state)?;
+    let tests_dir = target::tests_dir_for(&it.target, state, &test_files);
     let existing_tests = target::tests_importing(&test_files, &import_name, 2)
         .into_iter()
         .map(|(path, text)| NamedText {
@@ -436,7 +436,11 @@ fn build_request(
         coverage: state
             .coverage_now()
             .and_then(|c| c.modules.get(&it.target).copied()),
-        tests_dir: settings.tests_dir.clone(),
+        tests_dir: if tests_dir.is_empty() {
+            ".".to_string()
+        } else {
+            tests_dir
+        },
         existing_tests,
         guidelines,
     };
@@ -514,20 +518,26 @@ fn build_fix_request(
 ) -> Result<ChatRequest, StepError> {
     let it = &state.iterations[idx];
     let file = read_at_tip(&ctx.repo, tip, &it.target).unwrap_or_default();
-    let package = &state.settings.package;
-    let sources = git::python_files_at(&ctx.repo, tip, package)?
-        .into_iter()
-        .filter(|(path, _)| {
-            let name = target::import_name(path, package);
-            !target::tests_importing(&[(it.target.clone(), file.clone())], &name, 1).is_empty()
-        })
-        .take(3)
-        .map(|(path, text)| NamedText {
-            name: path.clone(),
-            path,
-            text: cut(&text, MAX_SOURCE_CHARS),
-        })
-        .collect();
+    let side = target::test_side(state);
+    let packages = &state.settings.packages;
+    let sources = git::python_files_where(&ctx.repo, tip, |p| {
+        packages
+            .iter()
+            .any(|k| p == k || p.starts_with(&format!("{k}/")))
+            && !side(p)
+    })?
+    .into_iter()
+    .filter(|(path, _)| {
+        let name = crate::project::import_name(path);
+        !target::tests_importing(&[(it.target.clone(), file.clone())], &name, 1).is_empty()
+    })
+    .take(3)
+    .map(|(path, text)| NamedText {
+        name: path.clone(),
+        path,
+        text: cut(&text, MAX_SOURCE_CHARS),
+    })
+    .collect();
     let data = FixData {
         test_file: it.target.clone(),
         file: cut(&file, MAX_SOURCE_CHARS),
@@ -653,12 +663,19 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
     let chosen = if it.kind == Kind::Fix {
         Ok(it.target.clone())
     } else {
-        proposal::choose_test_path(
+        let test_files = target::test_files_at(&ctx.repo, tip, state)?;
+        let layout = state
+            .baseline
+            .as_ref()
+            .map(|b| b.layout.clone())
+            .unwrap_or_default();
+        proposal::choose_test_path_for(
             &wt_path,
-            &state.settings.tests_dir,
+            &target::tests_dir_for(&it.target, state, &test_files),
             proposal.path_hint.as_deref(),
             &stem,
             n,
+            &layout,
         )
     };
     let rel = match chosen {
@@ -768,7 +785,7 @@ async fn verify(
         measure.clone(),
     )
     .await?;
-    let mut touched = side_effects(state, &wt_path)?;
+    let mut touched = side_effects(ctx, state, &wt_path)?;
     let mut tally = Tally::of(&new.cases);
     // Repair: failing tests (or a file that does not collect, once) go back to the LLM in the
     // same conversation with their failure output, for up to --max-repairs rounds.
@@ -822,7 +839,7 @@ async fn verify(
             measure.clone(),
         )
         .await?;
-        touched = side_effects(state, &wt_path)?;
+        touched = side_effects(ctx, state, &wt_path)?;
         tally = Tally::of(&new.cases);
         let worse = !uncollectable && new.does_not_collect();
         if let (true, (Some(previous), previous_run)) = (worse, before_repair) {
@@ -1136,7 +1153,7 @@ async fn verify_fix(
         Measure::Outcomes,
     )
     .await?;
-    let touched = side_effects(state, wt_path)?;
+    let touched = side_effects(ctx, state, wt_path)?;
     let tally = Tally::of(&run.cases);
     verdict.pytest_summary = run.summary.clone();
     let passing = tally.passing();
@@ -1611,16 +1628,9 @@ async fn run_suite(
     passing_before: &[String],
     verdict: &mut Verdict,
 ) -> Result<pytest::PytestRun, StepError> {
-    let suite = run_timed(
-        ctx,
-        state,
-        idx,
-        wt_path,
-        &[SUITE_FLAG.to_string()],
-        label,
-        Measure::Report,
-    )
-    .await?;
+    let mut args = vec![SUITE_FLAG.to_string()];
+    args.extend(suite_paths(state, idx));
+    let suite = run_timed(ctx, state, idx, wt_path, &args, label, Measure::Report).await?;
     verdict.suite_label = label.to_string();
     let suite_passed = suite.ids_with(CaseOutcome::Passed);
     verdict.pytest_summary = suite.summary.clone();
@@ -1639,7 +1649,7 @@ async fn run_suite(
         .cloned()
         .collect();
     verdict.failed_in_suite = new_failing_in_suite.clone();
-    let touched = side_effects(state, wt_path)?;
+    let touched = side_effects(ctx, state, wt_path)?;
     verdict.reason = if let Some(trouble) = trouble(
         ctx,
         &touched,
@@ -1664,6 +1674,18 @@ async fn run_suite(
     };
     verdict.keep = verdict.reason.is_none();
     Ok(suite)
+}
+
+/// The paths of a whole-suite run when the run's new test files lie where a bare `pytest` does
+/// not look (`testpaths` naming one file, say): pytest's own paths and those files. Empty
+/// otherwise, so pytest's configuration decides as it does for the user.
+fn suite_paths(state: &RunState, idx: usize) -> Vec<String> {
+    let Some(baseline) = &state.baseline else {
+        return Vec::new();
+    };
+    let mut added: Vec<String> = state.kept().filter_map(|i| i.test_file.clone()).collect();
+    added.extend(state.iterations[idx].test_file.clone());
+    baseline.layout.suite_args(&added)
 }
 
 /// A test id as the pruning script names it: `test_a` for a function (parameters dropped: a
@@ -1698,12 +1720,18 @@ fn prune_names(ids: &[String], test_file: &str) -> Vec<String> {
 /// What a test run changed in the worktree, beyond what the project's own suite does. The
 /// worktree is thrown away with the iteration, so nothing a test did survives it; but a
 /// proposal whose tests delete or rewrite project files is not one to keep.
-fn side_effects(state: &RunState, worktree: &std::path::Path) -> Result<Vec<String>, StepError> {
-    let known = state
+fn side_effects(
+    ctx: &RunContext,
+    state: &RunState,
+    worktree: &std::path::Path,
+) -> Result<Vec<String>, StepError> {
+    let mut known = state
         .baseline
         .as_ref()
         .map(|b| b.side_effects.clone())
         .unwrap_or_default();
+    // What `--setup-cmd` made there is the project's build, not the tests' doing.
+    known.extend(ctx.worktrees.prepared_in(worktree));
     Ok(git::dirty_paths(worktree)?
         .into_iter()
         .filter(|p| !known.contains(p))
@@ -1724,16 +1752,27 @@ async fn run_timed(
         .store
         .iteration_dir(&state.run_id, state.iterations[idx].n);
     let started = Instant::now();
-    let run = pytest::run(
-        &ctx.test_cmd,
-        worktree,
-        args,
-        &dir,
-        label,
-        measure,
-        &ctx.cancel,
-    )
-    .await;
+    // `--setup-cmd`, the first time this worktree runs tests (its time counts as pytest's).
+    let ready = ctx.worktrees.ready(worktree, &ctx.cancel).await;
+    let run = match ready {
+        Ok(()) => {
+            pytest::run(
+                &ctx.test_cmd,
+                worktree,
+                args,
+                &dir,
+                label,
+                measure,
+                &ctx.cancel,
+            )
+            .await
+        }
+        Err(crate::prepare::PrepareError::Cancelled) => Err(PytestError::Cancelled),
+        Err(e) => {
+            state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
+            return Err(StepError::Pytest(e.to_string()));
+        }
+    };
     state.iterations[idx].seconds.tests += started.elapsed().as_secs_f64();
     Ok(run?)
 }

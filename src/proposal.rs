@@ -4,6 +4,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use crate::layout::TestLayout;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proposal {
     pub code: String,
@@ -207,9 +209,16 @@ pub fn safe_test_path(root: &Path, tests_dir: &str, candidate: &str) -> Result<P
     Ok(walked)
 }
 
-/// Where the proposal goes. A model's hint is checked (an unsafe hint rejects the proposal) and
-/// used when it names a new `test_*.py` file; otherwise the tool names the file itself, so a
-/// proposal never overwrites an existing test file.
+/// `dir/name`, or `name` for the repository's root.
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Where the proposal goes, with pytest's default `python_files`: see [`choose_test_path_for`].
 pub fn choose_test_path(
     root: &Path,
     tests_dir: &str,
@@ -217,19 +226,45 @@ pub fn choose_test_path(
     target_stem: &str,
     n: u32,
 ) -> Result<String, PathError> {
+    choose_test_path_for(
+        root,
+        tests_dir,
+        hint,
+        target_stem,
+        n,
+        &TestLayout::default(),
+    )
+}
+
+/// Where the proposal goes. A model's hint is checked (an unsafe hint rejects the proposal) and
+/// used when it names a new file that pytest's `python_files` accepts; otherwise the tool names
+/// the file itself, so a proposal never overwrites an existing test file. With the tests at
+/// the repository's root, only the hint's file name is used: a folder it names could be code.
+pub fn choose_test_path_for(
+    root: &Path,
+    tests_dir: &str,
+    hint: Option<&str>,
+    target_stem: &str,
+    n: u32,
+    layout: &TestLayout,
+) -> Result<String, PathError> {
     if let Some(hint) = hint {
-        // A bare file name means "in the tests folder".
-        let hint = if hint.contains('/') {
-            hint.to_string()
-        } else {
-            format!("{tests_dir}/{hint}")
+        let hint = match hint.rsplit_once('/') {
+            // A bare file name means "in the tests folder".
+            None => join(tests_dir, hint),
+            Some((_, name))
+                if tests_dir.is_empty() && !hint.starts_with('/') && !hint.contains("..") =>
+            {
+                name.to_string()
+            }
+            Some(_) => hint.to_string(),
         };
         match safe_test_path(root, tests_dir, &hint) {
             Ok(abs) => {
                 let name_ok = abs
                     .file_name()
                     .and_then(|f| f.to_str())
-                    .is_some_and(|f| f.starts_with("test_"));
+                    .is_some_and(|f| layout.matches_python_files(f));
                 if name_ok && !abs.exists() {
                     return Ok(hint);
                 }
@@ -244,11 +279,7 @@ pub fn choose_test_path(
         .collect();
     let mut k = 0;
     loop {
-        let name = if k == 0 {
-            format!("{tests_dir}/test_{stem}_improve_{n}.py")
-        } else {
-            format!("{tests_dir}/test_{stem}_improve_{n}_{k}.py")
-        };
+        let name = join(tests_dir, &layout.file_name(&stem, n, k));
         let abs = safe_test_path(root, tests_dir, &name)?;
         if !abs.exists() {
             return Ok(name);
@@ -366,6 +397,26 @@ mod tests {
             choose_test_path(tmp.path(), "tests", Some(&long), "a", 4).unwrap(),
             "tests/test_a_improve_4.py"
         );
+    }
+
+    #[test]
+    fn tests_at_the_root_take_only_the_hints_file_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("pkg")).unwrap();
+        let root = TestLayout::default();
+        let chosen =
+            choose_test_path_for(tmp.path(), "", Some("pkg/test_x.py"), "six", 2, &root).unwrap();
+        assert_eq!(chosen, "test_x.py");
+        let chosen = choose_test_path_for(tmp.path(), "", None, "six", 2, &root).unwrap();
+        assert_eq!(chosen, "test_six_improve_2.py");
+        assert!(choose_test_path_for(tmp.path(), "", Some("../evil.py"), "six", 2, &root).is_err());
+        let suffix = TestLayout {
+            python_files: vec!["*_test.py".into()],
+            ..TestLayout::default()
+        };
+        let chosen =
+            choose_test_path_for(tmp.path(), "pkg", Some("test_x.py"), "core", 2, &suffix).unwrap();
+        assert_eq!(chosen, "pkg/core_improve_2_test.py");
     }
 }
 

@@ -33,10 +33,15 @@ pub struct TestCommand {
     pub words: Vec<String>,
     pub coverage: Option<CoverageSpec>,
     pub timeout: Duration,
-    /// The folder, relative to the worktree, that holds the package (`""` or `src`). It goes
+    /// The folders, relative to the worktree, that hold the packages (`""`, `src`). They go
     /// first on PYTHONPATH so an editable install of the user's checkout cannot make the tests
     /// import the user's working tree instead of the worktree under test.
-    pub import_root: String,
+    pub import_roots: Vec<String>,
+    /// The top-level import names of the code under test, checked in [`Measure::Discover`].
+    pub import_names: Vec<String>,
+    /// Arguments that turn off plugins which would fight ours (pytest-cov's own coverage,
+    /// xdist's workers): see [`preflight`].
+    pub extra_args: Vec<String>,
     /// Run every test under bubblewrap (`--sandbox`).
     pub sandbox: bool,
     /// Variables the user lets through to the tests beyond the allow-list (`--pass-env`).
@@ -61,6 +66,9 @@ pub enum Measure {
     PerTest(Option<PathBuf>),
     /// Coverage of the whole run, summed up in a report (`<label>.coverage.json`).
     Report,
+    /// What pytest's configuration and collection say about the project's tests, and where
+    /// the code under test is imported from (`<label>.project.json`, see [`Discovery`]).
+    Discover,
 }
 
 /// Writes the pytest plugin shipped in the binary into `dir`, for `-p improve_plugin`.
@@ -76,8 +84,59 @@ pub fn install_plugin(dir: &Path) -> std::io::Result<PathBuf> {
 
 #[derive(Debug, Clone)]
 pub struct CoverageSpec {
-    /// The package folder to measure, relative to the worktree.
-    pub source: String,
+    /// What to measure: package folders relative to the worktree, or module names.
+    pub source: Vec<String>,
+    /// Test files inside the packages, which are not code under test (coverage `--omit`).
+    pub omit: Vec<String>,
+}
+
+impl CoverageSpec {
+    /// The `--source` of coverage.py for `packages`: folders as they are, single-module
+    /// projects by import name (coverage takes a file path for a package name).
+    pub fn for_packages(packages: &[String], omit: Vec<String>) -> Self {
+        CoverageSpec {
+            source: packages
+                .iter()
+                .map(|p| {
+                    if p.ends_with(".py") {
+                        crate::project::import_name(p)
+                    } else {
+                        p.clone()
+                    }
+                })
+                .collect(),
+            omit,
+        }
+    }
+}
+
+/// What pytest said in a [`Measure::Discover`] run (written by `python/improve_plugin.py`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Discovery {
+    #[serde(default)]
+    pub testpaths: Vec<String>,
+    #[serde(default)]
+    pub python_files: Vec<String>,
+    /// Files holding collected tests (absolute paths), doctests excepted.
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub inifile: Option<String>,
+    /// Per import name of the code under test: where it was imported from, or why not.
+    #[serde(default)]
+    pub imports: BTreeMap<String, ImportCheck>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct ImportCheck {
+    /// `__file__`, and `__path__` for packages (a namespace package has only the latter).
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default)]
+    pub path: Vec<String>,
+    /// `ModuleNotFoundError: No module named 'x._version'` when the import failed.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 impl TestCommand {
@@ -120,6 +179,8 @@ pub struct PytestRun {
     pub coverage: Option<Coverage>,
     /// What each new test adds to coverage ([`Measure::PerTest`] runs with coverage.py).
     pub gain: Option<Gain>,
+    /// What pytest said of the project ([`Measure::Discover`] runs with our plugin).
+    pub discovery: Option<Discovery>,
 }
 
 impl PytestRun {
@@ -273,11 +334,13 @@ pub async fn run(
                 "coverage".into(),
                 "run".into(),
                 "--branch".into(),
-                format!("--source={}", spec.source),
+                format!("--source={}", spec.source.join(",")),
                 format!("--data-file={}", cov_data.display()),
-                "-m".into(),
-                "pytest".into(),
             ];
+            if !spec.omit.is_empty() {
+                w.push(format!("--omit={}", spec.omit.join(",")));
+            }
+            w.extend(["-m".into(), "pytest".into()]);
             w.extend(cmd.words[3..].iter().cloned());
             w
         }
@@ -296,22 +359,31 @@ pub async fn run(
     if cmd.plugin_dir.is_some() {
         words.extend(["-p".into(), "improve_plugin".into()]);
     }
+    words.extend(cmd.extra_args.iter().cloned());
     words.extend(args.iter().cloned());
 
     if cmd.sandbox {
         words = sandboxed(&words, cwd, artifacts, cmd.plugin_dir.as_deref());
     }
-    let mut pythonpath = cwd.join(&cmd.import_root).into_os_string();
+    let roots: Vec<std::ffi::OsString> = if cmd.import_roots.is_empty() {
+        vec![cwd.as_os_str().to_owned()]
+    } else {
+        cmd.import_roots
+            .iter()
+            .map(|r| cwd.join(r).into_os_string())
+            .collect()
+    };
+    let mut pythonpath = std::ffi::OsString::new();
     // The plugin goes last: a project module of the same name would win, not ours.
-    for extra in [
-        std::env::var_os("PYTHONPATH"),
-        cmd.plugin_dir.clone().map(Into::into),
-    ]
-    .into_iter()
-    .flatten()
-    .filter(|p| !p.is_empty())
+    for extra in roots
+        .into_iter()
+        .chain(std::env::var_os("PYTHONPATH"))
+        .chain(cmd.plugin_dir.clone().map(Into::into))
+        .filter(|p| !p.is_empty())
     {
-        pythonpath.push(":");
+        if !pythonpath.is_empty() {
+            pythonpath.push(":");
+        }
         pythonpath.push(extra);
     }
     let mut env: Vec<_> = test_environment(&cmd.pass_env)
@@ -339,8 +411,17 @@ pub async fn run(
                 }
             }
             Measure::Report => env.push(("IMPROVE_COVERAGE_JSON".into(), cov_json.clone().into())),
-            Measure::Outcomes => {}
+            Measure::Outcomes | Measure::Discover => {}
         }
+    }
+    let project_json = artifacts.join(format!("{label}.project.json"));
+    if measure == Measure::Discover && cmd.plugin_dir.is_some() {
+        let _ = std::fs::remove_file(&project_json);
+        env.push(("IMPROVE_PROJECT_OUT".into(), project_json.clone().into()));
+        env.push((
+            "IMPROVE_IMPORT_CHECK".into(),
+            cmd.import_names.join(",").into(),
+        ));
     }
     let started = Instant::now();
     let (exit_code, timed_out) =
@@ -400,7 +481,12 @@ pub async fn run(
     let gain = std::fs::read_to_string(&gain_json)
         .ok()
         .and_then(|j| serde_json::from_str(&j).ok());
+    let discovery = (measure == Measure::Discover)
+        .then(|| std::fs::read_to_string(&project_json).ok())
+        .flatten()
+        .and_then(|j| serde_json::from_str(&j).ok());
     Ok(PytestRun {
+        discovery,
         exit_code,
         timed_out,
         duration,
@@ -529,7 +615,7 @@ pub fn kill_live_groups() {
 /// Starts `words` in its own process group and waits for it, the timeout or cancellation; in the
 /// last two cases the whole group is killed. The group is also killed after a normal exit, so a
 /// test that left a background process behind does not leave it running all night.
-async fn spawn_and_wait(
+pub(crate) async fn spawn_and_wait(
     words: &[String],
     cwd: &Path,
     output_path: &Path,
@@ -824,9 +910,20 @@ async fn run_helper(
     Ok((code, last))
 }
 
-/// Checks that the test command has pytest, and whether coverage.py is there too.
-pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<bool, String> {
-    // `<python> -m pytest`: one interpreter start answers both questions. Both are looked up,
+/// What the test command's Python has besides pytest.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Preflight {
+    pub coverage: bool,
+    /// Arguments that keep installed plugins from fighting our coverage: pytest-cov's own
+    /// measurement (`--no-cov`) and xdist's worker processes (`-p no:xdist` would break an
+    /// `addopts = -n auto`; `-n 0` keeps one process).
+    pub extra_args: Vec<String>,
+}
+
+/// Checks that the test command has pytest, and whether coverage.py (and plugins that would
+/// interfere with it) are there too.
+pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<Preflight, String> {
+    // `<python> -m pytest`: one interpreter start answers every question. All are looked up,
     // not imported (importing pytest alone takes a tenth of a second); a pytest that is there
     // but broken fails the baseline run, which shows its output. Any other command can only be
     // asked for its version.
@@ -834,9 +931,9 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
         Some(python) => [
             python,
             "-c",
-            "import importlib.util, sys\n\
-             if importlib.util.find_spec('pytest') is None: sys.exit('No module named pytest')\n\
-             print('coverage' if importlib.util.find_spec('coverage') else 'no coverage')",
+            "import importlib.util as u, sys\n\
+             if u.find_spec('pytest') is None: sys.exit('No module named pytest')\n\
+             print(' '.join(n for n in ('coverage', 'pytest_cov', 'xdist') if u.find_spec(n)) or 'none')",
         ]
         .map(String::from)
         .to_vec(),
@@ -855,7 +952,21 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
             shell_words::join(&cmd.words)
         ));
     }
-    Ok(cmd.python().is_some() && last == "coverage")
+    if cmd.python().is_none() {
+        return Ok(Preflight::default());
+    }
+    let has = |name: &str| last.split_whitespace().any(|w| w == name);
+    let mut extra_args = Vec::new();
+    if has("pytest_cov") {
+        extra_args.push("--no-cov".to_string());
+    }
+    if has("xdist") {
+        extra_args.extend(["-n".to_string(), "0".to_string()]);
+    }
+    Ok(Preflight {
+        coverage: has("coverage"),
+        extra_args,
+    })
 }
 
 /// What each new test adds to the package's coverage (worked out by `python/improve_plugin.py`).

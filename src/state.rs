@@ -119,6 +119,13 @@ pub struct Baseline {
     /// proposal.
     #[serde(default)]
     pub side_effects: Vec<String>,
+    /// Where the tests live, as pytest's configuration and collection said at the base commit.
+    #[serde(default)]
+    pub layout: crate::layout::TestLayout,
+    /// Test files that do not import at the base commit because the project itself or a
+    /// dependency does not: no fix iteration can mend those, so none is tried.
+    #[serde(default)]
+    pub unfixable: Vec<crate::layout::Unfixable>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -667,8 +674,9 @@ pub(crate) mod tests {
                 replay: None,
                 record: None,
                 test_cmd: vec!["python3".into(), "-m".into(), "pytest".into()],
-                package: "pkg".into(),
-                tests_dir: "tests".into(),
+                packages: vec!["pkg".into()],
+                tests_dir: None,
+                setup_cmd: None,
                 focus: vec!["edge cases".into()],
                 jobs: 1,
                 test_timeout: Duration::from_secs(60),

@@ -8,8 +8,16 @@ use std::path::Path;
 use crate::state::{Coverage, Kind, RunState};
 
 /// The package's modules (`pkg/sub/mod.py`) among `files` (path, text): files in folders that
-/// are packages all the way down, without `__init__.py` files that define nothing.
+/// are packages all the way down, without `__init__.py` files that define nothing. A package
+/// that is a single module (`six.py`) is its own one module.
 pub fn list_modules(files: &[(String, String)], package: &str) -> Vec<String> {
+    if package.ends_with(".py") {
+        return files
+            .iter()
+            .filter(|(p, _)| p == package)
+            .map(|(p, _)| p.clone())
+            .collect();
+    }
     let paths: std::collections::BTreeSet<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
     let in_package = |path: &str| {
         let mut dir = Path::new(path).parent();
@@ -46,22 +54,76 @@ fn defines_something(text: &str) -> bool {
     })
 }
 
-/// `src/pkg/sub/mod.py` -> `pkg.sub.mod`; `pkg/__init__.py` -> `pkg`.
-pub fn import_name(module_path: &str, package: &str) -> String {
-    let pkg_parent = Path::new(package)
-        .parent()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let rel = if pkg_parent.is_empty() {
-        module_path
-    } else {
-        module_path
-            .strip_prefix(&format!("{pkg_parent}/"))
-            .unwrap_or(module_path)
-    };
-    let rel = rel.strip_suffix(".py").unwrap_or(rel);
-    let rel = rel.strip_suffix("/__init__").unwrap_or(rel);
-    rel.replace('/', ".")
+/// Whether `path` is one of the tests (pytest's at the base, the folder the user named, the
+/// files the run added) rather than code under test.
+pub fn test_side(state: &RunState) -> impl Fn(&str) -> bool + '_ {
+    let layout = state.baseline.as_ref().map(|b| &b.layout);
+    let side = layout.map(|l| l.test_side(&state.settings.packages));
+    let added: Vec<&str> = state
+        .kept()
+        .filter_map(|i| i.test_file.as_deref())
+        .collect();
+    move |path: &str| {
+        side.as_ref().is_some_and(|f| f(path))
+            || added.contains(&path)
+            || state
+                .settings
+                .tests_dir
+                .as_deref()
+                .is_some_and(|d| path.starts_with(&format!("{d}/")))
+    }
+}
+
+/// The tests at `commit`, as (path, text).
+pub fn test_files_at(
+    repo: &git2::Repository,
+    commit: git2::Oid,
+    state: &RunState,
+) -> Result<Vec<(String, String)>, crate::git::GitError> {
+    let side = test_side(state);
+    crate::git::python_files_where(repo, commit, |p| side(p))
+}
+
+/// The modules of the code under test at `commit`, tests (inside a package too) left out.
+pub fn modules_at(
+    repo: &git2::Repository,
+    commit: git2::Oid,
+    state: &RunState,
+) -> Result<Vec<String>, crate::git::GitError> {
+    let side = test_side(state);
+    let mut modules = Vec::new();
+    for package in &state.settings.packages {
+        let files = crate::git::python_files_at(repo, commit, package)?;
+        modules.extend(
+            list_modules(&files, package)
+                .into_iter()
+                .filter(|m| !side(m)),
+        );
+    }
+    modules.sort();
+    modules.dedup();
+    Ok(modules)
+}
+
+/// Where new tests for `module` go: the folder the user named; else where the existing tests
+/// that import it live (the folder most of them share); else the project's main tests folder.
+pub fn tests_dir_for(module: &str, state: &RunState, test_files: &[(String, String)]) -> String {
+    if let Some(dir) = &state.settings.tests_dir {
+        return dir.clone();
+    }
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for (path, _) in tests_importing(test_files, &crate::project::import_name(module), usize::MAX) {
+        let dir = path.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+        *counts.entry(dir).or_default() += 1;
+    }
+    if let Some((dir, _)) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) {
+        return dir.clone();
+    }
+    state
+        .baseline
+        .as_ref()
+        .map(|b| b.layout.main_dir(&state.settings.packages))
+        .unwrap_or_else(|| crate::layout::DEFAULT_TESTS_DIR.to_string())
 }
 
 /// The next target. Each module's weight is what is left to cover in it (statements never run
@@ -196,6 +258,9 @@ pub fn choose_fix_target(
         .filter(|id| !fixed.contains(id))
         .filter_map(|id| test_file_of(id, test_files))
         .filter(|f| !busy.contains(f))
+        // A file that does not import because the project or a dependency does not is not the
+        // test's fault: rewriting it would only hide that.
+        .filter(|f| !baseline.unfixable.iter().any(|u| &u.file == f))
         .filter(|f| {
             state
                 .iterations
@@ -300,13 +365,6 @@ mod tests {
             choose_target(&modules, &state, Some(&cov), &[]).as_deref(),
             Some("pkg/a.py")
         );
-    }
-
-    #[test]
-    fn import_names() {
-        assert_eq!(import_name("pkg/a.py", "pkg"), "pkg.a");
-        assert_eq!(import_name("src/pkg/sub/b.py", "src/pkg"), "pkg.sub.b");
-        assert_eq!(import_name("pkg/__init__.py", "pkg"), "pkg");
     }
 
     fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -14,7 +14,10 @@ use std::sync::Mutex;
 
 use git2::{Oid, Repository};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::git::{self, GitError};
+use crate::prepare::{PrepareError, Preparer};
 
 /// Who holds a slot: an iteration's number, or [`BASELINE`].
 pub type Holder = u32;
@@ -26,6 +29,8 @@ pub struct WorktreePool {
     dir: PathBuf,
     run_id: String,
     bytecode: Option<PathBuf>,
+    /// What every checkout gets besides git's files (see [`crate::prepare`]).
+    prep: Preparer,
     /// One entry per slot made so far: who holds it, if anyone.
     slots: Mutex<Vec<Option<Holder>>>,
 }
@@ -33,11 +38,12 @@ pub struct WorktreePool {
 impl WorktreePool {
     /// Slots live in `dir` (the state dir's `worktrees`); `bytecode` is the project's bytecode cache
     /// (see [`crate::pytest::TestCommand::bytecode_cache`]), if runs have one.
-    pub fn new(dir: PathBuf, run_id: &str, bytecode: Option<PathBuf>) -> Self {
+    pub fn new(dir: PathBuf, run_id: &str, bytecode: Option<PathBuf>, prep: Preparer) -> Self {
         WorktreePool {
             dir,
             run_id: run_id.to_string(),
             bytecode,
+            prep,
             slots: Mutex::new(Vec::new()),
         }
     }
@@ -88,6 +94,7 @@ impl WorktreePool {
                 r.inspect_err(|e| tracing::warn!("remaking worktree {name}: {e}"))
                     .ok()
             });
+        let fresh = switched.is_none();
         match switched {
             Some(written) => {
                 for file in written {
@@ -104,7 +111,30 @@ impl WorktreePool {
                 }
             }
         }
+        // The checkout removed whatever git does not track: put back what the code needs.
+        if let Err(e) = self.prep.restore(&path, fresh) {
+            self.slots()[slot] = None;
+            return Err(GitError::Io {
+                context: format!("prepare the worktree {}", path.display()),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
         Ok(path)
+    }
+
+    /// Before the first pytest run in `path`: `--setup-cmd`, once per worktree.
+    pub async fn ready(&self, path: &Path, cancel: &CancellationToken) -> Result<(), PrepareError> {
+        self.prep.ready(path, cancel).await
+    }
+
+    /// Paths that preparation put into `path`, which a test run did not make.
+    pub fn prepared_in(&self, path: &Path) -> Vec<String> {
+        self.prep.made_in(path)
+    }
+
+    /// The ignored files copied from the user's package folders into every worktree.
+    pub fn copied(&self) -> &[String] {
+        self.prep.copied()
     }
 
     /// The worktree `holder` holds, if any.
@@ -263,7 +293,12 @@ mod tests {
             &[("pkg/core.py", "X = 3\n"), ("tests/test_new.py", "\n")],
         );
         let cache = tmp.path().join("bytecode");
-        let pool = WorktreePool::new(tmp.path().join("worktrees"), "r", Some(cache.clone()));
+        let pool = WorktreePool::new(
+            tmp.path().join("worktrees"),
+            "r",
+            Some(cache.clone()),
+            Preparer::none(),
+        );
 
         let first = pool.check_out(&repo, 1, "wip/1", a).unwrap();
         assert_eq!(pool.held(1), Some(first.clone()));
@@ -328,7 +363,7 @@ mod tests {
         let a = commit(&repo, &[("pkg/core.py", "X = 1\n")]);
         let other = Repository::init(tmp.path().join("other")).unwrap();
         let other_head = commit(&other, &[("mine.txt", "the user's own work\n")]);
-        let pool = WorktreePool::new(tmp.path().join("worktrees"), "r", None);
+        let pool = WorktreePool::new(tmp.path().join("worktrees"), "r", None, Preparer::none());
         let slot = pool.check_out(&repo, 1, "wip/1", a).unwrap();
         pool.release(&repo, 1);
         // A test pointed the slot at another checkout.
@@ -363,13 +398,13 @@ mod tests {
         let a = commit(&repo, &[("pkg/core.py", "X = 1\n")]);
         let dir = tmp.path().join("worktrees");
         // The killed session: iteration 2 held the second slot.
-        let killed = WorktreePool::new(dir.clone(), "r", None);
+        let killed = WorktreePool::new(dir.clone(), "r", None, Preparer::none());
         killed.check_out(&repo, 1, "wip/1", a).unwrap();
         let held = killed.check_out(&repo, 2, "wip/2", a).unwrap();
         drop(killed);
 
         // The resumed session hands the first slot to iteration 2 before anything else.
-        let resumed = WorktreePool::new(dir, "r", None);
+        let resumed = WorktreePool::new(dir, "r", None, Preparer::none());
         resumed.detach_leftovers(&repo);
         let slot = resumed.check_out(&repo, 2, "wip/2", a).unwrap();
         assert_ne!(slot, held);
