@@ -100,11 +100,8 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
             .or_else(|| file.base.clone())
             .unwrap_or_else(|| "HEAD".into()),
     };
-    let tree = match git::resolve_commit(&repo, &base_rev) {
-        Ok(oid) => git::project_tree(&repo, oid)?,
-        // A bad --base is reported where the run is made, with its own message.
-        Err(_) => crate::project::ProjectTree::default(),
-    };
+    let base_oid = git::resolve_commit(&repo, &base_rev).map_err(|e| UsageError(e.to_string()))?;
+    let tree = git::project_tree(&repo, base_oid)?;
     let resolved = config::resolve(
         &repo_root,
         args,
@@ -487,7 +484,16 @@ async fn baseline_in(
         failed: run.failing(),
         skipped: run.count(CaseOutcome::Skipped) as u32,
         summary: run.summary.clone(),
-        coverage: run.coverage.clone(),
+        // No test ran any code: coverage.py has no data to report, and that is 0 %.
+        coverage: run.coverage.clone().or_else(|| {
+            (run.cases.is_empty() && ctx.test_cmd.coverage.is_some()).then(|| {
+                crate::state::Coverage {
+                    percent: 0.0,
+                    modules: Default::default(),
+                    missing: Default::default(),
+                }
+            })
+        }),
         seconds: run.duration.as_secs_f64(),
         side_effects,
         layout,

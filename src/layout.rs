@@ -151,12 +151,21 @@ impl TestLayout {
         } else {
             format!("{n}_{k}")
         };
-        let candidates = [
+        let mut candidates = vec![
             format!("test_{stem}_improve_{suffix}.py"),
             format!("{stem}_improve_{suffix}_test.py"),
-            format!("{stem}_improve_{suffix}_tests.py"),
-            format!("tests_{stem}_improve_{suffix}.py"),
         ];
+        // The project's own pattern (`check_*.py`), its one `*` filled in.
+        candidates.extend(
+            self.patterns()
+                .iter()
+                .filter(|p| {
+                    p.matches('*').count() == 1
+                        && p.ends_with(".py")
+                        && !p.contains(['?', '[', '/'])
+                })
+                .map(|p| p.replace('*', &format!("{stem}_improve_{suffix}"))),
+        );
         candidates
             .iter()
             .find(|c| self.matches_python_files(c))
@@ -567,6 +576,10 @@ mod tests {
         assert_eq!(
             layout(&[], &["*_test.py"], &[]).file_name("core", 3, 1),
             "core_improve_3_1_test.py"
+        );
+        assert_eq!(
+            layout(&[], &["check_*.py"], &[]).file_name("core", 3, 0),
+            "check_core_improve_3.py"
         );
     }
 }

@@ -117,7 +117,7 @@ pub struct Discovery {
     pub testpaths: Vec<String>,
     #[serde(default)]
     pub python_files: Vec<String>,
-    /// Files holding collected tests (absolute paths), doctests excepted.
+    /// Files holding collected tests (relative to the rootdir), doctests excepted.
     #[serde(default)]
     pub files: Vec<String>,
     #[serde(default)]

@@ -129,14 +129,16 @@ fn a_missing_repo() {
 }
 
 #[test]
-fn a_missing_tests_folder() {
+fn a_package_or_tests_folder_outside_the_repository() {
     let fx = Fixture::new();
-    git(fx.root(), &["rm", "-rq", "tests"]);
-    git(fx.root(), &["commit", "-qm", "no tests"]);
-    let out = run_in(fx.root(), &[]);
-    assert_one_line_error(&out, 2, "--tests-dir");
-    let out = run_in(fx.root(), &["--tests-dir", "spec"]);
-    assert_one_line_error(&out, 2, "no such folder");
+    for (args, needle) in [
+        (&["--tests-dir", "/tmp/elsewhere"][..], "--tests-dir"),
+        (&["--package", "calc,../other"], "--package"),
+        (&["--package", "pyproject.toml"], "not a Python module"),
+    ] {
+        let out = run_in(fx.root(), args);
+        assert_one_line_error(&out, 2, needle);
+    }
 }
 
 #[test]

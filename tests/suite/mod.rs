@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod jobs;
+mod layouts;
 mod loop_run;
 mod resume;
 mod sandbox;
