@@ -61,6 +61,20 @@ fn kind_word(k: crate::state::Kind) -> &'static str {
     }
 }
 
+/// Where the project's tests live, as the baseline's collection showed (`.` for the root).
+fn tests_dirs(state: &RunState) -> Vec<String> {
+    let Some(b) = &state.baseline else {
+        return Vec::new();
+    };
+    let mut dirs = b.layout.test_dirs(&state.settings.packages);
+    if dirs.is_empty() {
+        dirs.push(b.layout.main_dir(&state.settings.packages));
+    }
+    dirs.into_iter()
+        .map(|d| if d.is_empty() { ".".into() } else { d })
+        .collect()
+}
+
 pub fn status_json(store: &StateStore, state: &RunState) -> Value {
     let (tokens_in, tokens_out) = state.tokens();
     json!({
@@ -83,6 +97,8 @@ pub fn status_json(store: &StateStore, state: &RunState) -> Value {
         "tokens_out": tokens_out,
         "elapsed_s": (state.elapsed_s * 10.0).round() / 10.0,
         "stop_reason": state.stop_reason,
+        "packages": state.settings.packages,
+        "tests_dirs": tests_dirs(state),
     })
 }
 

@@ -1,0 +1,348 @@
+#!/usr/bin/env bash
+# Runs `improve` on real open-source projects, as a user would, and prints one Markdown row each.
+#
+# Each project is a PyPI sdist that ships its tests (or a local git checkout) laid out in a temp
+# git repository of its own, as its upstream repository looks: everything committed, the files
+# its build generates (a setuptools-scm / hatch-vcs `_version.py`) ignored by a .gitignore line
+# as upstream does, on disk but not in the commit. Each has its own `.venv` with the project
+# installed editable (`pip install -e .`), pytest, coverage and the test dependencies listed
+# below. The project's own pytest gives the reference test count; then
+#
+#     improve --iterations 3 --llm-url http://127.0.0.1:PORT/v1 --model standin
+#
+# runs with no other flag against scripts/realworld_standin.py, which writes real tests by
+# calling the project's code, and `improve status --json` / `improve log --json` say what it did.
+#
+# Not part of any test command: it downloads from PyPI (the first time) and takes ~20 minutes.
+#
+#   scripts/realworld.sh                           # every project
+#   REALWORLD_PROJECTS="six toolz" scripts/realworld.sh
+#   REALWORLD_PROJECTS="/path/to/a/checkout" scripts/realworld.sh   # a local directory
+#
+# Environment: IMPROVE_BIN (default target/release/improve), REALWORLD_CACHE (default
+# /work/realworld-cache: sdists, pristine trees, repos with their venvs, outputs),
+# REALWORLD_ITERATIONS (3), REALWORLD_TIMEOUT (seconds for one improve run, 240),
+# REALWORLD_PYTHON (python3).
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+BIN=${IMPROVE_BIN:-target/release/improve}
+case "$BIN" in /*) ;; *) BIN="$ROOT/$BIN" ;; esac
+CACHE=${REALWORLD_CACHE:-/work/realworld-cache}
+ITERATIONS=${REALWORLD_ITERATIONS:-3}
+RUN_TIMEOUT=${REALWORLD_TIMEOUT:-240}
+PYTHON=${REALWORLD_PYTHON:-python3}
+STANDIN="$HERE/realworld_standin.py"
+
+# name | source | test dependencies | files the build generates, ignored as upstream does | layout
+# source: pypi:NAME==VERSION, git:GIT_DIR@COMMIT, or dir:PATH.
+PROJECTS='
+attrs|pypi:attrs==26.1.0|hypothesis pympler cloudpickle||src/ layout, two packages side by side (src/attr + src/attrs), hatch-vcs
+toolz|pypi:toolz==1.2.0|||two packages side by side (toolz + tlz), tests inside the package (toolz/tests, toolz/sandbox/tests)
+docstring_parser|pypi:docstring_parser==0.18.0|||tests inside the package (docstring_parser/tests)
+python-dateutil|pypi:python-dateutil==2.8.2|hypothesis freezegun pytest-cov|dateutil/_version.py|tests inside the package (dateutil/test), setuptools-scm _version.py ignored
+six|pypi:six==1.17.0|||single module (six.py), test file at the root (test_six.py)
+jaraco.functools|pypi:jaraco.functools==4.6.0|jaraco.classes||PEP 420 namespace package (jaraco/functools, no jaraco/__init__.py), test file at the root, --import-mode importlib
+humanize|pypi:humanize==4.17.0|freezegun pytest-benchmark|src/humanize/_version.py|src/ layout, hatch-vcs _version.py ignored, testpaths = src + tests (doctests)
+pymonet|git:/work/.mirror/przemyslawjanpietrzak+pyMonet/repo/.git@94610ee4f1c71aa5f50e0813539bf1a2ea279d70|hypothesis||helper package only the tests import (testers/ beside pymonet/ and tests/)
+python-slugify|git:/work/.mirror/un33k+python-slugify/repo@7b6d5d96c1995e6dccb39a19a13ba78d7d0a3ee4|||testpaths names a single file (testpaths = ["test.py"])
+boltons|pypi:boltons==26.2.0|||ordinary: many modules, tests/ with conftest.py, flit
+pysnooper|pypi:pysnooper==1.2.3|||ordinary; helper packages inside tests/ (tests/mini_toolbox, tests/samples)
+more-itertools|pypi:more-itertools==11.2.1|||ordinary: two big modules, tests/, flit
+jsonpatch|pypi:jsonpatch==1.48|hypothesis||single module, tests.py at the root named by python_files (not test_*.py)
+'
+
+log() { printf '[realworld %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+mkdir -p "$CACHE/sdists" "$CACHE/src" "$CACHE/repos" "$CACHE/out"
+if [ ! -x "$BIN" ]; then
+  echo "no improve binary at $BIN: build one (cargo build --release) or set IMPROVE_BIN" >&2
+  exit 1
+fi
+
+# The cached sdist of NAME==VERSION (names compared as PyPI normalizes them), if any.
+sdist_for() {
+  local want f base
+  want=$(printf '%s-%s' "${1%%==*}" "${1#*==}" | tr 'A-Z' 'a-z' | sed 's/[-_.]\+/_/g')
+  for f in "$CACHE"/sdists/*.tar.gz; do
+    [ -e "$f" ] || continue
+    base=$(basename "$f" .tar.gz | tr 'A-Z' 'a-z' | sed 's/[-_.]\+/_/g')
+    [ "$base" = "$want" ] && { printf '%s\n' "$f"; return; }
+  done
+}
+
+# The pristine tree of a source, extracted once into the cache; prints its path.
+pristine() {
+  local name=$1 source=$2 dir
+  case "$source" in
+    pypi:*)
+      local spec=${source#pypi:}
+      dir="$CACHE/src/$name-${spec#*==}"
+      if [ ! -d "$dir" ]; then
+        local sdist
+        sdist=$(sdist_for "$spec")
+        if [ -z "$sdist" ]; then
+          log "$name: pip download $spec"
+          timeout 600 "$PYTHON" -m pip download -q --no-binary :all: --no-deps -d "$CACHE/sdists" "$spec" >&2 || return 1
+          sdist=$(sdist_for "$spec")
+          [ -n "$sdist" ] || return 1
+        fi
+        local tmp; tmp=$(mktemp -d "$CACHE/src/.x-XXXXXX")
+        tar xzf "$sdist" --no-same-owner -C "$tmp" || return 1
+        mv "$tmp"/* "$dir" && rmdir "$tmp"
+      fi ;;
+    git:*)
+      local spec=${source#git:} gitdir rev
+      gitdir=${spec%@*}; rev=${spec##*@}
+      dir="$CACHE/src/$name-${rev:0:12}"
+      if [ ! -d "$dir" ]; then
+        [ -d "$gitdir" ] || { log "$name: no git checkout at $gitdir"; return 1; }
+        mkdir -p "$dir.tmp" && git --git-dir="$gitdir" archive "$rev" | tar x --no-same-owner -C "$dir.tmp" || return 1
+        mv "$dir.tmp" "$dir"
+      fi ;;
+    dir:*)
+      dir=${source#dir:}
+      [ -d "$dir" ] || return 1 ;;
+  esac
+  printf '%s\n' "$dir"
+}
+
+# Lays the project out as a fresh git repository in $repo (its .venv, if any, is kept).
+make_repo() {
+  local name=$1 tree=$2 repo=$3 ignored=$4 tag=$5
+  mkdir -p "$repo"
+  find "$repo" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +
+  (cd "$tree" && tar cf - --exclude=.git --exclude=.venv --exclude=.improve .) | (cd "$repo" && tar xf - --no-same-owner) || return 1
+  # What only an sdist has: upstream repositories have no PKG-INFO or egg-info.
+  rm -rf "$repo/PKG-INFO"
+  find "$repo" -maxdepth 2 -name '*.egg-info' -type d -prune -exec rm -rf {} +
+  local f
+  for f in $ignored; do
+    grep -qxF "$f" "$repo/.gitignore" 2>/dev/null || printf '%s\n' "$f" >>"$repo/.gitignore"
+  done
+  (
+    cd "$repo" || exit 1
+    git init -q -b main . &&
+      # A developer's own ignores (not the project's): the venv and what tools leave behind.
+      printf '%s\n' .venv/ __pycache__/ '*.py[cod]' '*.egg-info/' build/ dist/ .pytest_cache/ \
+        .hypothesis/ '.coverage*' .eggs/ .benchmarks/ >>.git/info/exclude &&
+      git add -A &&
+      git -c user.name=realworld -c user.email=realworld@localhost -c commit.gpgsign=false \
+        commit -q -m "$name as published" &&
+      # An upstream clone has its release tags, which setuptools-scm, hatch-vcs and
+      # setuptools-git-versioning turn into the version (toolz's own suite checks it).
+      { [ -z "$tag" ] || git tag "$tag"; }
+  )
+}
+
+# The project's .venv: pytest, coverage, its test dependencies, itself editable.
+make_venv() {
+  local name=$1 repo=$2 deps=$3
+  local stamp="$repo/.venv/.realworld-stamp" want="$name|$deps|$("$PYTHON" -V 2>&1)"
+  if [ ! -x "$repo/.venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    rm -rf "$repo/.venv"
+    "$PYTHON" -m venv "$repo/.venv" || return 1
+    log "$name: pip install pytest coverage $deps -e ."
+    # shellcheck disable=SC2086 # the dependency list is words
+    (cd "$repo" && timeout 900 .venv/bin/python -m pip install -q pytest coverage $deps -e . >&2) || return 1
+    printf '%s' "$want" >"$stamp"
+  else
+    # The venv is cached, the checkout is new: the editable install (re)generates the ignored
+    # version files as it would in a developer's clone.
+    log "$name: pip install --no-deps -e . (cached venv)"
+    (cd "$repo" && timeout 600 .venv/bin/python -m pip install -q --no-deps -e . >&2) || return 1
+  fi
+}
+
+# Counts the tests of a JUnit XML file (pytest's own count: every testcase, skipped included).
+junit_count() {
+  "$PYTHON" - "$1" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except Exception:
+    print("?"); sys.exit()
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+tests = sum(int(s.get("tests", 0)) for s in suites)
+bad = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+skipped = sum(int(s.get("skipped", 0)) for s in suites)
+print(f"{tests}" + (f" ({bad} failing)" if bad else "") + (f" ({skipped} skipped)" if skipped else ""))
+EOF
+}
+
+run_project() {
+  local name=$1 source=$2 deps=$3 ignored=$4 layout=$5
+  local out="$CACHE/out/$name" repo="$CACHE/repos/$name"
+  rm -rf "$out"; mkdir -p "$out"
+  printf '%s\n' "$layout" >"$out/layout"
+  local t0=$SECONDS tree
+  if ! tree=$(pristine "$name" "$source"); then
+    echo "source unavailable: $source" >"$out/error"; return
+  fi
+  local tag=""
+  case "$source" in pypi:*) tag=${source#*==} ;; esac
+  if ! make_repo "$name" "$tree" "$repo" "$ignored" "$tag" >"$out/setup.log" 2>&1; then
+    echo "could not lay out the repository (see $out/setup.log)" >"$out/error"; return
+  fi
+  if ! make_venv "$name" "$repo" "$deps" >>"$out/setup.log" 2>&1; then
+    echo "could not install the venv (see $out/setup.log)" >"$out/error"; return
+  fi
+  git -C "$repo" status --porcelain >"$out/status-after-install.txt"
+  for f in $ignored; do
+    [ -f "$repo/$f" ] && ! git -C "$repo" ls-files --error-unmatch "$f" >/dev/null 2>&1 &&
+      echo "$f" >>"$out/generated-and-ignored"
+  done
+  log "$name: the project's own pytest"
+  local t1=$SECONDS
+  (cd "$repo" && timeout 300 .venv/bin/python -m pytest -q -p no:cacheprovider \
+    --junitxml="$out/own.xml" >"$out/own.txt" 2>&1)
+  echo $? >"$out/own.rc"
+  echo $((SECONDS - t1)) >"$out/own.seconds"
+  junit_count "$out/own.xml" >"$out/own.count"
+  # Running the suite must leave the checkout as it was (else the count ran on a dirty tree).
+  git -C "$repo" status --porcelain >"$out/status-after-own.txt"
+  log "$name: own pytest: $(cat "$out/own.count") tests, exit $(cat "$out/own.rc"), $(cat "$out/own.seconds")s"
+
+  "$PYTHON" "$STANDIN" --python "$repo/.venv/bin/python" --repo "$repo" --port 0 \
+    >"$out/standin.port" 2>"$out/standin.log" &
+  local standin=$! port="" i
+  for i in $(seq 1 100); do
+    port=$(head -1 "$out/standin.port" 2>/dev/null)
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  if [ -z "$port" ]; then
+    kill "$standin" 2>/dev/null
+    echo "the stand-in did not start (see $out/standin.log)" >"$out/error"; return
+  fi
+  log "$name: improve --iterations $ITERATIONS (stand-in on port $port)"
+  local t2=$SECONDS
+  (
+    cd "$repo" &&
+      exec env -u IMPROVE_API_KEY -u OPENAI_API_KEY -u ANTHROPIC_API_KEY -u IMPROVE_LLM_URL \
+        -u IMPROVE_MODEL -u IMPROVE_PROVIDER \
+        timeout -k 15 "$RUN_TIMEOUT" "$BIN" --iterations "$ITERATIONS" \
+        --llm-url "http://127.0.0.1:$port/v1" --model standin
+  ) >"$out/improve.out" 2>"$out/improve.err"
+  echo $? >"$out/improve.rc"
+  echo $((SECONDS - t2)) >"$out/improve.seconds"
+  (cd "$repo" && "$BIN" status --json >"$out/status.json" 2>"$out/status.err")
+  (cd "$repo" && "$BIN" log --json >"$out/log.json" 2>"$out/log.err")
+  kill "$standin" 2>/dev/null; wait "$standin" 2>/dev/null
+  # The state file (the last run's, wherever this version of improve keeps it).
+  local state
+  state=$(ls -t "$repo"/.improve/state.json "$repo"/.improve/runs/*/state.json 2>/dev/null | head -1)
+  [ -n "$state" ] && cp "$state" "$out/state.json"
+  echo $((SECONDS - t0)) >"$out/total.seconds"
+  log "$name: improve exit $(cat "$out/improve.rc") in $(cat "$out/improve.seconds")s"
+}
+
+# One Markdown row from what run_project left in $CACHE/out/<name>.
+row() {
+  "$PYTHON" - "$CACHE/out/$1" "$1" "$2" <<'EOF'
+import json, os, sys
+out, name, spec = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def read(f, default=""):
+    try:
+        with open(os.path.join(out, f), encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError:
+        return default
+
+def load(f):
+    try:
+        with open(os.path.join(out, f), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+def cell(s):
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+def pct(v):
+    return "–" if v is None else f"{v:.1f}%"
+
+project = f"{name} {spec}"
+err = read("error")
+if err:
+    print(f"| {cell(project)} | | | | {read('own.count', '–')} | | | {cell(err)} |")
+    sys.exit()
+state, status, log = load("state.json") or {}, load("status.json") or {}, load("log.json") or []
+settings = state.get("settings") or {}
+pkg = settings.get("package")
+if isinstance(pkg, list):
+    pkg = ", ".join(pkg)
+tests_dir = settings.get("tests_dir")
+own = read("own.count", "?")
+own_rc = read("own.rc")
+if own_rc not in ("0", ""):
+    own += f" (exit {own_rc})"
+rc = read("improve.rc", "?")
+note = ""
+if rc != "0":
+    lines = [l for l in read("improve.err").splitlines() if l.strip()]
+    # improve's one-line error is its last line; a timeout kill leaves none.
+    msg = lines[-1] if lines else ""
+    if rc in ("124", "137"):
+        msg = f"timed out after {read('improve.seconds')}s; " + msg
+    note = f"exit {rc}: {msg}"
+base = status.get("tests_baseline")
+kept = status.get("kept")
+done = status.get("iterations_done")
+reasons = [f"#{it.get('n')} {it.get('outcome')}" + (f" ({it.get('reason')})" if it.get("reason") else "")
+           for it in log] if isinstance(log, list) else []
+if reasons and not note:
+    note = "; ".join(reasons)
+elif reasons:
+    note += " — " + "; ".join(reasons)
+kept_cell = "–" if kept is None else f"{kept}/{done if done is not None else '?'}"
+cov = "–"
+if status:
+    cov = f"{pct(status.get('coverage_baseline'))} → {pct(status.get('coverage_now'))}"
+secs = read("improve.seconds")
+print(f"| {cell(project)} | {cell(pkg or '–')} | {cell(tests_dir or '–')} | "
+      f"{'–' if base is None else base} | {cell(own)} | {kept_cell} | {cov} | "
+      f"{cell(note)}{f' [{secs}s]' if secs else ''} |")
+EOF
+}
+
+selected=${REALWORLD_PROJECTS:-}
+rows=()
+layouts=()
+start=$SECONDS
+while IFS='|' read -r name source deps ignored layout; do
+  [ -n "$name" ] || continue
+  if [ -n "$selected" ] && ! [[ " $selected " == *" $name "* ]]; then continue; fi
+  log "== $name ($source)"
+  run_project "$name" "$source" "$deps" "$ignored" "$layout"
+  case "$source" in
+    pypi:*) version=${source#*==} ;;
+    git:*) version=${source##*@}; version="git ${version:0:10}" ;;
+    *) version=local ;;
+  esac
+  rows+=("$(row "$name" "$version")")
+  layouts+=("| $name | ${source} | $layout |")
+done <<<"$PROJECTS"
+# Local checkouts named on the command line's environment.
+for entry in $selected; do
+  [ -d "$entry" ] || continue
+  name=$(basename "$(cd "$entry" && pwd)")
+  log "== $name (dir:$entry)"
+  run_project "$name" "dir:$(cd "$entry" && pwd)" "" "" "local checkout"
+  rows+=("$(row "$name" "local")")
+  layouts+=("| $name | dir:$entry | local checkout |")
+done
+
+{
+  echo "improve: $BIN ($("$BIN" --version 2>/dev/null || echo '?')), $ITERATIONS iterations each, $((SECONDS - start))s in all"
+  echo
+  echo "| project | packages | tests dir | baseline tests | own pytest | kept | coverage before → after | notes |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  printf '%s\n' "${rows[@]}"
+  echo
+  echo "| project | source | layout |"
+  echo "| --- | --- | --- |"
+  printf '%s\n' "${layouts[@]}"
+} | tee "$CACHE/out/table.md"
