@@ -45,7 +45,7 @@ python-dateutil|pypi:python-dateutil==2.8.2|hypothesis freezegun pytest-cov|date
 six|pypi:six==1.17.0|||single module (six.py), test file at the root (test_six.py)
 jaraco.functools|pypi:jaraco.functools==4.6.0|jaraco.classes||PEP 420 namespace package (jaraco/functools, no jaraco/__init__.py), test file at the root, --import-mode importlib
 humanize|pypi:humanize==4.17.0|freezegun pytest-benchmark|src/humanize/_version.py|src/ layout, hatch-vcs _version.py ignored, testpaths = src + tests (doctests)
-pymonet|git:/work/.mirror/przemyslawjanpietrzak+pyMonet/repo/.git@94610ee4f1c71aa5f50e0813539bf1a2ea279d70|hypothesis||helper package only the tests import (testers/ beside pymonet/ and tests/)
+pymonet|git:/work/.mirror/przemyslawjanpietrzak+pyMonet/repo/.git@94610ee4f1c71aa5f50e0813539bf1a2ea279d70|hypothesis pytest-mock||helper package only the tests import (testers/ beside pymonet/ and tests/)
 python-slugify|git:/work/.mirror/un33k+python-slugify/repo@7b6d5d96c1995e6dccb39a19a13ba78d7d0a3ee4|||testpaths names a single file (testpaths = ["test.py"])
 boltons|pypi:boltons==26.2.0|||ordinary: many modules, tests/ with conftest.py, flit
 pysnooper|pypi:pysnooper==1.2.3|||ordinary; helper packages inside tests/ (tests/mini_toolbox, tests/samples)

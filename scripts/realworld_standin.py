@@ -172,7 +172,7 @@ signal sleep wait input print log logger logging trace tracer snoop profile hook
 chdir cwd tmp temp tempfile env environ activate deactivate register unregister setup configure
 enable disable reset monkeypatch thread threads process pool async await loop shell cli prompt
 interactive debug pdb breakpoint gc time now today clock random rand shuffle uuid seed sample
-choice pickle lock atexit flush close stdin stdout stderr terminal tty browser mail http url
+choice pickle lock atexit flush close stdin stdout stderr terminal tty browser
 cleanup sys os subprocess popen watch poll select timer timeout timed schedule parallel
 """.split())
 

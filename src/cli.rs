@@ -68,13 +68,17 @@ pub enum Command {
         /// The iteration number.
         #[arg(value_parser = clap::value_parser!(u32).range(1..))]
         n: u32,
+        /// The same fields as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
-    /// Write the run's report: Markdown to <state-dir>/report.md, or the same figures as JSON.
+    /// Print the run's report on standard output: Markdown (also written to
+    /// <state-dir>/report.md when a run completes), or the same figures as JSON.
     Report {
-        /// Write the report here instead (`-` for standard output).
+        /// Write the report to this file instead (`-`: standard output).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// markdown (from the report.md.hbs template) or json (one object, printed unless --out).
+        /// markdown (from the report.md.hbs template) or json (one object).
         #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
         format: ReportFormat,
     },

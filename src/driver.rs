@@ -62,6 +62,13 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     // per repository too, in git's common dir (shared by every worktree).
     let _repo_lock = crate::state::lock_file(&repo.commondir().join("improve.lock"), &repo_root)?;
     git::exclude_state_dir(&repo, &repo_root, &state_dir)?;
+    let ended = pytest::adopt_group_records(&state_dir.join("groups"));
+    if !ended.is_empty() {
+        printer.line(&format!(
+            "ended {} test process group(s) that a killed run left behind",
+            ended.len()
+        ));
+    }
     for stale in git::remove_stale_ref_locks(&repo)? {
         tracing::warn!(
             "removed a ref lock left by a killed run: {}",

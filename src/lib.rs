@@ -23,6 +23,7 @@ pub mod proposal;
 pub mod pyhelper;
 pub mod pytest;
 pub mod report;
+pub mod show;
 pub mod state;
 pub mod target;
 pub mod views;

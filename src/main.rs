@@ -54,7 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             .exit_code()),
         Some(Command::Status { json }) => improve::views::status(&cli.global, *json).map(|_| 0),
         Some(Command::Log { json }) => improve::views::log(&cli.global, *json).map(|_| 0),
-        Some(Command::Show { n }) => improve::views::show(&cli.global, *n).map(|_| 0),
+        Some(Command::Show { n, json }) => improve::show::show(&cli.global, *n, *json).map(|_| 0),
         Some(Command::Report { out, format }) => {
             improve::views::report(&cli.global, out.as_deref(), *format).map(|_| 0)
         }

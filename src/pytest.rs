@@ -214,7 +214,7 @@ impl PytestRun {
     }
     /// The last lines of the output, for reasons and the `show` command.
     pub fn tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.output_path).unwrap_or_default();
+        let text = strip_ansi(&std::fs::read_to_string(&self.output_path).unwrap_or_default());
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -355,6 +355,9 @@ pub async fn run(
         "no:cacheprovider".into(),
         "-q".into(),
         "-rfE".into(),
+        // After the project's addopts, so an `addopts = --color=yes` puts no escape codes into
+        // the summaries `show`, `log` and the report print.
+        "--color=no".into(),
     ]);
     if cmd.plugin_dir.is_some() {
         words.extend(["-p".into(), "improve_plugin".into()]);
@@ -602,13 +605,92 @@ pub async fn sandbox_preflight(scratch: &Path) -> Result<(), String> {
 /// terminal's signals: they are in groups of their own).
 static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
 
+/// Where the process groups of running tests are recorded (one file per group, named by its id,
+/// holding its leader's start time), so that the next `improve` of this state dir can end those a
+/// `kill -9` left behind: the parent-death signal ends only a group's leader, not the children a
+/// hanging test started.
+static GROUP_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// `(process group, start time)` of `pid`, from `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields start after the last ')'.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(2)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+fn group_has_members(pgid: i32) -> bool {
+    std::fs::read_dir("/proc").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .any(|pid| proc_stat(pid).is_some_and(|(group, _)| group == pgid))
+    })
+}
+
+/// Kills a process group; a group already gone is fine, anything else is logged.
+fn kill_group(pgid: i32) -> bool {
+    // SAFETY: signalling a process group we created.
+    let rc = unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    let err = std::io::Error::last_os_error();
+    if rc != 0 && err.raw_os_error() != Some(libc::ESRCH) {
+        tracing::warn!("cannot kill the test process group {pgid}: {err}");
+    }
+    rc == 0
+}
+
+/// Ends the test process groups that an earlier `improve` recorded in `dir` and that still
+/// run, then records this one's there. Called with the run lock held, so no live `improve`
+/// owns them. A group counts as the same when its leader has the recorded start time, or when
+/// its leader is gone but members remain (a pid is not reused while its group has members).
+/// Returns the groups ended.
+pub fn adopt_group_records(dir: &Path) -> Vec<i32> {
+    let mut ended = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let recorded = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+            .zip(
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok()),
+            );
+        if let Some((pgid, start)) = recorded.filter(|(g, _)| *g > 1) {
+            let same = match proc_stat(pgid) {
+                Some((_, now)) => now == start,
+                None => group_has_members(pgid),
+            };
+            if same && kill_group(pgid) {
+                ended.push(pgid);
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let _ = std::fs::create_dir_all(dir);
+    let _ = GROUP_DIR.set(dir.to_path_buf());
+    ended
+}
+
+fn record_group(pgid: i32) {
+    if let (Some(dir), Some((_, start))) = (GROUP_DIR.get(), proc_stat(pgid)) {
+        let _ =
+            crate::state::write_atomic(&dir.join(pgid.to_string()), start.to_string().as_bytes());
+    }
+}
+
+fn forget_group(pgid: i32) {
+    if let Some(dir) = GROUP_DIR.get() {
+        let _ = std::fs::remove_file(dir.join(pgid.to_string()));
+    }
+}
+
 pub fn kill_live_groups() {
     let groups = LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
     for pgid in groups.iter() {
-        // SAFETY: signalling process groups we created.
-        unsafe {
-            libc::killpg(*pgid, libc::SIGKILL);
-        }
+        kill_group(*pgid);
+        forget_group(*pgid);
     }
 }
 
@@ -649,6 +731,17 @@ pub(crate) async fn spawn_and_wait(
         // Never beside the sources in a worktree, where it would look like something the tests
         // wrote; our plugin sends the project's bytecode to a cache of its own.
         .env("PYTHONDONTWRITEBYTECODE", "1");
+    // SAFETY: the closure runs in the child between fork and exec and only makes one
+    // async-signal-safe system call. The leader dies with the thread that started it (a
+    // runtime worker, alive as long as improve); a kill -9 of improve then ends it at once.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = command.spawn().map_err(|source| PytestError::Spawn {
         cmd: shell_words::join(words),
         source,
@@ -656,32 +749,31 @@ pub(crate) async fn spawn_and_wait(
     let pid = child.id();
     let pgid = pid.and_then(|p| i32::try_from(p).ok());
     if let Some(g) = pgid {
+        // Recorded before waiting: a kill -9 from here on leaves a record to act on.
+        record_group(g);
         LIVE_GROUPS
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(g);
     }
-    let kill_group = || {
-        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: signalling a process group we created; a stale id only yields ESRCH.
-            unsafe {
-                libc::killpg(pid, libc::SIGKILL);
-            }
+    let end_group = || {
+        if let Some(g) = pgid {
+            kill_group(g);
         }
     };
     let result = tokio::select! {
         status = child.wait() => {
-            kill_group();
+            end_group();
             let status = status.map_err(output_err)?;
             Ok((status.code(), false))
         }
         _ = tokio::time::sleep(timeout) => {
-            kill_group();
+            end_group();
             let _ = child.wait().await;
             Ok((None, true))
         }
         _ = cancel.cancelled() => {
-            kill_group();
+            end_group();
             let _ = child.wait().await;
             Err(PytestError::Cancelled)
         }
@@ -691,12 +783,39 @@ pub(crate) async fn spawn_and_wait(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|x| *x != g);
+        forget_group(g);
     }
     result
 }
 
+/// `text` without ANSI escape sequences (colours, cursor moves): a plugin may colour its
+/// output whatever `--color` says.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        // CSI: ESC [ parameters, ended by a letter; other escapes are two characters long.
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() || c == '~' {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
+}
+
 /// pytest's closing line (`== 3 passed, 1 failed in 0.20s ==`), without the decoration.
 pub fn summary_line(output: &str) -> String {
+    let output = strip_ansi(output);
     const WORDS: &[&str] = &[
         "passed",
         "failed",
@@ -1012,6 +1131,13 @@ mod tests {
         assert_eq!(cases[1].message, "assert 1 == 2");
         assert_eq!(cases[1].detail, "def test_bad():\n>       assert 1 == 2 &A");
         assert_eq!(cases[0].detail, "");
+    }
+
+    #[test]
+    fn colour_codes_never_reach_a_summary() {
+        let out = "\x1b[31m\x1b[1m===== \x1b[0m\x1b[31m6 errors\x1b[0m\x1b[31m in 0.30s\x1b[0m\x1b[31m\x1b[1m =====\x1b[0m\n";
+        assert_eq!(summary_line(out), "6 errors in 0.30s");
+        assert_eq!(strip_ansi("a\x1b[2Kb\x1b(Bc"), "abc");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::prompt::Templates;
 use crate::report;
 use crate::state::{Iteration, Outcome, RunState, RunStatus, StateStore};
 
-fn load(global: &GlobalArgs) -> Result<(std::path::PathBuf, StateStore, RunState)> {
+pub(crate) fn load(global: &GlobalArgs) -> Result<(std::path::PathBuf, StateStore, RunState)> {
     let repo_root = config::repo_root(global.repo.as_deref())?;
     let store = StateStore::new(config::state_dir(&repo_root, global.state_dir.as_deref()));
     match store.load()? {
@@ -45,7 +45,7 @@ fn status_word(s: RunStatus) -> &'static str {
     }
 }
 
-fn outcome_word(o: Option<Outcome>) -> &'static str {
+pub(crate) fn outcome_word(o: Option<Outcome>) -> &'static str {
     match o {
         Some(Outcome::Kept) => "kept",
         Some(Outcome::Rejected) => "rejected",
@@ -54,7 +54,7 @@ fn outcome_word(o: Option<Outcome>) -> &'static str {
     }
 }
 
-fn kind_word(k: crate::state::Kind) -> &'static str {
+pub(crate) fn kind_word(k: crate::state::Kind) -> &'static str {
     match k {
         crate::state::Kind::Add => "add",
         crate::state::Kind::Fix => "fix",
@@ -283,140 +283,14 @@ pub fn log(global: &GlobalArgs, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn show(global: &GlobalArgs, n: u32) -> Result<()> {
-    let (repo_root, store, state) = load(global)?;
-    let Some(it) = state.iterations.iter().find(|i| i.n == n) else {
-        return Err(UserError(format!(
-            "iteration {n} does not exist: this run has {} (see `improve log`)",
-            state.iterations.len()
-        ))
-        .into());
-    };
-    let dir = store.iteration_dir(&state.run_id, n);
-    let mut out = String::new();
-    let _ = writeln!(out, "iteration {n} of run {}", state.run_id);
-    let _ = writeln!(out, "target:   {}", it.target);
-    let _ = writeln!(out, "focus:    {}", it.focus);
-    let _ = writeln!(out, "kind:     {}", kind_word(it.kind));
-    let _ = writeln!(
-        out,
-        "outcome:  {}",
-        if it.is_finished() {
-            outcome_word(it.outcome).to_string()
-        } else {
-            format!("in progress ({:?})", it.step)
-        }
-    );
-    if let Some(r) = &it.reason {
-        let _ = writeln!(out, "reason:   {r}");
-    }
-    if let Some(v) = &it.verdict {
-        let _ = writeln!(out, "pytest:   {}", v.pytest_summary);
-        if !v.new_failed.is_empty() {
-            let _ = writeln!(out, "failing:  {}", v.new_failed.join(", "));
-        }
-        if !v.regressions.is_empty() {
-            let _ = writeln!(out, "broke:    {}", v.regressions.join(", "));
-        }
-        let _ = writeln!(out, "funnel:   {}", v.funnel.line());
-        for (what, ids) in [
-            ("failing", &v.pruned),
-            ("flaky", &v.flaky),
-            ("redundant", &v.redundant),
-            ("polluting", &v.polluters),
-        ] {
-            if !ids.is_empty() {
-                // Names without their module path, and not hundreds of them.
-                let shown: Vec<&str> = ids
-                    .iter()
-                    .take(5)
-                    .map(|id| id.rsplit("::").next().unwrap_or(id))
-                    .collect();
-                let more = match ids.len() {
-                    k if k > 5 => format!(" and {} more", k - 5),
-                    _ => String::new(),
-                };
-                let _ = writeln!(
-                    out,
-                    "dropped:  {} {what}: {}{more}",
-                    ids.len(),
-                    shown.join(", ")
-                );
-            }
-        }
-        if v.repairs > 0 {
-            let _ = writeln!(out, "repairs:  {} round(s) with the LLM", v.repairs);
-        }
-        for f in &v.findings {
-            let _ = writeln!(out, "possible bug: {} -- {}", f.test, f.message);
-        }
-        if it.commit.is_some()
-            && let (Some(b), Some(a)) = (v.coverage_before, v.coverage.as_ref())
-        {
-            let _ = writeln!(out, "coverage: {b:.1}% -> {:.1}%", a.percent);
-        }
-    }
-    if let Some(c) = &it.commit {
-        let _ = writeln!(out, "commit:   {c}");
-    }
-    let _ = writeln!(
-        out,
-        "time:     {:.1}s total, {:.1}s LLM, {:.1}s pytest, {:.2}s Python helpers, {:.1}s waiting to keep, {:.2}s other; {} LLM call(s), {} tokens in, {} out",
-        it.seconds.total,
-        it.seconds.llm,
-        it.seconds.tests,
-        it.seconds.helpers,
-        it.seconds.queued,
-        it.seconds.own(),
-        it.llm_calls,
-        it.tokens_in,
-        it.tokens_out
-    );
-    if !it.timeline.is_empty() {
-        let steps: Vec<String> = it
-            .timeline
-            .iter()
-            .map(|t| {
-                let secs = (t.at - it.started_at).num_milliseconds() as f64 / 1000.0;
-                format!("{} +{secs:.1}s", step_word(t.step))
-            })
-            .collect();
-        let _ = writeln!(out, "steps:    {}", steps.join(", "));
-    }
-    for (label, file) in [("prompt", "prompt.md"), ("answer", "response.json")] {
-        let p = dir.join(file);
-        if p.exists() {
-            let _ = writeln!(out, "{label}:   {}", p.display());
-        }
-    }
-    let diff = match (&it.commit, dir.join("diff.patch")) {
-        (Some(c), _) => git2::Oid::from_str(c).ok().and_then(|oid| {
-            git::open(&repo_root)
-                .ok()
-                .and_then(|repo| git::commit_patch(&repo, oid).ok())
-        }),
-        (None, patch) => std::fs::read_to_string(patch).ok(),
-    };
-    match diff {
-        Some(d) => {
-            let _ = writeln!(out, "\n{d}");
-        }
-        None => {
-            let _ = writeln!(out, "\n(no diff: the proposal never became a file)");
-        }
-    }
-    print!("{out}");
-    Ok(())
-}
-
 pub fn report(global: &GlobalArgs, out: Option<&Path>, format: ReportFormat) -> Result<()> {
     let (repo_root, store, state) = load(global)?;
     let repo = git::open(&repo_root)?;
     let path = match (out, format) {
         (Some(p), _) if p == Path::new("-") => None,
         (Some(p), _) => Some(p.to_path_buf()),
-        (None, ReportFormat::Markdown) => Some(store.dir().join("report.md")),
-        (None, ReportFormat::Json) => None,
+        // On standard output, as `coverage report` and `git log` print theirs.
+        (None, _) => None,
     };
     match (format, path) {
         (ReportFormat::Markdown, Some(path)) => {
@@ -443,7 +317,7 @@ pub fn report(global: &GlobalArgs, out: Option<&Path>, format: ReportFormat) -> 
     Ok(())
 }
 
-fn step_word(step: crate::state::Step) -> &'static str {
+pub(crate) fn step_word(step: crate::state::Step) -> &'static str {
     match step {
         crate::state::Step::Planned => "planned",
         crate::state::Step::Asked => "asked",

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod bad_input;
+mod first_minutes;
 mod jobs;
 mod layouts;
 mod loop_run;

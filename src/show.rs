@@ -1,0 +1,264 @@
+//! `improve show N`: one iteration, as text for a person or as JSON for scripts. Both are
+//! rendered from one view, so they carry the same fields.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::GlobalArgs;
+use crate::error::UserError;
+use crate::git;
+use crate::state::{Funnel, Iteration, Seconds};
+use crate::views::{kind_word, load, outcome_word, step_word};
+
+#[derive(Debug, Serialize)]
+pub struct ShowView {
+    pub n: u32,
+    pub run_id: String,
+    pub target: String,
+    pub focus: String,
+    pub kind: &'static str,
+    /// `kept`, `rejected`, `error`, or null while the iteration is in progress.
+    pub outcome: Option<&'static str>,
+    /// The last step reached (`finished` once done).
+    pub step: &'static str,
+    pub reason: Option<String>,
+    pub pytest_summary: Option<String>,
+    /// New tests that failed, and tests that passed before and broke.
+    pub failing: Vec<String>,
+    pub broke: Vec<String>,
+    pub funnel: Option<Funnel>,
+    pub dropped: Vec<Dropped>,
+    pub repairs: u32,
+    pub possible_bugs: Vec<PossibleBug>,
+    pub coverage_before: Option<f64>,
+    pub coverage_after: Option<f64>,
+    pub commit: Option<String>,
+    pub seconds: Seconds,
+    pub llm_calls: u32,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// When each step ended, in seconds from the iteration's start.
+    pub steps: Vec<(&'static str, f64)>,
+    pub prompt: Option<String>,
+    pub answer: Option<String>,
+    /// The kept commit's patch, or the rejected proposal's; null when it never became a file.
+    pub diff: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Dropped {
+    /// `failing`, `flaky`, `redundant` or `polluting`.
+    pub why: &'static str,
+    pub tests: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PossibleBug {
+    pub test: String,
+    pub message: String,
+}
+
+fn view(repo_root: &Path, dir: &Path, run_id: &str, it: &Iteration) -> ShowView {
+    let v = it.verdict.as_ref();
+    let list =
+        |f: fn(&crate::state::Verdict) -> &Vec<String>| v.map(|v| f(v).clone()).unwrap_or_default();
+    let dropped = v
+        .map(|v| {
+            [
+                ("failing", &v.pruned),
+                ("flaky", &v.flaky),
+                ("redundant", &v.redundant),
+                ("polluting", &v.polluters),
+            ]
+            .into_iter()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(why, ids)| Dropped {
+                why,
+                tests: ids.clone(),
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let kept_coverage = v.filter(|_| it.commit.is_some());
+    let path_of = |file: &str| {
+        let p = dir.join(file);
+        p.exists().then(|| p.display().to_string())
+    };
+    ShowView {
+        n: it.n,
+        run_id: run_id.to_string(),
+        target: it.target.clone(),
+        focus: it.focus.clone(),
+        kind: kind_word(it.kind),
+        outcome: it.is_finished().then(|| outcome_word(it.outcome)),
+        step: step_word(it.step),
+        reason: it.reason.clone(),
+        pytest_summary: v.map(|v| v.pytest_summary.clone()),
+        failing: list(|v| &v.new_failed),
+        broke: list(|v| &v.regressions),
+        funnel: v.map(|v| v.funnel),
+        dropped,
+        repairs: v.map_or(0, |v| v.repairs),
+        possible_bugs: v
+            .map(|v| {
+                v.findings
+                    .iter()
+                    .map(|f| PossibleBug {
+                        test: f.test.clone(),
+                        message: f.message.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        coverage_before: kept_coverage.and_then(|v| v.coverage_before),
+        coverage_after: kept_coverage.and_then(|v| v.coverage.as_ref().map(|c| c.percent)),
+        commit: it.commit.clone(),
+        seconds: it.seconds,
+        llm_calls: it.llm_calls,
+        tokens_in: it.tokens_in,
+        tokens_out: it.tokens_out,
+        steps: it
+            .timeline
+            .iter()
+            .map(|t| {
+                let ms = (t.at - it.started_at).num_milliseconds() as f64;
+                (step_word(t.step), (ms / 100.0).round() / 10.0)
+            })
+            .collect(),
+        prompt: path_of("prompt.md"),
+        answer: path_of("response.json"),
+        diff: diff(repo_root, dir, it),
+    }
+}
+
+fn diff(repo_root: &Path, dir: &Path, it: &Iteration) -> Option<String> {
+    match &it.commit {
+        Some(c) => git2::Oid::from_str(c).ok().and_then(|oid| {
+            git::open(repo_root)
+                .ok()
+                .and_then(|repo| git::commit_patch(&repo, oid).ok())
+        }),
+        None => std::fs::read_to_string(dir.join("diff.patch")).ok(),
+    }
+}
+
+/// Test names without their module path, and not hundreds of them.
+fn few_names(ids: &[String]) -> String {
+    let shown: Vec<&str> = ids
+        .iter()
+        .take(5)
+        .map(|id| id.rsplit("::").next().unwrap_or(id))
+        .collect();
+    let more = match ids.len() {
+        k if k > 5 => format!(" and {} more", k - 5),
+        _ => String::new(),
+    };
+    format!("{}{more}", shown.join(", "))
+}
+
+pub fn render_text(v: &ShowView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "iteration {} of run {}", v.n, v.run_id);
+    let _ = writeln!(out, "target:   {}", v.target);
+    let _ = writeln!(out, "focus:    {}", v.focus);
+    let _ = writeln!(out, "kind:     {}", v.kind);
+    let outcome = match v.outcome {
+        Some(o) => o.to_string(),
+        None => format!("in progress ({})", v.step),
+    };
+    let _ = writeln!(out, "outcome:  {outcome}");
+    if let Some(r) = &v.reason {
+        let _ = writeln!(out, "reason:   {r}");
+    }
+    if let Some(summary) = &v.pytest_summary {
+        let _ = writeln!(out, "pytest:   {summary}");
+    }
+    if !v.failing.is_empty() {
+        let _ = writeln!(out, "failing:  {}", v.failing.join(", "));
+    }
+    if !v.broke.is_empty() {
+        let _ = writeln!(out, "broke:    {}", v.broke.join(", "));
+    }
+    if let Some(f) = &v.funnel {
+        let _ = writeln!(out, "funnel:   {}", f.line());
+    }
+    for d in &v.dropped {
+        let _ = writeln!(
+            out,
+            "dropped:  {} {}: {}",
+            d.tests.len(),
+            d.why,
+            few_names(&d.tests)
+        );
+    }
+    if v.repairs > 0 {
+        let _ = writeln!(out, "repairs:  {} round(s) with the LLM", v.repairs);
+    }
+    for b in &v.possible_bugs {
+        let _ = writeln!(out, "possible bug: {} -- {}", b.test, b.message);
+    }
+    if let (Some(b), Some(a)) = (v.coverage_before, v.coverage_after) {
+        let _ = writeln!(out, "coverage: {b:.1}% -> {a:.1}%");
+    }
+    if let Some(c) = &v.commit {
+        let _ = writeln!(out, "commit:   {c}");
+    }
+    let s = &v.seconds;
+    let _ = writeln!(
+        out,
+        "time:     {:.1}s total, {:.1}s LLM, {:.1}s pytest, {:.2}s Python helpers, {:.1}s waiting to keep, {:.2}s other; {} LLM call(s), {} tokens in, {} out",
+        s.total,
+        s.llm,
+        s.tests,
+        s.helpers,
+        s.queued,
+        s.own(),
+        v.llm_calls,
+        v.tokens_in,
+        v.tokens_out
+    );
+    if !v.steps.is_empty() {
+        let steps: Vec<String> = v
+            .steps
+            .iter()
+            .map(|(step, at)| format!("{step} +{at:.1}s"))
+            .collect();
+        let _ = writeln!(out, "steps:    {}", steps.join(", "));
+    }
+    for (label, path) in [("prompt", &v.prompt), ("answer", &v.answer)] {
+        if let Some(p) = path {
+            let _ = writeln!(out, "{label}:   {p}");
+        }
+    }
+    match &v.diff {
+        Some(d) => {
+            let _ = writeln!(out, "\n{d}");
+        }
+        None => {
+            let _ = writeln!(out, "\n(no diff: the proposal never became a file)");
+        }
+    }
+    out
+}
+
+pub fn show(global: &GlobalArgs, n: u32, as_json: bool) -> Result<()> {
+    let (repo_root, store, state) = load(global)?;
+    let Some(it) = state.iterations.iter().find(|i| i.n == n) else {
+        return Err(UserError(format!(
+            "iteration {n} does not exist: this run has {} (see `improve log`)",
+            state.iterations.len()
+        ))
+        .into());
+    };
+    let dir = store.iteration_dir(&state.run_id, n);
+    let v = view(&repo_root, &dir, &state.run_id, it);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render_text(&v));
+    }
+    Ok(())
+}
