@@ -119,12 +119,20 @@ impl TestLayout {
     /// folder `testpaths` names, else the tests folder with the most collected files, else the
     /// folder with the most collected files (the root, for `test_six.py`), else `tests`.
     pub fn main_dir(&self, packages: &[String]) -> String {
+        // Not a folder that holds the code (`testpaths = src tests` for doctests, say).
         if let Some(dir) = self
             .testpaths
             .iter()
-            .find(|t| !t.ends_with(".py") && !t.contains('*') && t.as_str() != ".")
+            .map(|t| t.trim_end_matches('/'))
+            .find(|t| {
+                !t.ends_with(".py")
+                    && !t.contains('*')
+                    && *t != "."
+                    && !t.is_empty()
+                    && !packages.iter().any(|p| is_under(t, p) || is_under(p, t))
+            })
         {
-            return dir.trim_end_matches('/').to_string();
+            return dir.to_string();
         }
         let count = |d: &str| self.test_files.iter().filter(|f| is_under(f, d)).count();
         let dirs = self.test_dirs(packages);
@@ -559,6 +567,12 @@ mod tests {
         assert!(l.collects("tests/sub/test_x.py"));
         assert!(!l.collects("other/test_x.py"));
         assert!(l.suite_args(&["tests/test_y.py".into()]).is_empty());
+    }
+
+    #[test]
+    fn a_testpath_that_holds_the_code_is_no_place_for_new_tests() {
+        let l = layout(&["src", "tests"], &[], &["tests/test_a.py"]);
+        assert_eq!(l.main_dir(&pkgs(&["src/humanize"])), "tests");
     }
 
     #[test]

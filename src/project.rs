@@ -613,21 +613,32 @@ fn is_test_helper(path: &str, project: Option<&str>) -> bool {
 /// The project's code as the tree shows it: under `src/` (or `lib/`) when it holds any, else at
 /// the root.
 fn from_tree(tree: &ProjectTree, project: Option<&str>) -> Vec<String> {
-    for root in SOURCE_ROOTS {
-        if tree.is_dir(root) && !is_package_dir(tree, root) {
-            let found: Vec<String> = walk(tree, root)
-                .into_iter()
-                .filter(|p| !is_test_helper(p, project))
-                .collect();
-            if !found.is_empty() {
-                return found;
-            }
+    let roots = SOURCE_ROOTS
+        .iter()
+        .copied()
+        .filter(|r| tree.is_dir(r) && !is_package_dir(tree, r))
+        .chain(std::iter::once(""));
+    for root in roots {
+        let found: Vec<String> = walk(tree, root)
+            .into_iter()
+            .filter(|p| !is_test_helper(p, project))
+            .collect();
+        // Beside packages, a loose module is mostly a script (`release.py`, `docs_build.py`)
+        // that may run on import: it counts only when named like the project.
+        let has_package = found.iter().any(|p| !p.ends_with(".py"));
+        let found: Vec<String> = found
+            .into_iter()
+            .filter(|p| {
+                !has_package
+                    || !p.ends_with(".py")
+                    || project.is_some_and(|n| normalize(n) == normalize(&import_name(p)))
+            })
+            .collect();
+        if !found.is_empty() {
+            return found;
         }
     }
-    walk(tree, "")
-        .into_iter()
-        .filter(|p| !is_test_helper(p, project))
-        .collect()
+    Vec::new()
 }
 
 /// Coverage `--omit` patterns for the tests that live inside the packages (`toolz/tests/`,
@@ -716,6 +727,17 @@ mod tests {
             &[],
         );
         assert_eq!(got, ["six.py"]);
+    }
+
+    #[test]
+    fn scripts_beside_a_package_are_not_code_under_test() {
+        let got = detect(&["pkg/__init__.py", "release.py", "tests/test_x.py"], &[]);
+        assert_eq!(got, ["pkg"]);
+        let got = detect(
+            &["pkg/__init__.py", "extra.py"],
+            &[("pyproject.toml", "[project]\nname = \"extra\"\n")],
+        );
+        assert_eq!(got, ["extra.py", "pkg"]);
     }
 
     #[test]

@@ -806,7 +806,8 @@ pub fn strip_ansi(text: &str) -> String {
                     break;
                 }
             }
-        } else {
+        } else if matches!(chars.next(), Some('(' | ')')) {
+            // A character set designation: ESC ( B.
             chars.next();
         }
     }
