@@ -521,10 +521,7 @@ fn build_fix_request(
     let side = target::test_side(state);
     let packages = &state.settings.packages;
     let sources = git::python_files_where(&ctx.repo, tip, |p| {
-        packages
-            .iter()
-            .any(|k| p == k || p.starts_with(&format!("{k}/")))
-            && !side(p)
+        crate::project::in_packages(p, packages) && !side(p)
     })?
     .into_iter()
     .filter(|(path, _)| {

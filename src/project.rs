@@ -169,6 +169,13 @@ pub fn import_name(module_path: &str) -> String {
     rel.replace('/', ".")
 }
 
+/// Whether `path` is one of `packages` (folders or module files) or lies inside one.
+pub fn in_packages(path: &str, packages: &[String]) -> bool {
+    packages
+        .iter()
+        .any(|k| path == k || path.starts_with(&format!("{k}/")))
+}
+
 /// The project's code under test: package folders and module files, relative to the repo.
 /// Declared configuration wins; the tree decides otherwise. An error says what to pass.
 pub fn detect_packages(tree: &ProjectTree) -> Result<Vec<String>, String> {
