@@ -576,6 +576,21 @@ fn baseline_notes(baseline: &Baseline, packages: &[String]) -> Vec<String> {
             .map(|f| format!(", pytest config {f}"))
             .unwrap_or_default()
     )];
+    let main = layout.main_dir(packages);
+    let probe = layout.file_name("x", 1, 0);
+    let probe = if main.is_empty() {
+        probe
+    } else {
+        format!("{main}/{probe}")
+    };
+    if !layout.collects(&probe) {
+        notes.push(format!(
+            "note: pytest's testpaths ({}) do not take new test files in {}: improve runs them \
+             by name, and a bare `pytest` will not until you add them to testpaths",
+            layout.testpaths.join(", "),
+            if main.is_empty() { "." } else { &main }
+        ));
+    }
     if let Some(first) = baseline.unfixable.first() {
         let files: Vec<String> = baseline.unfixable.iter().map(|u| u.file.clone()).collect();
         notes.push(format!(

@@ -221,6 +221,8 @@ fn declared_packages(tree: &ProjectTree, project: Option<&str>) -> Vec<String> {
         let mut paths: Vec<String> = found
             .into_iter()
             .filter(|p| tree.is_dir(p) || tree.has_file(p))
+            // A project may measure its tests too (`source = ["slugify", "test"]`).
+            .filter(|p| !is_tests_path(p))
             .collect();
         paths.sort();
         paths.dedup();
@@ -601,6 +603,13 @@ fn walk(tree: &ProjectTree, root: &str) -> Vec<String> {
     out
 }
 
+/// A tests folder or test module, by its name (`tests`, `test.py`, `test_x.py`, `x_test.py`).
+fn is_tests_path(path: &str) -> bool {
+    let last = path.rsplit('/').next().unwrap_or(path);
+    let stem = last.strip_suffix(".py").unwrap_or(last);
+    ["tests", "test", "testing"].contains(&stem) || is_test_module_name(stem) || stem == "conftest"
+}
+
 fn is_test_module_name(stem: &str) -> bool {
     stem == "tests" || stem == "test" || stem.starts_with("test_") || stem.ends_with("_test")
 }
@@ -804,6 +813,18 @@ mod tests {
             )],
         );
         assert_eq!(got, ["tlz", "toolz"]);
+    }
+
+    #[test]
+    fn a_coverage_source_that_measures_the_tests_too_names_only_the_code() {
+        let got = detect(
+            &["slugify/__init__.py", "test.py"],
+            &[(
+                "pyproject.toml",
+                "[tool.coverage.run]\nsource = [\"slugify\", \"test\"]\n",
+            )],
+        );
+        assert_eq!(got, ["slugify"]);
     }
 
     #[test]
