@@ -21,8 +21,8 @@
 #
 # Environment: IMPROVE_BIN (default target/release/improve), REALWORLD_CACHE (default
 # /work/realworld-cache: sdists, pristine trees, repos with their venvs, outputs),
-# REALWORLD_ITERATIONS (3), REALWORLD_TIMEOUT (seconds for one improve run, 240),
-# REALWORLD_PYTHON (python3).
+# REALWORLD_ITERATIONS (3), REALWORLD_TIMEOUT (seconds for one improve run, 300),
+# REALWORLD_PYTHON (python3), REALWORLD_LOCAL_DEPS (test dependencies of a local checkout).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,19 +31,22 @@ BIN=${IMPROVE_BIN:-target/release/improve}
 case "$BIN" in /*) ;; *) BIN="$ROOT/$BIN" ;; esac
 CACHE=${REALWORLD_CACHE:-/work/realworld-cache}
 ITERATIONS=${REALWORLD_ITERATIONS:-3}
-RUN_TIMEOUT=${REALWORLD_TIMEOUT:-240}
+RUN_TIMEOUT=${REALWORLD_TIMEOUT:-300}
 PYTHON=${REALWORLD_PYTHON:-python3}
 STANDIN="$HERE/realworld_standin.py"
 
 # name | source | test dependencies | files the build generates, ignored as upstream does | layout
 # source: pypi:NAME==VERSION, git:GIT_DIR@COMMIT, or dir:PATH. A layout starting "slow:" runs
 # only when REALWORLD_PROJECTS names it. The git sources are public repositories whose sdists
-# do not ship their tests (pymonet) or not in this layout (python-slugify's test.py).
+# do not ship their tests (pymonet) or not in this layout (python-slugify's test.py): their
+# GIT_DIR is a mirror of github.com/przemyslawjanpietrzak/pyMonet and github.com/un33k/python-slugify
+# (any clone holding the commit will do); once extracted, the tree is cached under src/.
+# Test dependencies are not pinned: out/<name>/freeze.txt records what each run had.
 PROJECTS='
 attrs|pypi:attrs==26.1.0|hypothesis pympler cloudpickle||src/ layout, two packages side by side (src/attr + src/attrs), hatch-vcs
 toolz|pypi:toolz==1.2.0|||two packages side by side (toolz + tlz), tests inside the package (toolz/tests, toolz/sandbox/tests)
 docstring_parser|pypi:docstring_parser==0.18.0|||tests inside the package (docstring_parser/tests)
-python-dateutil|pypi:python-dateutil==2.8.2|hypothesis freezegun pytest-cov|dateutil/_version.py|tests inside the package (dateutil/test), setuptools-scm _version.py ignored
+python-dateutil|pypi:python-dateutil==2.8.2|pytest<9 hypothesis freezegun pytest-cov|dateutil/_version.py|tests inside the package (dateutil/test), setuptools-scm _version.py ignored
 six|pypi:six==1.17.0|||single module (six.py), test file at the root (test_six.py)
 jaraco.functools|pypi:jaraco.functools==4.6.0|jaraco.classes||PEP 420 namespace package (jaraco/functools, no jaraco/__init__.py), test file at the root, --import-mode importlib
 humanize|pypi:humanize==4.17.0|freezegun pytest-benchmark|src/humanize/_version.py|src/ layout, hatch-vcs _version.py ignored, testpaths = src + tests (doctests)
@@ -67,10 +70,10 @@ fi
 # The cached sdist of NAME==VERSION (names compared as PyPI normalizes them), if any.
 sdist_for() {
   local want f base
-  want=$(printf '%s-%s' "${1%%==*}" "${1#*==}" | tr 'A-Z' 'a-z' | sed 's/[-_.]\+/_/g')
+  want=$(printf '%s-%s' "${1%%==*}" "${1#*==}" | tr '[:upper:]' '[:lower:]' | sed 's/[-_.]\+/_/g')
   for f in "$CACHE"/sdists/*.tar.gz; do
     [ -e "$f" ] || continue
-    base=$(basename "$f" .tar.gz | tr 'A-Z' 'a-z' | sed 's/[-_.]\+/_/g')
+    base=$(basename "$f" .tar.gz | tr '[:upper:]' '[:lower:]' | sed 's/[-_.]\+/_/g')
     [ "$base" = "$want" ] && { printf '%s\n' "$f"; return; }
   done
 }
@@ -120,17 +123,22 @@ make_repo() {
   # What only an sdist has: upstream repositories have no PKG-INFO or egg-info.
   rm -rf "$repo/PKG-INFO"
   find "$repo" -maxdepth 2 -name '*.egg-info' -type d -prune -exec rm -rf {} +
-  local f
-  for f in $ignored; do
-    grep -qxF "$f" "$repo/.gitignore" 2>/dev/null || printf '%s\n' "$f" >>"$repo/.gitignore"
-  done
   (
     cd "$repo" || exit 1
-    git init -q -b main . &&
-      # A developer's own ignores (not the project's): the venv and what tools leave behind.
-      printf '%s\n' .venv/ __pycache__/ '*.py[cod]' '*.egg-info/' build/ dist/ .pytest_cache/ \
-        .hypothesis/ '.coverage*' .eggs/ .benchmarks/ >>.git/info/exclude &&
-      git add -A &&
+    git init -q -b main . || exit 1
+    # A developer's own ignores (not the project's): the venv and what tools leave behind.
+    printf '%s\n' .venv/ __pycache__/ '*.py[cod]' '*.egg-info/' build/ dist/ .pytest_cache/ \
+      .hypothesis/ '.coverage*' .eggs/ .benchmarks/ >>.git/info/exclude
+    # The project's generated files, ignored by its .gitignore as upstream does (a line is
+    # added only when the .gitignore the sdist ships does not already ignore it).
+    local f
+    for f in $ignored; do
+      case "$(git check-ignore -v --no-index "$f" 2>/dev/null | cut -d: -f1)" in
+        *.gitignore) ;;
+        *) printf '%s\n' "$f" >>.gitignore ;;
+      esac
+    done
+    git add -A &&
       git -c user.name=realworld -c user.email=realworld@localhost -c commit.gpgsign=false \
         commit -q -m "$name as published" &&
       # An upstream clone has its release tags, which setuptools-scm, hatch-vcs and
@@ -142,7 +150,8 @@ make_repo() {
 # The project's .venv: pytest, coverage, its test dependencies, itself editable.
 make_venv() {
   local name=$1 repo=$2 deps=$3
-  local stamp="$repo/.venv/.realworld-stamp" want="$name|$deps|$("$PYTHON" -V 2>&1)"
+  local stamp="$repo/.venv/.realworld-stamp" want
+  want="$name|$deps|$("$PYTHON" -V 2>&1)"
   if [ ! -x "$repo/.venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     rm -rf "$repo/.venv"
     "$PYTHON" -m venv "$repo/.venv" || return 1
@@ -185,7 +194,7 @@ run_project() {
   printf '%s\n' "$layout" >"$out/layout"
   local t0=$SECONDS tree
   if ! tree=$(pristine "$name" "$source"); then
-    echo "source unavailable: $source" >"$out/error"; return
+    echo "source unavailable: $source (a clone holding that commit, or the sdist, is needed)" >"$out/error"; return
   fi
   local tag=""
   case "$source" in pypi:*) tag=${source#*==} ;; esac
@@ -195,6 +204,7 @@ run_project() {
   if ! make_venv "$name" "$repo" "$deps" >>"$out/setup.log" 2>&1; then
     echo "could not install the venv (see $out/setup.log)" >"$out/error"; return
   fi
+  "$repo/.venv/bin/python" -m pip freeze --all >"$out/freeze.txt" 2>/dev/null
   git -C "$repo" status --porcelain >"$out/status-after-install.txt"
   for f in $ignored; do
     [ -f "$repo/$f" ] && ! git -C "$repo" ls-files --error-unmatch "$f" >/dev/null 2>&1 &&
@@ -213,8 +223,12 @@ run_project() {
 
   "$PYTHON" "$STANDIN" --python "$repo/.venv/bin/python" --repo "$repo" --port 0 \
     >"$out/standin.port" 2>"$out/standin.log" &
-  local standin=$! port="" i
-  for i in $(seq 1 100); do
+  # run_project runs in a subshell of its own: the stand-in goes with it, however it ends
+  # (a global, as the trap runs after the function returned).
+  STANDIN_PID=$!
+  trap '[ -z "${STANDIN_PID:-}" ] || kill "$STANDIN_PID" 2>/dev/null' EXIT
+  local standin=$STANDIN_PID port=""
+  for _ in $(seq 1 100); do
     port=$(head -1 "$out/standin.port" 2>/dev/null)
     [ -n "$port" ] && break
     sleep 0.1
@@ -239,6 +253,7 @@ run_project() {
   kill "$standin" 2>/dev/null; wait "$standin" 2>/dev/null
   # The state file (the last run's, wherever this version of improve keeps it).
   local state
+  # shellcheck disable=SC2012 # newest first; these paths are ours and plain
   state=$(ls -t "$repo"/.improve/state.json "$repo"/.improve/runs/*/state.json 2>/dev/null | head -1)
   [ -n "$state" ] && cp "$state" "$out/state.json"
   echo $((SECONDS - t0)) >"$out/total.seconds"
@@ -274,14 +289,24 @@ def pct(v):
 project = f"{name} {spec}"
 err = read("error")
 if err:
-    print(f"| {cell(project)} | | | | {read('own.count', '–')} | | | {cell(err)} |")
+    print(f"| {cell(project)} | | | | {read('own.count', '–')} | | | | {cell(err)} |")
     sys.exit()
 state, status, log = load("state.json") or {}, load("status.json") or {}, load("log.json") or []
 settings = state.get("settings") or {}
-pkg = settings.get("package")
-if isinstance(pkg, list):
-    pkg = ", ".join(pkg)
-tests_dir = settings.get("tests_dir")
+
+def first(*values):
+    for v in values:
+        if v:
+            return ", ".join(v) if isinstance(v, list) else str(v)
+    return None
+
+# Where this version of improve says it looked: status --json (packages, tests_dirs), else the
+# resolved settings saved in the state file (package or packages, tests_dir).
+pkg = first(status.get("packages"), status.get("package"), settings.get("packages"),
+            settings.get("package"))
+tests_dir = first(status.get("tests_dirs"), status.get("tests_dir"), settings.get("tests_dirs"),
+                  settings.get("tests_dir"))
+files = sorted({f for it in (log if isinstance(log, list) else []) for f in (it.get("files") or [])})
 own = read("own.count", "?")
 own_rc = read("own.rc")
 if own_rc not in ("0", ""):
@@ -311,7 +336,7 @@ if status:
 secs = read("improve.seconds")
 print(f"| {cell(project)} | {cell(pkg or '–')} | {cell(tests_dir or '–')} | "
       f"{'–' if base is None else base} | {cell(own)} | {kept_cell} | {cov} | "
-      f"{cell(note)}{f' [{secs}s]' if secs else ''} |")
+      f"{cell(', '.join(files) or '–')} | {cell(note)}{f' [{secs}s]' if secs else ''} |")
 EOF
 }
 
@@ -327,7 +352,8 @@ while IFS='|' read -r name source deps ignored layout; do
     continue
   fi
   log "== $name ($source)"
-  run_project "$name" "$source" "$deps" "$ignored" "$layout"
+  # A subshell per project: whatever goes wrong in one (even an unset variable) stays there.
+  (run_project "$name" "$source" "$deps" "$ignored" "$layout")
   case "$source" in
     pypi:*) version=${source#*==} ;;
     git:*) version=${source##*@}; version="git ${version:0:10}" ;;
@@ -336,12 +362,15 @@ while IFS='|' read -r name source deps ignored layout; do
   rows+=("$(row "$name" "$version")")
   layouts+=("| $name | ${source} | $layout |")
 done <<<"$PROJECTS"
-# Local checkouts named on the command line's environment.
+# Local checkouts named in REALWORLD_PROJECTS (a path to a directory rather than a name).
 for entry in $selected; do
-  [ -d "$entry" ] || continue
+  if [ ! -d "$entry" ]; then
+    printf '%s\n' "$PROJECTS" | grep -q "^$entry|" || log "unknown project $entry (not in the list, not a directory)"
+    continue
+  fi
   name=$(basename "$(cd "$entry" && pwd)")
   log "== $name (dir:$entry)"
-  run_project "$name" "dir:$(cd "$entry" && pwd)" "" "" "local checkout"
+  (run_project "$name" "dir:$(cd "$entry" && pwd)" "${REALWORLD_LOCAL_DEPS:-}" "" "local checkout")
   rows+=("$(row "$name" "local")")
   layouts+=("| $name | dir:$entry | local checkout |")
 done
@@ -349,8 +378,8 @@ done
 {
   echo "improve: $BIN ($("$BIN" --version 2>/dev/null || echo '?')), $ITERATIONS iterations each, $((SECONDS - start))s in all"
   echo
-  echo "| project | packages | tests dir | baseline tests | own pytest | kept | coverage before → after | notes |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| project | packages | tests dir | baseline tests | own pytest | kept | coverage before → after | kept files | notes |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   printf '%s\n' "${rows[@]}"
   echo
   echo "| project | source | layout |"

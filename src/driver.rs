@@ -584,10 +584,14 @@ fn baseline_notes(baseline: &Baseline, packages: &[String]) -> Vec<String> {
         format!("{main}/{probe}")
     };
     if !layout.collects(&probe) {
+        let setting = if layout.matches_python_files(&probe) {
+            format!("testpaths ({})", layout.testpaths.join(", "))
+        } else {
+            format!("python_files ({})", layout.python_files.join(" "))
+        };
         notes.push(format!(
-            "note: pytest's testpaths ({}) do not take new test files in {}: improve runs them \
-             by name, and a bare `pytest` will not until you add them to testpaths",
-            layout.testpaths.join(", "),
+            "note: pytest's {setting} do not take new test files in {}: improve runs them by \
+             name, and a bare `pytest` will not until you add them there",
             if main.is_empty() { "." } else { &main }
         ));
     }

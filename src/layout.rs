@@ -105,14 +105,7 @@ impl TestLayout {
 
     /// Whether a bare `pytest` at the repository's root would collect `path`.
     pub fn collects(&self, path: &str) -> bool {
-        if !self.matches_python_files(path) {
-            return false;
-        }
-        self.testpaths.is_empty()
-            || self.testpaths.iter().any(|t| {
-                let t = t.trim_end_matches('/');
-                t == "." || is_under(path, t) || glob_match(t, path)
-            })
+        self.matches_python_files(path) && self.under_testpaths(path)
     }
 
     /// The folder for new tests when no test of the target says where its tests live: the first
@@ -181,23 +174,45 @@ impl TestLayout {
             .clone()
     }
 
+    /// Whether `path` lies where a bare `pytest` looks (`testpaths`, else anywhere).
+    fn under_testpaths(&self, path: &str) -> bool {
+        self.testpaths.is_empty()
+            || self.testpaths.iter().any(|t| {
+                let t = t.trim_end_matches('/');
+                t == "." || is_under(path, t) || glob_match(t, path)
+            })
+    }
+
     /// The arguments of a whole-suite run that also runs `extra` (new test files a bare
-    /// `pytest` would not collect): pytest's own paths then those; none when pytest finds all.
+    /// `pytest` would not collect); none when pytest finds them all. A name `python_files`
+    /// does not take is added to it for the run (`-o`); a file outside `testpaths` is named
+    /// after pytest's own paths. Never a file inside a path already given: pytest drops an
+    /// argument that lies inside another.
     pub fn suite_args(&self, extra: &[String]) -> Vec<String> {
-        let missing: Vec<String> = extra
+        let missing: Vec<&String> = extra.iter().filter(|f| !self.collects(f)).collect();
+        let mut args = Vec::new();
+        let mut names: Vec<String> = missing
             .iter()
-            .filter(|f| !self.collects(f))
-            .cloned()
+            .filter(|f| !self.matches_python_files(f))
+            .map(|f| base_name(f).to_string())
             .collect();
-        if missing.is_empty() {
-            return Vec::new();
+        names.sort();
+        names.dedup();
+        if !names.is_empty() {
+            let mut patterns: Vec<String> = self.patterns().iter().map(|p| p.to_string()).collect();
+            patterns.extend(names);
+            args.push("-o".to_string());
+            args.push(format!("python_files={}", patterns.join(" ")));
         }
-        let mut args: Vec<String> = if self.testpaths.is_empty() {
-            vec![".".into()]
-        } else {
-            self.testpaths.clone()
-        };
-        args.extend(missing);
+        let outside: Vec<String> = missing
+            .iter()
+            .filter(|f| !self.under_testpaths(f))
+            .map(|f| f.to_string())
+            .collect();
+        if !outside.is_empty() {
+            args.extend(self.testpaths.iter().cloned());
+            args.extend(outside);
+        }
         args
     }
 }
@@ -561,6 +576,13 @@ mod tests {
         assert_eq!(
             l.suite_args(&["test_x_improve_1.py".into()]),
             ["test.py", "test_x_improve_1.py"]
+        );
+        // A name python_files does not take, where pytest looks: named in python_files for
+        // the run, never as a path inside another (pytest would drop it).
+        let l = layout(&[], &["tests.py"], &["tests.py"]);
+        assert_eq!(
+            l.suite_args(&["test_j_improve_3.py".into()]),
+            ["-o", "python_files=tests.py test_j_improve_3.py"]
         );
         let l = layout(&["tests"], &[], &[]);
         assert_eq!(l.main_dir(&[]), "tests");

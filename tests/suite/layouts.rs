@@ -413,3 +413,20 @@ async fn a_test_file_that_fails_on_a_missing_dependency_gets_no_fix_iteration() 
     assert_eq!(log[0]["kind"], "add", "{log}");
     assert_eq!(log[0]["outcome"], "kept", "{log}");
 }
+
+#[tokio::test]
+async fn python_files_naming_one_file_still_runs_the_new_tests_in_the_suite() {
+    let fx = project(&[
+        ("solo.py", ALPHA),
+        (
+            "tests.py",
+            "from solo import double\n\n\ndef test_double():\n    assert double(2) == 4\n",
+        ),
+        ("pytest.ini", "[pytest]\npython_files = tests.py\n"),
+    ]);
+    let answer = "import pytest\n\nfrom solo import double\n\n\ndef test_negative():\n    with pytest.raises(ValueError):\n        double(-3)\n";
+    let st = keeps_one(fx.path(), answer, &["solo.py"], "").await;
+    let kept = &st["iterations"][0]["verdict"];
+    // The whole-suite run had the project's test and the new one.
+    assert_eq!(kept["suite_tests"], 2, "{kept}");
+}
