@@ -49,6 +49,7 @@ docstring_parser|pypi:docstring_parser==0.18.0|||tests inside the package (docst
 python-dateutil|pypi:python-dateutil==2.8.2|pytest<9 hypothesis freezegun pytest-cov|dateutil/_version.py|tests inside the package (dateutil/test), setuptools-scm _version.py ignored
 six|pypi:six==1.17.0|||single module (six.py), test file at the root (test_six.py)
 jaraco.functools|pypi:jaraco.functools==4.6.0|jaraco.classes||PEP 420 namespace package (jaraco/functools, no jaraco/__init__.py), test file at the root, --import-mode importlib
+jaraco.collections|pypi:jaraco.collections==5.2.1|||PEP 420 namespace package (jaraco/collections), tests/ plus doctests (--doctest-modules)
 humanize|pypi:humanize==4.17.0|freezegun pytest-benchmark|src/humanize/_version.py|src/ layout, hatch-vcs _version.py ignored, testpaths = src + tests (doctests)
 pymonet|git:/work/.mirror/przemyslawjanpietrzak+pyMonet/repo/.git@94610ee4f1c71aa5f50e0813539bf1a2ea279d70|hypothesis pytest-mock||helper package only the tests import (testers/ beside pymonet/ and tests/)
 python-slugify|git:/work/.mirror/un33k+python-slugify/repo@7b6d5d96c1995e6dccb39a19a13ba78d7d0a3ee4|||testpaths names a single file (testpaths = ["test.py"])
