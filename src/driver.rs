@@ -314,11 +314,7 @@ fn import_roots(packages: &[String]) -> Vec<String> {
 
 /// `a, b, c and 4 more`.
 fn first_names(items: &[String]) -> String {
-    let shown: Vec<&str> = items.iter().take(3).map(String::as_str).collect();
-    match items.len() {
-        n if n > 3 => format!("{} and {} more", shown.join(", "), n - 3),
-        _ => shown.join(", "),
-    }
+    iteration::first_three(items.iter().map(String::as_str))
 }
 
 /// A run branch moved back past kept commits would make every later iteration see "broken"

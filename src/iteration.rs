@@ -715,7 +715,7 @@ async fn apply(ctx: &RunContext, state: &mut RunState, idx: usize) -> Result<(),
 }
 
 /// The first three of `items`, and how many more: `a, b, c and 4 more`.
-fn first_three<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> String {
+pub(crate) fn first_three<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> String {
     let total = items.len();
     let shown: Vec<&str> = items.take(3).collect();
     let more = if total > 3 {

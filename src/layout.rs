@@ -24,7 +24,7 @@ pub struct TestLayout {
 }
 
 /// Folder names that hold tests wherever they are, inside a package too.
-const TEST_DIR_NAMES: &[&str] = &["tests", "test", "testing"];
+pub const TEST_DIR_NAMES: &[&str] = &["tests", "test", "testing"];
 
 /// Where new tests go when the project has none and pytest's config names no folder.
 pub const DEFAULT_TESTS_DIR: &str = "tests";
@@ -95,9 +95,12 @@ impl TestLayout {
     /// [`Self::is_test_side`] with the test folders worked out once, for many paths.
     pub fn test_side<'a>(&'a self, packages: &[String]) -> impl Fn(&str) -> bool + 'a {
         let dirs = self.test_dirs(packages);
+        // Asked for every `.py` file of a commit: a set, not a scan of the list per file.
+        let files: std::collections::HashSet<&str> =
+            self.test_files.iter().map(String::as_str).collect();
         move |path: &str| {
             base_name(path) == "conftest.py"
-                || self.test_files.iter().any(|f| f == path)
+                || files.contains(path)
                 || dirs.iter().any(|d| is_under(path, d))
                 || (self.matches_python_files(path) && self.collects(path))
         }
@@ -320,10 +323,12 @@ pub fn import_problem(
         let hint = match missing_module(error) {
             Some(m) if m.starts_with(&format!("{}.", name.split('.').next().unwrap_or(name))) => {
                 let rel = m.replace('.', "/");
+                // The root of the package that failed, not of whichever comes first.
                 let root = packages
                     .iter()
+                    .find(|p| crate::project::import_name(p) == name)
+                    .or(packages.first())
                     .map(|p| crate::project::import_root(p))
-                    .next()
                     .unwrap_or_default();
                 let file = if root.is_empty() {
                     format!("{rel}.py")

@@ -15,6 +15,8 @@ use crate::ini;
 pub struct ProjectTree {
     files: BTreeSet<String>,
     texts: BTreeMap<String, String>,
+    /// pyproject.toml, parsed once (None: absent or not valid TOML).
+    pyproject: Option<toml::Table>,
 }
 
 /// The configuration files whose text detection reads.
@@ -37,8 +39,15 @@ impl ProjectTree {
             .iter()
             .filter(|name| files.contains(**name))
             .filter_map(|name| read(name).map(|t| (name.to_string(), t)))
-            .collect();
-        ProjectTree { files, texts }
+            .collect::<BTreeMap<String, String>>();
+        let pyproject = texts
+            .get("pyproject.toml")
+            .and_then(|t| toml::from_str(t).ok());
+        ProjectTree {
+            files,
+            texts,
+            pyproject,
+        }
     }
 
     pub fn has_file(&self, path: &str) -> bool {
@@ -84,9 +93,8 @@ impl ProjectTree {
         self.texts.get(name).map(String::as_str)
     }
 
-    fn pyproject(&self) -> Option<toml::Table> {
-        self.text("pyproject.toml")
-            .and_then(|t| toml::from_str(t).ok())
+    fn pyproject(&self) -> Option<&toml::Table> {
+        self.pyproject.as_ref()
     }
 }
 
@@ -607,7 +615,7 @@ fn walk(tree: &ProjectTree, root: &str) -> Vec<String> {
 fn is_tests_path(path: &str) -> bool {
     let last = path.rsplit('/').next().unwrap_or(path);
     let stem = last.strip_suffix(".py").unwrap_or(last);
-    ["tests", "test", "testing"].contains(&stem) || is_test_module_name(stem) || stem == "conftest"
+    crate::layout::TEST_DIR_NAMES.contains(&stem) || is_test_module_name(stem) || stem == "conftest"
 }
 
 fn is_test_module_name(stem: &str) -> bool {
@@ -672,7 +680,7 @@ pub fn tests_inside(tree: &ProjectTree, packages: &[String]) -> Vec<String> {
             let parts: Vec<&str> = rest.split('/').collect();
             if let Some(k) = parts[..parts.len() - 1]
                 .iter()
-                .position(|d| ["tests", "test", "testing"].contains(d))
+                .position(|d| crate::layout::TEST_DIR_NAMES.contains(d))
             {
                 dirs.insert(format!("{prefix}{}", parts[..=k].join("/")));
                 continue;

@@ -1,8 +1,6 @@
 //! What a new user meets in the first minutes: the report on standard output, `show --json`,
 //! summaries without colour codes, and no test process left running after `kill -9`.
 
-use std::time::Duration;
-
 use super::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -122,18 +120,7 @@ async fn kill_dash_nine_during_pytest_leaves_no_test_process_after_the_resume() 
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..300 {
-        if std::fs::read_to_string(&pid_file).is_ok_and(|t| !t.trim().is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let sleeper: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _ = std::fs::remove_file(&pid_file);
+    let sleeper = pid_written_to(&pid_file).await;
     let leader = group_of(sleeper).unwrap();
     assert_ne!(leader, sleeper);
     unsafe {

@@ -224,6 +224,23 @@ pub fn json(cmd: Command) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
 
+/// The pid a hanging test wrote to `pid_file` (waiting up to 15 s for it); the file is removed.
+pub async fn pid_written_to(pid_file: &Path) -> i32 {
+    for _ in 0..300 {
+        if std::fs::read_to_string(pid_file).is_ok_and(|t| !t.trim().is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(pid_file);
+    pid
+}
+
 /// Waits up to 5 s for `pid` to be gone; a zombie waiting for its new parent to reap it counts
 /// as gone (it runs no more). Returns whether it still runs.
 pub fn still_running_after_grace(pid: i32) -> bool {

@@ -448,19 +448,9 @@ async fn ctrl_c_during_a_test_run_kills_its_processes_and_exits_130() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        if pid_file.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let sleeper = pid_written_to(&pid_file).await;
+    // The test is in its sleep by now, past writing the pid.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let sleeper: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _ = std::fs::remove_file(&pid_file);
     let sent = std::time::Instant::now();
     // Twice, as an impatient user would: the second one exits at once.
     unsafe {
