@@ -32,6 +32,37 @@ def load_answers(path):
     return modules, cycles, exchanges[0]["response"]["text"]
 
 
+def completion(text, prompt_chars, model):
+    """An OpenAI chat-completions answer with `text`, tokens estimated at four characters."""
+    prompt_tokens, completion_tokens = prompt_chars // 4, len(text) // 4
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def send_json(handler, status, payload):
+    """Writes `payload` as a JSON response on a BaseHTTPRequestHandler."""
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def messages_text(body):
     parts = []
     for message in body.get("messages", []):
@@ -70,32 +101,10 @@ def make_handler(latency, modules, cycles, fallback):
             # Sleeping in the handler thread lets concurrent requests overlap, as they would
             # on a real server; a sequential client pays the latency once per request.
             time.sleep(latency)
-            prompt_tokens = len(prompt) // 4
-            completion_tokens = len(text) // 4
-            self.reply(200, {
-                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", "bench"),
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            })
+            self.reply(200, completion(text, len(prompt), body.get("model", "bench")))
 
         def reply(self, status, payload):
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, payload)
 
     return Handler
 

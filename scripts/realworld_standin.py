@@ -32,9 +32,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# The wire format is the benchmark stand-in's: one place that writes a chat completion.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_standin import completion, send_json  # noqa: E402
 
 MAX_TESTS = 15
 
@@ -775,32 +778,11 @@ def make_handler(answerer):
                 log(f"error: {type(e).__name__}: {e}")
                 self.reply(500, {"error": {"message": f"stand-in failed: {e}"}})
                 return
-            prompt_tokens = sum(len(t) for t in user_texts(body)) // 4
-            completion_tokens = len(text) // 4
-            self.reply(200, {
-                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", "standin"),
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            })
+            prompt_chars = sum(len(t) for t in user_texts(body))
+            self.reply(200, completion(text, prompt_chars, body.get("model", "standin")))
 
         def reply(self, status, payload):
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, payload)
 
     return Handler
 
