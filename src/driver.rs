@@ -13,7 +13,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{GlobalArgs, RunArgs};
-use crate::config::{self, Resolved};
+use crate::config::{self, Resolved, RunSettings};
 use crate::error::{RunEnd, UsageError, UserError};
 use crate::git;
 use crate::iteration::{self, RunContext, StepError};
@@ -22,13 +22,12 @@ use crate::prepare::{Preparer, SetupCommand};
 use crate::progress::Printer;
 use crate::prompt::Templates;
 use crate::pyhelper::PyHelper;
-use crate::pytest::{self, CaseOutcome, CoverageSpec, TestCommand};
+use crate::pytest::{self, CoverageSpec, TestCommand};
 use crate::report;
-use crate::state::{
-    Baseline, Iteration, Kind, Outcome, RunState, RunStatus, SCHEMA_VERSION, StateStore,
-};
+use crate::state::{Iteration, Kind, Outcome, RunState, RunStatus, SCHEMA_VERSION, StateStore};
 use crate::target;
-use crate::worktrees::{self, WorktreePool};
+use crate::testid::first_three;
+use crate::worktrees::WorktreePool;
 
 /// The API key, from the environment only: IMPROVE_API_KEY, else the provider's usual variable.
 pub fn api_key(provider: Provider) -> Option<ApiKey> {
@@ -53,48 +52,9 @@ fn new_run_id() -> String {
 }
 
 pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Result<RunEnd> {
-    let repo_root = config::repo_root(global.repo.as_deref())?;
-    let repo = git::open(&repo_root)?;
-    let state_dir = config::state_dir(&repo_root, global.state_dir.as_deref());
-    let store = StateStore::new(state_dir.clone());
-    let _lock = store.lock()?;
-    // Runs with different --state-dir on one repository would fight over its refs: one lock
-    // per repository too, in git's common dir (shared by every worktree).
-    let _repo_lock = crate::state::lock_file(&repo.commondir().join("improve.lock"), &repo_root)?;
-    git::exclude_state_dir(&repo, &repo_root, &state_dir)?;
-    let ended = pytest::adopt_group_records(&state_dir.join("groups"));
-    if !ended.is_empty() {
-        printer.line(&format!(
-            "ended {} test process group(s) that a killed run left behind",
-            ended.len()
-        ));
-    }
-    for stale in git::remove_stale_ref_locks(&repo)? {
-        tracing::warn!(
-            "removed a ref lock left by a killed run: {}",
-            stale.display()
-        );
-    }
-    if let Err(e) = crate::logging::set_log_file(&state_dir.join("log.jsonl")) {
-        printer.line(&format!(
-            "note: no log file in {}: {e}",
-            state_dir.display()
-        ));
-    }
-    let file = config::load_file_config(&repo_root)?;
-
-    let existing = match store.load() {
-        Ok(s) => s,
-        Err(e) if args.fresh => {
-            let to = store.archive_current(None)?;
-            printer.line(&format!(
-                "the unreadable state file was archived to {} ({e})",
-                to.map(|p| p.display().to_string()).unwrap_or_default()
-            ));
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let opened = open(global, &printer)?;
+    let file = config::load_file_config(&opened.root)?;
+    let existing = load_existing(&opened.store, args.fresh, &printer)?;
     let previous_id = existing.as_ref().map(|s| s.run_id.clone());
     let resume = existing.filter(|s| s.status != RunStatus::Complete && !args.fresh);
 
@@ -107,17 +67,91 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
             .or_else(|| file.base.clone())
             .unwrap_or_else(|| "HEAD".into()),
     };
-    let base_oid = git::resolve_commit(&repo, &base_rev).map_err(|e| UsageError(e.to_string()))?;
-    let tree = git::project_tree(&repo, base_oid)?;
-    let resolved = config::resolve(
-        &repo_root,
-        args,
-        &file,
-        resume.as_ref().map(|s| &s.settings),
-        &tree,
-    )?;
-    let settings = &resolved.settings;
-    let llm = LlmClient::new(
+    let base_oid =
+        git::resolve_commit(&opened.repo, &base_rev).map_err(|e| UsageError(e.to_string()))?;
+    let tree = git::project_tree(&opened.repo, base_oid)?;
+    let saved = resume.as_ref().map(|s| &s.settings);
+    let resolved = config::resolve(&opened.root, args, &file, saved, &tree)?;
+    let llm = llm_client(&resolved.settings)?;
+    let scratch = opened.store.files().scratch();
+    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    let test_cmd = test_command(&resolved.settings, &scratch, &tree, &printer).await?;
+    let templates = Templates::load(Some(opened.store.dir()))?;
+    let state = match resume {
+        Some(s) => resume_run(&opened.repo, s, args, &resolved, &printer)?,
+        None => start_run(&opened, &resolved, previous_id, &printer)?,
+    };
+    let ctx = run_context(opened, &state, llm, test_cmd, templates, &printer)?;
+    go(ctx, state, &resolved, &printer).await
+}
+
+/// A repository and a state dir this process may use: both locked, the state dir excluded from
+/// git, and what a killed run left behind cleaned up.
+struct Opened {
+    root: std::path::PathBuf,
+    repo: git2::Repository,
+    store: StateStore,
+    _lock: crate::fsutil::RunLock,
+    _repo_lock: crate::fsutil::RunLock,
+}
+
+fn open(global: &GlobalArgs, printer: &Printer) -> Result<Opened> {
+    let root = config::repo_root(global.repo.as_deref())?;
+    let repo = git::open(&root)?;
+    let state_dir = config::state_dir(&root, global.state_dir.as_deref());
+    let store = StateStore::new(state_dir.clone());
+    let lock = store.lock()?;
+    // Runs with different --state-dir on one repository would fight over its refs: one lock
+    // per repository too, in git's common dir (shared by every worktree).
+    let repo_lock = crate::fsutil::lock_file(&repo.commondir().join("improve.lock"), &root)?;
+    git::exclude_state_dir(&repo, &root, &state_dir)?;
+    let ended = crate::process::adopt_group_records(&store.files().groups());
+    if !ended.is_empty() {
+        printer.line(&format!(
+            "ended {} test process group(s) that a killed run left behind",
+            ended.len()
+        ));
+    }
+    for stale in git::remove_stale_ref_locks(&repo)? {
+        tracing::warn!(
+            "removed a ref lock left by a killed run: {}",
+            stale.display()
+        );
+    }
+    if let Err(e) = crate::logging::set_log_file(&store.files().log()) {
+        printer.line(&format!(
+            "note: no log file in {}: {e}",
+            state_dir.display()
+        ));
+    }
+    Ok(Opened {
+        root,
+        repo,
+        store,
+        _lock: lock,
+        _repo_lock: repo_lock,
+    })
+}
+
+/// The saved run, if any. With `--fresh`, a state file that does not load is archived instead
+/// of stopping the run.
+fn load_existing(store: &StateStore, fresh: bool, printer: &Printer) -> Result<Option<RunState>> {
+    match store.load() {
+        Ok(s) => Ok(s),
+        Err(e) if fresh => {
+            let to = store.archive_current(None)?;
+            printer.line(&format!(
+                "the unreadable state file was archived to {} ({e})",
+                to.map(|p| p.display().to_string()).unwrap_or_default()
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn llm_client(settings: &RunSettings) -> Result<LlmClient> {
+    Ok(LlmClient::new(
         LlmSettings {
             provider: settings.provider,
             url: settings.llm_url.clone(),
@@ -129,10 +163,17 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         },
         api_key(settings.provider),
     )
-    .map_err(|e| UserError(e.to_string()))?;
+    .map_err(|e| UserError(e.to_string()))?)
+}
 
-    let scratch = state_dir.join("scratch");
-    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+/// How pytest is run for this project: the user's command, checked to have pytest, with what
+/// its Python has (coverage.py, plugins that would fight ours) and our plugin.
+async fn test_command(
+    settings: &RunSettings,
+    scratch: &Path,
+    tree: &crate::project::ProjectTree,
+    printer: &Printer,
+) -> Result<TestCommand> {
     let mut test_cmd = TestCommand {
         words: settings.test_cmd.clone(),
         coverage: None,
@@ -150,16 +191,16 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         bytecode_cache: Some(scratch.join("bytecode")),
     };
     if settings.sandbox {
-        pytest::sandbox_preflight(&scratch)
+        pytest::sandbox_preflight(scratch)
             .await
             .map_err(UserError)?;
     }
-    let found = pytest::preflight(&test_cmd, &scratch, &scratch)
+    let found = pytest::preflight(&test_cmd, scratch, scratch)
         .await
         .map_err(UserError)?;
     test_cmd.extra_args = found.extra_args.clone();
     // Per-test coverage and an in-process coverage report come from our pytest plugin.
-    match pytest::install_plugin(&scratch) {
+    match pytest::install_plugin(scratch) {
         Ok(dir) => test_cmd.plugin_dir = Some(dir),
         Err(e) => printer.line(&format!(
             "note: cannot write the pytest plugin to {}: {e}; running without it",
@@ -169,85 +210,111 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     if found.coverage {
         test_cmd.coverage = Some(CoverageSpec::for_packages(
             &settings.packages,
-            crate::project::tests_inside(&tree, &settings.packages),
+            crate::project::tests_inside(tree, &settings.packages),
         ));
     } else {
         printer.line(
             "note: coverage.py is not available to the test command; coverage will not be measured",
         );
     }
+    Ok(test_cmd)
+}
 
-    let templates = Templates::load(Some(&state_dir))?;
-    let mut state = match resume {
-        Some(mut s) => {
-            // Checked before anything is saved: a run whose kept commits are gone from git is
-            // the user's to sort out, and its state stays exactly as it was.
-            check_kept_commits_on_branch(&repo, &s)?;
-            if let Some(n) = args.iterations {
-                // Never below what is done: "done 7 of 5" helps nobody.
-                s.iterations_target = n.max(s.iterations_done());
-            }
-            s.settings = resolved.settings.clone();
-            s.status = RunStatus::Running;
-            s.stop_reason = None;
-            // A resume is a fresh chance for the LLM: the breaker counts within a session.
-            s.consecutive_llm_failures = 0;
-            printer.line(&format!(
-                "resuming run {} ({} of {} iterations done) on {}",
-                s.run_id,
-                s.iterations_done(),
-                s.iterations_target,
-                s.run_branch
-            ));
-            s
-        }
-        None => {
-            let state = new_run(&repo, &resolved)?;
-            // Only now, with every check passed, is the previous run moved aside.
-            if let Some(old_id) = previous_id {
-                let to = store.archive_current(Some(&old_id))?;
-                printer.line(&format!(
-                    "previous run {old_id} archived to {}",
-                    to.map(|p| p.display().to_string()).unwrap_or_default()
-                ));
-            }
-            printer.line(&format!(
-                "new run {} on branch {} from {}",
-                state.run_id,
-                state.run_branch,
-                git::short(&state.base_commit)
-            ));
-            state
-        }
-    };
+fn resume_run(
+    repo: &git2::Repository,
+    mut s: RunState,
+    args: &RunArgs,
+    resolved: &Resolved,
+    printer: &Printer,
+) -> Result<RunState> {
+    // Checked before anything is saved: a run whose kept commits are gone from git is the
+    // user's to sort out, and its state stays exactly as it was.
+    check_kept_commits_on_branch(repo, &s)?;
+    if let Some(n) = args.iterations {
+        // Never below what is done: "done 7 of 5" helps nobody.
+        s.iterations_target = n.max(s.iterations_done());
+    }
+    s.settings = resolved.settings.clone();
+    s.status = RunStatus::Running;
+    s.stop_reason = None;
+    // A resume is a fresh chance for the LLM: the breaker counts within a session.
+    s.consecutive_llm_failures = 0;
+    printer.line(&format!(
+        "resuming run {} ({} of {} iterations done) on {}",
+        s.run_id,
+        s.iterations_done(),
+        s.iterations_target,
+        s.run_branch
+    ));
+    Ok(s)
+}
 
+fn start_run(
+    opened: &Opened,
+    resolved: &Resolved,
+    previous_id: Option<String>,
+    printer: &Printer,
+) -> Result<RunState> {
+    let state = new_run(&opened.repo, resolved)?;
+    // Only now, with every check passed, is the previous run moved aside.
+    if let Some(old_id) = previous_id {
+        let to = opened.store.archive_current(Some(&old_id))?;
+        printer.line(&format!(
+            "previous run {old_id} archived to {}",
+            to.map(|p| p.display().to_string()).unwrap_or_default()
+        ));
+    }
+    printer.line(&format!(
+        "new run {} on branch {} from {}",
+        state.run_id,
+        state.run_branch,
+        git::short(&state.base_commit)
+    ));
+    Ok(state)
+}
+
+/// What the iterations share: the repository, the LLM, pytest, the Python helper and the
+/// worktrees (prepared with what git ignores in the package folders).
+fn run_context(
+    opened: Opened,
+    state: &RunState,
+    llm: LlmClient,
+    test_cmd: TestCommand,
+    templates: Templates,
+    printer: &Printer,
+) -> Result<(RunContext, Locks)> {
+    let Opened {
+        root,
+        repo,
+        store,
+        _lock,
+        _repo_lock,
+    } = opened;
+    let scratch = store.files().scratch();
+    let settings = &state.settings;
     let helper = PyHelper::new(test_cmd.python().unwrap_or("python3"), &scratch);
-    let setup = state.settings.setup_cmd.clone().map(|c| {
+    let setup = settings.setup_cmd.clone().map(|c| {
         SetupCommand::new(
             c,
             test_cmd.python(),
-            &state.settings.pass_env,
-            state.settings.test_timeout,
+            &settings.pass_env,
+            settings.test_timeout,
         )
     });
-    let prep = Preparer::new(&repo_root, &state.settings.packages, &scratch, setup)
+    let prep = Preparer::new(&root, &settings.packages, &scratch, setup)
         .map_err(|e| UserError(format!("cannot prepare the worktrees: {e}")))?;
     if !prep.copied().is_empty() {
         printer.line(&format!(
             "worktrees get {} files git ignores from your package folders: {}",
             prep.copied().len(),
-            first_names(prep.copied())
+            first_three(prep.copied().iter().map(String::as_str))
         ));
     }
-    let worktrees = WorktreePool::new(
-        store.worktrees_dir(),
-        &state.run_id,
-        test_cmd
-            .bytecode_cache
-            .clone()
-            .filter(|_| !test_cmd.sandbox),
-        prep,
-    );
+    let cache = test_cmd
+        .bytecode_cache
+        .clone()
+        .filter(|_| !test_cmd.sandbox);
+    let worktrees = WorktreePool::new(store.files().worktrees(), &state.run_id, cache, prep);
     worktrees.detach_leftovers(&repo);
     let ctx = RunContext {
         repo,
@@ -263,6 +330,31 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         helper,
         worktrees,
     };
+    Ok((
+        ctx,
+        Locks {
+            root,
+            _lock,
+            _repo_lock,
+        },
+    ))
+}
+
+/// The locks a run holds until it ends, and the repository's folder for the summary.
+struct Locks {
+    root: std::path::PathBuf,
+    _lock: crate::fsutil::RunLock,
+    _repo_lock: crate::fsutil::RunLock,
+}
+
+/// Runs the iterations and ends the run: its status saved, the report written when complete,
+/// the summary printed.
+async fn go(
+    (ctx, locks): (RunContext, Locks),
+    mut state: RunState,
+    resolved: &Resolved,
+    printer: &Printer,
+) -> Result<RunEnd> {
     // The state is saved before the run branch exists, so a crash in between leaves a run
     // whose branch is simply created on resume, never an orphan branch and a second run.
     ctx.save(&mut state)?;
@@ -272,32 +364,26 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     install_signal_handlers(ctx.cancel.clone());
 
     let run = RefCell::new(state);
-    let end = drive(&ctx, &run, &resolved, &printer).await;
+    let end = drive(&ctx, &run, resolved, printer).await;
     // Nothing in flight needs a worktree any more; a resumed iteration gets one again.
     ctx.worktrees.remove_all(&ctx.repo);
     let mut state = run.into_inner();
     printer.finish();
     let end = end?;
-    match &end {
-        RunEnd::Complete => {
-            state.status = RunStatus::Complete;
-            state.stop_reason = None;
-        }
-        RunEnd::Stopped(reason) => {
-            state.status = RunStatus::Interrupted;
-            state.stop_reason = Some(reason.clone());
-        }
-        RunEnd::Interrupted => {
-            state.status = RunStatus::Interrupted;
-            state.stop_reason = Some("interrupted by a signal".into());
-        }
-    }
+    (state.status, state.stop_reason) = match &end {
+        RunEnd::Complete => (RunStatus::Complete, None),
+        RunEnd::Stopped(reason) => (RunStatus::Interrupted, Some(reason.clone())),
+        RunEnd::Interrupted => (
+            RunStatus::Interrupted,
+            Some("interrupted by a signal".into()),
+        ),
+    };
     ctx.save(&mut state)?;
-    let report_path = ctx.store.dir().join("report.md");
+    let report_path = ctx.store.files().report();
     if end == RunEnd::Complete {
         report::write(&ctx.repo, &state, &ctx.templates, &report_path)?;
     }
-    print_summary(&state, &end, &report_path, &repo_root);
+    print_summary(&state, &end, &report_path, &locks.root);
     Ok(end)
 }
 
@@ -310,11 +396,6 @@ fn import_roots(packages: &[String]) -> Vec<String> {
         }
     }
     roots
-}
-
-/// `a, b, c and 4 more`.
-fn first_names(items: &[String]) -> String {
-    iteration::first_three(items.iter().map(String::as_str))
 }
 
 /// A run branch moved back past kept commits would make every later iteration see "broken"
@@ -387,223 +468,6 @@ fn new_run(repo: &git2::Repository, resolved: &Resolved) -> Result<RunState> {
     })
 }
 
-/// Runs the whole suite at the base commit in a worktree of its own (never in the user's tree),
-/// after asking pytest where the project's tests are and checking that the code under test
-/// imports from that worktree.
-async fn measure_baseline(
-    ctx: &RunContext,
-    state: &mut RunState,
-    printer: &Printer,
-) -> Result<(), StepError> {
-    printer.line("measuring the baseline: running the whole suite at the base commit");
-    printer.doing("baseline: running the whole suite");
-    let base = git::oid(&state.base_commit, "the base commit")?;
-    let branch = format!("improve-wip/{}/baseline", state.run_id);
-    let path = ctx
-        .worktrees
-        .check_out(&ctx.repo, worktrees::BASELINE, &branch, base)?;
-    let measured = baseline_in(ctx, state, &path).await;
-    // The slot, and what Python compiled there, goes on to the first iteration.
-    ctx.worktrees.release(&ctx.repo, worktrees::BASELINE);
-    let _ = git::delete_branch(&ctx.repo, &branch);
-    let baseline = measured?;
-    for line in baseline_notes(&baseline, &state.settings.packages) {
-        printer.line(&line);
-    }
-    printer.line(&format!(
-        "baseline: {}{}",
-        if baseline.summary.is_empty() {
-            "no tests"
-        } else {
-            &baseline.summary
-        },
-        baseline
-            .coverage
-            .as_ref()
-            .map(|c| format!(", coverage {:.1}%", c.percent))
-            .unwrap_or_default()
-    ));
-    state.baseline = Some(baseline);
-    Ok(())
-}
-
-fn prepare_failure(e: crate::prepare::PrepareError) -> StepError {
-    match e {
-        crate::prepare::PrepareError::Cancelled => StepError::Cancelled,
-        other => StepError::Pytest(other.to_string()),
-    }
-}
-
-async fn baseline_in(
-    ctx: &RunContext,
-    state: &RunState,
-    path: &Path,
-) -> Result<Baseline, StepError> {
-    ctx.worktrees
-        .ready(path, &ctx.cancel)
-        .await
-        .map_err(prepare_failure)?;
-    let dir = ctx.store.run_dir(&state.run_id).join("baseline");
-    let layout = discover(ctx, state, path, &dir).await?;
-    let run = pytest::run(
-        &ctx.test_cmd,
-        path,
-        &[iteration::SUITE_FLAG.to_string()],
-        &dir,
-        "pytest-suite",
-        pytest::Measure::Report,
-        &ctx.cancel,
-    )
-    .await?;
-    let prepared = ctx.worktrees.prepared_in(path);
-    let side_effects: Vec<String> = git::dirty_paths(path)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| !prepared.contains(p))
-        .collect();
-    if run.timed_out {
-        return Err(StepError::Pytest(format!(
-            "the suite at the base commit did not finish within --test-timeout ({}): raise --test-timeout",
-            humantime::format_duration(ctx.test_cmd.timeout)
-        )));
-    }
-    if run.cases.is_empty() && !matches!(run.exit_code, Some(0) | Some(5)) {
-        return Err(StepError::Pytest(format!(
-            "pytest could not run the suite at the base commit (exit {:?}): {} (full output: {})",
-            run.exit_code,
-            run.tail(1).trim(),
-            run.output_path.display()
-        )));
-    }
-    let unfixable = crate::layout::unfixable_files(
-        &run.cases,
-        &state.settings.packages,
-        &ctx.test_cmd.import_names,
-        path,
-    );
-    Ok(Baseline {
-        tests: run.cases.len() as u32,
-        passed: run.ids_with(CaseOutcome::Passed),
-        failed: run.failing(),
-        skipped: run.count(CaseOutcome::Skipped) as u32,
-        summary: run.summary.clone(),
-        // No test ran any code: coverage.py has no data to report, and that is 0 %.
-        coverage: run.coverage.clone().or_else(|| {
-            (run.cases.is_empty() && ctx.test_cmd.coverage.is_some()).then(|| {
-                crate::state::Coverage {
-                    percent: 0.0,
-                    modules: Default::default(),
-                    missing: Default::default(),
-                }
-            })
-        }),
-        seconds: run.duration.as_secs_f64(),
-        side_effects,
-        layout,
-        unfixable,
-    })
-}
-
-/// Asks pytest, in the baseline's worktree, where the tests are (its config and collection),
-/// and checks that the code under test imports, from that worktree.
-async fn discover(
-    ctx: &RunContext,
-    state: &RunState,
-    path: &Path,
-    dir: &Path,
-) -> Result<crate::layout::TestLayout, StepError> {
-    let args = [
-        "--collect-only".to_string(),
-        iteration::SUITE_FLAG.to_string(),
-    ];
-    let run = pytest::run(
-        &ctx.test_cmd,
-        path,
-        &args,
-        dir,
-        "pytest-collect",
-        pytest::Measure::Discover,
-        &ctx.cancel,
-    )
-    .await?;
-    let Some(found) = run.discovery else {
-        // pytest stopped before collecting (a bad option in its config, say): the suite run
-        // says why in its own words; without our plugin there is nothing to learn here.
-        return Ok(crate::layout::TestLayout::default());
-    };
-    for (name, check) in &found.imports {
-        if let Some(problem) =
-            crate::layout::import_problem(name, check, path, &state.settings.packages)
-        {
-            return Err(StepError::Pytest(problem));
-        }
-    }
-    Ok(crate::layout::TestLayout {
-        testpaths: found.testpaths,
-        python_files: found.python_files,
-        test_files: found.files,
-        inifile: found.inifile,
-    })
-}
-
-/// What the user should know about the baseline before the first iteration.
-fn baseline_notes(baseline: &Baseline, packages: &[String]) -> Vec<String> {
-    let layout = &baseline.layout;
-    let mut notes = vec![format!(
-        "project: code under test {}; tests {}{}",
-        packages.join(", "),
-        match layout.test_files.len() {
-            0 => "none yet".to_string(),
-            n => {
-                let mut dirs = layout.test_dirs(packages);
-                if dirs.is_empty() {
-                    dirs.push(layout.main_dir(packages));
-                }
-                let shown: Vec<&str> = dirs
-                    .iter()
-                    .map(|d| if d.is_empty() { "." } else { d.as_str() })
-                    .collect();
-                format!("in {} ({n} files)", shown.join(", "))
-            }
-        },
-        layout
-            .inifile
-            .as_deref()
-            .map(|f| format!(", pytest config {f}"))
-            .unwrap_or_default()
-    )];
-    let main = layout.main_dir(packages);
-    let probe = layout.file_name("x", 1, 0);
-    let probe = if main.is_empty() {
-        probe
-    } else {
-        format!("{main}/{probe}")
-    };
-    if !layout.collects(&probe) {
-        let setting = if layout.matches_python_files(&probe) {
-            format!("testpaths ({})", layout.testpaths.join(", "))
-        } else {
-            format!("python_files ({})", layout.python_files.join(" "))
-        };
-        notes.push(format!(
-            "note: pytest's {setting} do not take new test files in {}: improve runs them by \
-             name, and a bare `pytest` will not until you add them there",
-            if main.is_empty() { "." } else { &main }
-        ));
-    }
-    if let Some(first) = baseline.unfixable.first() {
-        let files: Vec<String> = baseline.unfixable.iter().map(|u| u.file.clone()).collect();
-        notes.push(format!(
-            "note: {} test files do not import at the base commit because the project or a \
-             dependency does not ({}): {}; no fix iteration will touch them",
-            files.len(),
-            first.cause,
-            first_names(&files)
-        ));
-    }
-    notes
-}
-
 async fn drive(
     ctx: &RunContext,
     run: &RefCell<RunState>,
@@ -612,7 +476,7 @@ async fn drive(
 ) -> Result<RunEnd> {
     if run.borrow().baseline.is_none() {
         let mut state = run.borrow().clone();
-        match measure_baseline(ctx, &mut state, printer).await {
+        match crate::baseline::measure_baseline(ctx, &mut state, printer).await {
             Ok(()) => {}
             Err(e) => return step_end(e),
         }
@@ -759,7 +623,7 @@ fn step_end(e: StepError) -> Result<RunEnd> {
 
 fn step_failure(e: StepError) -> anyhow::Error {
     match e {
-        StepError::Pytest(msg) => UserError(msg).into(),
+        StepError::Project(msg) => UserError(msg).into(),
         other => other.into(),
     }
 }
@@ -932,7 +796,7 @@ fn install_signal_handlers(cancel: CancellationToken) {
             } else {
                 // Every save is atomic, so quitting here still leaves a consistent state; the
                 // tests in their own process groups would not see our exit, so end them first.
-                pytest::kill_live_groups();
+                crate::process::kill_live_groups();
                 std::process::exit(130);
             }
         }

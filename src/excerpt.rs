@@ -4,93 +4,11 @@
 //! missing lines, so the model sees what to test without the rest of the file.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+
+use crate::coverage::Missing;
 
 /// Modules up to this many lines are shown whole.
 pub const WHOLE_FILE_LINES: usize = 250;
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Missing {
-    pub lines: Vec<u32>,
-    /// (from, to); a negative `to` is an exit from the function, as coverage.py writes it.
-    pub branches: Vec<(i64, i64)>,
-}
-
-impl Missing {
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty() && self.branches.is_empty()
-    }
-
-    /// `lines 16, 24, 54-58; branches 15->16, 23->exit`
-    pub fn summary(&self) -> String {
-        let mut parts = Vec::new();
-        if !self.lines.is_empty() {
-            parts.push(format!("lines {}", ranges(&self.lines)));
-        }
-        if !self.branches.is_empty() {
-            let shown: Vec<String> = self
-                .branches
-                .iter()
-                .map(|(from, to)| {
-                    if *to < 0 {
-                        format!("{from}->exit")
-                    } else {
-                        format!("{from}->{to}")
-                    }
-                })
-                .collect();
-            parts.push(format!("branches {}", shown.join(", ")));
-        }
-        parts.join("; ")
-    }
-}
-
-fn ranges(lines: &[u32]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < lines.len() {
-        let start = lines[i];
-        let mut end = start;
-        while i + 1 < lines.len() && lines[i + 1] == end + 1 {
-            i += 1;
-            end = lines[i];
-        }
-        out.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    out.join(", ")
-}
-
-/// The missing lines and branches of `module` in a `coverage json` file.
-pub fn read_missing(coverage_json: &Path, module: &str) -> Option<Missing> {
-    let text = std::fs::read_to_string(coverage_json).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let file = value.get("files")?.get(module)?;
-    let lines = file
-        .get("missing_lines")
-        .and_then(|l| l.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_u64())
-                .filter_map(|v| u32::try_from(v).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let branches = file
-        .get("missing_branches")
-        .and_then(|b| b.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|pair| Some((pair.get(0)?.as_i64()?, pair.get(1)?.as_i64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    Some(Missing { lines, branches })
-}
 
 fn indent(line: &str) -> usize {
     line.len() - line.trim_start().len()

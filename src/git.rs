@@ -120,7 +120,7 @@ pub fn exclude_state_dir(
     text.push_str(&line);
     text.push('\n');
     // The user's file: never leave it torn.
-    crate::state::write_atomic(&exclude, text.as_bytes())
+    crate::fsutil::write_atomic(&exclude, text.as_bytes())
         .ctx(|| format!("write {}", exclude.display()))
 }
 

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::project::{self, TEST_DIR_NAMES, glob_match};
+
 /// What pytest's collection at the base commit said about the project's tests.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TestLayout {
@@ -22,9 +24,6 @@ pub struct TestLayout {
     #[serde(default)]
     pub inifile: Option<String>,
 }
-
-/// Folder names that hold tests wherever they are, inside a package too.
-pub const TEST_DIR_NAMES: &[&str] = &["tests", "test", "testing"];
 
 /// Where new tests go when the project has none and pytest's config names no folder.
 pub const DEFAULT_TESTS_DIR: &str = "tests";
@@ -326,9 +325,9 @@ pub fn import_problem(
                 // The root of the package that failed, not of whichever comes first.
                 let root = packages
                     .iter()
-                    .find(|p| crate::project::import_name(p) == name)
+                    .find(|p| project::import_name(p) == name)
                     .or(packages.first())
-                    .map(|p| crate::project::import_root(p))
+                    .map(|p| project::import_root(p))
                     .unwrap_or_default();
                 let file = if root.is_empty() {
                     format!("{rel}.py")
@@ -371,70 +370,6 @@ pub fn import_problem(
             packages.join(", ")
         )
     })
-}
-
-/// Python's `fnmatch`: `*` matches anything (`/` too), `?` one character, `[seq]` a class.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    // Dynamic programming over (pattern position, text position): no exponential backtracking.
-    let mut reach = vec![false; t.len() + 1];
-    reach[0] = true;
-    let mut i = 0;
-    while i < p.len() {
-        let mut next = vec![false; t.len() + 1];
-        match p[i] {
-            '*' => {
-                let mut on = false;
-                for j in 0..=t.len() {
-                    on |= reach[j];
-                    next[j] = on;
-                }
-                i += 1;
-            }
-            '[' if p[i + 1..].contains(&']') => {
-                let close = i + 1 + p[i + 1..].iter().position(|c| *c == ']').unwrap_or(0);
-                let (negate, set) = match p.get(i + 1) {
-                    Some('!') => (true, &p[i + 2..close]),
-                    _ => (false, &p[i + 1..close]),
-                };
-                for j in 0..t.len() {
-                    if reach[j] && class_has(set, t[j]) != negate {
-                        next[j + 1] = true;
-                    }
-                }
-                i = close + 1;
-            }
-            c => {
-                for j in 0..t.len() {
-                    if reach[j] && (c == '?' || c == t[j]) {
-                        next[j + 1] = true;
-                    }
-                }
-                i += 1;
-            }
-        }
-        reach = next;
-    }
-    reach[t.len()]
-}
-
-fn class_has(set: &[char], c: char) -> bool {
-    let mut k = 0;
-    while k < set.len() {
-        if k + 2 < set.len() && set[k + 1] == '-' {
-            if set[k] <= c && c <= set[k + 2] {
-                return true;
-            }
-            k += 3;
-        } else {
-            if set[k] == c {
-                return true;
-            }
-            k += 1;
-        }
-    }
-    false
 }
 
 #[cfg(test)]
@@ -526,18 +461,6 @@ mod tests {
             msg.contains("src/humanize/_version.py") && msg.contains("--setup-cmd"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn fnmatch_semantics() {
-        assert!(glob_match("test_*.py", "test_a.py"));
-        assert!(!glob_match("test_*.py", "a_test.py"));
-        assert!(glob_match("*_test.py", "a_test.py"));
-        assert!(glob_match("t?st.py", "test.py"));
-        assert!(glob_match("[tc]est.py", "cest.py"));
-        assert!(!glob_match("[!tc]est.py", "test.py"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("tests/*", "tests/a/b.py"));
     }
 
     #[test]

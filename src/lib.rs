@@ -2,13 +2,17 @@
 //! and keeps only what passes, one commit per kept iteration. See `shared/contract.md` for the
 //! user-facing contract and `design.md` for how the modules divide the work.
 
+pub mod artifacts;
+pub mod baseline;
 pub mod chart;
 pub mod cli;
 pub mod config;
+pub mod coverage;
 pub mod demo;
 pub mod driver;
 pub mod error;
 pub mod excerpt;
+pub mod fsutil;
 pub mod git;
 pub mod ini;
 pub mod iteration;
@@ -16,6 +20,7 @@ pub mod layout;
 pub mod llm;
 pub mod logging;
 pub mod prepare;
+pub mod process;
 pub mod progress;
 pub mod project;
 pub mod prompt;
@@ -26,5 +31,6 @@ pub mod report;
 pub mod show;
 pub mod state;
 pub mod target;
+pub mod testid;
 pub mod views;
 pub mod worktrees;

@@ -170,7 +170,7 @@ impl SetupCommand {
         pass_env: &[String],
         timeout: Duration,
     ) -> Self {
-        let mut env = crate::pytest::test_environment(pass_env);
+        let mut env = crate::process::test_environment(pass_env);
         if let Some(bin) = python
             .map(Path::new)
             .and_then(Path::parent)
@@ -296,7 +296,7 @@ impl Preparer {
         })?;
         let log = self.store.join(format!("{name}.setup.txt"));
         let words = vec!["sh".to_string(), "-c".to_string(), setup.command.clone()];
-        let result = crate::pytest::spawn_and_wait(
+        let result = crate::process::spawn_and_wait(
             &words,
             worktree,
             &log,
@@ -305,9 +305,9 @@ impl Preparer {
             &setup.env,
         )
         .await;
-        let (code, timed_out) = match result {
+        let crate::process::Exit { code, timed_out } = match result {
             Ok(r) => r,
-            Err(crate::pytest::PytestError::Cancelled) => return Err(PrepareError::Cancelled),
+            Err(crate::process::ProcessError::Cancelled) => return Err(PrepareError::Cancelled),
             Err(e) => {
                 return Err(PrepareError::Setup(format!(
                     "--setup-cmd `{}`: {e}",

@@ -415,13 +415,10 @@ impl Finder {
                 for path in walk(tree, root) {
                     let dotted = import_name(&path);
                     let included = self.include.is_empty()
-                        || self
-                            .include
-                            .iter()
-                            .any(|p| crate::layout::glob_match(p, &dotted));
+                        || self.include.iter().any(|p| glob_match(p, &dotted));
                     let excluded = self.exclude.iter().any(|p| {
-                        crate::layout::glob_match(p, &dotted)
-                            || crate::layout::glob_match(p, dotted.split('.').next().unwrap_or(""))
+                        glob_match(p, &dotted)
+                            || glob_match(p, dotted.split('.').next().unwrap_or(""))
                     });
                     if included && !excluded && !is_test_helper(&path, project) {
                         out.push(path);
@@ -615,7 +612,7 @@ fn walk(tree: &ProjectTree, root: &str) -> Vec<String> {
 fn is_tests_path(path: &str) -> bool {
     let last = path.rsplit('/').next().unwrap_or(path);
     let stem = last.strip_suffix(".py").unwrap_or(last);
-    crate::layout::TEST_DIR_NAMES.contains(&stem) || is_test_module_name(stem) || stem == "conftest"
+    TEST_DIR_NAMES.contains(&stem) || is_test_module_name(stem) || stem == "conftest"
 }
 
 fn is_test_module_name(stem: &str) -> bool {
@@ -680,7 +677,7 @@ pub fn tests_inside(tree: &ProjectTree, packages: &[String]) -> Vec<String> {
             let parts: Vec<&str> = rest.split('/').collect();
             if let Some(k) = parts[..parts.len() - 1]
                 .iter()
-                .position(|d| crate::layout::TEST_DIR_NAMES.contains(d))
+                .position(|d| TEST_DIR_NAMES.contains(d))
             {
                 dirs.insert(format!("{prefix}{}", parts[..=k].join("/")));
                 continue;
@@ -704,6 +701,73 @@ pub fn tests_inside(tree: &ProjectTree, packages: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Folder names that hold tests wherever they are, inside a package too.
+pub const TEST_DIR_NAMES: &[&str] = &["tests", "test", "testing"];
+
+/// Python's `fnmatch`: `*` matches anything (`/` too), `?` one character, `[seq]` a class.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Dynamic programming over (pattern position, text position): no exponential backtracking.
+    let mut reach = vec![false; t.len() + 1];
+    reach[0] = true;
+    let mut i = 0;
+    while i < p.len() {
+        let mut next = vec![false; t.len() + 1];
+        match p[i] {
+            '*' => {
+                let mut on = false;
+                for j in 0..=t.len() {
+                    on |= reach[j];
+                    next[j] = on;
+                }
+                i += 1;
+            }
+            '[' if p[i + 1..].contains(&']') => {
+                let close = i + 1 + p[i + 1..].iter().position(|c| *c == ']').unwrap_or(0);
+                let (negate, set) = match p.get(i + 1) {
+                    Some('!') => (true, &p[i + 2..close]),
+                    _ => (false, &p[i + 1..close]),
+                };
+                for j in 0..t.len() {
+                    if reach[j] && class_has(set, t[j]) != negate {
+                        next[j + 1] = true;
+                    }
+                }
+                i = close + 1;
+            }
+            c => {
+                for j in 0..t.len() {
+                    if reach[j] && (c == '?' || c == t[j]) {
+                        next[j + 1] = true;
+                    }
+                }
+                i += 1;
+            }
+        }
+        reach = next;
+    }
+    reach[t.len()]
+}
+
+fn class_has(set: &[char], c: char) -> bool {
+    let mut k = 0;
+    while k < set.len() {
+        if k + 2 < set.len() && set[k + 1] == '-' {
+            if set[k] <= c && c <= set[k + 2] {
+                return true;
+            }
+            k += 3;
+        } else {
+            if set[k] == c {
+                return true;
+            }
+            k += 1;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -954,5 +1018,17 @@ mod tests {
         assert_eq!(import_name("six.py"), "six");
         assert_eq!(import_root("src/pkg"), "src");
         assert_eq!(import_root("six.py"), "");
+    }
+
+    #[test]
+    fn fnmatch_semantics() {
+        assert!(glob_match("test_*.py", "test_a.py"));
+        assert!(!glob_match("test_*.py", "a_test.py"));
+        assert!(glob_match("*_test.py", "a_test.py"));
+        assert!(glob_match("t?st.py", "test.py"));
+        assert!(glob_match("[tc]est.py", "cest.py"));
+        assert!(!glob_match("[!tc]est.py", "test.py"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("tests/*", "tests/a/b.py"));
     }
 }

@@ -44,7 +44,7 @@ impl PyHelper {
             .arg(include_str!("../python/helper.py"))
             .current_dir(&self.scratch)
             .env_clear()
-            .envs(crate::pytest::test_environment(&[]))
+            .envs(crate::process::test_environment(&[]))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)

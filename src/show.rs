@@ -7,11 +7,13 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::artifacts::IterationFiles;
 use crate::cli::GlobalArgs;
 use crate::error::UserError;
 use crate::git;
-use crate::state::{Funnel, Iteration, Seconds};
-use crate::views::{kind_word, load, outcome_word, step_word};
+use crate::state::{Funnel, Iteration, Outcome, Seconds};
+use crate::testid::names_up_to;
+use crate::views::load;
 
 #[derive(Debug, Serialize)]
 pub struct ShowView {
@@ -61,7 +63,7 @@ pub struct PossibleBug {
     pub message: String,
 }
 
-fn view(repo_root: &Path, dir: &Path, run_id: &str, it: &Iteration) -> ShowView {
+fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) -> ShowView {
     let v = it.verdict.as_ref();
     let list =
         |f: fn(&crate::state::Verdict) -> &Vec<String>| v.map(|v| f(v).clone()).unwrap_or_default();
@@ -83,18 +85,17 @@ fn view(repo_root: &Path, dir: &Path, run_id: &str, it: &Iteration) -> ShowView 
         })
         .unwrap_or_default();
     let kept_coverage = v.filter(|_| it.commit.is_some());
-    let path_of = |file: &str| {
-        let p = dir.join(file);
-        p.exists().then(|| p.display().to_string())
-    };
+    let path_of = |p: std::path::PathBuf| p.exists().then(|| p.display().to_string());
     ShowView {
         n: it.n,
         run_id: run_id.to_string(),
         target: it.target.clone(),
         focus: it.focus.clone(),
-        kind: kind_word(it.kind),
-        outcome: it.is_finished().then(|| outcome_word(it.outcome)),
-        step: step_word(it.step),
+        kind: it.kind.as_str(),
+        outcome: it
+            .is_finished()
+            .then(|| it.outcome.map_or("", Outcome::as_str)),
+        step: it.step.as_str(),
         reason: it.reason.clone(),
         pytest_summary: v.map(|v| v.pytest_summary.clone()),
         failing: list(|v| &v.new_failed),
@@ -125,38 +126,24 @@ fn view(repo_root: &Path, dir: &Path, run_id: &str, it: &Iteration) -> ShowView 
             .iter()
             .map(|t| {
                 let ms = (t.at - it.started_at).num_milliseconds() as f64;
-                (step_word(t.step), (ms / 100.0).round() / 10.0)
+                (t.step.as_str(), (ms / 100.0).round() / 10.0)
             })
             .collect(),
-        prompt: path_of("prompt.md"),
-        answer: path_of("response.json"),
-        diff: diff(repo_root, dir, it),
+        prompt: path_of(files.prompt()),
+        answer: path_of(files.response(0)),
+        diff: diff(repo_root, files, it),
     }
 }
 
-fn diff(repo_root: &Path, dir: &Path, it: &Iteration) -> Option<String> {
+fn diff(repo_root: &Path, files: &IterationFiles, it: &Iteration) -> Option<String> {
     match &it.commit {
         Some(c) => git2::Oid::from_str(c).ok().and_then(|oid| {
             git::open(repo_root)
                 .ok()
                 .and_then(|repo| git::commit_patch(&repo, oid).ok())
         }),
-        None => std::fs::read_to_string(dir.join("diff.patch")).ok(),
+        None => std::fs::read_to_string(files.diff()).ok(),
     }
-}
-
-/// Test names without their module path, and not hundreds of them.
-fn few_names(ids: &[String]) -> String {
-    let shown: Vec<&str> = ids
-        .iter()
-        .take(5)
-        .map(|id| id.rsplit("::").next().unwrap_or(id))
-        .collect();
-    let more = match ids.len() {
-        k if k > 5 => format!(" and {} more", k - 5),
-        _ => String::new(),
-    };
-    format!("{}{more}", shown.join(", "))
 }
 
 pub fn render_text(v: &ShowView) -> String {
@@ -191,7 +178,7 @@ pub fn render_text(v: &ShowView) -> String {
             "dropped:  {} {}: {}",
             d.tests.len(),
             d.why,
-            few_names(&d.tests)
+            names_up_to(&d.tests, 5)
         );
     }
     if v.repairs > 0 {
@@ -253,8 +240,8 @@ pub fn show(global: &GlobalArgs, n: u32, as_json: bool) -> Result<()> {
         ))
         .into());
     };
-    let dir = store.iteration_dir(&state.run_id, n);
-    let v = view(&repo_root, &dir, &state.run_id, it);
+    let files = store.run(&state.run_id).iteration(n);
+    let v = view(&repo_root, &files, &state.run_id, it);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

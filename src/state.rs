@@ -3,16 +3,15 @@
 //! and saves only through [`StateStore::save`], so "written atomically after every step" holds in
 //! one place.
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::artifacts::{RunFiles, StateFiles};
 use crate::config::RunSettings;
+pub use crate::coverage::Coverage;
+use crate::fsutil::{self, LockError, RunLock, write_atomic};
 
 /// Bumped whenever a field changes meaning. A newer file is refused, never rewritten.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -39,15 +38,8 @@ pub enum StateError {
         path: String,
         source: std::io::Error,
     },
-    #[error(
-        "another improve run (pid {pid}) is using {dir}: wait for it to finish or stop it first"
-    )]
-    Locked { dir: String, pid: String },
-    #[error("cannot lock {path}: {source}")]
-    Lock {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("cannot archive the old run state to {path}: {source}")]
     Archive {
         path: String,
@@ -63,11 +55,31 @@ pub enum RunStatus {
     Complete,
 }
 
+impl RunStatus {
+    /// The word the state file, `status` and the report use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Complete => "complete",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Add,
     Fix,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Add => "add",
+            Kind::Fix => "fix",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +88,110 @@ pub enum Outcome {
     Kept,
     Rejected,
     Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Kept => "kept",
+            Outcome::Rejected => "rejected",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Why an iteration was not kept: what the report groups by and what the verify stages act
+/// on. Saved beside the reason's text, which names the tests and files of the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The LLM gave no answer (an error outcome, not a rejection).
+    LlmFailed,
+    NoCodeBlock,
+    UnclosedCodeBlock,
+    NoTestFunction,
+    InvalidPython,
+    UnsafePath,
+    CannotWrite,
+    SideEffects,
+    TimedOut,
+    NothingCollected,
+    DoesNotCollect,
+    NewTestsFail,
+    Flaky,
+    AllSkipped,
+    NoGain,
+    RedundantNotRemoved,
+    /// The passing cases belong to parametrized functions that also fail.
+    OnlyCasesOfFailingFunctions,
+    FixChangesOtherFiles,
+    FixesNone,
+    BreaksPassingTests,
+    NewTestsFailInSuite,
+    FixedTestsFailInSuite,
+    ConflictsWithKept,
+    FailsAfterReplay,
+    /// Recorded by an improve that did not save kinds yet.
+    Unclassified,
+}
+
+impl RejectReason {
+    /// The reason's kind in words, as the report groups rejections.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::LlmFailed => "llm",
+            RejectReason::NoCodeBlock => "the answer has no code block",
+            RejectReason::UnclosedCodeBlock => "the answer's code block is not closed",
+            RejectReason::NoTestFunction => "the answer's code block has no test function",
+            RejectReason::InvalidPython => "invalid Python",
+            RejectReason::UnsafePath => "unsafe path",
+            RejectReason::CannotWrite => "cannot write",
+            RejectReason::SideEffects => "side effects",
+            RejectReason::TimedOut => "timed out",
+            RejectReason::NothingCollected => "no tests collected from the proposal",
+            RejectReason::DoesNotCollect => "does not collect",
+            RejectReason::NewTestsFail => "new tests fail",
+            RejectReason::Flaky => "flaky",
+            RejectReason::AllSkipped => "no new test ran (all skipped)",
+            RejectReason::NoGain => "no gain",
+            RejectReason::RedundantNotRemoved => "redundant tests could not be removed",
+            RejectReason::OnlyCasesOfFailingFunctions => {
+                "new tests fail, and the passing ones are cases of the same functions"
+            }
+            RejectReason::FixChangesOtherFiles => "a fix may change only its test file",
+            RejectReason::FixesNone => "fixes none of the failing tests",
+            RejectReason::BreaksPassingTests => "breaks passing tests",
+            RejectReason::NewTestsFailInSuite => "new tests fail in the whole suite",
+            RejectReason::FixedTestsFailInSuite => "the fixed tests fail in the whole suite",
+            RejectReason::ConflictsWithKept => "conflicts with what was kept meanwhile",
+            RejectReason::FailsAfterReplay => "fails after replaying onto what was kept meanwhile",
+            RejectReason::Unclassified => "unclassified (recorded by an older improve)",
+        }
+    }
+
+    /// The whole suite turned tests red: new tests may be polluting the others.
+    pub fn is_pollution(self) -> bool {
+        matches!(
+            self,
+            RejectReason::BreaksPassingTests | RejectReason::NewTestsFailInSuite
+        )
+    }
+}
+
+/// A reason and its text (`2 of 5 new tests fail: test_a, test_b`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub text: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, text: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            text: text.into(),
+        }
+    }
 }
 
 /// The last durable step of an iteration. Resume continues from the step after it.
@@ -94,15 +210,16 @@ pub enum Step {
     Finished,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Coverage {
-    /// Percent of statements and branches covered, as coverage.py reports it.
-    pub percent: f64,
-    /// Per module (path relative to the repo), percent covered.
-    pub modules: BTreeMap<String, f64>,
-    /// Per module, statements never run plus branches never taken: what target choice weighs.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub missing: BTreeMap<String, u32>,
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Planned => "planned",
+            Step::Asked => "asked",
+            Step::Applied => "applied",
+            Step::Verified => "verified",
+            Step::Finished => "finished",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -190,6 +307,9 @@ impl Funnel {
 pub struct Verdict {
     pub keep: bool,
     pub reason: Option<String>,
+    /// The kind of `reason` (runs saved before it was recorded have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject: Option<RejectReason>,
     /// Test ids of the new file that passed.
     pub new_tests: Vec<String>,
     pub new_failed: Vec<String>,
@@ -240,6 +360,27 @@ pub struct Verdict {
     pub suite_label: String,
 }
 
+impl Verdict {
+    /// Rejects the iteration for `rejection` (a later stage may still set another).
+    pub fn set_rejection(&mut self, rejection: Rejection) {
+        self.keep = false;
+        self.reason = Some(rejection.text);
+        self.reject = Some(rejection.reason);
+    }
+
+    /// Clears the rejection: the suite passed, the iteration is to be kept.
+    pub fn accept(&mut self) {
+        self.keep = true;
+        self.reason = None;
+        self.reject = None;
+    }
+
+    /// Why it is rejected, when it is; a run saved before reasons had kinds has none.
+    pub fn rejection(&self) -> Option<Rejection> {
+        Some(Rejection::new(self.reject?, self.reason.clone()?))
+    }
+}
+
 /// A test the LLM stood by while it failed on an assertion about the source's behaviour.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
@@ -260,6 +401,9 @@ pub struct Iteration {
     pub step: Step,
     pub outcome: Option<Outcome>,
     pub reason: Option<String>,
+    /// The kind of `reason` (runs saved before it was recorded have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject: Option<RejectReason>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub llm_calls: u32,
@@ -309,6 +453,7 @@ impl Iteration {
             step: Step::Planned,
             outcome: None,
             reason: None,
+            reject: None,
             started_at: Utc::now(),
             finished_at: None,
             llm_calls: 0,
@@ -442,49 +587,39 @@ impl RunState {
     }
 }
 
-/// The state dir on disk: `state.json`, `lock`, `runs/<run-id>/…` artifacts, `worktrees/`.
+/// The state dir on disk (its files are named in [`crate::artifacts`]).
 #[derive(Debug, Clone)]
 pub struct StateStore {
-    dir: PathBuf,
-}
-
-/// Holds the run lock until dropped. The kernel releases a `flock` when its process dies, even
-/// under `kill -9`, so a lock left by a dead run is taken over without any guesswork about pids.
-#[derive(Debug)]
-pub struct RunLock {
-    _file: File,
+    files: StateFiles,
 }
 
 impl StateStore {
     pub fn new(dir: PathBuf) -> Self {
-        StateStore { dir }
+        StateStore {
+            files: StateFiles::new(dir),
+        }
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.files.dir()
+    }
+
+    pub fn files(&self) -> &StateFiles {
+        &self.files
     }
 
     pub fn state_path(&self) -> PathBuf {
-        self.dir.join("state.json")
+        self.files.state()
     }
 
-    pub fn run_dir(&self, run_id: &str) -> PathBuf {
-        self.dir.join("runs").join(run_id)
-    }
-
-    pub fn iteration_dir(&self, run_id: &str, n: u32) -> PathBuf {
-        self.run_dir(run_id)
-            .join("iterations")
-            .join(format!("{n:04}"))
-    }
-
-    pub fn worktrees_dir(&self) -> PathBuf {
-        self.dir.join("worktrees")
+    /// The files of run `run_id`.
+    pub fn run(&self, run_id: &str) -> RunFiles {
+        self.files.run(run_id)
     }
 
     pub fn ensure_dir(&self) -> Result<(), StateError> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| StateError::CreateDir {
-            path: self.dir.display().to_string(),
+        std::fs::create_dir_all(self.dir()).map_err(|source| StateError::CreateDir {
+            path: self.dir().display().to_string(),
             source,
         })
     }
@@ -492,18 +627,13 @@ impl StateStore {
     /// Takes the run lock, or says which process holds it.
     pub fn lock(&self) -> Result<RunLock, StateError> {
         self.ensure_dir()?;
-        lock_file(&self.dir.join("lock"), &self.dir)
+        Ok(fsutil::lock_file(&self.files.lock(), self.dir())?)
     }
 
     /// Whether a run holds the lock, asked without taking it (so `status` never disturbs a run
     /// that is starting).
     pub fn is_locked(&self) -> bool {
-        let Ok(file) = File::open(self.dir.join("lock")) else {
-            return false;
-        };
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-        rc != 0
+        fsutil::is_locked(&self.files.lock())
     }
 
     /// Loads the run state; `Ok(None)` when there is none yet. A file that does not parse is
@@ -563,11 +693,10 @@ impl StateStore {
             return Ok(None);
         }
         let stamp = Utc::now().format("%Y%m%d-%H%M%S");
+        let stamp = stamp.to_string();
         let to = match run_id {
-            Some(id) => self
-                .run_dir(id)
-                .join(format!("state-archived-{stamp}.json")),
-            None => self.dir.join("archive").join(format!("state-{stamp}.json")),
+            Some(id) => self.files.run(id).archived_state(&stamp),
+            None => self.files.archive(&stamp),
         };
         let archive_err = |source| StateError::Archive {
             path: to.display().to_string(),
@@ -579,75 +708,6 @@ impl StateStore {
         std::fs::rename(&from, &to).map_err(archive_err)?;
         Ok(Some(to))
     }
-}
-
-/// Takes an exclusive `flock` on `path`, writing our pid into it for the message another run
-/// shows. A lock held a moment by a `status` probe is waited out (up to a second).
-pub fn lock_file(path: &Path, what: &Path) -> Result<RunLock, StateError> {
-    let lock_err = |source| StateError::Lock {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(lock_err)?;
-    let mut tries = 0;
-    loop {
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(lock_err(err));
-        }
-        tries += 1;
-        if tries >= 10 {
-            let pid = std::fs::read_to_string(path)
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            return Err(StateError::Locked {
-                dir: what.display().to_string(),
-                pid: if pid.is_empty() {
-                    "unknown".into()
-                } else {
-                    pid
-                },
-            });
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    file.set_len(0).map_err(lock_err)?;
-    writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
-    Ok(RunLock { _file: file })
-}
-
-/// The one helper that writes files that must never be torn: state, artifacts the resume
-/// relies on, recordings.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // A bare file name has an empty parent: that is the current folder.
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    // The temp file is created 0600; keep the mode of the file it replaces (the user's
-    // .git/info/exclude, say), and make new files readable like any other.
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions())
-        .unwrap_or_else(|_| std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    tmp.as_file().set_permissions(mode)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -750,25 +810,6 @@ pub(crate) mod tests {
         );
         drop(first);
         store.lock().unwrap();
-    }
-
-    #[test]
-    fn atomic_writes_keep_the_mode_of_the_file_they_replace() {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("f");
-        write_atomic(&path, b"a").unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        write_atomic(&path, b"b").unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o640
-        );
-        assert_eq!(std::fs::read(&path).unwrap(), b"b");
     }
 
     #[test]

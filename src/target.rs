@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use crate::state::{Coverage, Kind, RunState};
+use crate::testid::TestId;
 
 /// The package's modules (`pkg/sub/mod.py`) among `files` (path, text): files in folders that
 /// are packages all the way down, without `__init__.py` files that define nothing. A package
@@ -231,17 +232,6 @@ pub fn tests_importing(
         .collect()
 }
 
-/// The test file (one of `files`, repo-relative paths) a JUnit id such as
-/// `tests.test_x.TestK::test_b` belongs to: the longest dotted prefix that names a file.
-pub fn test_file_of(id: &str, files: &[String]) -> Option<String> {
-    let class_path = id.rsplit_once("::").map_or(id, |(c, _)| c);
-    let parts: Vec<&str> = class_path.split('.').collect();
-    (1..=parts.len()).rev().find_map(|k| {
-        let file = format!("{}.py", parts[..k].join("/"));
-        files.contains(&file).then_some(file)
-    })
-}
-
 /// The next fix iteration's test file: one holding tests that failed at the start and are not
 /// fixed yet, tried fewer than `MAX_FIX_ATTEMPTS` times and not in flight. Fix iterations go
 /// first: a red suite is where the night starts.
@@ -256,7 +246,7 @@ pub fn choose_fix_target(
         .failed
         .iter()
         .filter(|id| !fixed.contains(id))
-        .filter_map(|id| test_file_of(id, test_files))
+        .filter_map(|id| TestId::new(id).file_among(test_files))
         .filter(|f| !busy.contains(f))
         // A file that does not import because the project or a dependency does not is not the
         // test's fault: rewriting it would only hide that.

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::cli::{GlobalArgs, ReportFormat};
@@ -37,30 +38,6 @@ fn effective_status(store: &StateStore, state: &RunState) -> RunStatus {
     }
 }
 
-fn status_word(s: RunStatus) -> &'static str {
-    match s {
-        RunStatus::Running => "running",
-        RunStatus::Interrupted => "interrupted",
-        RunStatus::Complete => "complete",
-    }
-}
-
-pub(crate) fn outcome_word(o: Option<Outcome>) -> &'static str {
-    match o {
-        Some(Outcome::Kept) => "kept",
-        Some(Outcome::Rejected) => "rejected",
-        Some(Outcome::Error) => "error",
-        None => "",
-    }
-}
-
-pub(crate) fn kind_word(k: crate::state::Kind) -> &'static str {
-    match k {
-        crate::state::Kind::Add => "add",
-        crate::state::Kind::Fix => "fix",
-    }
-}
-
 /// Where the project's tests live, as the baseline's collection showed (`.` for the root).
 fn tests_dirs(state: &RunState) -> Vec<String> {
     let Some(b) = &state.baseline else {
@@ -75,97 +52,131 @@ fn tests_dirs(state: &RunState) -> Vec<String> {
         .collect()
 }
 
-pub fn status_json(store: &StateStore, state: &RunState) -> Value {
-    let (tokens_in, tokens_out) = state.tokens();
-    json!({
-        "run_id": state.run_id,
-        "run_branch": state.run_branch,
-        "base_commit": state.base_commit,
-        "state": status_word(effective_status(store, state)),
-        "iterations_target": state.iterations_target,
-        "iterations_done": state.iterations_done(),
-        "kept": state.count(Outcome::Kept),
-        "rejected": state.count(Outcome::Rejected),
-        "errors": state.count(Outcome::Error),
-        "tests_baseline": state.baseline.as_ref().map(|b| b.tests),
-        "tests_now": state.tests_now(),
-        "tests_added": state.kept().map(|i| i.tests_added).sum::<u32>(),
-        "tests_fixed": state.kept().map(|i| i.tests_fixed).sum::<u32>(),
-        "coverage_baseline": state.baseline.as_ref().and_then(|b| b.coverage.as_ref()).map(|c| c.percent),
-        "coverage_now": state.coverage_now().map(|c| c.percent),
-        "tokens_in": tokens_in,
-        "tokens_out": tokens_out,
-        "elapsed_s": (state.elapsed_s * 10.0).round() / 10.0,
-        "stop_reason": state.stop_reason,
-        "packages": state.settings.packages,
-        "tests_dirs": tests_dirs(state),
-    })
+/// What `status` shows, for its text and its `--json` alike.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub run_id: String,
+    pub run_branch: String,
+    pub base_commit: String,
+    pub state: &'static str,
+    pub iterations_target: u32,
+    pub iterations_done: u32,
+    pub kept: u32,
+    pub rejected: u32,
+    pub errors: u32,
+    pub tests_baseline: Option<u32>,
+    pub tests_now: Option<u32>,
+    pub tests_added: u32,
+    pub tests_fixed: u32,
+    pub coverage_baseline: Option<f64>,
+    pub coverage_now: Option<f64>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub elapsed_s: f64,
+    pub stop_reason: Option<String>,
+    pub packages: Vec<String>,
+    pub tests_dirs: Vec<String>,
+}
+
+impl StatusView {
+    pub fn of(store: &StateStore, state: &RunState) -> Self {
+        let (tokens_in, tokens_out) = state.tokens();
+        StatusView {
+            run_id: state.run_id.clone(),
+            run_branch: state.run_branch.clone(),
+            base_commit: state.base_commit.clone(),
+            state: effective_status(store, state).as_str(),
+            iterations_target: state.iterations_target,
+            iterations_done: state.iterations_done(),
+            kept: state.count(Outcome::Kept),
+            rejected: state.count(Outcome::Rejected),
+            errors: state.count(Outcome::Error),
+            tests_baseline: state.baseline.as_ref().map(|b| b.tests),
+            tests_now: state.tests_now(),
+            tests_added: state.kept().map(|i| i.tests_added).sum(),
+            tests_fixed: state.kept().map(|i| i.tests_fixed).sum(),
+            coverage_baseline: state
+                .baseline
+                .as_ref()
+                .and_then(|b| b.coverage.as_ref())
+                .map(|c| c.percent),
+            coverage_now: state.coverage_now().map(|c| c.percent),
+            tokens_in,
+            tokens_out,
+            elapsed_s: (state.elapsed_s * 10.0).round() / 10.0,
+            stop_reason: state.stop_reason.clone(),
+            packages: state.settings.packages.clone(),
+            tests_dirs: tests_dirs(state),
+        }
+    }
+
+    /// The view as `status` prints it.
+    pub fn text(&self, state: &RunState) -> String {
+        let num = |n: Option<u32>| n.map_or_else(|| "-".into(), |n| n.to_string());
+        let pct = |p: Option<f64>| p.map_or_else(|| "not measured".into(), |p| format!("{p:.1}%"));
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "run {}  on {}  ({})",
+            self.run_id, self.run_branch, self.state
+        );
+        if let Some(r) = &self.stop_reason {
+            let _ = writeln!(out, "stopped: {r}");
+        }
+        let _ = writeln!(
+            out,
+            "iterations {} of {}: {} kept, {} rejected, {} errors",
+            self.iterations_done, self.iterations_target, self.kept, self.rejected, self.errors
+        );
+        if self.state == RunStatus::Running.as_str() {
+            let _ = writeln!(out, "{}", eta(state));
+        }
+        let _ = writeln!(
+            out,
+            "tests {} -> {} ({} added)",
+            num(self.tests_baseline),
+            num(self.tests_now),
+            self.tests_added
+        );
+        let _ = writeln!(
+            out,
+            "coverage {} -> {}",
+            pct(self.coverage_baseline),
+            pct(self.coverage_now)
+        );
+        let _ = writeln!(
+            out,
+            "tokens {} in / {} out, elapsed {}",
+            self.tokens_in,
+            self.tokens_out,
+            humantime::format_duration(std::time::Duration::from_secs(
+                state.elapsed_s.round() as u64
+            ))
+        );
+        out
+    }
 }
 
 pub fn status(global: &GlobalArgs, as_json: bool) -> Result<()> {
     let (_, store, state) = load(global)?;
-    let v = status_json(&store, &state);
+    let view = StatusView::of(&store, &state);
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        // Through a JSON value, so the keys come out sorted as they always have.
+        let value = serde_json::to_value(&view)?;
+        return print_out(&format!("{}\n", serde_json::to_string_pretty(&value)?));
     }
-    let num = |k: &str| {
-        v[k].as_u64()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "-".into())
-    };
-    let pct = |k: &str| {
-        v[k].as_f64()
-            .map(|p| format!("{p:.1}%"))
-            .unwrap_or_else(|| "not measured".into())
-    };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "run {}  on {}  ({})",
-        state.run_id,
-        state.run_branch,
-        v["state"].as_str().unwrap_or("")
-    );
-    if let Some(r) = &state.stop_reason {
-        let _ = writeln!(out, "stopped: {r}");
+    print_out(&view.text(&state))
+}
+
+/// Prints to standard output. A closed pipe (`improve log | head`) ends the output quietly:
+/// the reader has what it wanted.
+pub fn print_out(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    let _ = writeln!(
-        out,
-        "iterations {} of {}: {} kept, {} rejected, {} errors",
-        num("iterations_done"),
-        num("iterations_target"),
-        num("kept"),
-        num("rejected"),
-        num("errors")
-    );
-    if v["state"] == "running" {
-        let _ = writeln!(out, "{}", eta(&state));
-    }
-    let _ = writeln!(
-        out,
-        "tests {} -> {} ({} added)",
-        num("tests_baseline"),
-        num("tests_now"),
-        num("tests_added")
-    );
-    let _ = writeln!(
-        out,
-        "coverage {} -> {}",
-        pct("coverage_baseline"),
-        pct("coverage_now")
-    );
-    let _ = writeln!(
-        out,
-        "tokens {} in / {} out, elapsed {}",
-        num("tokens_in"),
-        num("tokens_out"),
-        humantime::format_duration(std::time::Duration::from_secs(
-            state.elapsed_s.round() as u64
-        ))
-    );
-    print!("{out}");
-    Ok(())
 }
 
 /// Time left at the pace of the iterations finished so far, `--jobs` of them at a time.
@@ -196,8 +207,8 @@ pub fn log_json(it: &Iteration) -> Value {
         "n": it.n,
         "target": it.target,
         "focus": it.focus,
-        "kind": kind_word(it.kind),
-        "outcome": outcome_word(it.outcome),
+        "kind": it.kind.as_str(),
+        "outcome": it.outcome.map_or("", Outcome::as_str),
         "reason": it.reason,
         "tests_added": it.tests_added,
         "tests_fixed": it.tests_fixed,
@@ -246,23 +257,20 @@ pub fn log(global: &GlobalArgs, as_json: bool) -> Result<()> {
     let (_, _, state) = load(global)?;
     if as_json {
         let rows: Vec<Value> = state.finished().map(log_json).collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return print_out(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
     }
-    let target_w = state
-        .finished()
-        .map(|i| i.target.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
-    let focus_w = state
-        .finished()
-        .map(|i| i.focus.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    println!(
-        "{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  commit / reason",
+    print_out(&log_text(&state))
+}
+
+/// One line per finished iteration, in columns.
+fn log_text(state: &RunState) -> String {
+    let width = |f: fn(&Iteration) -> usize, least: usize| {
+        state.finished().map(f).max().unwrap_or(least).max(least)
+    };
+    let target_w = width(|i| i.target.len(), 6);
+    let focus_w = width(|i| i.focus.len(), 5);
+    let mut out = format!(
+        "{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  commit / reason\n",
         "#", "outcome", "target", "focus", "tests"
     );
     for it in state.finished() {
@@ -271,16 +279,17 @@ pub fn log(global: &GlobalArgs, as_json: bool) -> Result<()> {
             (None, Some(r)) => r.clone(),
             _ => String::new(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  {detail}",
             it.n,
-            outcome_word(it.outcome),
+            it.outcome.map_or("", Outcome::as_str),
             it.target,
             it.focus,
             it.tests_added
         );
     }
-    Ok(())
+    out
 }
 
 pub fn report(global: &GlobalArgs, out: Option<&Path>, format: ReportFormat) -> Result<()> {
@@ -300,29 +309,19 @@ pub fn report(global: &GlobalArgs, out: Option<&Path>, format: ReportFormat) -> 
         }
         (ReportFormat::Markdown, None) => {
             let templates = Templates::load(Some(store.dir()))?;
-            print!("{}", report::render(&repo, &state, &templates)?);
+            print_out(&report::render(&repo, &state, &templates)?)?;
         }
         (ReportFormat::Json, path) => {
             let text = serde_json::to_string_pretty(&report::model(&repo, &state))? + "\n";
             match path {
                 Some(path) => {
-                    crate::state::write_atomic(&path, text.as_bytes())
+                    crate::fsutil::write_atomic(&path, text.as_bytes())
                         .map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;
                     eprintln!("report written to {}", path.display());
                 }
-                None => print!("{text}"),
+                None => print_out(&text)?,
             }
         }
     }
     Ok(())
-}
-
-pub(crate) fn step_word(step: crate::state::Step) -> &'static str {
-    match step {
-        crate::state::Step::Planned => "planned",
-        crate::state::Step::Asked => "asked",
-        crate::state::Step::Applied => "applied",
-        crate::state::Step::Verified => "verified",
-        crate::state::Step::Finished => "finished",
-    }
 }

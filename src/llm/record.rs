@@ -105,7 +105,7 @@ impl Recording {
     pub fn save(&self, path: &Path) -> Result<(), LlmError> {
         let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| file_error(path, e))?;
         bytes.push(b'\n');
-        crate::state::write_atomic(&with_folder(path), &bytes).map_err(|e| file_error(path, e))
+        crate::fsutil::write_atomic(&with_folder(path), &bytes).map_err(|e| file_error(path, e))
     }
 
     /// Adds one exchange and saves; on a failed save the exchange is taken back out, so the

@@ -539,12 +539,34 @@ fn the_rendered_report_of_a_recorded_run() {
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report = std::fs::read_to_string(demo_dir.join(".improve/report.md")).unwrap();
+    let view = |args: &[&str]| {
+        let mut c = improve(&demo_dir);
+        c.args(args);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    // What the contract's views print, byte for byte but for ids, shas, dates and durations.
+    let views = [
+        ("demo_status_json", view(&["status", "--json"])),
+        ("demo_log_json", view(&["log", "--json"])),
+        ("demo_status", view(&["status"])),
+        ("demo_log", view(&["log"])),
+    ];
     insta::with_settings!({filters => vec![
         (r"\d{8}-\d{6}-[0-9a-f]{4}", "[run-id]"),
+        (r"\b[0-9a-f]{40}\b", "[sha]"),
         (r"\b[0-9a-f]{10}\b", "[sha]"),
         (r"- Time: .*", "- Time: [time]"),
+        (r"\d{4}-\d\d-\d\dT[0-9:.]+(Z|[+-]\d\d:\d\d)", "[date]"),
+        (r#""(elapsed_s|helpers|llm|other|queued|tests|total)": [0-9.]+"#, r#""$1": [s]"#),
+        (r" in [0-9.]+s", " in [s]"),
+        (r"elapsed \d+s", "elapsed [s]"),
     ]}, {
         insta::assert_snapshot!("demo_report", report);
+        for (name, text) in views {
+            insta::assert_snapshot!(name, text);
+        }
     });
 }
 

@@ -1,0 +1,167 @@
+//! An answer becomes a test file: parsed (the code block), tidied by Python's own parser,
+//! written into the worktree and committed. The first answer gets a file of its own (a fix
+//! rewrites its test file); a repair answer replaces the file and amends the commit.
+
+use std::path::Path;
+
+use super::context::{StepCx, StepError};
+use crate::fsutil::{read_json, write_artifact};
+use crate::git;
+use crate::llm::ChatResponse;
+use crate::proposal::{self, ProposalError};
+use crate::state::{Kind, Outcome, RejectReason, Rejection, Step};
+use crate::target;
+
+/// An answer's test file, tidied.
+pub struct Tidied {
+    pub code: String,
+    /// Test functions in it, by the parser's count.
+    pub tests: u32,
+    /// Where the answer said the file goes.
+    pub path_hint: Option<String>,
+}
+
+/// The Asked step: the first answer's file, committed on the iteration's branch.
+pub async fn apply(cx: &mut StepCx<'_>) -> Result<(), StepError> {
+    let Some(response) = read_json::<ChatResponse>(&cx.files().response(0)) else {
+        // The artifact vanished (removed by hand): ask again rather than guess.
+        cx.it_mut().step = Step::Planned;
+        return Ok(());
+    };
+    let tidied = match tidy_answer(cx, &response, 0).await? {
+        Ok(t) => t,
+        Err(why) => {
+            cx.finish(Outcome::Rejected, why);
+            return Ok(());
+        }
+    };
+    let tip = cx.tip()?;
+    let worktree = cx.worktree_at(tip)?;
+    let rel = match test_path(cx, &worktree, tip, tidied.path_hint.as_deref())? {
+        Ok(rel) => rel,
+        Err(why) => {
+            cx.finish(Outcome::Rejected, why);
+            return Ok(());
+        }
+    };
+    if let Err(why) = write_test_file(cx, &worktree, &rel, &tidied.code) {
+        cx.finish(Outcome::Rejected, why);
+        return Ok(());
+    }
+    let message = format!(
+        "improve: proposal of iteration {} for {}",
+        cx.it().n,
+        cx.it().target
+    );
+    let oid = git::commit_files(&worktree, std::slice::from_ref(&rel), &message)?;
+    cx.record_commit(oid)?;
+    let it = cx.it_mut();
+    it.proposed = tidied.tests;
+    it.test_file = Some(rel);
+    it.step = Step::Applied;
+    Ok(())
+}
+
+/// The test file of answer `round`, parsed and tidied (non-test `Test*` classes marked); saved
+/// as the round's proposal artifact. Err says why the answer holds no usable file.
+pub async fn tidy_answer(
+    cx: &mut StepCx<'_>,
+    response: &ChatResponse,
+    round: u32,
+) -> Result<Result<Tidied, Rejection>, StepError> {
+    let proposal = match proposal::parse(&response.text) {
+        Ok(p) => p,
+        Err(e) => {
+            let cut_off = if response.truncated() {
+                " (the answer hit the token limit)"
+            } else {
+                ""
+            };
+            return Ok(Err(Rejection::new(
+                parse_reason(&e),
+                format!("{e}{cut_off}"),
+            )));
+        }
+    };
+    let file = cx.files().proposal(round);
+    write_artifact(&file, proposal.code.as_bytes())?;
+    let ctx = cx.ctx;
+    let tests = match cx.in_helper(ctx.helper.tidy(&file)).await {
+        Ok((_, tests)) => tests,
+        Err(msg) => {
+            return Ok(Err(Rejection::new(
+                RejectReason::InvalidPython,
+                format!("invalid Python: {msg}"),
+            )));
+        }
+    };
+    Ok(Ok(Tidied {
+        code: std::fs::read_to_string(&file).unwrap_or(proposal.code),
+        tests,
+        path_hint: proposal.path_hint,
+    }))
+}
+
+fn parse_reason(e: &ProposalError) -> RejectReason {
+    match e {
+        ProposalError::NoCode => RejectReason::NoCodeBlock,
+        ProposalError::Unclosed => RejectReason::UnclosedCodeBlock,
+        ProposalError::NoTests => RejectReason::NoTestFunction,
+    }
+}
+
+/// Where the first answer's tests go: a fix rewrites the failing test file itself; new tests
+/// get a file of their own, where pytest's configuration collects them.
+fn test_path(
+    cx: &StepCx<'_>,
+    worktree: &Path,
+    tip: git2::Oid,
+    hint: Option<&str>,
+) -> Result<Result<String, Rejection>, StepError> {
+    let it = cx.it();
+    if it.kind == Kind::Fix {
+        return Ok(Ok(it.target.clone()));
+    }
+    let stem = Path::new(&it.target)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "module".into());
+    let test_files = target::test_files_at(&cx.ctx.repo, tip, &cx.state)?;
+    let layout = cx
+        .state
+        .baseline
+        .as_ref()
+        .map(|b| b.layout.clone())
+        .unwrap_or_default();
+    let chosen = proposal::choose_test_path_for(
+        worktree,
+        &target::tests_dir_for(&it.target, &cx.state, &test_files),
+        hint,
+        &stem,
+        it.n,
+        &layout,
+    );
+    Ok(chosen.map_err(|e| Rejection::new(RejectReason::UnsafePath, e.to_string())))
+}
+
+/// Writes `code` to `rel` in the worktree. The path is approved, but the file system may still
+/// refuse it (a name it cannot hold): that costs this answer, not the run.
+pub fn write_test_file(
+    cx: &StepCx<'_>,
+    worktree: &Path,
+    rel: &str,
+    code: &str,
+) -> Result<(), Rejection> {
+    let abs = worktree.join(rel);
+    let written = abs
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&abs, code));
+    cx.ctx.forget_bytecode(&abs);
+    written.map_err(|e| {
+        Rejection::new(
+            RejectReason::CannotWrite,
+            format!("cannot write {rel}: {e}"),
+        )
+    })
+}

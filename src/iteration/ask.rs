@@ -1,0 +1,382 @@
+//! What the LLM is asked: the prompt data of an add or a fix iteration, read from the run
+//! branch's tip, and the one way any request is made: the saved answer if there is one, else
+//! the request, its answer saved (fsynced) before it is used.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use git2::{Oid, Repository};
+use serde::Serialize;
+
+use super::context::{StepCx, StepError};
+use crate::fsutil::{read_json, write_artifact, write_durable};
+use crate::llm::{ChatMessage, ChatRequest, ChatResponse, LlmError, Role};
+use crate::prompt;
+use crate::pytest::{self, CaseOutcome};
+use crate::state::{Kind, Outcome, RejectReason, Rejection, RunState, Step};
+use crate::target;
+use crate::testid::TestId;
+
+/// Files longer than this are cut in the prompt, so one huge module cannot blow the context.
+const MAX_SOURCE_CHARS: usize = 24_000;
+const MAX_EXAMPLE_CHARS: usize = 6_000;
+const MAX_GUIDELINE_CHARS: usize = 4_000;
+
+/// The files a project keeps its guidance for contributors (and agents) in.
+const GUIDELINE_FILES: [&str; 3] = ["CLAUDE.md", "AGENTS.md", "CONTRIBUTING.md"];
+
+/// How the first request of an iteration ended, for the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskEnd {
+    Answered,
+    Failed,
+}
+
+/// What came of one request.
+pub enum Answer {
+    Got(ChatResponse),
+    /// The LLM gave no answer (after its retries).
+    Failed(String),
+    /// Nothing was asked: the request could not be made (a repair whose earlier turns are gone).
+    Unavailable,
+}
+
+/// The first request: asks for tests (or a fix), or reuses the answer a crash left saved.
+pub async fn ask(cx: &mut StepCx<'_>) -> Result<AskEnd, StepError> {
+    let answer = saved_or_asked(cx, 0, |cx| {
+        let request = build_request(cx)?;
+        let files = cx.files();
+        write_artifact(&files.prompt(), prompt_text(&request).as_bytes())?;
+        // The conversation repair rounds continue.
+        let json = serde_json::to_vec_pretty(&request).unwrap_or_default();
+        write_artifact(&files.request(), &json)?;
+        Ok(Some(request))
+    })
+    .await?;
+    match answer {
+        Answer::Got(_) => {
+            let llm = format!("{} {}", cx.ctx.llm.provider().as_str(), cx.ctx.llm.model());
+            let it = cx.it_mut();
+            it.llm = Some(llm);
+            it.step = Step::Asked;
+            Ok(AskEnd::Answered)
+        }
+        Answer::Failed(e) => {
+            let why = Rejection::new(RejectReason::LlmFailed, format!("llm: {e}"));
+            cx.finish(Outcome::Error, why);
+            Ok(AskEnd::Failed)
+        }
+        Answer::Unavailable => Err(StepError::Internal(
+            "the first request could not be made".into(),
+        )),
+    }
+}
+
+/// The answer to request `round` (0: the first, k: repair round k): the one saved, else what
+/// the LLM answers to the request `build` makes, saved for good before it is returned. Every
+/// answer and every failed request counts as one call of the iteration.
+pub async fn saved_or_asked(
+    cx: &mut StepCx<'_>,
+    round: u32,
+    build: impl FnOnce(&StepCx<'_>) -> Result<Option<ChatRequest>, StepError>,
+) -> Result<Answer, StepError> {
+    let path = cx.files().response(round);
+    // A crash after the answer was saved: reuse it, never pay for it twice.
+    if let Some(saved) = read_json::<ChatResponse>(&path) {
+        count_call(cx, Some(&saved));
+        return Ok(Answer::Got(saved));
+    }
+    let Some(request) = build(cx)? else {
+        return Ok(Answer::Unavailable);
+    };
+    let started = Instant::now();
+    let result = cx.ctx.llm.complete(&request, &cx.ctx.cancel).await;
+    cx.it_mut().seconds.llm += started.elapsed().as_secs_f64();
+    match result {
+        Ok(response) => {
+            let json = serde_json::to_vec_pretty(&response).unwrap_or_default();
+            write_durable(&path, &json)?;
+            count_call(cx, Some(&response));
+            Ok(Answer::Got(response))
+        }
+        Err(LlmError::Cancelled) => Err(StepError::Cancelled),
+        Err(e) => {
+            count_call(cx, None);
+            Ok(Answer::Failed(e.to_string()))
+        }
+    }
+}
+
+fn count_call(cx: &mut StepCx<'_>, response: Option<&ChatResponse>) {
+    let it = cx.it_mut();
+    it.llm_calls += 1;
+    if let Some(r) = response {
+        it.tokens_in += r.tokens_in;
+        it.tokens_out += r.tokens_out;
+    }
+}
+
+/// The request as the review shows it.
+fn prompt_text(request: &ChatRequest) -> String {
+    format!(
+        "# system\n\n{}\n\n# user\n\n{}\n",
+        request.system,
+        request
+            .messages
+            .first()
+            .map(|m| m.content.as_str())
+            .unwrap_or("")
+    )
+}
+
+#[derive(Serialize)]
+struct PromptData {
+    module_path: String,
+    module_stem: String,
+    import_name: String,
+    focus: String,
+    focus_slug: String,
+    source: String,
+    coverage: Option<f64>,
+    tests_dir: String,
+    existing_tests: Vec<NamedText>,
+    guidelines: Vec<NamedText>,
+    /// The source with line numbers and coverage marks (an excerpt for large modules), when
+    /// coverage was measured.
+    numbered: Option<String>,
+    /// `lines 16, 24, 54-58; branches 15->16`, when something is not covered.
+    missing_summary: Option<String>,
+}
+
+#[derive(Serialize)]
+struct NamedText {
+    name: String,
+    path: String,
+    text: String,
+}
+
+impl NamedText {
+    fn new(path: String, text: &str, max: usize) -> Self {
+        NamedText {
+            name: path.clone(),
+            path,
+            text: cut(text, max),
+        }
+    }
+}
+
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}\n# ... (cut: {} more characters)\n",
+        &text[..end],
+        text.len() - end
+    )
+}
+
+/// Reads prompt material from the run branch's tip, not from the user's working tree (which may
+/// hold uncommitted edits the tests would not see).
+fn read_at_tip(repo: &Repository, tip: Oid, path: &str) -> Option<String> {
+    let commit = repo.find_commit(tip).ok()?;
+    let entry = commit
+        .tree()
+        .ok()?
+        .get_path(std::path::Path::new(path))
+        .ok()?;
+    let blob = repo.find_blob(entry.id()).ok()?;
+    Some(String::from_utf8_lossy(blob.content()).into_owned())
+}
+
+/// The coverage report of the run branch's tip: the last kept iteration's suite run, else the
+/// baseline's. Missing lines are read from it on demand rather than kept in the state.
+pub fn latest_coverage_json(cx: &StepCx<'_>) -> Option<PathBuf> {
+    let run = cx.ctx.store.run(&cx.state.run_id);
+    let kept: Vec<_> = cx.state.kept().collect();
+    kept.iter()
+        .rev()
+        .filter_map(|i| Some((i.n, i.verdict.as_ref().filter(|v| v.coverage.is_some())?)))
+        .map(|(n, v)| {
+            run.iteration(n)
+                .suite_by_name(&v.suite_label)
+                .coverage_json()
+        })
+        .chain(std::iter::once(run.baseline_suite().coverage_json()))
+        .find(|p| p.is_file())
+}
+
+/// The first request of the iteration, from the run branch's tip.
+pub fn build_request(cx: &StepCx<'_>) -> Result<ChatRequest, StepError> {
+    if cx.it().kind == Kind::Fix {
+        return build_fix_request(cx);
+    }
+    let data = prompt_data(cx, cx.tip()?)?;
+    first_request(cx, format!("add:{}", cx.it().target), prompt::ADD, &data)
+}
+
+fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<PromptData, StepError> {
+    let (repo, state, it) = (&cx.ctx.repo, &cx.state, cx.it());
+    let import_name = crate::project::import_name(&it.target);
+    let source = read_at_tip(repo, tip, &it.target).unwrap_or_default();
+    // The tests at the run branch's tip: the project's own plus those kept earlier in the run,
+    // so the model sees what is already covered.
+    let test_files = target::test_files_at(repo, tip, state)?;
+    let tests_dir = target::tests_dir_for(&it.target, state, &test_files);
+    let existing_tests = target::tests_importing(&test_files, &import_name, 2)
+        .into_iter()
+        .map(|(path, text)| NamedText::new(path, &text, MAX_EXAMPLE_CHARS))
+        .collect();
+    let guidelines = GUIDELINE_FILES
+        .iter()
+        .filter_map(|name| {
+            let text = read_at_tip(repo, tip, name)?;
+            Some(NamedText::new(name.to_string(), &text, MAX_GUIDELINE_CHARS))
+        })
+        .collect();
+    let missing =
+        latest_coverage_json(cx).and_then(|path| crate::coverage::read_missing(&path, &it.target));
+    Ok(PromptData {
+        numbered: missing
+            .as_ref()
+            .map(|m| crate::excerpt::excerpt(&source, m)),
+        missing_summary: missing.filter(|m| !m.is_empty()).map(|m| m.summary()),
+        module_path: it.target.clone(),
+        module_stem: std::path::Path::new(&it.target)
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        import_name,
+        focus: it.focus.clone(),
+        focus_slug: it.focus.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        source: cut(&source, MAX_SOURCE_CHARS),
+        coverage: state
+            .coverage_now()
+            .and_then(|c| c.modules.get(&it.target).copied()),
+        tests_dir: if tests_dir.is_empty() {
+            ".".to_string()
+        } else {
+            tests_dir
+        },
+        existing_tests,
+        guidelines,
+    })
+}
+
+/// An iteration's first request: the system prompt and one user turn from `template`. `tag`
+/// names its purpose for recordings (`add:<module>`, `fix:<test file>`).
+fn first_request<T: Serialize>(
+    cx: &StepCx<'_>,
+    tag: String,
+    template: &str,
+    data: &T,
+) -> Result<ChatRequest, StepError> {
+    let templates = &cx.ctx.templates;
+    Ok(ChatRequest {
+        tag,
+        system: templates.render(prompt::SYSTEM, data)?,
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: templates.render(template, data)?,
+        }],
+        max_tokens: 4096,
+        temperature: 0.2,
+    })
+}
+
+/// A failing test as a prompt shows it.
+#[derive(Serialize, Clone, Debug)]
+pub struct Failure {
+    pub name: String,
+    pub message: String,
+    pub detail: String,
+}
+
+/// The first failure of each of `ids` (the new file runs several times; one report each).
+pub fn first_failures(cases: &[pytest::TestCase], ids: &[String]) -> Vec<Failure> {
+    ids.iter()
+        .filter_map(|id| {
+            cases
+                .iter()
+                .find(|c| {
+                    &c.id == id && matches!(c.outcome, CaseOutcome::Failed | CaseOutcome::Error)
+                })
+                .map(|c| Failure {
+                    name: c.id.clone(),
+                    message: c.message.clone(),
+                    detail: c.detail.clone(),
+                })
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct FixData {
+    test_file: String,
+    file: String,
+    failures: Vec<Failure>,
+    sources: Vec<NamedText>,
+}
+
+/// The tests of `test_file` that failed at the run's start and are not fixed yet, with the
+/// failure pytest reported then (from the baseline's JUnit report).
+pub fn open_failures(cx: &StepCx<'_>, test_file: &str) -> Vec<Failure> {
+    let state: &RunState = &cx.state;
+    let xml = cx.ctx.store.run(&state.run_id).baseline_suite().junit();
+    let cases = std::fs::read_to_string(xml)
+        .map(|x| pytest::parse_junit(&x))
+        .unwrap_or_default();
+    let fixed = state.fixed_tests();
+    let files = [test_file.to_string()];
+    let ids: Vec<String> = state
+        .baseline
+        .as_ref()
+        .map(|b| b.failed.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| !fixed.contains(&id) && TestId::new(id).file_among(&files).is_some())
+        .collect();
+    let mut failures = first_failures(&cases, &ids);
+    // A failure not in the report (it was removed by hand) still gets named.
+    for id in ids {
+        if !failures.iter().any(|f| f.name == id) {
+            failures.push(Failure {
+                name: id,
+                message: String::new(),
+                detail: String::new(),
+            });
+        }
+    }
+    failures
+}
+
+fn build_fix_request(cx: &StepCx<'_>) -> Result<ChatRequest, StepError> {
+    let tip = cx.tip()?;
+    let (repo, it) = (&cx.ctx.repo, cx.it());
+    let file = read_at_tip(repo, tip, &it.target).unwrap_or_default();
+    let side = target::test_side(&cx.state);
+    let packages = &cx.state.settings.packages;
+    let this_file = [(it.target.clone(), file.clone())];
+    let sources = crate::git::python_files_where(repo, tip, |p| {
+        crate::project::in_packages(p, packages) && !side(p)
+    })?
+    .into_iter()
+    .filter(|(path, _)| {
+        let name = crate::project::import_name(path);
+        !target::tests_importing(&this_file, &name, 1).is_empty()
+    })
+    .take(3)
+    .map(|(path, text)| NamedText::new(path, &text, MAX_SOURCE_CHARS))
+    .collect();
+    let data = FixData {
+        test_file: it.target.clone(),
+        file: cut(&file, MAX_SOURCE_CHARS),
+        failures: open_failures(cx, &it.target),
+        sources,
+    };
+    first_request(cx, format!("fix:{}", it.target), prompt::FIX, &data)
+}

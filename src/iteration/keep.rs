@@ -1,0 +1,217 @@
+//! Keeping: an iteration that fell behind the run branch catches up before its suite run; at
+//! keep time, if the tip moved once more, its commit is replayed there and the suite runs again;
+//! then the run branch moves to it in one compare-and-swap, with the commit message the review
+//! reads. Anything else ends the iteration rejected.
+
+use chrono::Utc;
+use git2::Oid;
+
+use super::context::{StepCx, StepError, cleanup, crash_point};
+use super::verify::judge;
+use crate::artifacts::Label;
+use crate::git;
+use crate::state::{Kind, Outcome, RejectReason, Rejection, Step, Verdict};
+
+/// Moves the iteration's commit onto the run branch's tip, if other iterations were kept since
+/// it was made (with `--jobs`, while this one waited for the LLM or ran its new tests), and
+/// returns the tests that pass there: what its whole-suite run is judged against. The suite then
+/// runs beside everything kept so far, and keeping needs no second run unless the tip moves
+/// again meanwhile. A conflict leaves the commit where it is, for keeping to reject.
+///
+/// The tip and what passes there come from the run as it is now, not from the copy this step
+/// started with: another iteration may have been kept since.
+pub fn catch_up(cx: &mut StepCx<'_>) -> Result<Vec<String>, StepError> {
+    let (commit, parent) = cx.commit_and_parent()?;
+    // Kept commits move the run branch and the run's state in one go (no await between), so
+    // the two agree here.
+    let tip = cx.tip()?;
+    let passing = {
+        let now = cx.run_now();
+        if parent == tip {
+            return Ok(now.passing_at(Some(&tip.to_string())));
+        }
+        now.passing_at_tip()
+    };
+    let Some(replayed) = git::replay_onto(&cx.ctx.repo, commit, tip)? else {
+        return Ok(cx.state.passing_at(Some(&parent.to_string())));
+    };
+    cx.worktree_at(replayed)?;
+    cx.record_commit(replayed)?;
+    Ok(passing)
+}
+
+/// The Verified step: keeps what verification accepted, rejects the rest.
+pub async fn keep_or_reject(cx: &mut StepCx<'_>) -> Result<(), StepError> {
+    let Some(mut verdict) = cx.it().verdict.clone() else {
+        cx.it_mut().step = Step::Applied;
+        return Ok(());
+    };
+    if !verdict.keep {
+        let why = verdict
+            .rejection()
+            .unwrap_or_else(|| legacy_rejection(&verdict));
+        cx.finish(Outcome::Rejected, why);
+        return Ok(());
+    }
+    verdict.coverage_before = cx.state.coverage_now().map(|c| c.percent);
+    verdict.funnel.kept = (verdict.new_tests.len() + verdict.fixed.len()) as u32;
+    cx.it_mut().verdict = Some(verdict.clone());
+    let base = git::oid(&cx.state.base_commit, "the base commit")?;
+    let (repo, branch, n) = (&cx.ctx.repo, &cx.state.run_branch, cx.it().n);
+    let kept = match git::find_kept_commit(repo, branch, &cx.state.run_id, n, base)? {
+        // The ref was moved before a crash cut the state save short: it is already kept.
+        Some(oid) => oid,
+        None => match move_run_branch(cx, &mut verdict).await? {
+            Some(oid) => oid,
+            None => return Ok(()),
+        },
+    };
+    record_kept(cx, kept, &verdict)
+}
+
+/// A verdict saved before rejections had kinds: its text, under no kind of its own.
+fn legacy_rejection(verdict: &Verdict) -> Rejection {
+    Rejection::new(
+        RejectReason::Unclassified,
+        verdict.reason.clone().unwrap_or_else(|| "rejected".into()),
+    )
+}
+
+/// Moves the run branch to the iteration's commit (replayed onto the tip first, if the tip
+/// moved while it was verified). None when the replay rejected it; the iteration is then
+/// finished.
+async fn move_run_branch(
+    cx: &mut StepCx<'_>,
+    verdict: &mut Verdict,
+) -> Result<Option<Oid>, StepError> {
+    let tip = cx.tip()?;
+    let (mut commit, parent) = cx.commit_and_parent()?;
+    if parent != tip {
+        // Another iteration was kept while this one was verified: what passed beside the old
+        // tip must pass again beside the new one. The replayed commit is the iteration's from
+        // here on.
+        match replay(cx, commit, tip, verdict).await? {
+            Ok(replayed) => commit = replayed,
+            Err(why) => {
+                verdict.funnel.kept = 0;
+                verdict.funnel.clean = 0;
+                cx.it_mut().verdict = Some(verdict.clone());
+                cx.finish(Outcome::Rejected, why);
+                return Ok(None);
+            }
+        }
+        cx.it_mut().verdict = Some(verdict.clone());
+    }
+    let message = commit_message(cx, verdict);
+    let oid = git::keep_on_run_branch(&cx.ctx.repo, &cx.state.run_branch, tip, commit, &message)?;
+    crash_point("kept-ref", cx.it().n);
+    Ok(Some(oid))
+}
+
+/// Replays the iteration's commit onto `tip` in its worktree and runs the whole suite there.
+/// Returns the replayed commit, or why it cannot be kept (also in the verdict).
+async fn replay(
+    cx: &mut StepCx<'_>,
+    commit: Oid,
+    tip: Oid,
+    verdict: &mut Verdict,
+) -> Result<Result<Oid, Rejection>, StepError> {
+    let tip_text = tip.to_string();
+    let short = git::short(&tip_text).to_string();
+    verdict.replayed_onto = Some(tip_text);
+    let Some(replayed) = git::replay_onto(&cx.ctx.repo, commit, tip)? else {
+        let why = judge::conflicts(&short);
+        verdict.set_rejection(why.clone());
+        return Ok(Err(why));
+    };
+    let worktree = cx.worktree_at(replayed)?;
+    let passing_before = cx.state.passing_at_tip();
+    let label = Label::SuiteReplayed;
+    let suite = super::verify::run_suite(cx, &worktree, label, &passing_before, verdict).await?;
+    // A fix must still fix beside what was kept meanwhile.
+    if cx.it().kind == Kind::Fix && verdict.keep {
+        verdict.fixed = super::verify::still_fixed(std::mem::take(&mut verdict.fixed), &suite);
+        if verdict.fixed.is_empty() {
+            verdict.set_rejection(judge::fixed_fail_in_suite());
+        }
+    }
+    if let Some(why) = verdict.rejection() {
+        let why = judge::after_replay(&short, &why);
+        verdict.set_rejection(why.clone());
+        return Ok(Err(why));
+    }
+    cx.record_commit(replayed)?;
+    Ok(Ok(replayed))
+}
+
+/// The iteration is kept as `kept`: its files, counts and place in the keep order.
+fn record_kept(cx: &mut StepCx<'_>, kept: Oid, verdict: &Verdict) -> Result<(), StepError> {
+    let files = git::commit_changes(&cx.ctx.repo, kept)?
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    let seq = cx.state.next_keep_seq();
+    let it = cx.it_mut();
+    it.keep_seq = Some(seq);
+    it.commit = Some(kept.to_string());
+    it.files = files;
+    it.tests_added = verdict.new_tests.len() as u32;
+    it.tests_fixed = verdict.fixed.len() as u32;
+    it.outcome = Some(Outcome::Kept);
+    it.reason = None;
+    it.reject = None;
+    it.step = Step::Finished;
+    it.finished_at = Some(Utc::now());
+    cleanup(cx.ctx, &cx.state.run_id, cx.it().n);
+    Ok(())
+}
+
+fn commit_message(cx: &StepCx<'_>, verdict: &Verdict) -> String {
+    let (state, it) = (&cx.state, cx.it());
+    let added = verdict.new_tests.len();
+    let fixed = verdict.fixed.len();
+    let file = it.test_file.clone().unwrap_or_default();
+    let (kind, subject) = match it.kind {
+        Kind::Fix => ("fix", format!("fix {fixed} failing tests in {}", it.target)),
+        Kind::Add => ("add", format!("add {added} tests for {}", it.target)),
+    };
+    let coverage = match (state.coverage_now(), &verdict.coverage) {
+        (Some(before), Some(after)) => {
+            let module = match (
+                before.modules.get(&it.target),
+                after.modules.get(&it.target),
+            ) {
+                (Some(b), Some(a)) => format!(" ({}: {b:.1}% -> {a:.1}%)", it.target),
+                (None, Some(a)) => format!(" ({}: {a:.1}%)", it.target),
+                _ => String::new(),
+            };
+            format!("{:.1}% -> {:.1}%{module}", before.percent, after.percent)
+        }
+        _ => "not measured".to_string(),
+    };
+    let dropped: String = [
+        (verdict.pruned.len(), "failing"),
+        (verdict.flaky.len(), "flaky"),
+    ]
+    .iter()
+    .filter(|(k, _)| *k > 0)
+    .map(|(k, what)| format!("; {k} {what} tests dropped"))
+    .collect();
+    format!(
+        "improve #{n}: {subject}\n\n\
+         Target: {target}\n\
+         Focus: {focus}\n\
+         Kind: {kind}\n\
+         Tests added: {added} ({file}){dropped}\n\
+         Tests fixed: {fixed}\n\
+         Pytest: {summary}\n\
+         Coverage: {coverage}\n\n\
+         Improve-Run: {run}\n\
+         Improve-Iteration: {n}\n",
+        n = it.n,
+        target = it.target,
+        focus = it.focus,
+        summary = verdict.pytest_summary,
+        run = state.run_id,
+    )
+}

@@ -1,0 +1,575 @@
+//! The keep-or-reject rules of verification, as pure functions of what pytest reported: each
+//! stage's facts in, its judgement out. No pytest, git or file system here, so every rule is
+//! unit-tested on its own.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::pytest::{CaseOutcome, TestCase};
+use crate::state::{RejectReason, Rejection};
+use crate::testid::{first_three, names};
+
+/// Each test id's outcomes over the runs of the new file, in the order pytest first ran them.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ids: Vec<String>,
+    passed: HashMap<String, u32>,
+    failed: HashMap<String, u32>,
+}
+
+impl Tally {
+    pub fn of(cases: &[TestCase]) -> Tally {
+        let mut tally = Tally::default();
+        for case in cases {
+            if !tally.ids.contains(&case.id) {
+                tally.ids.push(case.id.clone());
+            }
+            match case.outcome {
+                CaseOutcome::Passed => *tally.passed.entry(case.id.clone()).or_default() += 1,
+                CaseOutcome::Failed | CaseOutcome::Error => {
+                    *tally.failed.entry(case.id.clone()).or_default() += 1
+                }
+                CaseOutcome::Skipped => {}
+            }
+        }
+        tally
+    }
+    fn select(&self, keep: impl Fn(u32, u32) -> bool) -> Vec<String> {
+        self.ids
+            .iter()
+            .filter(|id| {
+                keep(
+                    self.passed.get(*id).copied().unwrap_or(0),
+                    self.failed.get(*id).copied().unwrap_or(0),
+                )
+            })
+            .cloned()
+            .collect()
+    }
+    /// Never passed.
+    pub fn failing(&self) -> Vec<String> {
+        self.select(|p, f| p == 0 && f > 0)
+    }
+    /// Passed and failed.
+    pub fn flaky(&self) -> Vec<String> {
+        self.select(|p, f| p > 0 && f > 0)
+    }
+    /// Passed every time.
+    pub fn passing(&self) -> Vec<String> {
+        self.select(|p, f| p > 0 && f == 0)
+    }
+}
+
+/// What disqualifies a pytest run of `what` whatever its results.
+#[derive(Debug, Clone, Copy)]
+pub struct Trouble<'a> {
+    /// Project files the run changed.
+    pub touched: &'a [String],
+    pub timed_out: bool,
+    pub what: &'a str,
+    /// `--test-timeout`, for the message.
+    pub timeout: Duration,
+}
+
+pub fn trouble(t: Trouble<'_>) -> Option<Rejection> {
+    if !t.touched.is_empty() {
+        Some(Rejection::new(
+            RejectReason::SideEffects,
+            format!(
+                "side effects: {} changed {}",
+                t.what,
+                first_three(t.touched.iter().map(String::as_str))
+            ),
+        ))
+    } else if t.timed_out {
+        Some(Rejection::new(
+            RejectReason::TimedOut,
+            format!(
+                "timed out: {} ran past --test-timeout ({})",
+                t.what,
+                humantime::format_duration(t.timeout)
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+/// What the runs of the new test file (after any repair) showed.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRun<'a> {
+    pub trouble: Trouble<'a>,
+    /// pytest reported no case at all, and its exit code and last line of output.
+    pub no_cases: bool,
+    pub exit_code: Option<i32>,
+    pub last_line: &'a str,
+    /// The message of the file's collection error, when it had one.
+    pub collection_error: Option<&'a str>,
+    pub tally: &'a Tally,
+}
+
+/// Stages collect, run and stable: the proposal goes on when at least one new test passed on
+/// every run.
+pub fn new_tests(run: NewRun<'_>) -> Option<Rejection> {
+    if let Some(t) = trouble(run.trouble) {
+        return Some(t);
+    }
+    if run.no_cases {
+        return Some(match run.exit_code {
+            Some(5) => Rejection::new(
+                RejectReason::NothingCollected,
+                "no tests collected from the proposal",
+            ),
+            _ => does_not_collect(run.last_line.trim()),
+        });
+    }
+    if let Some(message) = run.collection_error {
+        return Some(does_not_collect(message));
+    }
+    let tally = run.tally;
+    if !tally.passing().is_empty() {
+        return None;
+    }
+    let failing = tally.failing();
+    let flaky = tally.flaky();
+    Some(if !failing.is_empty() {
+        new_tests_fail(&failing, tally.ids.len(), "")
+    } else if !flaky.is_empty() {
+        flaky_tests(&flaky)
+    } else {
+        Rejection::new(RejectReason::AllSkipped, "no new test ran (all skipped)")
+    })
+}
+
+fn does_not_collect(what: &str) -> Rejection {
+    Rejection::new(
+        RejectReason::DoesNotCollect,
+        format!("does not collect: {what}"),
+    )
+}
+
+fn new_tests_fail(failing: &[String], total: usize, more: &str) -> Rejection {
+    Rejection::new(
+        RejectReason::NewTestsFail,
+        format!(
+            "{} of {total} new tests fail: {}{more}",
+            failing.len(),
+            names(failing)
+        ),
+    )
+}
+
+fn flaky_tests(flaky: &[String]) -> Rejection {
+    Rejection::new(
+        RejectReason::Flaky,
+        format!("flaky: {} fail on rerun", names(flaky)),
+    )
+}
+
+/// What a stage decided: the tests to drop from the file before going on, or why the
+/// iteration stops here.
+#[derive(Debug, Default, PartialEq)]
+pub struct Judgement {
+    pub drop: Vec<String>,
+    pub reject: Option<Rejection>,
+}
+
+/// Stage gain: tests that add no coverage (`redundant`) go, with the failing and the flaky
+/// ones; when every passing test is redundant, nothing is worth a suite run.
+pub fn gain(tally: &Tally, redundant: &[String]) -> Judgement {
+    let passing = tally.passing();
+    if redundant.len() == passing.len() {
+        return Judgement {
+            drop: Vec::new(),
+            reject: Some(Rejection::new(
+                RejectReason::NoGain,
+                format!(
+                    "no gain: the {} passing new tests cover nothing the suite did not",
+                    passing.len()
+                ),
+            )),
+        };
+    }
+    Judgement {
+        drop: [tally.failing(), tally.flaky(), redundant.to_vec()].concat(),
+        reject: None,
+    }
+}
+
+/// The tests to drop could not be removed from the file alone.
+pub fn unprunable(tally: &Tally, redundant: &[String]) -> Rejection {
+    let failing = tally.failing();
+    let flaky = tally.flaky();
+    if !failing.is_empty() {
+        new_tests_fail(
+            &failing,
+            tally.ids.len(),
+            " (and they could not be removed alone)",
+        )
+    } else if !flaky.is_empty() {
+        flaky_tests(&flaky)
+    } else {
+        Rejection::new(
+            RejectReason::RedundantNotRemoved,
+            format!("redundant tests could not be removed: {}", names(redundant)),
+        )
+    }
+}
+
+/// Every passing case belonged to a test function dropped whole (a parametrized test with a
+/// failing case): nothing is left to keep.
+pub fn nothing_left(pruned: &[String], total: usize) -> Rejection {
+    Rejection::new(
+        RejectReason::OnlyCasesOfFailingFunctions,
+        format!(
+            "{} of {total} new tests fail, and the passing ones are cases of the same functions: {}",
+            pruned.len(),
+            names(pruned)
+        ),
+    )
+}
+
+/// What the whole suite showed with the iteration's tests in it.
+#[derive(Debug, Clone, Copy)]
+pub struct SuiteRun<'a> {
+    pub trouble: Trouble<'a>,
+    /// Tests that passed before and do not now.
+    pub regressions: &'a [String],
+    /// New tests that do not pass beside the others.
+    pub new_failing: &'a [String],
+}
+
+/// Stage suite: nothing that passed may fail, and every new test must pass among the others.
+pub fn suite(run: SuiteRun<'_>) -> Option<Rejection> {
+    if let Some(t) = trouble(run.trouble) {
+        Some(t)
+    } else if !run.regressions.is_empty() {
+        Some(Rejection::new(
+            RejectReason::BreaksPassingTests,
+            format!(
+                "breaks {} passing tests: {}",
+                run.regressions.len(),
+                names(run.regressions)
+            ),
+        ))
+    } else if !run.new_failing.is_empty() {
+        Some(Rejection::new(
+            RejectReason::NewTestsFailInSuite,
+            format!(
+                "{} new tests fail in the whole suite: {}",
+                run.new_failing.len(),
+                names(run.new_failing)
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+/// A fix may change its test file only.
+pub fn fix_scope(test_file: &str, changed: &[String]) -> Option<Rejection> {
+    (!changed.is_empty()).then(|| {
+        Rejection::new(
+            RejectReason::FixChangesOtherFiles,
+            format!(
+                "a fix may change only {test_file}, not {}",
+                first_three(changed.iter().map(String::as_str))
+            ),
+        )
+    })
+}
+
+/// Stage run of a fix: some of the `targeted` tests (failing at the start) now pass every time.
+pub fn fix_run(
+    trouble: Trouble<'_>,
+    fixed: &[String],
+    flaky: &[String],
+    targeted: &[String],
+) -> Option<Rejection> {
+    if let Some(t) = self::trouble(trouble) {
+        Some(t)
+    } else if fixed.is_empty() && !flaky.is_empty() {
+        Some(flaky_tests(flaky))
+    } else if fixed.is_empty() {
+        Some(Rejection::new(
+            RejectReason::FixesNone,
+            format!(
+                "fixes none of the {} failing tests: {}",
+                targeted.len(),
+                names(targeted)
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+/// The tests a fix fixed alone fail beside the others.
+pub fn fixed_fail_in_suite() -> Rejection {
+    Rejection::new(
+        RejectReason::FixedTestsFailInSuite,
+        "the fixed tests fail in the whole suite",
+    )
+}
+
+/// The iteration's commit does not apply onto what was kept meanwhile (`tip`, short).
+pub fn conflicts(tip: &str) -> Rejection {
+    Rejection::new(
+        RejectReason::ConflictsWithKept,
+        format!("conflicts with what was kept meanwhile (replayed onto {tip})"),
+    )
+}
+
+/// The suite, run again beside what was kept meanwhile, rejected the iteration.
+pub fn after_replay(tip: &str, why: &Rejection) -> Rejection {
+    Rejection::new(
+        RejectReason::FailsAfterReplay,
+        format!("after replaying onto {tip} (kept meanwhile): {}", why.text),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(id: &str, outcome: CaseOutcome) -> TestCase {
+        TestCase {
+            id: id.into(),
+            outcome,
+            message: String::new(),
+            detail: String::new(),
+        }
+    }
+
+    /// Two runs of a file: `a` passes twice, `b` fails twice, `c` passes then fails.
+    fn two_runs() -> Tally {
+        use CaseOutcome::*;
+        Tally::of(&[
+            case("t.test_m::test_a", Passed),
+            case("t.test_m::test_b", Failed),
+            case("t.test_m::test_c", Passed),
+            case("t.test_m::test_a", Passed),
+            case("t.test_m::test_b", Error),
+            case("t.test_m::test_c", Failed),
+        ])
+    }
+
+    fn calm(tally: &Tally) -> NewRun<'_> {
+        NewRun {
+            trouble: Trouble {
+                touched: &[],
+                timed_out: false,
+                what: "6 runs of the new tests",
+                timeout: Duration::from_secs(60),
+            },
+            no_cases: false,
+            exit_code: Some(1),
+            last_line: "",
+            collection_error: None,
+            tally,
+        }
+    }
+
+    #[test]
+    fn a_tally_sorts_tests_by_what_every_run_said() {
+        let t = two_runs();
+        assert_eq!(t.passing(), ["t.test_m::test_a"]);
+        assert_eq!(t.failing(), ["t.test_m::test_b"]);
+        assert_eq!(t.flaky(), ["t.test_m::test_c"]);
+    }
+
+    #[test]
+    fn one_stable_test_is_enough_to_go_on() {
+        let t = two_runs();
+        assert_eq!(new_tests(calm(&t)), None);
+    }
+
+    #[test]
+    fn a_run_that_changed_files_or_timed_out_is_rejected_whatever_passed() {
+        let t = two_runs();
+        let touched = ["setup.cfg".to_string()];
+        let mut run = calm(&t);
+        run.trouble.touched = &touched;
+        let r = new_tests(run).unwrap();
+        assert_eq!(r.reason, RejectReason::SideEffects);
+        assert_eq!(
+            r.text,
+            "side effects: 6 runs of the new tests changed setup.cfg"
+        );
+        let mut run = calm(&t);
+        run.trouble.timed_out = true;
+        let r = new_tests(run).unwrap();
+        assert_eq!(r.reason, RejectReason::TimedOut);
+        assert_eq!(
+            r.text,
+            "timed out: 6 runs of the new tests ran past --test-timeout (1m)"
+        );
+    }
+
+    #[test]
+    fn a_file_that_does_not_collect_says_why() {
+        let t = Tally::default();
+        let mut run = calm(&t);
+        run.no_cases = true;
+        run.exit_code = Some(5);
+        assert_eq!(
+            new_tests(run).unwrap().reason,
+            RejectReason::NothingCollected
+        );
+        run.exit_code = Some(2);
+        run.last_line = "  ERROR: file not found  ";
+        assert_eq!(
+            new_tests(run).unwrap(),
+            Rejection::new(
+                RejectReason::DoesNotCollect,
+                "does not collect: ERROR: file not found"
+            )
+        );
+        let t = two_runs();
+        let mut run = calm(&t);
+        run.collection_error = Some("ImportError: no module x");
+        assert_eq!(
+            new_tests(run).unwrap().text,
+            "does not collect: ImportError: no module x"
+        );
+    }
+
+    #[test]
+    fn with_nothing_stable_failing_beats_flaky_beats_skipped() {
+        use CaseOutcome::*;
+        let failing = Tally::of(&[
+            case("t.test_m::test_b", Failed),
+            case("t.test_m::test_c", Passed),
+            case("t.test_m::test_c", Failed),
+        ]);
+        assert_eq!(
+            new_tests(calm(&failing)).unwrap(),
+            Rejection::new(RejectReason::NewTestsFail, "1 of 2 new tests fail: test_b")
+        );
+        let flaky = Tally::of(&[
+            case("t.test_m::test_c", Passed),
+            case("t.test_m::test_c", Failed),
+        ]);
+        assert_eq!(
+            new_tests(calm(&flaky)).unwrap(),
+            Rejection::new(RejectReason::Flaky, "flaky: test_c fail on rerun")
+        );
+        let skipped = Tally::of(&[case("t.test_m::test_s", Skipped)]);
+        assert_eq!(
+            new_tests(calm(&skipped)).unwrap().reason,
+            RejectReason::AllSkipped
+        );
+    }
+
+    #[test]
+    fn gain_drops_the_bad_and_the_redundant_and_keeps_the_rest() {
+        use CaseOutcome::*;
+        let t = Tally::of(&[
+            case("t.test_m::test_a", Passed),
+            case("t.test_m::test_d", Passed),
+            case("t.test_m::test_b", Failed),
+        ]);
+        let j = gain(&t, &["t.test_m::test_d".into()]);
+        assert_eq!(j.reject, None);
+        assert_eq!(j.drop, ["t.test_m::test_b", "t.test_m::test_d"]);
+        let j = gain(&t, &["t.test_m::test_a".into(), "t.test_m::test_d".into()]);
+        assert_eq!(j.reject.unwrap().reason, RejectReason::NoGain);
+        assert!(j.drop.is_empty());
+    }
+
+    #[test]
+    fn tests_that_cannot_be_pruned_reject_by_their_worst_kind() {
+        let t = two_runs();
+        let r = unprunable(&t, &[]);
+        assert_eq!(r.reason, RejectReason::NewTestsFail);
+        assert!(r.text.ends_with("(and they could not be removed alone)"));
+        let only_redundant = Tally::default();
+        assert_eq!(
+            unprunable(&only_redundant, &["t.test_m::test_d".into()]).reason,
+            RejectReason::RedundantNotRemoved
+        );
+        assert_eq!(
+            nothing_left(&["t.test_m::test_p[1]".into()], 3).reason,
+            RejectReason::OnlyCasesOfFailingFunctions
+        );
+    }
+
+    #[test]
+    fn the_suite_rejects_regressions_before_new_failures_and_both_are_pollution() {
+        let calm = Trouble {
+            touched: &[],
+            timed_out: false,
+            what: "the suite with the new tests",
+            timeout: Duration::from_secs(1),
+        };
+        let broken = ["t.test_old::test_x".to_string()];
+        let new = ["t.test_m::test_a".to_string()];
+        let r = suite(SuiteRun {
+            trouble: calm,
+            regressions: &broken,
+            new_failing: &new,
+        })
+        .unwrap();
+        assert_eq!(r.text, "breaks 1 passing tests: test_x");
+        assert!(r.reason.is_pollution());
+        let r = suite(SuiteRun {
+            trouble: calm,
+            regressions: &[],
+            new_failing: &new,
+        })
+        .unwrap();
+        assert_eq!(r.text, "1 new tests fail in the whole suite: test_a");
+        assert!(r.reason.is_pollution());
+        assert_eq!(
+            suite(SuiteRun {
+                trouble: calm,
+                regressions: &[],
+                new_failing: &[],
+            }),
+            None
+        );
+        assert!(!fixed_fail_in_suite().reason.is_pollution());
+    }
+
+    #[test]
+    fn a_fix_is_judged_on_its_file_and_on_what_it_fixed() {
+        assert_eq!(fix_scope("tests/test_a.py", &[]), None);
+        assert_eq!(
+            fix_scope("tests/test_a.py", &["pkg/a.py".into()])
+                .unwrap()
+                .text,
+            "a fix may change only tests/test_a.py, not pkg/a.py"
+        );
+        let calm = Trouble {
+            touched: &[],
+            timed_out: false,
+            what: "the fixed file",
+            timeout: Duration::from_secs(1),
+        };
+        let targeted = ["t.test_a::test_x".to_string()];
+        assert_eq!(fix_run(calm, &targeted, &[], &targeted), None);
+        assert_eq!(
+            fix_run(calm, &[], &targeted, &targeted).unwrap().reason,
+            RejectReason::Flaky
+        );
+        assert_eq!(
+            fix_run(calm, &[], &[], &targeted).unwrap().text,
+            "fixes none of the 1 failing tests: test_x"
+        );
+    }
+
+    #[test]
+    fn a_replay_names_the_tip_and_keeps_the_first_reason() {
+        let inner = Rejection::new(
+            RejectReason::BreaksPassingTests,
+            "breaks 1 passing tests: t",
+        );
+        let r = after_replay("abc1234567", &inner);
+        assert_eq!(r.reason, RejectReason::FailsAfterReplay);
+        assert_eq!(
+            r.text,
+            "after replaying onto abc1234567 (kept meanwhile): breaks 1 passing tests: t"
+        );
+        assert_eq!(conflicts("abc").reason, RejectReason::ConflictsWithKept);
+    }
+}

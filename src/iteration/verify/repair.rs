@@ -1,0 +1,266 @@
+//! Stage repair: failing new tests (or a file that does not collect, once) go back to the LLM
+//! in the same conversation with their failure output, for up to `--max-repairs` rounds, and
+//! the corrected file replaces the proposal (the iteration commit is amended). A repair that
+//! breaks a file that collected is undone. Tests the model stands by while they fail on an
+//! assertion about the code become findings: possible bugs for a human to look at.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::judge::Tally;
+use super::{repeated_runs, run_timed, side_effects};
+use crate::artifacts::Label;
+use crate::fsutil::{read_json, write_artifact};
+use crate::git;
+use crate::iteration::apply::{tidy_answer, write_test_file};
+use crate::iteration::ask::{self, Answer, Failure, first_failures};
+use crate::iteration::context::{StepCx, StepError};
+use crate::llm::{ChatMessage, ChatRequest, ChatResponse, Role};
+use crate::prompt;
+use crate::pytest::PytestRun;
+use crate::state::{Finding, Verdict};
+use crate::testid::TestId;
+
+/// The new file's last runs, after any repair.
+pub struct Repaired {
+    pub run: PytestRun,
+    /// Project files those runs changed.
+    pub touched: Vec<String>,
+    pub tally: Tally,
+}
+
+/// Runs the new tests, and repairs them while they fail and rounds are left. Fills the
+/// verdict's repairs and findings.
+pub async fn run_and_repair(
+    cx: &mut StepCx<'_>,
+    worktree: &Path,
+    test_file: &str,
+    verdict: &mut Verdict,
+) -> Result<Repaired, StepError> {
+    let args = repeated_runs(test_file, cx.settings().reruns as usize);
+    let measure = super::add::measure(cx);
+    let run = run_timed(cx, worktree, &args, Label::New, measure.clone()).await?;
+    let mut new = Repaired {
+        touched: side_effects(cx, worktree)?,
+        tally: Tally::of(&run.cases),
+        run,
+    };
+    let first_failing = first_failures(&new.run.cases, &new.tally.failing());
+    let mut repairs = 0;
+    while repairs < cx.settings().max_repairs && new.touched.is_empty() && !new.run.timed_out {
+        let uncollectable = new.run.does_not_collect();
+        let failures = failures_to_repair(&new, test_file, uncollectable, repairs);
+        if failures.is_empty() {
+            break;
+        }
+        let before = (cx.it().iteration_commit.clone(), new.run.clone());
+        if !repair_round(
+            cx,
+            worktree,
+            test_file,
+            &failures,
+            uncollectable,
+            repairs + 1,
+        )
+        .await?
+        {
+            break;
+        }
+        repairs += 1;
+        let label = Label::NewRepaired(repairs);
+        let run = run_timed(cx, worktree, &args, label, measure.clone()).await?;
+        new = Repaired {
+            touched: side_effects(cx, worktree)?,
+            tally: Tally::of(&run.cases),
+            run,
+        };
+        if let (true, (Some(previous), previous_run)) =
+            (!uncollectable && new.run.does_not_collect(), before)
+        {
+            // The repair broke a file that collected: go back to the version before it, whose
+            // passing tests are still worth keeping.
+            let previous = git::oid(&previous, "the iteration commit")?;
+            cx.worktree_at(previous)?;
+            cx.record_commit(previous)?;
+            new = Repaired {
+                touched: Vec::new(),
+                tally: Tally::of(&previous_run.cases),
+                run: previous_run,
+            };
+            break;
+        }
+    }
+    verdict.repairs = repairs;
+    if repairs > 0 {
+        verdict.findings = findings(worktree, test_file, &new, &first_failing);
+    }
+    Ok(new)
+}
+
+/// What the next repair round shows the model: the file's collection error (in the first
+/// round only), else its failing tests.
+fn failures_to_repair(
+    new: &Repaired,
+    test_file: &str,
+    uncollectable: bool,
+    repairs: u32,
+) -> Vec<Failure> {
+    if !uncollectable {
+        return first_failures(&new.run.cases, &new.tally.failing());
+    }
+    if repairs > 0 {
+        return Vec::new();
+    }
+    let case = new.run.collection_error();
+    vec![Failure {
+        name: test_file.to_string(),
+        message: case.map(|c| c.message.clone()).unwrap_or_default(),
+        detail: case
+            .map(|c| c.detail.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| new.run.tail(30)),
+    }]
+}
+
+/// Tests failing on an assertion about the code before and after repair, with the model
+/// standing by the test.
+fn findings(
+    worktree: &Path,
+    test_file: &str,
+    new: &Repaired,
+    first_failing: &[Failure],
+) -> Vec<Finding> {
+    let file_text = std::fs::read_to_string(worktree.join(test_file)).unwrap_or_default();
+    first_failures(&new.run.cases, &new.tally.failing())
+        .into_iter()
+        .filter(|f| {
+            is_assertion(f)
+                && first_failing
+                    .iter()
+                    .any(|g| g.name == f.name && is_assertion(g))
+        })
+        .map(|f| Finding {
+            source: function_source(&file_text, &f.name),
+            test: f.name,
+            message: f.message.lines().next().unwrap_or_default().to_string(),
+        })
+        .collect()
+}
+
+/// A failure on an assertion about what the code did (not an error in the test itself).
+fn is_assertion(f: &Failure) -> bool {
+    f.message.starts_with("assert") || f.detail.contains("AssertionError")
+}
+
+/// The source of test `id`'s function in `file` (by its name and indentation), for findings.
+fn function_source(file: &str, id: &str) -> String {
+    let name = TestId::new(id).function();
+    let lines: Vec<&str> = file.lines().collect();
+    let Some(start) = lines.iter().position(|l| {
+        let t = l.trim_start();
+        t.starts_with(&format!("def {name}(")) || t.starts_with(&format!("async def {name}("))
+    }) else {
+        return String::new();
+    };
+    let indent = lines[start].len() - lines[start].trim_start().len();
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| !l.trim().is_empty() && l.len() - l.trim_start().len() <= indent)
+        .map_or(lines.len(), |k| start + 1 + k);
+    lines[start..end].join("\n").trim_end().to_string()
+}
+
+#[derive(Serialize)]
+struct RepairData<'a> {
+    test_file: &'a str,
+    failures: &'a [Failure],
+    count: usize,
+    collection: bool,
+    file: String,
+    round: u32,
+    max: u32,
+}
+
+/// One repair round: asks (or reuses the saved answer), then writes the corrected file and
+/// amends the iteration commit. Returns false when there is nothing usable to apply (the LLM
+/// failed, or its answer holds no valid file): the failing tests are then dropped as they are.
+async fn repair_round(
+    cx: &mut StepCx<'_>,
+    worktree: &Path,
+    test_file: &str,
+    failures: &[Failure],
+    collection: bool,
+    round: u32,
+) -> Result<bool, StepError> {
+    let n = cx.it().n;
+    let file = std::fs::read_to_string(worktree.join(test_file)).unwrap_or_default();
+    let data = RepairData {
+        test_file,
+        failures,
+        count: failures.len(),
+        collection,
+        file,
+        round,
+        max: cx.settings().max_repairs,
+    };
+    let response = match ask::saved_or_asked(cx, round, |cx| repair_request(cx, &data)).await? {
+        Answer::Got(r) => r,
+        Answer::Failed(e) => {
+            tracing::warn!("iteration {n}: repair round {round} got no answer: {e}");
+            return Ok(false);
+        }
+        Answer::Unavailable => return Ok(false),
+    };
+    let Ok(tidied) = tidy_answer(cx, &response, round).await? else {
+        return Ok(false);
+    };
+    if write_test_file(cx, worktree, test_file, &tidied.code).is_err() {
+        return Ok(false);
+    }
+    let oid = git::amend_head(
+        worktree,
+        &[test_file.to_string()],
+        &format!("improve: proposal of iteration {n}, repair round {round}"),
+    )?;
+    cx.record_commit(oid)?;
+    Ok(true)
+}
+
+/// The conversation so far (first request, its answer, earlier repair prompts and answers)
+/// and this round's prompt; None when an earlier turn's file is gone.
+fn repair_request(
+    cx: &StepCx<'_>,
+    data: &RepairData<'_>,
+) -> Result<Option<ChatRequest>, StepError> {
+    let files = cx.files();
+    let mut request = match read_json::<ChatRequest>(&files.request()) {
+        Some(r) => r,
+        None => ask::build_request(cx)?,
+    };
+    request.tag = format!("repair:{}", cx.it().target);
+    let answer = |k: u32| read_json::<ChatResponse>(&files.response(k)).map(|r| r.text);
+    let mut turns = vec![answer(0)];
+    for k in 1..data.round {
+        turns.push(std::fs::read_to_string(files.repair_prompt(k)).ok());
+        turns.push(answer(k));
+    }
+    for (i, turn) in turns.into_iter().enumerate() {
+        let Some(content) = turn else {
+            return Ok(None);
+        };
+        let role = if i % 2 == 0 {
+            Role::Assistant
+        } else {
+            Role::User
+        };
+        request.messages.push(ChatMessage { role, content });
+    }
+    let prompt_text = cx.ctx.templates.render(prompt::REPAIR, data)?;
+    write_artifact(&files.repair_prompt(data.round), prompt_text.as_bytes())?;
+    request.messages.push(ChatMessage {
+        role: Role::User,
+        content: prompt_text,
+    });
+    Ok(Some(request))
+}

@@ -1,0 +1,88 @@
+//! Stage suite: the whole suite runs (with coverage) in the worktree, beside everything kept so
+//! far, and is judged against what passed before.
+
+use std::path::Path;
+
+use super::judge::{self, SuiteRun};
+use super::{run_timed, side_effects, trouble};
+use crate::artifacts::Label;
+use crate::iteration::context::{StepCx, StepError};
+use crate::pytest::{CaseOutcome, Measure, PytestRun};
+use crate::state::Verdict;
+use crate::testid::TestId;
+
+/// A test file of the project that does not import would otherwise stop the whole session,
+/// and every proposal after it would look broken.
+pub const SUITE_FLAG: &str = "--continue-on-collection-errors";
+
+/// Runs the whole suite and judges it: nothing that passed in `passing_before` may fail, and
+/// every new test must pass among all the others. Fills the verdict's suite figures, and
+/// accepts it or says why not.
+pub async fn run_suite(
+    cx: &mut StepCx<'_>,
+    worktree: &Path,
+    label: Label,
+    passing_before: &[String],
+    verdict: &mut Verdict,
+) -> Result<PytestRun, StepError> {
+    let mut args = vec![SUITE_FLAG.to_string()];
+    args.extend(suite_paths(cx));
+    let suite = run_timed(cx, worktree, &args, label, Measure::Report).await?;
+    verdict.suite_label = label.to_string();
+    let suite_passed = suite.ids_with(CaseOutcome::Passed);
+    verdict.pytest_summary = suite.summary.clone();
+    verdict.suite_tests = suite.cases.len() as u32;
+    verdict.suite_passed = suite_passed.len() as u32;
+    verdict.coverage = suite.coverage.clone();
+    let not_passed = |ids: &[String]| -> Vec<String> {
+        ids.iter()
+            .filter(|id| !suite_passed.contains(id))
+            .cloned()
+            .collect()
+    };
+    verdict.regressions = not_passed(passing_before);
+    verdict.failed_in_suite = not_passed(&verdict.new_tests);
+    let touched = side_effects(cx, worktree)?;
+    let judged = judge::suite(SuiteRun {
+        trouble: trouble(
+            cx,
+            &touched,
+            suite.timed_out,
+            "the suite with the new tests",
+        ),
+        regressions: &verdict.regressions,
+        new_failing: &verdict.failed_in_suite,
+    });
+    match judged {
+        Some(why) => verdict.set_rejection(why),
+        None => verdict.accept(),
+    }
+    Ok(suite)
+}
+
+/// The paths of a whole-suite run when the run's new test files lie where a bare `pytest` does
+/// not look (`testpaths` naming one file, say): pytest's own paths and those files. Empty
+/// otherwise, so pytest's configuration decides as it does for the user.
+fn suite_paths(cx: &StepCx<'_>) -> Vec<String> {
+    let Some(baseline) = &cx.state.baseline else {
+        return Vec::new();
+    };
+    let mut added: Vec<String> = cx
+        .state
+        .kept()
+        .filter_map(|i| i.test_file.clone())
+        .collect();
+    added.extend(cx.it().test_file.clone());
+    baseline.layout.suite_args(&added)
+}
+
+/// The fixed tests that pass in the whole suite `suite` (a file fixed from not importing: that
+/// it no longer fails to).
+pub fn still_fixed(fixed: Vec<String>, suite: &PytestRun) -> Vec<String> {
+    let passed = suite.ids_with(CaseOutcome::Passed);
+    let failing = suite.failing();
+    fixed
+        .into_iter()
+        .filter(|id| passed.contains(id) || (TestId::new(id).is_file() && !failing.contains(id)))
+        .collect()
+}
