@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup-python.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+.venv/bin/python scripts/check_shape.py
 skip=()
 # The --sandbox tests need bubblewrap able to make its namespaces; where it cannot, they are
 # skipped, and this says so (CI installs bubblewrap, so they always run there).

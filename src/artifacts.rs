@@ -69,6 +69,58 @@ impl StateFiles {
     }
 }
 
+/// What a run keeps in the state dir's `scratch/` for itself: nothing there is read by a
+/// resume, and all of it may be deleted between runs.
+pub mod scratch {
+    use std::path::{Path, PathBuf};
+
+    /// Where `improve_plugin.py` is written for `-p improve_plugin`.
+    pub fn plugin_dir(scratch: &Path) -> PathBuf {
+        scratch.join("plugin")
+    }
+    /// The plugin itself, in [`plugin_dir`]: its module name is what `-p` loads.
+    pub fn plugin_file(plugin_dir: &Path) -> PathBuf {
+        plugin_dir.join("improve_plugin.py")
+    }
+    /// The project's compiled bytecode, outside the worktrees.
+    pub fn bytecode(scratch: &Path) -> PathBuf {
+        scratch.join("bytecode")
+    }
+    /// What the test command printed when asked what it has.
+    pub fn preflight_log(scratch: &Path) -> PathBuf {
+        scratch.join("preflight.txt")
+    }
+    /// What bubblewrap printed when `--sandbox` was tried.
+    pub fn sandbox_probe_log(scratch: &Path) -> PathBuf {
+        scratch.join("preflight-sandbox.txt")
+    }
+    /// The ignored package files every worktree gets.
+    pub fn overlay(scratch: &Path) -> PathBuf {
+        scratch.join("overlay")
+    }
+    /// What `--setup-cmd` made, per worktree slot, with its log.
+    pub fn prepared(scratch: &Path) -> PathBuf {
+        scratch.join("prepared")
+    }
+    pub fn setup_log(prepared: &Path, slot: &str) -> PathBuf {
+        prepared.join(format!("{slot}.setup.txt"))
+    }
+    /// The Python helper's standard error.
+    pub fn helper_stderr(scratch: &Path) -> PathBuf {
+        scratch.join("helper-stderr.txt")
+    }
+}
+
+/// The lock every run takes in the repository's git folder, whatever its state dir.
+pub fn repo_lock(git_common_dir: &Path) -> PathBuf {
+    git_common_dir.join("improve.lock")
+}
+
+/// Where `improve demo` copies the recording it replays.
+pub fn demo_recording(state_dir: &Path) -> PathBuf {
+    state_dir.join("demo-recording.json")
+}
+
 /// One run's files.
 #[derive(Debug, Clone)]
 pub struct RunFiles {

@@ -216,6 +216,57 @@ pub struct Resolved {
     pub settings: RunSettings,
 }
 
+/// The layers a setting comes from, highest first: the command line (which holds the
+/// environment variables clap reads), the config file, the saved settings of the run being
+/// resumed; the default comes last, at each field.
+struct Layers<'a> {
+    cli: &'a RunArgs,
+    file: &'a FileConfig,
+    saved: Option<&'a RunSettings>,
+}
+
+impl Layers<'_> {
+    /// The command line's value, else the file's, else the saved run's.
+    fn pick<T>(
+        &self,
+        cli: Option<T>,
+        file: Option<T>,
+        saved: impl FnOnce(&RunSettings) -> T,
+    ) -> Option<T> {
+        cli.or(file).or_else(|| self.saved.map(saved))
+    }
+
+    /// [`Layers::pick`] for a setting the saved run may not have.
+    fn pick_opt<T>(
+        &self,
+        cli: Option<T>,
+        file: Option<T>,
+        saved: impl FnOnce(&RunSettings) -> Option<T>,
+    ) -> Option<T> {
+        cli.or(file).or_else(|| self.saved.and_then(saved))
+    }
+
+    /// A duration: the command line's, else the file's (parsed, named `name` in the error),
+    /// else the saved run's.
+    fn duration(
+        &self,
+        cli: Option<Duration>,
+        file: &Option<String>,
+        name: &str,
+        saved: impl FnOnce(&RunSettings) -> Duration,
+    ) -> Result<Option<Duration>, UsageError> {
+        Ok(self.pick(cli, file_duration(file, name)?, saved))
+    }
+}
+
+fn file_duration(v: &Option<String>, name: &str) -> Result<Option<Duration>, UsageError> {
+    v.as_deref()
+        .map(|s| {
+            parse_duration(s).map_err(|e| UsageError(format!("{name} in the config file: {e}")))
+        })
+        .transpose()
+}
+
 /// Merges the layers. `saved` is the settings of the run being resumed, if any.
 pub fn resolve(
     repo_root: &Path,
@@ -224,7 +275,108 @@ pub fn resolve(
     saved: Option<&RunSettings>,
     tree: &ProjectTree,
 ) -> Result<Resolved, UsageError> {
-    // Saved with the run as absolute paths, so a resume from another folder finds them.
+    let l = Layers { cli, file, saved };
+    let (provider, replay) = provider_and_replay(&l)?;
+    // An endpoint and a model are saved for their provider only.
+    let same = saved.filter(|s| s.provider == provider);
+    let endpoint = Layers { saved: same, ..l };
+    let llm_url = endpoint
+        .pick(cli.llm_url.clone(), file.llm_url.clone(), |s| {
+            s.llm_url.clone()
+        })
+        .unwrap_or_else(|| default_url(provider).to_string());
+    check_url(provider, &llm_url)?;
+    let model = endpoint.pick(cli.model.clone(), file.model.clone(), |s| s.model.clone());
+    let model = check_model(provider, model)?;
+    let (iterations, jobs) = counts(&l)?;
+    let default_secs = Duration::from_secs(300);
+    let settings = RunSettings {
+        provider,
+        llm_url,
+        model,
+        replay,
+        record: l.pick_opt(cli.record.as_deref().map(absolute), None, |s| {
+            s.record.clone()
+        }),
+        test_cmd: test_cmd(&l, repo_root)?,
+        packages: packages(&l, repo_root, tree)?,
+        tests_dir: match cli.tests_dir.as_ref().or(file.tests_dir.as_ref()) {
+            Some(t) => Some(check_dir(repo_root, t, "--tests-dir", false)?),
+            None => saved.and_then(|s| s.tests_dir.clone()),
+        },
+        setup_cmd: l
+            .pick_opt(cli.setup_cmd.clone(), file.setup_cmd.clone(), |s| {
+                s.setup_cmd.clone()
+            })
+            .filter(|c| !c.trim().is_empty()),
+        focus: focus(&l)?,
+        jobs,
+        test_timeout: l
+            .duration(cli.test_timeout, &file.test_timeout, "test-timeout", |s| {
+                s.test_timeout
+            })?
+            .unwrap_or(default_secs),
+        llm_timeout: l
+            .duration(cli.llm_timeout, &file.llm_timeout, "llm-timeout", |s| {
+                s.llm_timeout
+            })?
+            .unwrap_or(default_secs),
+        max_llm_failures: l
+            .pick(cli.max_llm_failures, file.max_llm_failures, |s| {
+                s.max_llm_failures
+            })
+            .unwrap_or(5),
+        // Limits are for this invocation: a stopped run resumes with the same command.
+        max_tokens: cli.max_tokens.or(file.max_tokens),
+        sandbox: cli.sandbox || file.sandbox.unwrap_or(false) || saved.is_some_and(|s| s.sandbox),
+        pass_env: l
+            .pick(cli.pass_env.clone(), file.pass_env.clone(), |s| {
+                s.pass_env.clone()
+            })
+            .unwrap_or_default(),
+        reruns: l
+            .pick(cli.reruns, file.reruns, |s| s.reruns)
+            .unwrap_or_else(default_reruns),
+        require_coverage_gain: l
+            .pick(cli.require_coverage_gain, file.require_coverage_gain, |s| {
+                s.require_coverage_gain
+            })
+            .unwrap_or(true),
+        max_repairs: l
+            .pick(cli.max_repairs, file.max_repairs, |s| s.max_repairs)
+            .unwrap_or_else(default_max_repairs),
+    };
+    Ok(Resolved {
+        iterations,
+        base: cli
+            .base
+            .clone()
+            .or_else(|| file.base.clone())
+            .unwrap_or_else(|| "HEAD".into()),
+        max_duration: cli
+            .max_duration
+            .or(file_duration(&file.max_duration, "max-duration")?),
+        settings,
+    })
+}
+
+/// How many iterations, and how many at a time: at least one of each.
+fn counts(l: &Layers<'_>) -> Result<(u32, u32), UsageError> {
+    let iterations = l.cli.iterations.or(l.file.iterations).unwrap_or(10);
+    if iterations == 0 {
+        return Err(UsageError("iterations must be at least 1".into()));
+    }
+    let jobs = l.pick(l.cli.jobs, l.file.jobs, |s| s.jobs).unwrap_or(1);
+    if jobs == 0 {
+        return Err(UsageError("jobs must be at least 1".into()));
+    }
+    Ok((iterations, jobs))
+}
+
+/// The provider, and the recording to replay (saved as an absolute path, so a resume from
+/// another folder finds it).
+fn provider_and_replay(l: &Layers<'_>) -> Result<(Provider, Option<PathBuf>), UsageError> {
+    let (cli, file, saved) = (l.cli, l.file, l.saved);
     let replay = cli
         .replay
         .as_deref()
@@ -240,31 +392,26 @@ pub fn resolve(
             Provider::OpenAi
         }),
     };
-    if provider == Provider::Replay && replay.is_none() {
-        return Err(UsageError(
-            "--provider replay needs --replay FILE (a file written by --record)".into(),
-        ));
+    if provider == Provider::Replay {
+        match &replay {
+            None => {
+                return Err(UsageError(
+                    "--provider replay needs --replay FILE (a file written by --record)".into(),
+                ));
+            }
+            Some(path) if !path.is_file() => {
+                return Err(UsageError(format!(
+                    "--replay {}: no such file",
+                    path.display()
+                )));
+            }
+            Some(_) => {}
+        }
     }
-    if let Some(path) = &replay
-        && provider == Provider::Replay
-        && !path.is_file()
-    {
-        return Err(UsageError(format!(
-            "--replay {}: no such file",
-            path.display()
-        )));
-    }
+    Ok((provider, replay))
+}
 
-    let llm_url = cli
-        .llm_url
-        .clone()
-        .or_else(|| file.llm_url.clone())
-        .or_else(|| {
-            saved
-                .filter(|s| s.provider == provider)
-                .map(|s| s.llm_url.clone())
-        })
-        .unwrap_or_else(|| default_url(provider).to_string());
+fn check_url(provider: Provider, llm_url: &str) -> Result<(), UsageError> {
     if provider != Provider::Replay
         && !(llm_url.starts_with("http://") || llm_url.starts_with("https://"))
     {
@@ -272,61 +419,52 @@ pub fn resolve(
             "--llm-url `{llm_url}` must start with http:// or https://"
         )));
     }
-    let model = cli
-        .model
-        .clone()
-        .or_else(|| file.model.clone())
-        .or_else(|| {
-            saved
-                .filter(|s| s.provider == provider)
-                .map(|s| s.model.clone())
-        });
-    let model = match (model, provider) {
-        (Some(m), _) if !m.trim().is_empty() => m,
-        (_, Provider::Replay) => "replay".to_string(),
-        _ => {
-            return Err(UsageError(
-                "no model given: pass --model NAME or set IMPROVE_MODEL".into(),
-            ));
-        }
-    };
+    Ok(())
+}
 
-    let test_cmd_text = cli.test_cmd.clone().or_else(|| file.test_cmd.clone());
-    let test_cmd = match test_cmd_text {
-        Some(text) => parse_test_cmd(&text)?,
-        None => match saved {
+fn check_model(provider: Provider, model: Option<String>) -> Result<String, UsageError> {
+    match (model, provider) {
+        (Some(m), _) if !m.trim().is_empty() => Ok(m),
+        (_, Provider::Replay) => Ok("replay".to_string()),
+        _ => Err(UsageError(
+            "no model given: pass --model NAME or set IMPROVE_MODEL".into(),
+        )),
+    }
+}
+
+fn test_cmd(l: &Layers<'_>, repo_root: &Path) -> Result<Vec<String>, UsageError> {
+    match l.cli.test_cmd.clone().or_else(|| l.file.test_cmd.clone()) {
+        Some(text) => parse_test_cmd(&text),
+        None => Ok(match l.saved {
             Some(s) => s.test_cmd.clone(),
             None => default_test_cmd(repo_root),
-        },
-    };
+        }),
+    }
+}
 
-    let packages = match cli
+/// The code under test: as given (checked), else as the resumed run had it, else detected.
+fn packages(
+    l: &Layers<'_>,
+    repo_root: &Path,
+    tree: &ProjectTree,
+) -> Result<Vec<String>, UsageError> {
+    let given = l
+        .cli
         .package
         .clone()
-        .or_else(|| file.package.as_ref().map(OneOrMany::items))
-    {
-        Some(list) => check_packages(repo_root, &list)?,
-        None => match saved {
-            Some(s) => s.packages.clone(),
-            None => project::detect_packages(tree).map_err(UsageError)?,
-        },
-    };
-    let tests_dir = match cli.tests_dir.clone().or_else(|| file.tests_dir.clone()) {
-        Some(t) => Some(check_dir(repo_root, &t, "--tests-dir", false)?),
-        None => saved.and_then(|s| s.tests_dir.clone()),
-    };
-    let setup_cmd = cli
-        .setup_cmd
-        .clone()
-        .or_else(|| file.setup_cmd.clone())
-        .or_else(|| saved.and_then(|s| s.setup_cmd.clone()))
-        .filter(|c| !c.trim().is_empty());
+        .or_else(|| l.file.package.as_ref().map(OneOrMany::items));
+    match (given, l.saved) {
+        (Some(list), _) => check_packages(repo_root, &list),
+        (None, Some(s)) => Ok(s.packages.clone()),
+        (None, None) => project::detect_packages(tree).map_err(UsageError),
+    }
+}
 
-    let focus: Vec<String> = cli
-        .focus
-        .clone()
-        .or_else(|| file.focus.clone())
-        .or_else(|| saved.map(|s| s.focus.clone()))
+fn focus(l: &Layers<'_>) -> Result<Vec<String>, UsageError> {
+    let focus: Vec<String> = l
+        .pick(l.cli.focus.clone(), l.file.focus.clone(), |s| {
+            s.focus.clone()
+        })
         .unwrap_or_else(|| DEFAULT_FOCUS.iter().map(|s| s.to_string()).collect())
         .into_iter()
         .map(|f| f.trim().to_string())
@@ -335,100 +473,7 @@ pub fn resolve(
     if focus.is_empty() {
         return Err(UsageError("--focus needs at least one area".into()));
     }
-
-    let file_duration = |v: &Option<String>, name: &str| -> Result<Option<Duration>, UsageError> {
-        v.as_deref()
-            .map(|s| {
-                parse_duration(s).map_err(|e| UsageError(format!("{name} in the config file: {e}")))
-            })
-            .transpose()
-    };
-    let test_timeout = cli
-        .test_timeout
-        .or(file_duration(&file.test_timeout, "test-timeout")?)
-        .or(saved.map(|s| s.test_timeout))
-        .unwrap_or(Duration::from_secs(300));
-    let llm_timeout = cli
-        .llm_timeout
-        .or(file_duration(&file.llm_timeout, "llm-timeout")?)
-        .or(saved.map(|s| s.llm_timeout))
-        .unwrap_or(Duration::from_secs(300));
-    let max_duration = cli
-        .max_duration
-        .or(file_duration(&file.max_duration, "max-duration")?);
-
-    let iterations = cli.iterations.or(file.iterations).unwrap_or(10);
-    if iterations == 0 {
-        return Err(UsageError("iterations must be at least 1".into()));
-    }
-    let jobs = cli
-        .jobs
-        .or(file.jobs)
-        .or(saved.map(|s| s.jobs))
-        .unwrap_or(1);
-    if jobs == 0 {
-        return Err(UsageError("jobs must be at least 1".into()));
-    }
-
-    Ok(Resolved {
-        iterations,
-        base: cli
-            .base
-            .clone()
-            .or_else(|| file.base.clone())
-            .unwrap_or_else(|| "HEAD".into()),
-        max_duration,
-        settings: RunSettings {
-            provider,
-            llm_url,
-            model,
-            replay,
-            record: cli
-                .record
-                .as_deref()
-                .map(absolute)
-                .or_else(|| saved.and_then(|s| s.record.clone())),
-            test_cmd,
-            packages,
-            tests_dir,
-            setup_cmd,
-            focus,
-            jobs,
-            test_timeout,
-            llm_timeout,
-            max_llm_failures: cli
-                .max_llm_failures
-                .or(file.max_llm_failures)
-                .or(saved.map(|s| s.max_llm_failures))
-                .unwrap_or(5),
-            // Limits are for this invocation: a stopped run resumes with the same command.
-            max_tokens: cli.max_tokens.or(file.max_tokens),
-            sandbox: cli.sandbox
-                || file.sandbox.unwrap_or(false)
-                || saved.is_some_and(|s| s.sandbox),
-            pass_env: cli
-                .pass_env
-                .clone()
-                .or_else(|| file.pass_env.clone())
-                .or_else(|| saved.map(|s| s.pass_env.clone()))
-                .unwrap_or_default(),
-            reruns: cli
-                .reruns
-                .or(file.reruns)
-                .or(saved.map(|s| s.reruns))
-                .unwrap_or_else(default_reruns),
-            require_coverage_gain: cli
-                .require_coverage_gain
-                .or(file.require_coverage_gain)
-                .or(saved.map(|s| s.require_coverage_gain))
-                .unwrap_or(true),
-            max_repairs: cli
-                .max_repairs
-                .or(file.max_repairs)
-                .or(saved.map(|s| s.max_repairs))
-                .unwrap_or_else(default_max_repairs),
-        },
-    })
+    Ok(focus)
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -104,7 +104,7 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs, printer: Printer) -> Resu
         .clone()
         .unwrap_or_else(|| root.join(".improve"));
     std::fs::create_dir_all(&state_dir)?;
-    let recording = state_dir.join("demo-recording.json");
+    let recording = crate::artifacts::demo_recording(&state_dir);
     let recorded = DEMO
         .get_file(RECORDING)
         .context("the demo's recording is missing from this build")?;

@@ -103,7 +103,8 @@ fn open(global: &GlobalArgs, printer: &Printer) -> Result<Opened> {
     let lock = store.lock()?;
     // Runs with different --state-dir on one repository would fight over its refs: one lock
     // per repository too, in git's common dir (shared by every worktree).
-    let repo_lock = crate::fsutil::lock_file(&repo.commondir().join("improve.lock"), &root)?;
+    let repo_lock =
+        crate::fsutil::lock_file(&crate::artifacts::repo_lock(repo.commondir()), &root)?;
     git::exclude_state_dir(&repo, &root, &state_dir)?;
     let ended = crate::process::adopt_group_records(&store.files().groups());
     if !ended.is_empty() {
@@ -188,7 +189,7 @@ async fn test_command(
         sandbox: settings.sandbox,
         pass_env: settings.pass_env.clone(),
         plugin_dir: None,
-        bytecode_cache: Some(scratch.join("bytecode")),
+        bytecode_cache: Some(crate::artifacts::scratch::bytecode(scratch)),
     };
     if settings.sandbox {
         pytest::sandbox_preflight(scratch)
@@ -474,142 +475,196 @@ async fn drive(
     resolved: &Resolved,
     printer: &Printer,
 ) -> Result<RunEnd> {
-    if run.borrow().baseline.is_none() {
-        let mut state = run.borrow().clone();
-        match crate::baseline::measure_baseline(ctx, &mut state, printer).await {
-            Ok(()) => {}
-            Err(e) => return step_end(e),
-        }
-        ctx.save(&mut state)?;
-        *run.borrow_mut() = state;
-        iteration::crash_point("baseline", 0);
+    if let Some(end) = ensure_baseline(ctx, run, printer).await? {
+        return Ok(end);
     }
-    // What is committed at the base is what the iterations test, not the user's working tree.
-    let (modules, test_files, jobs) = {
-        let state = run.borrow();
-        let base = git::oid(&state.base_commit, "the base commit")?;
-        let modules = target::modules_at(&ctx.repo, base, &state)?;
-        // Test files at the base: where the tests that failed at the start live.
-        let test_files: Vec<String> = target::test_files_at(&ctx.repo, base, &state)?
-            .into_iter()
-            .map(|(path, _)| path)
-            .collect();
-        (modules, test_files, state.settings.jobs.max(1) as usize)
-    };
-    if modules.is_empty() {
-        return Err(UserError(format!(
-            "{} holds no Python modules to write tests for: pass --package PATH",
-            run.borrow().settings.packages.join(", ")
-        ))
-        .into());
-    }
-    let session_start = Instant::now();
-    let tokens_at_start = run.borrow().tokens();
-    {
+    let plan = Plan::new(ctx, run, resolved)?;
+    let mut schedule = {
         let state = run.borrow();
         printer.start(state.iterations_target, state.iterations_done());
-    }
-    // Iterations cut off mid-way (several, after a kill with --jobs) go first, in order.
-    let mut unfinished: std::collections::VecDeque<u32> = run
-        .borrow()
-        .iterations
-        .iter()
-        .filter(|i| !i.is_finished())
-        .map(|i| i.n)
-        .collect();
+        Schedule {
+            // Iterations cut off mid-way (several, after a kill with --jobs) go first, in order.
+            unfinished: state
+                .iterations
+                .iter()
+                .filter(|i| !i.is_finished())
+                .map(|i| i.n)
+                .collect(),
+            busy: Vec::new(),
+            stop: None,
+            failure: None,
+        }
+    };
     let mut in_flight = FuturesUnordered::new();
-    let mut busy: Vec<(u32, String)> = Vec::new();
-    // Why no new iteration starts; the run ends with it once those in flight are done.
-    let mut stop: Option<RunEnd> = None;
-    let mut failure: Option<anyhow::Error> = None;
     loop {
-        {
-            let state = run.borrow();
-            printer.counts(
-                state.iterations_done(),
-                state.iterations_target,
-                state.count(Outcome::Kept),
-                state.count(Outcome::Rejected),
-                state.count(Outcome::Error),
-            );
+        print_counts(&run.borrow(), printer);
+        if ctx.cancel.is_cancelled() && schedule.stop.is_none() {
+            schedule.stop = Some(RunEnd::Interrupted);
         }
-        if ctx.cancel.is_cancelled() && stop.is_none() {
-            stop = Some(RunEnd::Interrupted);
-        }
-        while stop.is_none() && in_flight.len() < jobs {
-            let n = match unfinished.pop_front() {
-                Some(n) => n,
-                None => match plan_next(
-                    ctx,
-                    run,
-                    (&modules, &test_files),
-                    &busy,
-                    resolved,
-                    (session_start, tokens_at_start),
-                ) {
-                    Ok(Planned::Started(n)) => n,
-                    Ok(Planned::Stop(end)) => {
-                        stop = end;
-                        break;
-                    }
-                    Err(e) => {
-                        // As for a failing step: stop those in flight and wait for them.
-                        ctx.cancel.cancel();
-                        stop = Some(RunEnd::Interrupted);
-                        failure.get_or_insert(e);
-                        break;
-                    }
-                },
+        while schedule.stop.is_none() && in_flight.len() < plan.jobs {
+            let Some(n) = schedule.next(ctx, run, &plan) else {
+                break;
             };
-            let target = {
-                let state = run.borrow();
-                state
-                    .index_of(n)
-                    .map(|i| state.iterations[i].target.clone())
-                    .unwrap_or_default()
-            };
-            busy.push((n, target));
             in_flight.push(async move { (n, iteration::advance(ctx, run, n).await) });
         }
         let Some((n, result)) = in_flight.next().await else {
             break;
         };
-        busy.retain(|(b, _)| *b != n);
+        schedule.ended(ctx, &run.borrow(), n, result, printer);
+    }
+    match schedule.failure {
+        Some(e) => Err(e),
+        None => Ok(schedule.stop.unwrap_or(RunEnd::Complete)),
+    }
+}
+
+/// Measures the baseline unless the run already has it; Some when a signal ended the run then.
+async fn ensure_baseline(
+    ctx: &RunContext,
+    run: &RefCell<RunState>,
+    printer: &Printer,
+) -> Result<Option<RunEnd>> {
+    if run.borrow().baseline.is_some() {
+        return Ok(None);
+    }
+    let mut state = run.borrow().clone();
+    if let Err(e) = crate::baseline::measure_baseline(ctx, &mut state, printer).await {
+        return step_end(e).map(Some);
+    }
+    ctx.save(&mut state)?;
+    *run.borrow_mut() = state;
+    iteration::crash_point("baseline", 0);
+    Ok(None)
+}
+
+/// What new iterations are planned from: the modules and the test files committed at the base
+/// (what the iterations test, not the user's working tree), and this session's limits.
+struct Plan<'a> {
+    modules: Vec<String>,
+    /// Where the tests that failed at the start live.
+    test_files: Vec<String>,
+    jobs: usize,
+    resolved: &'a Resolved,
+    session_start: Instant,
+    tokens_at_start: (u64, u64),
+}
+
+impl<'a> Plan<'a> {
+    fn new(ctx: &RunContext, run: &RefCell<RunState>, resolved: &'a Resolved) -> Result<Self> {
+        let state = run.borrow();
+        let base = git::oid(&state.base_commit, "the base commit")?;
+        let modules = target::modules_at(&ctx.repo, base, &state)?;
+        if modules.is_empty() {
+            return Err(UserError(format!(
+                "{} holds no Python modules to write tests for: pass --package PATH",
+                state.settings.packages.join(", ")
+            ))
+            .into());
+        }
+        let test_files = target::test_files_at(&ctx.repo, base, &state)?
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect();
+        Ok(Plan {
+            modules,
+            test_files,
+            jobs: state.settings.jobs.max(1) as usize,
+            resolved,
+            session_start: Instant::now(),
+            tokens_at_start: state.tokens(),
+        })
+    }
+}
+
+/// Which iterations run, and why none more start.
+struct Schedule {
+    unfinished: std::collections::VecDeque<u32>,
+    /// In flight, with their targets.
+    busy: Vec<(u32, String)>,
+    /// Why no new iteration starts; the run ends with it once those in flight are done.
+    stop: Option<RunEnd>,
+    failure: Option<anyhow::Error>,
+}
+
+impl Schedule {
+    /// The next iteration to start: a resumed one, else a newly planned one; None (with `stop`
+    /// set when the run must end) when there is none.
+    fn next(&mut self, ctx: &RunContext, run: &RefCell<RunState>, plan: &Plan<'_>) -> Option<u32> {
+        let n = match self.unfinished.pop_front() {
+            Some(n) => n,
+            None => match plan_next(ctx, run, plan, &self.busy) {
+                Ok(Planned::Started(n)) => n,
+                Ok(Planned::Stop(end)) => {
+                    self.stop = end;
+                    return None;
+                }
+                Err(e) => {
+                    // As for a failing step: stop those in flight and wait for them.
+                    self.fail(ctx, e);
+                    return None;
+                }
+            },
+        };
+        let state = run.borrow();
+        let target = state
+            .index_of(n)
+            .map(|i| state.iterations[i].target.clone())
+            .unwrap_or_default();
+        self.busy.push((n, target));
+        Some(n)
+    }
+
+    /// Fatal for the run: the others stop at their next await and are waited for, so no pytest
+    /// is left running and every state they reached is saved.
+    fn fail(&mut self, ctx: &RunContext, e: anyhow::Error) {
+        ctx.cancel.cancel();
+        self.stop = Some(RunEnd::Interrupted);
+        self.failure.get_or_insert(e);
+    }
+
+    /// Iteration `n` stopped advancing: finished, interrupted or failed.
+    fn ended(
+        &mut self,
+        ctx: &RunContext,
+        state: &RunState,
+        n: u32,
+        result: Result<(), StepError>,
+        printer: &Printer,
+    ) {
+        self.busy.retain(|(b, _)| *b != n);
         match result {
             Ok(()) => {}
             Err(StepError::Cancelled) => {
-                stop.get_or_insert(RunEnd::Interrupted);
-                continue;
+                self.stop.get_or_insert(RunEnd::Interrupted);
+                return;
             }
-            Err(e) => {
-                // Fatal for the run: stop the others at their next await and wait for them,
-                // so no pytest is left running and every state they reached is saved.
-                ctx.cancel.cancel();
-                stop = Some(RunEnd::Interrupted);
-                failure.get_or_insert(step_failure(e));
-                continue;
-            }
+            Err(e) => return self.fail(ctx, step_failure(e)),
         }
-        let state = run.borrow();
         let Some(it) = state.index_of(n).map(|i| &state.iterations[i]) else {
-            continue;
+            return;
         };
         print_iteration(it, state.iterations_target, printer);
-        if stop.is_none()
+        if self.stop.is_none()
             && state.consecutive_llm_failures >= state.settings.max_llm_failures
             && state.iterations.len() < state.iterations_target as usize
         {
-            stop = Some(RunEnd::Stopped(format!(
+            self.stop = Some(RunEnd::Stopped(format!(
                 "{} iterations in a row failed on the LLM (last: {})",
                 state.consecutive_llm_failures,
                 it.reason.as_deref().unwrap_or_default()
             )));
         }
     }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    Ok(stop.unwrap_or(RunEnd::Complete))
+}
+
+fn print_counts(state: &RunState, printer: &Printer) {
+    printer.counts(
+        state.iterations_done(),
+        state.iterations_target,
+        state.count(Outcome::Kept),
+        state.count(Outcome::Rejected),
+        state.count(Outcome::Error),
+    );
 }
 
 /// What the driver does with an iteration's error: a signal ends the run resumably, a test
@@ -640,16 +695,15 @@ enum Planned {
 fn plan_next(
     ctx: &RunContext,
     run: &RefCell<RunState>,
-    (modules, test_files): (&[String], &[String]),
+    plan: &Plan<'_>,
     busy: &[(u32, String)],
-    resolved: &Resolved,
-    (session_start, tokens_at_start): (Instant, (u64, u64)),
 ) -> Result<Planned> {
+    let (modules, test_files) = (&plan.modules, &plan.test_files);
     let mut state = run.borrow_mut();
     if state.iterations.len() >= state.iterations_target as usize {
         return Ok(Planned::Stop(None));
     }
-    if let Some(reason) = limit_reached(&state, resolved, session_start, tokens_at_start) {
+    if let Some(reason) = limit_reached(&state, plan) {
         return Ok(Planned::Stop(Some(RunEnd::Stopped(reason))));
     }
     let n = state.iterations.len() as u32 + 1;
@@ -671,12 +725,9 @@ fn plan_next(
 
 /// The limits count from the start of this invocation, so that a stopped run resumes with the
 /// same command (a budget per night, not per run).
-fn limit_reached(
-    state: &RunState,
-    resolved: &Resolved,
-    session_start: Instant,
-    tokens_at_start: (u64, u64),
-) -> Option<String> {
+fn limit_reached(state: &RunState, plan: &Plan<'_>) -> Option<String> {
+    let (resolved, session_start, tokens_at_start) =
+        (plan.resolved, plan.session_start, plan.tokens_at_start);
     if let Some(max) = resolved.max_duration
         && session_start.elapsed() >= max
     {
@@ -713,7 +764,7 @@ fn print_iteration(it: &Iteration, target: u32, printer: &Printer) {
     );
     let outcome = it
         .outcome
-        .map(|o| format!("{o:?}").to_lowercase())
+        .map(|o| o.as_str().to_string())
         .unwrap_or_default();
     let detail = match (&it.commit, &it.reason) {
         (Some(c), _) => format!("+{} tests, {}", it.tests_added, git::short(c)),

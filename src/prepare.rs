@@ -227,11 +227,15 @@ impl Preparer {
         setup: Option<SetupCommand>,
     ) -> Result<Self, PrepareError> {
         let files = ignored_in_packages(repo_root, packages)?;
-        let overlay = Snapshot::take(repo_root, files, scratch.join("overlay"))?;
+        let overlay = Snapshot::take(
+            repo_root,
+            files,
+            crate::artifacts::scratch::overlay(scratch),
+        )?;
         Ok(Preparer {
             overlay,
             setup,
-            store: scratch.join("prepared"),
+            store: crate::artifacts::scratch::prepared(scratch),
             done: Mutex::new(Vec::new()),
         })
     }
@@ -294,7 +298,7 @@ impl Preparer {
             path: self.store.display().to_string(),
             source,
         })?;
-        let log = self.store.join(format!("{name}.setup.txt"));
+        let log = crate::artifacts::scratch::setup_log(&self.store, &name);
         let words = vec!["sh".to_string(), "-c".to_string(), setup.command.clone()];
         let result = crate::process::spawn_and_wait(
             &words,

@@ -37,7 +37,7 @@ impl PyHelper {
     }
 
     fn start(&self) -> Result<Running, String> {
-        let stderr = std::fs::File::create(self.scratch.join("helper-stderr.txt"))
+        let stderr = std::fs::File::create(crate::artifacts::scratch::helper_stderr(&self.scratch))
             .map_err(|e| format!("cannot write to {}: {e}", self.scratch.display()))?;
         let mut child = Command::new(&self.python)
             .arg("-c")
@@ -91,7 +91,7 @@ impl PyHelper {
                 };
                 return Err(format!(
                     "the Python helper failed ({why}; see {})",
-                    self.scratch.join("helper-stderr.txt").display()
+                    crate::artifacts::scratch::helper_stderr(&self.scratch).display()
                 ));
             }
         };

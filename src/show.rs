@@ -13,7 +13,7 @@ use crate::error::UserError;
 use crate::git;
 use crate::state::{Funnel, Iteration, Outcome, Seconds};
 use crate::testid::names_up_to;
-use crate::views::load;
+use crate::views::{load, print_out};
 
 #[derive(Debug, Serialize)]
 pub struct ShowView {
@@ -148,6 +148,14 @@ fn diff(repo_root: &Path, files: &IterationFiles, it: &Iteration) -> Option<Stri
 
 pub fn render_text(v: &ShowView) -> String {
     let mut out = String::new();
+    what_and_outcome(v, &mut out);
+    verification(v, &mut out);
+    cost_and_files(v, &mut out);
+    out
+}
+
+/// What the iteration was about and how it ended.
+fn what_and_outcome(v: &ShowView, out: &mut String) {
     let _ = writeln!(out, "iteration {} of run {}", v.n, v.run_id);
     let _ = writeln!(out, "target:   {}", v.target);
     let _ = writeln!(out, "focus:    {}", v.focus);
@@ -169,6 +177,10 @@ pub fn render_text(v: &ShowView) -> String {
     if !v.broke.is_empty() {
         let _ = writeln!(out, "broke:    {}", v.broke.join(", "));
     }
+}
+
+/// What verification did with the proposal's tests.
+fn verification(v: &ShowView, out: &mut String) {
     if let Some(f) = &v.funnel {
         let _ = writeln!(out, "funnel:   {}", f.line());
     }
@@ -193,6 +205,10 @@ pub fn render_text(v: &ShowView) -> String {
     if let Some(c) = &v.commit {
         let _ = writeln!(out, "commit:   {c}");
     }
+}
+
+/// Where the time and the tokens went, the artifacts, and the diff.
+fn cost_and_files(v: &ShowView, out: &mut String) {
     let s = &v.seconds;
     let _ = writeln!(
         out,
@@ -228,7 +244,6 @@ pub fn render_text(v: &ShowView) -> String {
             let _ = writeln!(out, "\n(no diff: the proposal never became a file)");
         }
     }
-    out
 }
 
 pub fn show(global: &GlobalArgs, n: u32, as_json: bool) -> Result<()> {
@@ -243,9 +258,8 @@ pub fn show(global: &GlobalArgs, n: u32, as_json: bool) -> Result<()> {
     let files = store.run(&state.run_id).iteration(n);
     let v = view(&repo_root, &files, &state.run_id, it);
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_out(&format!("{}\n", serde_json::to_string_pretty(&v)?))
     } else {
-        print!("{}", render_text(&v));
+        print_out(&render_text(&v))
     }
-    Ok(())
 }

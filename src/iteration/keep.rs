@@ -1,7 +1,7 @@
-//! Keeping: an iteration that fell behind the run branch catches up before its suite run; at
-//! keep time, if the tip moved once more, its commit is replayed there and the suite runs again;
-//! then the run branch moves to it in one compare-and-swap, with the commit message the review
-//! reads. Anything else ends the iteration rejected.
+//! Keeping: at keep time, if the run branch moved since the iteration's suite run, its commit
+//! is replayed there and the suite runs again; then the run branch moves to it in one
+//! compare-and-swap, with the commit message the review reads. Anything else ends the
+//! iteration rejected.
 
 use chrono::Utc;
 use git2::Oid;
@@ -11,34 +11,6 @@ use super::verify::judge;
 use crate::artifacts::Label;
 use crate::git;
 use crate::state::{Kind, Outcome, RejectReason, Rejection, Step, Verdict};
-
-/// Moves the iteration's commit onto the run branch's tip, if other iterations were kept since
-/// it was made (with `--jobs`, while this one waited for the LLM or ran its new tests), and
-/// returns the tests that pass there: what its whole-suite run is judged against. The suite then
-/// runs beside everything kept so far, and keeping needs no second run unless the tip moves
-/// again meanwhile. A conflict leaves the commit where it is, for keeping to reject.
-///
-/// The tip and what passes there come from the run as it is now, not from the copy this step
-/// started with: another iteration may have been kept since.
-pub fn catch_up(cx: &mut StepCx<'_>) -> Result<Vec<String>, StepError> {
-    let (commit, parent) = cx.commit_and_parent()?;
-    // Kept commits move the run branch and the run's state in one go (no await between), so
-    // the two agree here.
-    let tip = cx.tip()?;
-    let passing = {
-        let now = cx.run_now();
-        if parent == tip {
-            return Ok(now.passing_at(Some(&tip.to_string())));
-        }
-        now.passing_at_tip()
-    };
-    let Some(replayed) = git::replay_onto(&cx.ctx.repo, commit, tip)? else {
-        return Ok(cx.state.passing_at(Some(&parent.to_string())));
-    };
-    cx.worktree_at(replayed)?;
-    cx.record_commit(replayed)?;
-    Ok(passing)
-}
 
 /// The Verified step: keeps what verification accepted, rejects the rest.
 pub async fn keep_or_reject(cx: &mut StepCx<'_>) -> Result<(), StepError> {

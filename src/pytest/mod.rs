@@ -67,10 +67,10 @@ pub enum Measure {
 
 /// Writes the pytest plugin shipped in the binary into `dir`, for `-p improve_plugin`.
 pub fn install_plugin(dir: &Path) -> std::io::Result<PathBuf> {
-    let dir = dir.join("plugin");
+    let dir = crate::artifacts::scratch::plugin_dir(dir);
     std::fs::create_dir_all(&dir)?;
     crate::fsutil::write_atomic(
-        &dir.join("improve_plugin.py"),
+        &crate::artifacts::scratch::plugin_file(&dir),
         include_str!("../../python/improve_plugin.py").as_bytes(),
     )?;
     Ok(dir)
@@ -469,7 +469,12 @@ pub async fn preflight(cmd: &TestCommand, cwd: &Path, scratch: &Path) -> Result<
             .chain(["--version".into()])
             .collect(),
     };
-    let (code, last) = run_helper(&words, cwd, &scratch.join("preflight.txt")).await?;
+    let (code, last) = run_helper(
+        &words,
+        cwd,
+        &crate::artifacts::scratch::preflight_log(scratch),
+    )
+    .await?;
     if code != Some(0) {
         return Err(format!(
             "`{}` does not run pytest ({last}): install pytest for that Python \

@@ -79,7 +79,7 @@ pub fn sandboxed(
 pub async fn sandbox_preflight(scratch: &Path) -> Result<(), String> {
     let cancel = CancellationToken::new();
     let words: Vec<String> = sandboxed(&["true".to_string()], scratch, scratch, None);
-    let out = scratch.join("preflight-sandbox.txt");
+    let out = crate::artifacts::scratch::sandbox_probe_log(scratch);
     let result = spawn_and_wait(
         &words,
         scratch,

@@ -13,8 +13,6 @@ use super::{drop_tests, pollution, suite, trouble};
 use crate::artifacts::Label;
 use crate::fsutil::write_artifact;
 use crate::iteration::context::{StepCx, StepError};
-use crate::iteration::keep;
-use crate::pytest::Measure;
 use crate::state::Verdict;
 use crate::testid::{TestId, prune_names};
 
@@ -72,7 +70,7 @@ pub async fn verify_add(
         return Ok(());
     }
     // Stages suite and pollution.
-    let passing_before = keep::catch_up(cx)?;
+    let passing_before = suite::catch_up(cx)?;
     suite::run_suite(cx, worktree, Label::Suite, &passing_before, &mut verdict).await?;
     pollution::remove_polluters(cx, worktree, test_file, &passing_before, &mut verdict).await?;
     verdict.funnel.clean = if verdict.keep {
@@ -143,13 +141,4 @@ fn redundant_tests(
                 .is_some_and(|t| gain.redundant.contains(&t))
         })
         .collect())
-}
-
-/// What the new tests' runs measure: each test's own coverage when gain is required.
-pub fn measure(cx: &StepCx<'_>) -> Measure {
-    if cx.settings().require_coverage_gain {
-        Measure::PerTest(crate::iteration::ask::latest_coverage_json(cx))
-    } else {
-        Measure::Outcomes
-    }
 }

@@ -7,13 +7,12 @@ use std::path::Path;
 use git2::Oid;
 
 use super::judge::{self, Tally};
-use super::suite::{run_suite, still_fixed};
+use super::suite::{self, run_suite, still_fixed};
 use super::{repeated_runs, run_timed, side_effects, trouble};
 use crate::artifacts::Label;
 use crate::git;
 use crate::iteration::ask::open_failures;
 use crate::iteration::context::{StepCx, StepError};
-use crate::iteration::keep;
 use crate::pytest::Measure;
 use crate::state::Verdict;
 use crate::testid::TestId;
@@ -45,7 +44,7 @@ pub async fn verify_fix(
         cx.finish_verified(verdict);
         return Ok(());
     }
-    let passing_before = keep::catch_up(cx)?;
+    let passing_before = suite::catch_up(cx)?;
     let suite = run_suite(cx, worktree, Label::Suite, &passing_before, &mut verdict).await?;
     verdict.fixed = still_fixed(fixed, &suite);
     if verdict.keep && verdict.fixed.is_empty() {

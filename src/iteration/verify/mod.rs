@@ -62,6 +62,15 @@ fn repeated_runs(test_file: &str, reruns: usize) -> Vec<String> {
         .collect()
 }
 
+/// What the new tests' runs measure: each test's own coverage when gain is required.
+fn measure_new(cx: &StepCx<'_>) -> Measure {
+    if cx.settings().require_coverage_gain {
+        Measure::PerTest(crate::iteration::ask::latest_coverage_json(cx))
+    } else {
+        Measure::Outcomes
+    }
+}
+
 /// What a test run changed in the worktree, beyond what the project's own suite does. The
 /// worktree is thrown away with the iteration, so nothing a test did survives it; but a
 /// proposal whose tests delete or rewrite project files is not one to keep.

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::judge::Tally;
-use super::{repeated_runs, run_timed, side_effects};
+use super::{measure_new, repeated_runs, run_timed, side_effects};
 use crate::artifacts::Label;
 use crate::fsutil::{read_json, write_artifact};
 use crate::git;
@@ -39,7 +39,7 @@ pub async fn run_and_repair(
     verdict: &mut Verdict,
 ) -> Result<Repaired, StepError> {
     let args = repeated_runs(test_file, cx.settings().reruns as usize);
-    let measure = super::add::measure(cx);
+    let measure = measure_new(cx);
     let run = run_timed(cx, worktree, &args, Label::New, measure.clone()).await?;
     let mut new = Repaired {
         touched: side_effects(cx, worktree)?,

@@ -1,11 +1,13 @@
-//! Stage suite: the whole suite runs (with coverage) in the worktree, beside everything kept so
-//! far, and is judged against what passed before.
+//! Stage suite: the iteration's commit catches up with the run branch, then the whole suite
+//! runs (with coverage) in the worktree, beside everything kept so far, and is judged against
+//! what passed before.
 
 use std::path::Path;
 
 use super::judge::{self, SuiteRun};
 use super::{run_timed, side_effects, trouble};
 use crate::artifacts::Label;
+use crate::git;
 use crate::iteration::context::{StepCx, StepError};
 use crate::pytest::{CaseOutcome, Measure, PytestRun};
 use crate::state::Verdict;
@@ -14,6 +16,34 @@ use crate::testid::TestId;
 /// A test file of the project that does not import would otherwise stop the whole session,
 /// and every proposal after it would look broken.
 pub const SUITE_FLAG: &str = "--continue-on-collection-errors";
+
+/// Moves the iteration's commit onto the run branch's tip, if other iterations were kept since
+/// it was made (with `--jobs`, while this one waited for the LLM or ran its new tests), and
+/// returns the tests that pass there: what its whole-suite run is judged against. The suite then
+/// runs beside everything kept so far, and keeping needs no second run unless the tip moves
+/// again meanwhile. A conflict leaves the commit where it is, for keeping to reject.
+///
+/// The tip and what passes there come from the run as it is now, not from the copy this step
+/// started with: another iteration may have been kept since.
+pub fn catch_up(cx: &mut StepCx<'_>) -> Result<Vec<String>, StepError> {
+    let (commit, parent) = cx.commit_and_parent()?;
+    // Kept commits move the run branch and the run's state in one go (no await between), so
+    // the two agree here.
+    let tip = cx.tip()?;
+    let passing = {
+        let now = cx.run_now();
+        if parent == tip {
+            return Ok(now.passing_at(Some(&tip.to_string())));
+        }
+        now.passing_at_tip()
+    };
+    let Some(replayed) = git::replay_onto(&cx.ctx.repo, commit, tip)? else {
+        return Ok(cx.state.passing_at(Some(&parent.to_string())));
+    };
+    cx.worktree_at(replayed)?;
+    cx.record_commit(replayed)?;
+    Ok(passing)
+}
 
 /// Runs the whole suite and judges it: nothing that passed in `passing_before` may fail, and
 /// every new test must pass among all the others. Fills the verdict's suite figures, and

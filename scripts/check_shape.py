@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Checks the shape rules of src/ that no compiler checks (run by scripts/test.sh):
+
+- no function outside tests is longer than 80 lines;
+- no import loop between the crate's top-level modules, nor between the submodules of one;
+- no file name of the state dir spelt outside src/artifacts.rs;
+- no reason text compared: verify stages and the report match on `RejectReason`.
+
+Prints each breach as `path:line: what` and exits 1 if there is any.
+"""
+import os
+import re
+import sys
+
+SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+MAX_LINES = 80
+# Names of project files improve reads, not files it writes.
+PROJECT_FILES = {
+    "CLAUDE.md",
+    "AGENTS.md",
+    "CONTRIBUTING.md",
+    "recording.json",
+    "setup.py",
+    "conftest.py",
+    "test_*.py",
+    "*_test.py",
+}
+
+
+def sources():
+    for folder, _, files in os.walk(SRC):
+        for name in sorted(files):
+            if name.endswith(".rs"):
+                path = os.path.join(folder, name)
+                text = open(path, encoding="utf-8").read()
+                # Unit tests sit at the end of a file, under #[cfg(test)].
+                yield os.path.relpath(path, SRC), text.split("#[cfg(test)]")[0]
+
+
+def long_functions(rel, text):
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)(pub(\([a-z]+\))? )?(async )?(const )?fn (\w+)", line)
+        if not m or line.rstrip().endswith(";"):
+            continue
+        indent = m.group(1)
+        for j in range(i, len(lines)):
+            if lines[j] == indent + "}" or (j == i and line.rstrip().endswith("}")):
+                if j - i + 1 > MAX_LINES:
+                    yield f"{rel}:{i + 1}: fn {m.group(6)} is {j - i + 1} lines (at most {MAX_LINES})"
+                break
+
+
+def module_of(rel, depth):
+    parts = rel[:-3].split("/")
+    if parts[-1] in ("mod", "lib", "main"):
+        parts = parts[:-1]
+    return "::".join(parts[:depth])
+
+
+def references(rel, text):
+    text = re.sub(r"//[^\n]*", "", text)
+    refs = set(re.findall(r"crate::((?:[a-z_]+::)*[a-z_]+)", text))
+    for group in re.findall(r"crate::\{([^}]*)\}", text):
+        refs.update(p.strip().split("::{")[0] for p in group.split(",") if p.strip())
+    me = rel[:-3].split("/")
+    if me[-1] == "mod":
+        me = me[:-1]
+    for ups, path in re.findall(r"\bsuper::((?:super::)*)((?:[a-z_]+::)*[a-z_]+)", text):
+        base = me[: -(1 + ups.count("super::"))]
+        refs.add("::".join(base + [path]))
+    return refs
+
+
+def cycles(files, depth):
+    known = {module_of(rel, depth) for rel, _ in files}
+    graph = {}
+    for rel, text in files:
+        a = module_of(rel, depth)
+        for ref in references(rel, text):
+            parts = ref.split("::")
+            b = next(
+                (
+                    "::".join(parts[:k])
+                    for k in range(min(depth, len(parts)), 0, -1)
+                    if "::".join(parts[:k]) in known
+                ),
+                None,
+            )
+            # A child using its parent is not a loop: the parent only declares it.
+            if b and b != a and not a.startswith(b + "::"):
+                graph.setdefault(a, set()).add(b)
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(known):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def artifact_names(rel, text):
+    if rel == "artifacts.rs":
+        return
+    for i, line in enumerate(text.split("\n"), 1):
+        if line.strip().startswith("//"):
+            continue
+        for name in re.findall(r'"([^"\\\s{}]*\.(?:json|jsonl|md|xml|txt|patch|svg|coverage|py))"', line):
+            if name not in PROJECT_FILES and "/" not in name and not name.startswith("."):
+                yield f"{rel}:{i}: file name {name!r} belongs in artifacts.rs"
+
+
+def reason_comparisons(rel, text):
+    for i, line in enumerate(text.split("\n"), 1):
+        if re.search(r"reason\w*(\.as_deref\(\))?[^;]*\.(starts_with|ends_with|contains)\(", line):
+            yield f"{rel}:{i}: a reason's text is compared; match on RejectReason"
+
+
+def main():
+    files = list(sources())
+    breaches = []
+    for rel, text in files:
+        breaches += long_functions(rel, text)
+        breaches += artifact_names(rel, text)
+        breaches += reason_comparisons(rel, text)
+    for depth in (1, 2, 3):
+        for loop in cycles(files, depth):
+            breaches.append(f"import loop between modules: {' -> '.join(loop)}")
+    for b in breaches:
+        print(b)
+    if breaches:
+        sys.exit(1)
+    print(f"shape: {len(files)} files, no function over {MAX_LINES} lines, no import loop, "
+          "file names only in artifacts.rs, no reason text compared")
+
+
+if __name__ == "__main__":
+    main()
