@@ -1,6 +1,6 @@
 //! `improve`: an overnight loop that asks an LLM for pytest tests, verifies them in git worktrees
 //! and keeps only what passes, one commit per kept iteration. See `shared/contract.md` for the
-//! user-facing contract and `design.md` for how the modules divide the work.
+//! user-facing contract, and the README's Layout section for how the modules divide the work.
 
 pub mod artifacts;
 pub mod baseline;

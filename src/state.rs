@@ -1,7 +1,8 @@
-//! The persisted run: serde types of `state.json`, its atomic save, the lock that keeps two runs
-//! off one state dir, and archiving. Every other module changes the run only through these types
-//! and saves only through [`StateStore::save`], so "written atomically after every step" holds in
-//! one place.
+//! The persisted run: serde types of `state.json`, and its save (atomic, through
+//! [`crate::fsutil`]), load, lock and archive. Every other module changes the run only through
+//! these types and saves only through [`StateStore::save`], so "written atomically after every
+//! step" holds in one place. Each reason an iteration was not kept is saved with its kind
+//! ([`RejectReason`]), which is what the report groups by and the verify stages act on.
 
 use std::path::{Path, PathBuf};
 

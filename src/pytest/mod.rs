@@ -1,7 +1,9 @@
-//! Running pytest on untrusted tests: its own process group (killed whole on timeout or
-//! cancellation), stdin closed, output to a file (so a grandchild holding a pipe cannot hang us),
-//! and an environment without secrets. Results come from pytest's JUnit XML, never from parsing
-//! its console text; coverage from coverage.py's JSON.
+//! Running pytest on untrusted tests, as a child of [`crate::process`] (its own process group,
+//! killed whole on timeout or cancellation; stdin closed; output to a file, so a grandchild
+//! holding a pipe cannot hang us; an environment without secrets), under coverage.py and with
+//! our plugin when they are there. Results come from pytest's JUnit XML ([`junit`]), never from
+//! parsing its console text; coverage from coverage.py's JSON ([`crate::coverage`]). Where each
+//! run's files go is [`crate::artifacts::PytestFiles`]'s to say.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -639,3 +639,61 @@ async fn the_worktree_is_reused_with_the_project_bytecode_kept_outside_it() {
         0
     );
 }
+
+/// A state file written before rejections had kinds (no `reject` fields) still loads, resumes
+/// an iteration verified but not yet finished, and reports its reasons as unclassified.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_saved_before_reasons_had_kinds_resumes() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(INVALID), code_answer(FAILING)],
+    )
+    .await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2", "--max-repairs", "0"])
+        .env("IMPROVE_TEST_ABORT_AT", "verified:2");
+    llm.args(&mut cmd);
+    assert_eq!(output(cmd).await.status.code(), None, "not killed");
+    let path = fx.state_dir().join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // What this improve saves, and what an older one did not.
+    assert_eq!(
+        state["iterations"][0]["reject"], "invalid_python",
+        "{state:#}"
+    );
+    assert_eq!(state["iterations"][1]["step"], "verified", "{state:#}");
+    assert_eq!(
+        state["iterations"][1]["verdict"]["reject"], "new_tests_fail",
+        "{state:#}"
+    );
+    for it in state["iterations"].as_array_mut().unwrap() {
+        it.as_object_mut().unwrap().remove("reject");
+        if let Some(v) = it["verdict"].as_object_mut() {
+            v.remove("reject");
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+
+    run_ok(fx.root(), &llm, &["--max-repairs", "0"]).await;
+    let log = improve_json(fx.root(), &["log", "--json"]);
+    assert_eq!(log.as_array().unwrap().len(), 2, "{log:#}");
+    assert_eq!(log[1]["outcome"], "rejected");
+    assert!(
+        log[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("2 of 2 new tests fail"),
+        "{log:#}"
+    );
+    let report = improve_json(fx.root(), &["report", "--format", "json"]);
+    let reasons = &report["rejection_reasons"];
+    assert_eq!(
+        reasons[0]["reason"], "unclassified (recorded by an older improve)",
+        "{report:#}"
+    );
+    assert_eq!(reasons[0]["count"], 2, "{report:#}");
+    // The verdict was taken as saved: nothing was asked again.
+    assert_eq!(llm.requests().await.len(), 2);
+}
