@@ -14,6 +14,16 @@ never imports or runs the files it reads.
   {"op": "prune", "file": F, "names": ["test_a", "TestK::test_b", ...]}
       Removes those test functions (a class left without tests goes whole).
       -> {"ok": true, "removed": N} or {"ok": false, "error": ...} (the file is then unchanged)
+  {"op": "salvage", "file": F}
+      Keeps the complete top-level statements of a cut-off file, after cutting a block the
+      model repeated. -> {"ok": true, "tests": N, "repetition": <lines cut>}
+  {"op": "merge", "previous": P, "file": F, "passing": [names]}
+      F (a repair answer) becomes P's passing tests as they were plus F's other tests.
+      -> {"ok": true, "tests": N, "kept": <passing tests carried>, "changed": <tests of F new
+      or different from P>}
+  {"op": "api", "file": F}
+      The public functions, classes and methods of module F with their signatures.
+      -> {"ok": true, "text": "...", "names": [every top-level name]}
 """
 import ast
 import json
@@ -23,7 +33,7 @@ FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
 def span(node):
-    start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+    start = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
     return start, node.end_lineno
 
 
@@ -113,12 +123,231 @@ def prune(path, names):
     return {"ok": True, "removed": removed}
 
 
+# A block of lines repeated this many times in a row is a model repeating itself.
+REPEATS = 4
+MAX_PERIOD = 30
+
+
+def cut_repetition(lines):
+    """`lines` up to the second copy of the first block (of up to MAX_PERIOD non-blank lines)
+    that repeats REPEATS times in a row; the number of lines cut (0: none)."""
+    keys = [l.strip() for l in lines]
+    n = len(lines)
+    for i in range(n):
+        for p in range(1, MAX_PERIOD + 1):
+            if i + REPEATS * p > n:
+                break
+            block = keys[i : i + p]
+            if not any(block):
+                continue
+            if all(keys[i + k * p : i + (k + 1) * p] == block for k in range(1, REPEATS)):
+                return lines[: i + p], n - (i + p)
+    return lines, 0
+
+
+def is_test(node):
+    return (isinstance(node, FUNCS) and node.name.startswith("test")) or (
+        isinstance(node, ast.ClassDef) and node.name.startswith("Test")
+    )
+
+
+def salvage(path):
+    """What a cut-off answer got right: its repetition cut, then its longest prefix that parses,
+    without a last top-level statement the cut may have ended early (one that no top-level line
+    follows). -> {"ok", "tests": complete tests kept, "repetition": lines cut}"""
+    lines, repeated = cut_repetition(read(path).splitlines(keepends=True))
+    for k in range(len(lines), -1, -1):
+        text = "".join(lines[:k])
+        try:
+            tree = ast.parse(text)
+            break
+        except SyntaxError:
+            continue
+    body = tree.body
+    if body:
+        last = body[-1]
+        after = [l for l in lines[last.end_lineno :] if l.strip()]
+        if not (after and not after[0][0].isspace()):
+            body = body[:-1]
+            text = "".join(lines[: span(last)[0] - 1])
+    tests = sum(1 for node in body if is_test(node))
+    write(path, text)
+    return {"ok": True, "tests": tests, "repetition": repeated}
+
+
+def top_level(tree, source):
+    """(name or None, source text, node) of each top-level statement."""
+    lines = source.splitlines(keepends=True)
+    out = []
+    for node in tree.body:
+        start, end = span(node)
+        name = getattr(node, "name", None)
+        out.append((name, "".join(lines[start - 1 : end]), node))
+    return out
+
+
+def passing_parts(node, text, passing):
+    """The part of a test function or class that passed: the whole function, or the class
+    with only its passing test methods (None when nothing of it passed)."""
+    if isinstance(node, FUNCS):
+        return text if node.name in passing else None
+    kept = {n.name for n in node.body if isinstance(n, FUNCS) and f"{node.name}::{n.name}" in passing}
+    if not kept:
+        return None
+    lines = text.splitlines(keepends=True)
+    first = span(node)[0]
+    drop = set()
+    for n in node.body:
+        if isinstance(n, FUNCS) and n.name.startswith("test") and n.name not in kept:
+            start, end = span(n)
+            drop.update(range(start - first, end - first + 1))
+    return "".join(l for i, l in enumerate(lines) if i not in drop)
+
+
+def rename(text, node, old, new, first_line):
+    """`text` (the source of `node`, starting at line `first_line`) with every name `old` in it
+    written `new`."""
+    lines = text.splitlines(keepends=True)
+    hits = sorted(
+        (
+            (n.lineno - first_line, n.col_offset, len(old))
+            for n in ast.walk(node)
+            if (isinstance(n, ast.Name) and n.id == old) or (isinstance(n, ast.arg) and n.arg == old)
+        ),
+        reverse=True,
+    )
+    for row, col, size in hits:
+        line = lines[row]
+        lines[row] = line[:col] + new + line[col + size :]
+    head = lines[0]
+    for kw in ("def ", "async def ", "class "):
+        if head.lstrip().startswith(kw + old):
+            lines[0] = head.replace(kw + old, kw + new, 1)
+    return "".join(lines)
+
+
+def merge(previous, answer, passing):
+    """The file after a repair answer: the tests of `previous` that passed (as they were), then
+    the answer's other tests; the statements both need (imports, helpers, fixtures) once, a
+    helper the answer redefines renamed in the answer's code. Written over `answer`.
+    -> {"ok", "tests", "kept": passing tests carried over, "changed": failing tests the answer
+    changed or added tests it brings}"""
+    old_src, new_src = read(previous), read(answer)
+    old, new = ast.parse(old_src), ast.parse(new_src)
+    passing = set(passing)
+    old_parts, new_parts = top_level(old, old_src), top_level(new, new_src)
+    old_text = {name: text for name, text, _ in old_parts if name}
+    if not passing:
+        # Nothing passed (the file may not even have imported): the answer stands as it is.
+        changed = sum(
+            1
+            for name, text, node in new_parts
+            if is_test(node) and old_text.get(name, "").strip() != text.strip()
+        )
+        tests = sum(1 for n in ast.walk(new) if isinstance(n, FUNCS) and n.name.startswith("test"))
+        return {"ok": True, "tests": tests, "kept": 0, "changed": changed}
+    kept_names = set()
+    out = []
+    # The previous file's statements first: its passing tests rely on them.
+    for name, text, node in old_parts:
+        if is_test(node):
+            part = passing_parts(node, text, passing)
+            if part:
+                out.append(part)
+                kept_names.add(name)
+        else:
+            out.append(text)
+    seen = {text.strip() for text in out}
+    # The answer redefines a helper (or fixture) the passing tests use: its own version gets a
+    # name of its own, and the answer's tests use that.
+    clashes = {
+        name: f"{name}_2"
+        for name, text, node in new_parts
+        if name and not is_test(node) and name in old_text and old_text[name].strip() != text.strip()
+    }
+    changed = 0
+    for name, text, node in new_parts:
+        if text.strip() in seen:
+            continue
+        if is_test(node) and (name not in old_text or old_text[name].strip() != text.strip()):
+            changed += 1
+        if is_test(node) and name in kept_names:
+            text = rename(text, node, name, f"{name}_2", span(node)[0])
+        for old_name, new_name in clashes.items():
+            text = rename(text, ast.parse(text).body[0], old_name, new_name, 1)
+        out.append(text)
+    result = "\n\n".join(t.rstrip("\n") for t in out) + "\n"
+    tree = ast.parse(result)
+    write(answer, result)
+    tests = sum(
+        1 for node in ast.walk(tree) if isinstance(node, FUNCS) and node.name.startswith("test")
+    )
+    return {"ok": True, "tests": tests, "kept": len(kept_names), "changed": changed}
+
+
+def signature(node):
+    args = ast.unparse(node.args)
+    returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+    prefix = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
+    return f"{prefix} {node.name}({args}){returns}"
+
+
+def first_doc_line(node):
+    doc = ast.get_docstring(node)
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""
+
+
+def api(path):
+    """The public names of a module, from its source (never imported): functions and classes
+    with their signatures and the first line of their docstring, methods indented under their
+    class. -> {"ok", "text", "names": every top-level name the module defines}"""
+    tree = ast.parse(read(path))
+    lines, names = [], []
+    for node in tree.body:
+        if isinstance(node, FUNCS):
+            names.append(node.name)
+            if not node.name.startswith("_"):
+                doc = first_doc_line(node)
+                lines.append(signature(node) + (f"  # {doc}" if doc else ""))
+        elif isinstance(node, ast.ClassDef):
+            names.append(node.name)
+            if node.name.startswith("_"):
+                continue
+            bases = ", ".join(ast.unparse(b) for b in node.bases)
+            doc = first_doc_line(node)
+            lines.append(f"class {node.name}({bases})" + (f"  # {doc}" if doc else ""))
+            for item in node.body:
+                if isinstance(item, FUNCS) and (not item.name.startswith("_") or item.name == "__init__"):
+                    doc = first_doc_line(item)
+                    lines.append("    " + signature(item) + (f"  # {doc}" if doc else ""))
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    names.append(t.id)
+                    if t.id.isupper() or not t.id.startswith("_"):
+                        lines.append(t.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.extend((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
+    return {"ok": True, "text": "\n".join(lines), "names": names}
+
+
 def answer(request):
     op = request.get("op")
     if op == "tidy":
         return tidy(request["file"])
     if op == "prune":
         return prune(request["file"], request.get("names", []))
+    if op == "salvage":
+        return salvage(request["file"])
+    if op == "merge":
+        return merge(
+            request["previous"],
+            request["file"],
+            request.get("passing", []),
+        )
+    if op == "api":
+        return api(request["file"])
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 

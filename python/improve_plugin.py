@@ -14,6 +14,9 @@ pytest's configuration and collection say about the project's tests (`testpaths`
 `python_files`, the config file, the files tests were collected from) and, for each import
 name in IMPROVE_IMPORT_CHECK, where that code is imported from or why it cannot be.
 
+A test that failed is not run again when the file is given several times (the reruns that look
+for flaky tests): it is skipped.
+
 With IMPROVE_BYTECODE_CACHE set, the bytecode of everything imported from here on (the project's
 package, conftest files and tests) is cached there, outside the worktree, for the next run in
 the same worktree to reuse.
@@ -72,6 +75,14 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     if cov is not None:
         cov.switch_context("")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # The reruns (--keep-duplicates) look for flaky tests among those that passed: a test that
+    # already failed is not run again.
+    if _outcomes.get(item.nodeid, [0, 0])[1] > 0:
+        pytest.skip("failed on an earlier run: not run again")
 
 
 def pytest_runtest_logreport(report):

@@ -163,6 +163,10 @@ impl IterationFiles {
     pub fn prompt(&self) -> PathBuf {
         self.dir.join("prompt.md")
     }
+    /// The target module's source at the run branch's tip, read for its API (never imported).
+    pub fn module_source(&self) -> PathBuf {
+        self.dir.join("module.py")
+    }
     /// The first request, which repair rounds continue.
     pub fn request(&self) -> PathBuf {
         self.dir.join("request.json")

@@ -203,6 +203,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_repairs: Option<u32>,
 
+    /// The most tokens a prompt may take (estimated): the module excerpt, its API, example
+    /// tests and the project's guidelines are cut, in that order of priority, to fit. A server
+    /// that refuses a prompt as too long gets one of half the size (default 10000).
+    #[arg(long, value_name = "N")]
+    pub max_prompt_tokens: Option<u32>,
+
+    /// The most tokens an answer may take (`max_tokens` of each request; default 2000). A
+    /// model repeating itself stops there; the complete tests before the cut are kept.
+    #[arg(long, value_name = "N")]
+    pub max_answer_tokens: Option<u32>,
+
     /// Run the tests under bubblewrap: file system read-only but for the worktree, a private
     /// /tmp, no network. Refuses to start when bubblewrap cannot sandbox on this machine.
     #[arg(long)]

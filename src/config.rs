@@ -64,6 +64,12 @@ pub struct RunSettings {
     /// Repair rounds for failing new tests.
     #[serde(default = "default_max_repairs")]
     pub max_repairs: u32,
+    /// The prompt budget in (estimated) tokens.
+    #[serde(default = "default_max_prompt_tokens")]
+    pub max_prompt_tokens: u32,
+    /// `max_tokens` of every request.
+    #[serde(default = "default_max_answer_tokens")]
+    pub max_answer_tokens: u32,
 }
 
 /// One string or a list of them (TOML, state.json).
@@ -94,6 +100,14 @@ fn default_true() -> bool {
 
 fn default_max_repairs() -> u32 {
     2
+}
+
+fn default_max_prompt_tokens() -> u32 {
+    10_000
+}
+
+fn default_max_answer_tokens() -> u32 {
+    2_000
 }
 
 fn default_reruns() -> u32 {
@@ -154,6 +168,10 @@ pub struct FileConfig {
     pub require_coverage_gain: Option<bool>,
     #[serde(alias = "max_repairs")]
     pub max_repairs: Option<u32>,
+    #[serde(alias = "max_prompt_tokens")]
+    pub max_prompt_tokens: Option<u32>,
+    #[serde(alias = "max_answer_tokens")]
+    pub max_answer_tokens: Option<u32>,
 }
 
 /// Reads `improve.toml` (whole file) or else `[tool.improve]` of `pyproject.toml`.
@@ -277,18 +295,10 @@ pub fn resolve(
 ) -> Result<Resolved, UsageError> {
     let l = Layers { cli, file, saved };
     let (provider, replay) = provider_and_replay(&l)?;
-    // An endpoint and a model are saved for their provider only.
-    let same = saved.filter(|s| s.provider == provider);
-    let endpoint = Layers { saved: same, ..l };
-    let llm_url = endpoint
-        .pick(cli.llm_url.clone(), file.llm_url.clone(), |s| {
-            s.llm_url.clone()
-        })
-        .unwrap_or_else(|| default_url(provider).to_string());
-    check_url(provider, &llm_url)?;
-    let model = endpoint.pick(cli.model.clone(), file.model.clone(), |s| s.model.clone());
-    let model = check_model(provider, model)?;
+    let (llm_url, model) = endpoint(&l, provider)?;
     let (iterations, jobs) = counts(&l)?;
+    let (reruns, require_coverage_gain, max_repairs) = verification(&l);
+    let (max_prompt_tokens, max_answer_tokens) = token_limits(&l)?;
     let default_secs = Duration::from_secs(300);
     let settings = RunSettings {
         provider,
@@ -334,17 +344,11 @@ pub fn resolve(
                 s.pass_env.clone()
             })
             .unwrap_or_default(),
-        reruns: l
-            .pick(cli.reruns, file.reruns, |s| s.reruns)
-            .unwrap_or_else(default_reruns),
-        require_coverage_gain: l
-            .pick(cli.require_coverage_gain, file.require_coverage_gain, |s| {
-                s.require_coverage_gain
-            })
-            .unwrap_or(true),
-        max_repairs: l
-            .pick(cli.max_repairs, file.max_repairs, |s| s.max_repairs)
-            .unwrap_or_else(default_max_repairs),
+        reruns,
+        require_coverage_gain,
+        max_repairs,
+        max_prompt_tokens,
+        max_answer_tokens,
     };
     Ok(Resolved {
         iterations,
@@ -358,6 +362,64 @@ pub fn resolve(
             .or(file_duration(&file.max_duration, "max-duration")?),
         settings,
     })
+}
+
+/// The LLM's URL and model. They are saved for their provider only.
+fn endpoint(l: &Layers<'_>, provider: Provider) -> Result<(String, String), UsageError> {
+    let endpoint = Layers {
+        saved: l.saved.filter(|s| s.provider == provider),
+        ..*l
+    };
+    let (cli, file) = (l.cli, l.file);
+    let url = endpoint
+        .pick(cli.llm_url.clone(), file.llm_url.clone(), |s| {
+            s.llm_url.clone()
+        })
+        .unwrap_or_else(|| default_url(provider).to_string());
+    check_url(provider, &url)?;
+    let model = endpoint.pick(cli.model.clone(), file.model.clone(), |s| s.model.clone());
+    Ok((url, check_model(provider, model)?))
+}
+
+/// Reruns of the new tests, whether they must add coverage, repair rounds.
+fn verification(l: &Layers<'_>) -> (u32, bool, u32) {
+    let (cli, file) = (l.cli, l.file);
+    (
+        l.pick(cli.reruns, file.reruns, |s| s.reruns)
+            .unwrap_or_else(default_reruns),
+        l.pick(cli.require_coverage_gain, file.require_coverage_gain, |s| {
+            s.require_coverage_gain
+        })
+        .unwrap_or(true),
+        l.pick(cli.max_repairs, file.max_repairs, |s| s.max_repairs)
+            .unwrap_or_else(default_max_repairs),
+    )
+}
+
+/// The prompt and answer budgets in tokens.
+fn token_limits(l: &Layers<'_>) -> Result<(u32, u32), UsageError> {
+    let (cli, file) = (l.cli, l.file);
+    let prompt = l
+        .pick(cli.max_prompt_tokens, file.max_prompt_tokens, |s| {
+            s.max_prompt_tokens
+        })
+        .unwrap_or_else(default_max_prompt_tokens);
+    let answer = l
+        .pick(cli.max_answer_tokens, file.max_answer_tokens, |s| {
+            s.max_answer_tokens
+        })
+        .unwrap_or_else(default_max_answer_tokens);
+    if prompt < 1_000 {
+        return Err(UsageError(
+            "--max-prompt-tokens must be at least 1000: a prompt holds the module and the instructions".into(),
+        ));
+    }
+    if answer < 200 {
+        return Err(UsageError(
+            "--max-answer-tokens must be at least 200: an answer holds a whole test file".into(),
+        ));
+    }
+    Ok((prompt, answer))
 }
 
 /// How many iterations, and how many at a time: at least one of each.

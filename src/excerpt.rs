@@ -54,9 +54,8 @@ fn enclosing_block(lines: &[&str], line: usize) -> (usize, usize) {
     (start + 1, end)
 }
 
-/// The numbered source or excerpt described in the module doc.
-pub fn excerpt(source: &str, missing: &Missing) -> String {
-    let lines: Vec<&str> = source.lines().collect();
+/// Line number -> `!` (never run) or `?` (a branch never taken).
+fn marks_of(missing: &Missing) -> BTreeMap<usize, char> {
     let mut marks: BTreeMap<usize, char> = BTreeMap::new();
     for l in &missing.lines {
         marks.insert(*l as usize, '!');
@@ -66,25 +65,35 @@ pub fn excerpt(source: &str, missing: &Missing) -> String {
             marks.entry(from).or_insert('?');
         }
     }
-    let shown: BTreeSet<usize> = if lines.len() <= WHOLE_FILE_LINES {
-        (1..=lines.len()).collect()
-    } else {
-        let mut s = BTreeSet::new();
-        for (i, l) in lines.iter().enumerate() {
+    marks
+}
+
+/// The module's top-level imports (1-based line numbers).
+fn imports(lines: &[&str]) -> BTreeSet<usize> {
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
             let t = l.trim_start();
-            if indent(l) == 0 && (t.starts_with("import ") || t.starts_with("from ")) {
-                s.insert(i + 1);
-            }
-        }
-        for line in marks.keys().filter(|l| **l >= 1 && **l <= lines.len()) {
-            let (a, b) = enclosing_block(&lines, *line);
-            s.extend(a..=b);
-        }
-        s
-    };
+            indent(l) == 0 && (t.starts_with("import ") || t.starts_with("from "))
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+/// The blocks around marked lines, each with how many marked lines it holds.
+fn marked_blocks(lines: &[&str], marks: &BTreeMap<usize, char>) -> BTreeMap<(usize, usize), usize> {
+    let mut blocks = BTreeMap::new();
+    for line in marks.keys().filter(|l| **l >= 1 && **l <= lines.len()) {
+        *blocks.entry(enclosing_block(lines, *line)).or_default() += 1;
+    }
+    blocks
+}
+
+fn render(lines: &[&str], shown: &BTreeSet<usize>, marks: &BTreeMap<usize, char>) -> String {
     let mut out = String::new();
     let mut last = 0;
-    for n in shown {
+    for &n in shown {
         if last != 0 && n > last + 1 {
             out.push_str("     ...\n");
         }
@@ -93,6 +102,73 @@ pub fn excerpt(source: &str, missing: &Missing) -> String {
         last = n;
     }
     out
+}
+
+/// The numbered source or excerpt described in the module doc.
+pub fn excerpt(source: &str, missing: &Missing) -> String {
+    let lines: Vec<&str> = source.lines().collect();
+    let marks = marks_of(missing);
+    let shown: BTreeSet<usize> = if lines.len() <= WHOLE_FILE_LINES {
+        (1..=lines.len()).collect()
+    } else {
+        let mut s = imports(&lines);
+        for (a, b) in marked_blocks(&lines, &marks).into_keys() {
+            s.extend(a..=b);
+        }
+        s
+    };
+    render(&lines, &shown, &marks)
+}
+
+/// [`excerpt`] in at most `max_chars`: when it is longer, the imports and the functions with
+/// the most missing lines, as many as fit (at least one, cut at a line if it alone is too
+/// long). The second value says what was left out.
+pub fn excerpt_within(
+    source: &str,
+    missing: &Missing,
+    max_chars: usize,
+) -> (String, Option<String>) {
+    let whole = excerpt(source, missing);
+    if whole.len() <= max_chars {
+        return (whole, None);
+    }
+    let lines: Vec<&str> = source.lines().collect();
+    let marks = marks_of(missing);
+    let mut ranked: Vec<((usize, usize), usize)> =
+        marked_blocks(&lines, &marks).into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut shown = imports(&lines);
+    let mut taken = 0;
+    for ((a, b), _) in &ranked {
+        let mut trial = shown.clone();
+        trial.extend(*a..=*b);
+        if taken > 0 && render(&lines, &trial, &marks).len() > max_chars {
+            break;
+        }
+        shown = trial;
+        taken += 1;
+    }
+    let mut text = render(&lines, &shown, &marks);
+    if text.len() > max_chars {
+        let end = text[..floor_boundary(&text, max_chars)]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        text.truncate(end);
+        text.push_str("     ... (cut)\n");
+    }
+    let note = format!(
+        "the module excerpt narrowed to the {taken} of {} functions with the most missing lines",
+        ranked.len()
+    );
+    (text, Some(note))
+}
+
+fn floor_boundary(text: &str, at: usize) -> usize {
+    let mut end = at.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
 }
 
 #[cfg(test)]
@@ -152,5 +228,32 @@ mod tests {
         );
         assert!(!e.contains("def f49") && !e.contains("def f51"), "{e}");
         assert!(e.contains("     ...\n"));
+    }
+
+    #[test]
+    fn a_tight_budget_keeps_the_functions_with_the_most_missing_lines() {
+        let mut src = String::from("import os\n\n");
+        for i in 0..100 {
+            src.push_str(&format!(
+                "def f{i}(a):\n    if a:\n        return {i}\n    return -1\n\n"
+            ));
+        }
+        // f10 (lines 53-56) misses two lines, f90 (lines 453-456) one.
+        let m = Missing {
+            lines: vec![55, 56, 455],
+            branches: vec![],
+        };
+        let (whole, note) = excerpt_within(&src, &m, 10_000);
+        assert!(note.is_none() && whole.contains("def f90"), "{whole}");
+        let (tight, note) = excerpt_within(&src, &m, 120);
+        assert!(
+            tight.contains("def f10") && !tight.contains("def f90"),
+            "{tight}"
+        );
+        assert!(tight.contains("import os"), "{tight}");
+        assert_eq!(
+            note.as_deref(),
+            Some("the module excerpt narrowed to the 1 of 2 functions with the most missing lines")
+        );
     }
 }

@@ -17,8 +17,9 @@ pub struct Proposal {
 pub enum ProposalError {
     #[error("the answer has no code block")]
     NoCode,
+    /// The block as far as it goes, for what a cut-off answer got right.
     #[error("the answer's code block is not closed (was the answer cut off?)")]
-    Unclosed,
+    Unclosed(Proposal),
     #[error("the answer's code block has no test function")]
     NoTests,
 }
@@ -92,7 +93,14 @@ pub fn parse(answer: &str) -> Result<Proposal, ProposalError> {
                 if other_lang {
                     break;
                 }
-                return Err(ProposalError::Unclosed);
+                let hint = body
+                    .first()
+                    .and_then(|first| first_line_hint(first))
+                    .or(before_hint);
+                return Err(ProposalError::Unclosed(Proposal {
+                    code: body.join("\n") + "\n",
+                    path_hint: hint,
+                }));
             }
             if !other_lang {
                 let hint = body
@@ -322,10 +330,16 @@ mod tests {
             parse("I cannot help with that."),
             Err(ProposalError::NoCode)
         );
+        let Err(ProposalError::Unclosed(partial)) =
+            parse("```python\n# tests/test_a.py\ndef test_a():\n    assert")
+        else {
+            panic!("an unclosed block is not reported as such");
+        };
         assert_eq!(
-            parse("```python\ndef test_a():\n    assert"),
-            Err(ProposalError::Unclosed)
+            partial.code,
+            "# tests/test_a.py\ndef test_a():\n    assert\n"
         );
+        assert_eq!(partial.path_hint.as_deref(), Some("tests/test_a.py"));
         assert_eq!(parse("```python\nx = 1\n```"), Err(ProposalError::NoTests));
     }
 

@@ -130,4 +130,93 @@ impl PyHelper {
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(0))
     }
+
+    /// Keeps what a cut-off test file got right: a block the model repeated cut, then its
+    /// complete top-level statements (written back to `file`).
+    pub async fn salvage(&self, file: &Path) -> Result<Salvaged, String> {
+        let v = self
+            .call(json!({"op": "salvage", "file": file.display().to_string()}))
+            .await?;
+        Ok(Salvaged {
+            tests: count(&v, "tests"),
+            repeated_lines: count(&v, "repetition"),
+        })
+    }
+
+    /// Makes `file` (a repair answer) the tests of `previous` named in `passing`, as they were,
+    /// plus the answer's other tests, with the statements both need once.
+    pub async fn merge(
+        &self,
+        previous: &Path,
+        file: &Path,
+        passing: &[String],
+    ) -> Result<Merged, String> {
+        let v = self
+            .call(json!({
+                "op": "merge",
+                "previous": previous.display().to_string(),
+                "file": file.display().to_string(),
+                "passing": passing,
+            }))
+            .await?;
+        Ok(Merged {
+            tests: count(&v, "tests"),
+            kept: count(&v, "kept"),
+            changed: count(&v, "changed"),
+        })
+    }
+
+    /// The public API of the module whose source is `file`, read by the parser (never imported).
+    pub async fn api(&self, file: &Path) -> Result<Api, String> {
+        let v = self
+            .call(json!({"op": "api", "file": file.display().to_string()}))
+            .await?;
+        Ok(Api {
+            text: v["text"].as_str().unwrap_or_default().to_string(),
+            names: v["names"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+fn count(v: &Value, key: &str) -> u32 {
+    v[key]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// What [`PyHelper::salvage`] kept of a cut-off file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Salvaged {
+    /// Complete tests left.
+    pub tests: u32,
+    /// Lines cut because the model repeated a block (0: it did not).
+    pub repeated_lines: u32,
+}
+
+/// What [`PyHelper::merge`] made of a repair answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    /// Test functions in the merged file.
+    pub tests: u32,
+    /// Passing tests carried over from the file before the repair.
+    pub kept: u32,
+    /// Tests of the answer that are new or differ from the file it was given: 0 when the model
+    /// changed nothing.
+    pub changed: u32,
+}
+
+/// A module's public names with their signatures, for the prompt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Api {
+    pub text: String,
+    /// Every top-level name the module defines or imports.
+    pub names: Vec<String>,
 }

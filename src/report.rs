@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::fsutil::write_atomic;
 use crate::git;
 use crate::prompt::{self, Templates};
-use crate::state::{Funnel, Iteration, Outcome, RejectReason, RunState, Seconds};
+use crate::state::{AnswerNotes, Funnel, Iteration, Outcome, RejectReason, RunState, Seconds};
 use crate::testid::TestId;
 
 #[derive(Debug, Serialize)]
@@ -58,6 +58,9 @@ pub struct ReportModel {
     pub funnel: Funnel,
     /// Tests dropped at each stage, summed: failing after repair, flaky, redundant, polluting.
     pub dropped: DroppedCounts,
+    /// What the answers needed before pytest saw them, summed over the iterations.
+    pub answers: AnswerNotes,
+    pub answers_noted: bool,
     pub repairs: u32,
     /// Tests the model stood by while they failed on an assertion: possible bugs in the code.
     pub findings: Vec<FindingRow>,
@@ -161,6 +164,10 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
     let start_cov = state.baseline.as_ref().and_then(|b| b.coverage.as_ref());
     let now_cov = state.coverage_now();
     let (funnel, dropped, repairs, findings) = verdict_totals(&finished);
+    let mut answers = AnswerNotes::default();
+    for it in &state.iterations {
+        answers.add(&it.answers);
+    }
     let (tokens_in, tokens_out) = state.tokens();
     let in_files = |created: bool| -> u32 {
         file_rows
@@ -172,6 +179,8 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
     ReportModel {
         funnel,
         dropped,
+        answers_noted: !answers.is_empty(),
+        answers,
         repairs,
         findings,
         run_id: state.run_id.clone(),

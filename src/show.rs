@@ -11,7 +11,7 @@ use crate::artifacts::IterationFiles;
 use crate::cli::GlobalArgs;
 use crate::error::UserError;
 use crate::git;
-use crate::state::{Funnel, Iteration, Outcome, Seconds};
+use crate::state::{AnswerNotes, Funnel, Iteration, Outcome, Seconds};
 use crate::testid::names_up_to;
 use crate::views::{load, print_out};
 
@@ -45,7 +45,11 @@ pub struct ShowView {
     /// When each step ended, in seconds from the iteration's start.
     pub steps: Vec<(&'static str, f64)>,
     pub prompt: Option<String>,
+    /// What was left out of the prompt to fit its budget.
+    pub prompt_cuts: Vec<String>,
     pub answer: Option<String>,
+    /// What the answers needed before pytest saw them.
+    pub answers: AnswerNotes,
     /// The kept commit's patch, or the rejected proposal's; null when it never became a file.
     pub diff: Option<String>,
 }
@@ -130,7 +134,9 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
             })
             .collect(),
         prompt: path_of(files.prompt()),
+        prompt_cuts: it.prompt_cuts.clone(),
         answer: path_of(files.response(0)),
+        answers: it.answers,
         diff: diff(repo_root, files, it),
     }
 }
@@ -235,6 +241,17 @@ fn cost_and_files(v: &ShowView, out: &mut String) {
         if let Some(p) = path {
             let _ = writeln!(out, "{label}:   {p}");
         }
+    }
+    if !v.prompt_cuts.is_empty() {
+        let _ = writeln!(out, "to fit:   {}", v.prompt_cuts.join("; "));
+    }
+    let a = &v.answers;
+    if !a.is_empty() {
+        let _ = writeln!(
+            out,
+            "answers:  {} cut off ({} complete tests kept), {} repeating, {} repairs changing nothing, {} prompts refused as too long",
+            a.salvaged, a.salvaged_tests, a.repeating, a.unchanged_repairs, a.context_refusals
+        );
     }
     match &v.diff {
         Some(d) => {

@@ -436,6 +436,48 @@ pub struct Iteration {
     /// own time line: with `--jobs` above 1, iterations overlap.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<StepTime>,
+    /// What the model's answers needed: salvage, cut repetitions, unchanged repairs.
+    #[serde(default, skip_serializing_if = "AnswerNotes::is_empty")]
+    pub answers: AnswerNotes,
+    /// What was left out of the first prompt to fit the budget (`--max-prompt-tokens`, halved
+    /// after each refusal of the server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompt_cuts: Vec<String>,
+}
+
+/// How the model's answers fared before pytest saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerNotes {
+    /// Answers cut off (at the token limit, or a code block never closed) whose complete tests
+    /// were kept.
+    #[serde(default)]
+    pub salvaged: u32,
+    /// The complete tests those answers held.
+    #[serde(default)]
+    pub salvaged_tests: u32,
+    /// Answers in which the model repeated a block over and over (the repetition was cut).
+    #[serde(default)]
+    pub repeating: u32,
+    /// Repair answers that changed none of the failing tests: the repair rounds ended there.
+    #[serde(default)]
+    pub unchanged_repairs: u32,
+    /// Prompts the server refused as longer than its context (each retried at half the size).
+    #[serde(default)]
+    pub context_refusals: u32,
+}
+
+impl AnswerNotes {
+    pub fn is_empty(&self) -> bool {
+        *self == AnswerNotes::default()
+    }
+
+    pub fn add(&mut self, other: &AnswerNotes) {
+        self.salvaged += other.salvaged;
+        self.salvaged_tests += other.salvaged_tests;
+        self.repeating += other.repeating;
+        self.unchanged_repairs += other.unchanged_repairs;
+        self.context_refusals += other.context_refusals;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -472,6 +514,8 @@ impl Iteration {
             seconds: Seconds::default(),
             keep_seq: None,
             timeline: Vec::new(),
+            answers: AnswerNotes::default(),
+            prompt_cuts: Vec::new(),
         }
     }
 
@@ -748,6 +792,8 @@ pub(crate) mod tests {
                 reruns: 5,
                 require_coverage_gain: true,
                 max_repairs: 2,
+                max_prompt_tokens: 10_000,
+                max_answer_tokens: 2_000,
                 pass_env: Vec::new(),
             },
             baseline: None,

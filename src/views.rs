@@ -203,6 +203,18 @@ fn eta(state: &RunState) -> String {
 }
 
 pub fn log_json(it: &Iteration) -> Value {
+    let mut row = log_row(it);
+    // Only when there is something to say, so that rows stay short.
+    if !it.answers.is_empty() {
+        row["answers"] = json!(it.answers);
+    }
+    if !it.prompt_cuts.is_empty() {
+        row["prompt_cuts"] = json!(it.prompt_cuts);
+    }
+    row
+}
+
+fn log_row(it: &Iteration) -> Value {
     json!({
         "n": it.n,
         "target": it.target,

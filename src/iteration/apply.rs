@@ -8,7 +8,7 @@ use super::context::{StepCx, StepError};
 use crate::fsutil::{read_json, write_artifact};
 use crate::git;
 use crate::llm::ChatResponse;
-use crate::proposal::{self, ProposalError};
+use crate::proposal::{self, Proposal, ProposalError};
 use crate::state::{Kind, Outcome, RejectReason, Rejection, Step};
 use crate::target;
 
@@ -69,7 +69,11 @@ pub async fn tidy_answer(
     response: &ChatResponse,
     round: u32,
 ) -> Result<Result<Tidied, Rejection>, StepError> {
-    let proposal = match proposal::parse(&response.text) {
+    let parsed = match proposal::parse(&response.text) {
+        Err(ProposalError::Unclosed(partial)) => salvage(cx, partial, round).await?,
+        other => other,
+    };
+    let proposal = match parsed {
         Ok(p) => p,
         Err(e) => {
             let cut_off = if response.truncated() {
@@ -102,10 +106,42 @@ pub async fn tidy_answer(
     }))
 }
 
+/// What a cut-off answer (its code block never closed) got right: its complete tests, after
+/// cutting a block the model repeated. The unclosed block stays the error when no test is left.
+async fn salvage(
+    cx: &mut StepCx<'_>,
+    partial: Proposal,
+    round: u32,
+) -> Result<Result<Proposal, ProposalError>, StepError> {
+    let file = cx.files().proposal(round);
+    write_artifact(&file, partial.code.as_bytes())?;
+    let ctx = cx.ctx;
+    let salvaged = match cx.in_helper(ctx.helper.salvage(&file)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!("a cut-off answer could not be salvaged: {e}");
+            return Ok(Err(ProposalError::Unclosed(partial)));
+        }
+    };
+    let notes = &mut cx.it_mut().answers;
+    if salvaged.repeated_lines > 0 {
+        notes.repeating += 1;
+    }
+    if salvaged.tests == 0 {
+        return Ok(Err(ProposalError::Unclosed(partial)));
+    }
+    notes.salvaged += 1;
+    notes.salvaged_tests += salvaged.tests;
+    Ok(Ok(Proposal {
+        code: std::fs::read_to_string(&file).unwrap_or_default(),
+        path_hint: partial.path_hint,
+    }))
+}
+
 fn parse_reason(e: &ProposalError) -> RejectReason {
     match e {
         ProposalError::NoCode => RejectReason::NoCodeBlock,
-        ProposalError::Unclosed => RejectReason::UnclosedCodeBlock,
+        ProposalError::Unclosed(_) => RejectReason::UnclosedCodeBlock,
         ProposalError::NoTests => RejectReason::NoTestFunction,
     }
 }

@@ -9,6 +9,7 @@ use git2::{Oid, Repository};
 use serde::Serialize;
 
 use super::context::{StepCx, StepError};
+use crate::coverage::Missing;
 use crate::fsutil::{read_json, write_artifact, write_durable};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, LlmError, Role};
 use crate::prompt;
@@ -30,46 +31,86 @@ const GUIDELINE_FILES: [&str; 3] = ["CLAUDE.md", "AGENTS.md", "CONTRIBUTING.md"]
 pub enum AskEnd {
     Answered,
     Failed,
+    /// The server refused even the smallest prompt as too long for its context: not an outage.
+    Refused,
 }
 
 /// What came of one request.
 pub enum Answer {
     Got(ChatResponse),
     /// The LLM gave no answer (after its retries).
-    Failed(String),
+    Failed(LlmError),
     /// Nothing was asked: the request could not be made (a repair whose earlier turns are gone).
     Unavailable,
 }
 
-/// The first request: asks for tests (or a fix), or reuses the answer a crash left saved.
+/// Below this budget a prompt cannot hold the module and the instructions.
+const MIN_PROMPT_TOKENS: u32 = 1_000;
+
+/// The first request: asks for tests (or a fix), or reuses the answer a crash left saved. A
+/// prompt the server refuses as too long for its context is asked again at half the budget.
 pub async fn ask(cx: &mut StepCx<'_>) -> Result<AskEnd, StepError> {
-    let answer = saved_or_asked(cx, 0, |cx| {
-        let request = build_request(cx)?;
-        let files = cx.files();
-        write_artifact(&files.prompt(), prompt_text(&request).as_bytes())?;
-        // The conversation repair rounds continue.
-        let json = serde_json::to_vec_pretty(&request).unwrap_or_default();
-        write_artifact(&files.request(), &json)?;
-        Ok(Some(request))
-    })
-    .await?;
-    match answer {
-        Answer::Got(_) => {
-            let llm = format!("{} {}", cx.ctx.llm.provider().as_str(), cx.ctx.llm.model());
-            let it = cx.it_mut();
-            it.llm = Some(llm);
-            it.step = Step::Asked;
-            Ok(AskEnd::Answered)
-        }
-        Answer::Failed(e) => {
-            let why = Rejection::new(RejectReason::LlmFailed, format!("llm: {e}"));
-            cx.finish(Outcome::Error, why);
-            Ok(AskEnd::Failed)
-        }
-        Answer::Unavailable => Err(StepError::Internal(
-            "the first request could not be made".into(),
-        )),
+    let api = module_api(cx).await?;
+    let mut budget = cx.settings().max_prompt_tokens;
+    loop {
+        let cuts = std::cell::RefCell::new(Vec::new());
+        let answer = saved_or_asked(cx, 0, |cx| {
+            let (request, cut) = build_request_within(cx, budget, api.as_deref())?;
+            let files = cx.files();
+            write_artifact(&files.prompt(), prompt_text(&request).as_bytes())?;
+            // The conversation repair rounds continue.
+            let json = serde_json::to_vec_pretty(&request).unwrap_or_default();
+            write_artifact(&files.request(), &json)?;
+            *cuts.borrow_mut() = cut;
+            Ok(Some(request))
+        })
+        .await?;
+        cx.it_mut().prompt_cuts = cuts.into_inner();
+        let why = match answer {
+            Answer::Got(_) => {
+                let llm = format!("{} {}", cx.ctx.llm.provider().as_str(), cx.ctx.llm.model());
+                let it = cx.it_mut();
+                it.llm = Some(llm);
+                it.step = Step::Asked;
+                return Ok(AskEnd::Answered);
+            }
+            Answer::Failed(e) if e.is_context_length() => {
+                cx.it_mut().answers.context_refusals += 1;
+                if budget / 2 >= MIN_PROMPT_TOKENS {
+                    budget /= 2;
+                    continue;
+                }
+                format!("llm: {e} (even a prompt of {budget} tokens is too long for the model)")
+            }
+            Answer::Failed(e) => {
+                let why = Rejection::new(RejectReason::LlmFailed, format!("llm: {e}"));
+                cx.finish(Outcome::Error, why);
+                return Ok(AskEnd::Failed);
+            }
+            Answer::Unavailable => {
+                return Err(StepError::Internal(
+                    "the first request could not be made".into(),
+                ));
+            }
+        };
+        cx.finish(Outcome::Error, Rejection::new(RejectReason::LlmFailed, why));
+        return Ok(AskEnd::Refused);
     }
+}
+
+/// The public names of an add iteration's module, as its source at the tip defines them.
+async fn module_api(cx: &mut StepCx<'_>) -> Result<Option<String>, StepError> {
+    if cx.it().kind == Kind::Fix {
+        return Ok(None);
+    }
+    let Some(source) = read_at_tip(&cx.ctx.repo, cx.tip()?, &cx.it().target) else {
+        return Ok(None);
+    };
+    let file = cx.files().module_source();
+    write_artifact(&file, source.as_bytes())?;
+    let ctx = cx.ctx;
+    let api = cx.in_helper(ctx.helper.api(&file)).await;
+    Ok(api.ok().map(|a| a.text).filter(|t| !t.trim().is_empty()))
 }
 
 /// The answer to request `round` (0: the first, k: repair round k): the one saved, else what
@@ -102,7 +143,7 @@ pub async fn saved_or_asked(
         Err(LlmError::Cancelled) => Err(StepError::Cancelled),
         Err(e) => {
             count_call(cx, None);
-            Ok(Answer::Failed(e.to_string()))
+            Ok(Answer::Failed(e))
         }
     }
 }
@@ -146,6 +187,11 @@ struct PromptData {
     numbered: Option<String>,
     /// `lines 16, 24, 54-58; branches 15->16`, when something is not covered.
     missing_summary: Option<String>,
+    /// The module's public functions, classes and methods with their signatures.
+    api: Option<String>,
+    /// The module's whole source, for narrowing the excerpt (not shown as such).
+    #[serde(skip)]
+    full_source: String,
 }
 
 #[derive(Serialize)]
@@ -153,6 +199,9 @@ struct NamedText {
     name: String,
     path: String,
     text: String,
+    /// Cut to fit the prompt budget already.
+    #[serde(skip)]
+    cut: bool,
 }
 
 impl NamedText {
@@ -161,6 +210,7 @@ impl NamedText {
             name: path.clone(),
             path,
             text: cut(text, max),
+            cut: false,
         }
     }
 }
@@ -210,16 +260,95 @@ pub fn latest_coverage_json(cx: &StepCx<'_>) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The first request of the iteration, from the run branch's tip.
+/// The first request of the iteration, from the run branch's tip, in the prompt budget.
 pub fn build_request(cx: &StepCx<'_>) -> Result<ChatRequest, StepError> {
-    if cx.it().kind == Kind::Fix {
-        return build_fix_request(cx);
-    }
-    let data = prompt_data(cx, cx.tip()?)?;
-    first_request(cx, format!("add:{}", cx.it().target), prompt::ADD, &data)
+    Ok(build_request_within(cx, cx.settings().max_prompt_tokens, None)?.0)
 }
 
-fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<PromptData, StepError> {
+/// The first request in a prompt of about `budget` tokens, and what was cut to fit.
+fn build_request_within(
+    cx: &StepCx<'_>,
+    budget: u32,
+    api: Option<&str>,
+) -> Result<(ChatRequest, Vec<String>), StepError> {
+    let max_chars = budget as usize * CHARS_PER_TOKEN;
+    if cx.it().kind == Kind::Fix {
+        return Ok((build_fix_request(cx, max_chars)?, Vec::new()));
+    }
+    let (mut data, missing) = prompt_data(cx, cx.tip()?)?;
+    data.api = api.map(|a| cut(a, MAX_EXAMPLE_CHARS));
+    let cuts = fit(cx, &mut data, missing.as_ref(), max_chars)?;
+    let request = first_request(cx, format!("add:{}", cx.it().target), prompt::ADD, &data)?;
+    Ok((request, cuts))
+}
+
+/// A cheap, cautious estimate: code runs about three characters a token.
+const CHARS_PER_TOKEN: usize = 3;
+
+/// Cuts `data` until its prompt fits `max_chars`, in reverse order of what matters most: the
+/// project's guidelines, then example tests, then the API summary, then the module itself
+/// (narrowed to the functions with the most missing lines). Says what was cut.
+fn fit(
+    cx: &StepCx<'_>,
+    data: &mut PromptData,
+    missing: Option<&Missing>,
+    max_chars: usize,
+) -> Result<Vec<String>, StepError> {
+    let templates = &cx.ctx.templates;
+    let size = |d: &PromptData| -> Result<usize, StepError> {
+        Ok(templates.render(prompt::SYSTEM, d)?.len() + templates.render(prompt::ADD, d)?.len())
+    };
+    let mut cuts = Vec::new();
+    loop {
+        let over = size(data)?.saturating_sub(max_chars);
+        if over == 0 {
+            return Ok(cuts);
+        }
+        if let Some(cut) = shrink_last(&mut data.guidelines, over, "the guidelines") {
+            cuts.push(cut);
+        } else if let Some(cut) = shrink_last(&mut data.existing_tests, over, "the example") {
+            cuts.push(cut);
+        } else if data.api.take().is_some() {
+            cuts.push("the module's API summary left out".into());
+        } else {
+            cuts.push(shrink_module(data, missing, over));
+            return Ok(cuts);
+        }
+    }
+}
+
+/// Cuts the last of `items` by `over` characters (and the note saying so), or leaves it out
+/// when little would be left or it was cut already.
+fn shrink_last(items: &mut Vec<NamedText>, over: usize, what: &str) -> Option<String> {
+    const LEAST: usize = 1_000;
+    const NOTE: usize = 64;
+    let last = items.last_mut()?;
+    if !last.cut && last.text.len() > over + NOTE + LEAST {
+        last.text = cut(&last.text, last.text.len() - over - NOTE);
+        last.cut = true;
+        return Some(format!("{what} {} cut short", last.path));
+    }
+    let gone = items.pop()?;
+    Some(format!("{what} {} left out", gone.path))
+}
+
+/// The module's part of the prompt, `over` characters shorter.
+fn shrink_module(data: &mut PromptData, missing: Option<&Missing>, over: usize) -> String {
+    match (&data.numbered, missing) {
+        (Some(numbered), Some(m)) => {
+            let room = numbered.len().saturating_sub(over);
+            let (text, note) = crate::excerpt::excerpt_within(&data.full_source, m, room);
+            data.numbered = Some(text);
+            note.unwrap_or_else(|| "the module excerpt cut short".into())
+        }
+        _ => {
+            data.source = cut(&data.source, data.source.len().saturating_sub(over));
+            "the module's source cut short".into()
+        }
+    }
+}
+
+fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<(PromptData, Option<Missing>), StepError> {
     let (repo, state, it) = (&cx.ctx.repo, &cx.state, cx.it());
     let import_name = crate::project::import_name(&it.target);
     let source = read_at_tip(repo, tip, &it.target).unwrap_or_default();
@@ -240,11 +369,14 @@ fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<PromptData, StepError> {
         .collect();
     let missing =
         latest_coverage_json(cx).and_then(|path| crate::coverage::read_missing(&path, &it.target));
-    Ok(PromptData {
+    let data = PromptData {
         numbered: missing
             .as_ref()
             .map(|m| crate::excerpt::excerpt(&source, m)),
-        missing_summary: missing.filter(|m| !m.is_empty()).map(|m| m.summary()),
+        missing_summary: missing
+            .as_ref()
+            .filter(|m| !m.is_empty())
+            .map(|m| m.summary()),
         module_path: it.target.clone(),
         module_stem: std::path::Path::new(&it.target)
             .file_stem()
@@ -264,7 +396,10 @@ fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<PromptData, StepError> {
         },
         existing_tests,
         guidelines,
-    })
+        api: None,
+        full_source: source.clone(),
+    };
+    Ok((data, missing))
 }
 
 /// An iteration's first request: the system prompt and one user turn from `template`. `tag`
@@ -283,7 +418,7 @@ fn first_request<T: Serialize>(
             role: Role::User,
             content: templates.render(template, data)?,
         }],
-        max_tokens: 4096,
+        max_tokens: cx.settings().max_answer_tokens,
         temperature: 0.2,
     })
 }
@@ -354,7 +489,11 @@ pub fn open_failures(cx: &StepCx<'_>, test_file: &str) -> Vec<Failure> {
     failures
 }
 
-fn build_fix_request(cx: &StepCx<'_>) -> Result<ChatRequest, StepError> {
+/// The fix prompt: the failing file and up to three modules it imports, cut to share
+/// `max_chars`.
+fn build_fix_request(cx: &StepCx<'_>, max_chars: usize) -> Result<ChatRequest, StepError> {
+    let file_chars = MAX_SOURCE_CHARS.min(max_chars / 2);
+    let source_chars = MAX_SOURCE_CHARS.min(max_chars / 6);
     let tip = cx.tip()?;
     let (repo, it) = (&cx.ctx.repo, cx.it());
     let file = read_at_tip(repo, tip, &it.target).unwrap_or_default();
@@ -370,11 +509,11 @@ fn build_fix_request(cx: &StepCx<'_>) -> Result<ChatRequest, StepError> {
         !target::tests_importing(&this_file, &name, 1).is_empty()
     })
     .take(3)
-    .map(|(path, text)| NamedText::new(path, &text, MAX_SOURCE_CHARS))
+    .map(|(path, text)| NamedText::new(path, &text, source_chars))
     .collect();
     let data = FixData {
         test_file: it.target.clone(),
-        file: cut(&file, MAX_SOURCE_CHARS),
+        file: cut(&file, file_chars),
         failures: open_failures(cx, &it.target),
         sources,
     };

@@ -98,7 +98,8 @@ fn write_back(
     match asked {
         Some(AskEnd::Answered) => shared.consecutive_llm_failures = 0,
         Some(AskEnd::Failed) => shared.consecutive_llm_failures += 1,
-        None => {}
+        // A prompt too long for the model says nothing about whether the LLM is up.
+        Some(AskEnd::Refused) | None => {}
     }
     shared.iterations[at] = it;
     ctx.save(&mut shared)?;

@@ -165,6 +165,30 @@ impl LlmError {
         }
     }
 
+    /// The server refused the prompt as longer than the model's context: OpenAI's
+    /// `context_length_exceeded`, llama.cpp's `exceed_context_size_error`, Anthropic's "prompt is
+    /// too long", or a 400 / 413 that says as much. A shorter prompt can succeed; the same one
+    /// never will.
+    pub fn is_context_length(&self) -> bool {
+        const SAYS_SO: &[&str] = &[
+            "context_length_exceeded",
+            "exceed_context_size",
+            "exceeds the available context size",
+            "prompt is too long",
+            "maximum context length",
+            "context length",
+            "context window",
+            "too many tokens",
+        ];
+        match self {
+            LlmError::Http { status, body, .. } if matches!(status, 400 | 413) => {
+                let body = body.to_ascii_lowercase();
+                *status == 413 || SAYS_SO.iter().any(|s| body.contains(s))
+            }
+            _ => false,
+        }
+    }
+
     /// A delay the server asked for (Retry-After), which wins over the policy's backoff.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

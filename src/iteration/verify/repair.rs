@@ -20,7 +20,7 @@ use crate::llm::{ChatMessage, ChatRequest, ChatResponse, Role};
 use crate::prompt;
 use crate::pytest::PytestRun;
 use crate::state::{Finding, Verdict};
-use crate::testid::TestId;
+use crate::testid::{TestId, prune_names};
 
 /// The new file's last runs, after any repair.
 pub struct Repaired {
@@ -55,19 +55,22 @@ pub async fn run_and_repair(
             break;
         }
         let before = (cx.it().iteration_commit.clone(), new.run.clone());
-        if !repair_round(
-            cx,
-            worktree,
-            test_file,
-            &failures,
-            uncollectable,
-            repairs + 1,
-        )
-        .await?
-        {
-            break;
+        let passing = prune_names(&new.tally.passing(), test_file);
+        let round = Round {
+            failures: &failures,
+            passing: &passing,
+            collection: uncollectable,
+            number: repairs + 1,
+        };
+        match repair_round(cx, worktree, test_file, round).await? {
+            RoundEnd::Applied => repairs += 1,
+            // The model stands by its file: asking again would bring the same.
+            RoundEnd::Unchanged => {
+                repairs += 1;
+                break;
+            }
+            RoundEnd::Unusable => break,
         }
-        repairs += 1;
         let label = Label::NewRepaired(repairs);
         let run = run_timed(cx, worktree, &args, label, measure.clone()).await?;
         new = Repaired {
@@ -180,51 +183,142 @@ struct RepairData<'a> {
     file: String,
     round: u32,
     max: u32,
+    /// The names the module under test defines, when a failure says a name is missing.
+    names: Option<String>,
+}
+
+/// What one repair round is about.
+struct Round<'a> {
+    failures: &'a [Failure],
+    /// The tests that pass already (as the pruner names them): they stay as they are.
+    passing: &'a [String],
+    /// The file did not collect.
+    collection: bool,
+    number: u32,
+}
+
+/// How a repair round ended.
+enum RoundEnd {
+    /// The corrected file replaced the proposal.
+    Applied,
+    /// The answer changed none of the tests.
+    Unchanged,
+    /// Nothing usable came back (no answer, or no valid file in it).
+    Unusable,
 }
 
 /// One repair round: asks (or reuses the saved answer), then writes the corrected file and
-/// amends the iteration commit. Returns false when there is nothing usable to apply (the LLM
-/// failed, or its answer holds no valid file): the failing tests are then dropped as they are.
+/// amends the iteration commit. The tests that passed stay as they were, whatever the answer
+/// did with them. When nothing is applied, the failing tests are dropped as they are.
 async fn repair_round(
     cx: &mut StepCx<'_>,
     worktree: &Path,
     test_file: &str,
-    failures: &[Failure],
-    collection: bool,
-    round: u32,
-) -> Result<bool, StepError> {
-    let n = cx.it().n;
-    let file = std::fs::read_to_string(worktree.join(test_file)).unwrap_or_default();
+    round: Round<'_>,
+) -> Result<RoundEnd, StepError> {
+    let (n, number) = (cx.it().n, round.number);
     let data = RepairData {
         test_file,
-        failures,
-        count: failures.len(),
-        collection,
-        file,
-        round,
+        failures: round.failures,
+        count: round.failures.len(),
+        collection: round.collection,
+        file: std::fs::read_to_string(worktree.join(test_file)).unwrap_or_default(),
+        round: number,
         max: cx.settings().max_repairs,
+        names: missing_names(cx, worktree, round.failures).await,
     };
-    let response = match ask::saved_or_asked(cx, round, |cx| repair_request(cx, &data)).await? {
+    let response = match ask::saved_or_asked(cx, number, |cx| repair_request(cx, &data)).await? {
         Answer::Got(r) => r,
         Answer::Failed(e) => {
-            tracing::warn!("iteration {n}: repair round {round} got no answer: {e}");
-            return Ok(false);
+            tracing::warn!("iteration {n}: repair round {number} got no answer: {e}");
+            return Ok(RoundEnd::Unusable);
         }
-        Answer::Unavailable => return Ok(false),
+        Answer::Unavailable => return Ok(RoundEnd::Unusable),
     };
-    let Ok(tidied) = tidy_answer(cx, &response, round).await? else {
-        return Ok(false);
-    };
-    if write_test_file(cx, worktree, test_file, &tidied.code).is_err() {
-        return Ok(false);
+    if tidy_answer(cx, &response, number).await?.is_err() {
+        return Ok(RoundEnd::Unusable);
+    }
+    match merge_answer(cx, worktree, test_file, &round).await {
+        RoundEnd::Applied => {}
+        other => return Ok(other),
+    }
+    let code = std::fs::read_to_string(cx.files().proposal(number)).unwrap_or_default();
+    if write_test_file(cx, worktree, test_file, &code).is_err() {
+        return Ok(RoundEnd::Unusable);
     }
     let oid = git::amend_head(
         worktree,
         &[test_file.to_string()],
-        &format!("improve: proposal of iteration {n}, repair round {round}"),
+        &format!("improve: proposal of iteration {n}, repair round {number}"),
     )?;
     cx.record_commit(oid)?;
-    Ok(true)
+    Ok(RoundEnd::Applied)
+}
+
+/// Makes the round's answer file the tests that passed (as they were) plus the answer's
+/// others.
+async fn merge_answer(
+    cx: &mut StepCx<'_>,
+    worktree: &Path,
+    test_file: &str,
+    round: &Round<'_>,
+) -> RoundEnd {
+    let n = cx.it().n;
+    let answer = cx.files().proposal(round.number);
+    let ctx = cx.ctx;
+    let previous = worktree.join(test_file);
+    let merge = ctx.helper.merge(&previous, &answer, round.passing);
+    match cx.in_helper(merge).await {
+        Ok(merged) if merged.changed == 0 => {
+            tracing::info!(
+                "iteration {n}: repair round {} changed no test; no more rounds",
+                round.number
+            );
+            cx.it_mut().answers.unchanged_repairs += 1;
+            RoundEnd::Unchanged
+        }
+        Ok(_) => RoundEnd::Applied,
+        Err(e) => {
+            tracing::info!(
+                "iteration {n}: repair round {} cannot be merged: {e}",
+                round.number
+            );
+            RoundEnd::Unusable
+        }
+    }
+}
+
+/// The names the target module defines, when a failure says the tests used one it does not
+/// have (an AttributeError, ImportError or NameError): the model invented it.
+async fn missing_names(
+    cx: &mut StepCx<'_>,
+    worktree: &Path,
+    failures: &[Failure],
+) -> Option<String> {
+    const SAYS_MISSING: [&str; 4] = [
+        "AttributeError",
+        "ImportError",
+        "NameError",
+        "has no attribute",
+    ];
+    let missing = failures.iter().any(|f| {
+        SAYS_MISSING
+            .iter()
+            .any(|s| f.message.contains(s) || f.detail.contains(s))
+    });
+    if !missing {
+        return None;
+    }
+    let module = worktree.join(&cx.it().target);
+    let ctx = cx.ctx;
+    let api = cx.in_helper(ctx.helper.api(&module)).await.ok()?;
+    let names: Vec<&str> = api
+        .names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !n.starts_with('_'))
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 /// The conversation so far (first request, its answer, earlier repair prompts and answers)

@@ -1,0 +1,273 @@
+//! What real models do that well-formed stand-ins did not: repair answers that drop the tests
+//! that passed or change nothing, prompts longer than the model's context, answers cut off at
+//! the token limit or repeating one block until it. Each is a stand-in answer here.
+
+use super::*;
+
+fn log_of(fx: &Fixture) -> Vec<serde_json::Value> {
+    improve_json(fx.root(), &["log", "--json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The body of each request the stand-in received.
+async fn bodies(llm: &StandIn) -> Vec<serde_json::Value> {
+    llm.requests()
+        .await
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+/// The whole text of a request: its system prompt and every message.
+fn prompt_of(body: &serde_json::Value) -> String {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn kept_file(fx: &Fixture, row: &serde_json::Value) -> String {
+    let file = row["files"][0].as_str().unwrap();
+    git(fx.root(), &["show", &format!("{}:{file}", fx.run_branch())])
+}
+
+/// One passing test that adds coverage, one failing.
+const HALF_RIGHT: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 5\n";
+/// The repair as a fresh file: the failing test fixed, the passing one left out.
+const ONLY_THE_FIX: &str =
+    "from calc.ops import clamp\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_answer_that_leaves_out_a_passing_test_does_not_lose_it() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(HALF_RIGHT), code_answer(ONLY_THE_FIX)],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["repairs"], 1, "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    // Counted once each through the funnel.
+    assert_eq!(log[0]["funnel"]["collected"], 2, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(
+        kept.contains("def test_divide_exact") && kept.contains("clamp(5, 0, 3) == 3"),
+        "{kept}"
+    );
+    assert!(
+        !kept.contains("== 5\n"),
+        "the failing version is gone: {kept}"
+    );
+}
+
+/// The model stands by a test that contradicts the code (which clamps), in the same words.
+const INSISTS: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\n# possible bug: a value above the range should raise, not be clamped\ndef test_clamp_above_range_raises():\n    assert clamp(9, 0, 5) == 9\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_answer_that_changes_nothing_ends_the_repairs_without_another_call() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            code_answer(INSISTS),
+            code_answer(INSISTS),
+            code_answer(INSISTS),
+        ],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1", "--max-repairs", "2"]).await;
+    let log = log_of(&fx);
+    assert_eq!(llm.requests().await.len(), 2, "{log:#?}");
+    assert_eq!(log[0]["llm_calls"], 2, "{log:#?}");
+    assert_eq!(log[0]["repairs"], 1, "{log:#?}");
+    assert_eq!(log[0]["answers"]["unchanged_repairs"], 1, "{log:#?}");
+    // The passing test is kept; the one the model stood by is a finding.
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["findings"].as_array().unwrap().len(), 1, "{log:#?}");
+}
+
+/// llama.cpp's answer to a prompt longer than its context.
+fn context_refusal() -> Answer {
+    Answer::Raw(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+        "error": {
+            "code": 400,
+            "message": "the request exceeds the available context size, try increasing it",
+            "type": "exceed_context_size_error",
+        }
+    })))
+}
+
+/// A fixture whose guidelines alone fill a small prompt.
+fn with_long_guidelines() -> Fixture {
+    let fx = Fixture::new();
+    let rule = "- Every test states in its name what it checks, and checks one thing.\n";
+    std::fs::write(fx.root().join("CONTRIBUTING.md"), rule.repeat(50)).unwrap();
+    git(fx.root(), &["add", "-A"]);
+    git(fx.root(), &["commit", "-qm", "guidelines"]);
+    fx
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prompt_refused_as_too_long_is_asked_again_at_half_the_size() {
+    let fx = with_long_guidelines();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![context_refusal(), code_answer(GOOD_TEXT)],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1", "--max-prompt-tokens", "2400"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["llm_calls"], 2, "{log:#?}");
+    assert_eq!(log[0]["answers"]["context_refusals"], 1, "{log:#?}");
+    let bodies = bodies(&llm).await;
+    let (first, second) = (prompt_of(&bodies[0]), prompt_of(&bodies[1]));
+    // The guidelines fit the first prompt whole; the second is half the size, cut to fit.
+    assert_eq!(first.matches("checks one thing").count(), 50, "{first}");
+    assert!(second.matches("checks one thing").count() < 25, "{second}");
+    assert!(second.len() <= 1200 * 3, "{} characters", second.len());
+    assert!(second.contains("def initials(name)"), "{second}");
+    // What was cut to fit is recorded for `show`.
+    let cuts = log[0]["prompt_cuts"].as_array().unwrap();
+    assert!(
+        cuts.iter()
+            .any(|c| c.as_str().unwrap().contains("CONTRIBUTING.md")),
+        "{cuts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_that_cannot_take_even_a_small_prompt_is_not_an_outage() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![context_refusal(), context_refusal(), code_answer(GOOD_OPS)],
+    )
+    .await;
+    // One LLM failure would stop the run; refusals of a too-long prompt are not failures.
+    let args = [
+        "-n",
+        "2",
+        "--max-prompt-tokens",
+        "2000",
+        "--max-llm-failures",
+        "1",
+    ];
+    run_ok(fx.root(), &llm, &args).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "error", "{log:#?}");
+    assert!(
+        log[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("too long for the model"),
+        "{log:#?}"
+    );
+    assert_eq!(log[0]["answers"]["context_refusals"], 2, "{log:#?}");
+    assert_eq!(log[1]["outcome"], "kept", "{log:#?}");
+}
+
+/// A chat completion cut at the token limit (`finish_reason: length`).
+fn cut_off(text: &str) -> Answer {
+    Answer::Raw(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "stand-in",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 900, "completion_tokens": 2000, "total_tokens": 2900}
+    })))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_off_answer_keeps_the_complete_tests_before_the_cut() {
+    let fx = Fixture::new();
+    let answer = "Here you go.\n\n```python\nfrom calc.text import initials, slug\n\n\ndef test_slug():\n    assert slug(\"A  B\") == \"a-b\"\n\n\ndef test_initials():\n    assert initials(\"ada lovelace\") == \"AL\"\n\n\ndef test_initials_of_one_word():\n    assert initials(\"ad";
+    let llm = StandIn::start(Wire::OpenAi, vec![cut_off(answer)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1", "--max-answer-tokens", "777"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    assert_eq!(log[0]["answers"]["salvaged"], 1, "{log:#?}");
+    assert_eq!(log[0]["answers"]["salvaged_tests"], 2, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(!kept.contains("test_initials_of_one_word"), "{kept}");
+    assert_eq!(bodies(&llm).await[0]["max_tokens"], 777);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_repeating_itself_is_cut_and_what_came_before_is_kept() {
+    let fx = Fixture::new();
+    let mut answer = String::from(
+        "```python\nimport pytest\n\nfrom calc.text import initials, slug\n\n\ndef test_slug():\n    assert slug(\"A  B\") == \"a-b\"\n\n\ndef test_initials_rejects_blank():\n",
+    );
+    for _ in 0..40 {
+        answer.push_str("    with pytest.raises(ValueError):\n        initials(\" \")\n");
+    }
+    let llm = StandIn::start(Wire::OpenAi, vec![cut_off(&answer)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
+    assert_eq!(log[0]["answers"]["repeating"], 1, "{log:#?}");
+    // The default answer budget.
+    assert_eq!(bodies(&llm).await[0]["max_tokens"], 2000);
+}
+
+/// Uses a function `calc.ops` does not have: the model invented it.
+const INVENTED: &str = "from calc import ops\n\n\ndef test_clamp_high():\n    assert ops.clamp(5, 0, 3) == 3\n\n\ndef test_saturate():\n    assert ops.saturate(5, 0, 3) == 3\n";
+const REPAIRED: &str = "from calc import ops\n\n\ndef test_saturate_is_clamp():\n    assert ops.clamp(-1, 0, 3) == 0\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_prompt_shows_the_modules_names_and_a_repair_for_a_missing_one_lists_them() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(INVENTED), code_answer(REPAIRED)],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let bodies = bodies(&llm).await;
+    let first = prompt_of(&bodies[0]);
+    // The first target is calc/text.py, with its functions and signatures.
+    assert!(
+        first.contains("What `calc.text` defines") && first.contains("def initials(name)"),
+        "{first}"
+    );
+    let repair = bodies[1]["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(repair.contains("defines only these names"), "{repair}");
+    assert!(
+        repair.contains("initials") && repair.contains("slug"),
+        "{repair}"
+    );
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_new_test_is_not_run_again_for_flakiness() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(FAILING)]).await;
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "1", "--max-repairs", "0", "--reruns", "5"],
+    )
+    .await;
+    let log = log_of(&fx);
+    let summary = log[0]["pytest_summary"].as_str().unwrap();
+    // Two tests, six runs asked for: each failed once and was skipped five times.
+    assert!(
+        summary.contains("2 failed") && summary.contains("10 skipped"),
+        "{summary}"
+    );
+}
