@@ -10,7 +10,9 @@ use serde::Serialize;
 use crate::fsutil::write_atomic;
 use crate::git;
 use crate::prompt::{self, Templates};
-use crate::state::{AnswerNotes, Funnel, Iteration, Outcome, RejectReason, RunState, Seconds};
+use crate::state::{
+    AnswerNotes, Funnel, Iteration, Outcome, RejectReason, RunCounts, RunState, Seconds,
+};
 use crate::testid::TestId;
 
 #[derive(Debug, Serialize)]
@@ -20,15 +22,9 @@ pub struct ReportModel {
     pub base_short: String,
     pub state: String,
     pub stop_reason: Option<String>,
-    pub iterations_target: u32,
-    pub iterations_done: u32,
-    pub kept: u32,
-    pub rejected: u32,
-    pub errors: u32,
-    pub tests_baseline: Option<u32>,
-    pub tests_now: Option<u32>,
-    pub tests_added: u32,
-    pub tests_fixed: u32,
+    /// Iterations and tests, as `status` counts them too.
+    #[serde(flatten)]
+    pub counts: RunCounts,
     /// Tests added in files the run created, and in files it changed.
     pub tests_in_created_files: u32,
     pub tests_in_changed_files: u32,
@@ -160,7 +156,7 @@ fn pct(part: f64, whole: f64) -> String {
 pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
     let finished: Vec<&Iteration> = state.finished().collect();
     let file_rows = file_rows(repo, state);
-    let tests_added: u32 = state.kept().map(|i| i.tests_added).sum();
+    let tests_added = state.counts().tests_added;
     let start_cov = state.baseline.as_ref().and_then(|b| b.coverage.as_ref());
     let now_cov = state.coverage_now();
     let (funnel, dropped, repairs, findings) = verdict_totals(&finished);
@@ -188,15 +184,7 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         base_short: git::short(&state.base_commit).to_string(),
         state: state.status.as_str().to_string(),
         stop_reason: state.stop_reason.clone(),
-        iterations_target: state.iterations_target,
-        iterations_done: state.iterations_done(),
-        kept: state.count(Outcome::Kept),
-        rejected: state.count(Outcome::Rejected),
-        errors: state.count(Outcome::Error),
-        tests_baseline: state.baseline.as_ref().map(|b| b.tests),
-        tests_now: state.tests_now(),
-        tests_added,
-        tests_fixed: state.kept().map(|i| i.tests_fixed).sum(),
+        counts: state.counts(),
         tests_in_created_files: in_files(true),
         tests_in_changed_files: in_files(false),
         coverage_baseline: start_cov.map(|c| c.percent),

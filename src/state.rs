@@ -624,12 +624,42 @@ impl RunState {
             .last()
             .or(self.baseline.as_ref().map(|b| b.tests))
     }
+    /// The counts every summary of the run shows (`status`, the report).
+    pub fn counts(&self) -> RunCounts {
+        RunCounts {
+            iterations_target: self.iterations_target,
+            iterations_done: self.iterations_done(),
+            kept: self.count(Outcome::Kept),
+            rejected: self.count(Outcome::Rejected),
+            errors: self.count(Outcome::Error),
+            tests_baseline: self.baseline.as_ref().map(|b| b.tests),
+            tests_now: self.tests_now(),
+            tests_added: self.kept().map(|i| i.tests_added).sum(),
+            tests_fixed: self.kept().map(|i| i.tests_fixed).sum(),
+        }
+    }
+
     pub fn coverage_now(&self) -> Option<&Coverage> {
         self.kept()
             .filter_map(|i| i.verdict.as_ref().and_then(|v| v.coverage.as_ref()))
             .last()
             .or(self.baseline.as_ref().and_then(|b| b.coverage.as_ref()))
     }
+}
+
+/// Iterations and tests of a run, as its summaries show them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RunCounts {
+    pub iterations_target: u32,
+    pub iterations_done: u32,
+    pub kept: u32,
+    pub rejected: u32,
+    pub errors: u32,
+    /// Tests pytest collected at the start, and in the last suite run of a kept iteration.
+    pub tests_baseline: Option<u32>,
+    pub tests_now: Option<u32>,
+    pub tests_added: u32,
+    pub tests_fixed: u32,
 }
 
 /// The state dir on disk (its files are named in [`crate::artifacts`]).

@@ -14,7 +14,7 @@ use crate::error::UserError;
 use crate::git;
 use crate::prompt::Templates;
 use crate::report;
-use crate::state::{Iteration, Outcome, RunState, RunStatus, StateStore};
+use crate::state::{Iteration, Outcome, RunCounts, RunState, RunStatus, StateStore};
 
 pub(crate) fn load(global: &GlobalArgs) -> Result<(std::path::PathBuf, StateStore, RunState)> {
     let repo_root = config::repo_root(global.repo.as_deref())?;
@@ -59,15 +59,8 @@ pub struct StatusView {
     pub run_branch: String,
     pub base_commit: String,
     pub state: &'static str,
-    pub iterations_target: u32,
-    pub iterations_done: u32,
-    pub kept: u32,
-    pub rejected: u32,
-    pub errors: u32,
-    pub tests_baseline: Option<u32>,
-    pub tests_now: Option<u32>,
-    pub tests_added: u32,
-    pub tests_fixed: u32,
+    #[serde(flatten)]
+    pub counts: RunCounts,
     pub coverage_baseline: Option<f64>,
     pub coverage_now: Option<f64>,
     pub tokens_in: u64,
@@ -86,15 +79,7 @@ impl StatusView {
             run_branch: state.run_branch.clone(),
             base_commit: state.base_commit.clone(),
             state: effective_status(store, state).as_str(),
-            iterations_target: state.iterations_target,
-            iterations_done: state.iterations_done(),
-            kept: state.count(Outcome::Kept),
-            rejected: state.count(Outcome::Rejected),
-            errors: state.count(Outcome::Error),
-            tests_baseline: state.baseline.as_ref().map(|b| b.tests),
-            tests_now: state.tests_now(),
-            tests_added: state.kept().map(|i| i.tests_added).sum(),
-            tests_fixed: state.kept().map(|i| i.tests_fixed).sum(),
+            counts: state.counts(),
             coverage_baseline: state
                 .baseline
                 .as_ref()
@@ -114,6 +99,7 @@ impl StatusView {
     pub fn text(&self, state: &RunState) -> String {
         let num = |n: Option<u32>| n.map_or_else(|| "-".into(), |n| n.to_string());
         let pct = |p: Option<f64>| p.map_or_else(|| "not measured".into(), |p| format!("{p:.1}%"));
+        let c = &self.counts;
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -126,7 +112,7 @@ impl StatusView {
         let _ = writeln!(
             out,
             "iterations {} of {}: {} kept, {} rejected, {} errors",
-            self.iterations_done, self.iterations_target, self.kept, self.rejected, self.errors
+            c.iterations_done, c.iterations_target, c.kept, c.rejected, c.errors
         );
         if self.state == RunStatus::Running.as_str() {
             let _ = writeln!(out, "{}", eta(state));
@@ -134,9 +120,9 @@ impl StatusView {
         let _ = writeln!(
             out,
             "tests {} -> {} ({} added)",
-            num(self.tests_baseline),
-            num(self.tests_now),
-            self.tests_added
+            num(c.tests_baseline),
+            num(c.tests_now),
+            c.tests_added
         );
         let _ = writeln!(
             out,
