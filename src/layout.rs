@@ -278,10 +278,10 @@ pub fn unfixable_files(
         .map(|n| n.split('.').next().unwrap_or(n))
         .collect();
     let mut out = Vec::new();
-    for case in cases
-        .iter()
-        .filter(|c| c.outcome == crate::pytest::CaseOutcome::Error && !c.id.contains("::"))
-    {
+    for case in cases.iter().filter(|c| {
+        c.outcome == crate::pytest::CaseOutcome::Error
+            && crate::testid::TestId::new(&c.id).is_file()
+    }) {
         let error = error_line(&case.detail, &case.message);
         let frame = innermost_frame(&case.detail).unwrap_or("");
         let in_package = packages.iter().any(|p| {

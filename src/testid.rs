@@ -91,6 +91,11 @@ impl<'a> TestId<'a> {
     }
 }
 
+/// The file of pytest's node id `tests/test_x.py::TestK::test_b`.
+pub fn node_file(node_id: &str) -> &str {
+    node_id.split("::").next().unwrap_or(node_id)
+}
+
 /// `tests.test_x` of `tests/test_x.py`.
 fn dotted(file: &str) -> String {
     file.strip_suffix(".py").unwrap_or(file).replace('/', ".")

@@ -179,9 +179,9 @@ impl PytestRun {
     }
     /// A file that did not collect shows up as an error case without `::` in its id.
     pub fn collection_error(&self) -> Option<&TestCase> {
-        self.cases
-            .iter()
-            .find(|c| c.outcome == CaseOutcome::Error && !c.id.contains("::"))
+        self.cases.iter().find(|c| {
+            c.outcome == CaseOutcome::Error && crate::testid::TestId::new(&c.id).is_file()
+        })
     }
     /// pytest could not collect what it was given (an import or syntax error; not "no tests").
     pub fn does_not_collect(&self) -> bool {

@@ -12,7 +12,7 @@ use crate::artifacts::Label;
 use crate::iteration::context::{StepCx, StepError};
 use crate::pytest::Measure;
 use crate::state::Verdict;
-use crate::testid::{TestId, prune_names, pruned_by};
+use crate::testid::{TestId, node_file, prune_names, pruned_by};
 
 const MAX_ROUNDS: u32 = 3;
 
@@ -124,7 +124,7 @@ async fn reproduces(
         .chain(subset.iter().map(|t| format!("{test_file}::{t}")))
         .collect();
     // Stable: keeps the order within a file.
-    args.sort_by(|a, b| a.split("::").next().cmp(&b.split("::").next()));
+    args.sort_by(|a, b| node_file(a).cmp(node_file(b)));
     let run = run_timed(cx, worktree, &args, Label::Bisect(probe), Measure::Outcomes).await?;
     let failed = run.failing();
     Ok(victims.iter().any(|v| {
