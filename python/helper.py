@@ -27,6 +27,7 @@ never imports or runs the files it reads.
 """
 import ast
 import json
+import re
 import sys
 
 FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -151,10 +152,23 @@ def is_test(node):
     )
 
 
+def same_tests(body):
+    """Indexes of top-level tests that do what the test before them does (the same statements,
+    whatever their names and comments say): a model that goes on writing one test."""
+    seen, dupes = None, []
+    for i, node in enumerate(body):
+        key = ast.dump(ast.Module(body=node.body, type_ignores=[])) if isinstance(node, FUNCS) else None
+        if key is not None and key == seen:
+            dupes.append(i)
+        seen = key
+    return dupes
+
+
 def salvage(path):
     """What a cut-off answer got right: its repetition cut, then its longest prefix that parses,
     without a last top-level statement the cut may have ended early (one that no top-level line
-    follows). -> {"ok", "tests": complete tests kept, "repetition": lines cut}"""
+    follows), and without tests that only repeat the one before them.
+    -> {"ok", "tests": complete tests kept, "repetition": lines cut}"""
     lines, repeated = cut_repetition(read(path).splitlines(keepends=True))
     for k in range(len(lines), -1, -1):
         text = "".join(lines[:k])
@@ -170,6 +184,17 @@ def salvage(path):
         if not (after and not after[0][0].isspace()):
             body = body[:-1]
             text = "".join(lines[: span(last)[0] - 1])
+    dupes = same_tests(body)
+    if len(dupes) >= REPEATS - 1:
+        kept_lines = text.splitlines(keepends=True)
+        drop = set()
+        for i in dupes:
+            start, end = span(body[i])
+            drop.update(range(start, end + 1))
+        text = "".join(l for n, l in enumerate(kept_lines, start=1) if n not in drop)
+        text = re.sub(r"\n{4,}", "\n\n\n", text)
+        repeated += len(drop)
+        body = [node for i, node in enumerate(body) if i not in set(dupes)]
     tests = sum(1 for node in body if is_test(node))
     write(path, text)
     return {"ok": True, "tests": tests, "repetition": repeated}

@@ -220,6 +220,26 @@ async fn a_model_repeating_itself_is_cut_and_what_came_before_is_kept() {
     assert_eq!(bodies(&llm).await[0]["max_tokens"], 2000);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_writing_one_test_over_and_over_under_new_names_is_cut() {
+    // As Qwen2.5-Coder-0.5B did on pysnooper: each copy numbered and named anew.
+    let fx = Fixture::new();
+    let mut answer = String::from("```python\nfrom calc.text import slug\n\n");
+    for k in 1..=30 {
+        answer.push_str(&format!(
+            "def test_slug_{k}():\n    # Test case {k}: spaces\n    assert slug(\"a  b\") == \"a-b\"\n\n"
+        ));
+    }
+    answer.push_str("def test_slug_31():\n    # Test case 31");
+    let llm = StandIn::start(Wire::OpenAi, vec![cut_off(&answer)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
+    assert_eq!(log[0]["answers"]["repeating"], 1, "{log:#?}");
+    assert_eq!(log[0]["answers"]["salvaged_tests"], 1, "{log:#?}");
+}
+
 /// Uses a function `calc.ops` does not have: the model invented it.
 const INVENTED: &str = "from calc import ops\n\n\ndef test_clamp_high():\n    assert ops.clamp(5, 0, 3) == 3\n\n\ndef test_saturate():\n    assert ops.saturate(5, 0, 3) == 3\n";
 const REPAIRED: &str = "from calc import ops\n\n\ndef test_saturate_is_clamp():\n    assert ops.clamp(-1, 0, 3) == 0\n";
