@@ -244,10 +244,12 @@ def rename(text, node, old, new, first_line):
     for row, col, size in hits:
         line = lines[row]
         lines[row] = line[:col] + new + line[col + size :]
-    head = lines[0]
+    # The definition's own line, below its decorators.
+    row = getattr(node, "lineno", first_line) - first_line
+    head = lines[row]
     for kw in ("def ", "async def ", "class "):
-        if head.lstrip().startswith(kw + old):
-            lines[0] = head.replace(kw + old, kw + new, 1)
+        if head.lstrip().startswith(kw + old + "(") or head.lstrip().startswith(kw + old + ":"):
+            lines[row] = head.replace(kw + old, kw + new, 1)
     return "".join(lines)
 
 

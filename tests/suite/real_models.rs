@@ -68,6 +68,38 @@ async fn a_repair_answer_that_leaves_out_a_passing_test_does_not_lose_it() {
     );
 }
 
+/// A passing parametrized test and a failing one; the repair rewrites both under the same names.
+const PARAMETRIZED_FIRST: &str = "import pytest\n\nfrom calc.ops import clamp, divide\n\n\n@pytest.mark.parametrize('x', [-1, -5])\ndef test_clamp_low(x):\n    assert clamp(x, 0, 3) == 0\n\n\ndef test_divide_wrong():\n    assert divide(9, 3) == 4\n";
+const PARAMETRIZED_REPAIR: &str = "import pytest\n\nfrom calc.ops import clamp, divide\n\n\n@pytest.mark.parametrize('x', [9])\ndef test_clamp_low(x):\n    assert clamp(x, 0, 3) == 3\n\n\ndef test_divide_wrong():\n    assert divide(9, 3) == 3\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_that_rewrites_a_passing_decorated_test_under_its_name_keeps_both() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            code_answer(PARAMETRIZED_FIRST),
+            code_answer(PARAMETRIZED_REPAIR),
+        ],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    // The passing version as it was; the answer's, under a name of its own, covers nothing
+    // more and goes as redundant (it did not overwrite the first).
+    assert!(kept.contains("[-1, -5])\ndef test_clamp_low(x)"), "{kept}");
+    let redundant = log[0]["dropped"]["redundant"].as_array().unwrap();
+    assert!(
+        redundant
+            .iter()
+            .any(|t| t.as_str().unwrap().contains("test_clamp_low_2[9]")),
+        "{log:#?}"
+    );
+    assert!(kept.contains("divide(9, 3) == 3"), "{kept}");
+}
+
 /// The model stands by a test that contradicts the code (which clamps), in the same words.
 const INSISTS: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\n# possible bug: a value above the range should raise, not be clamped\ndef test_clamp_above_range_raises():\n    assert clamp(9, 0, 5) == 9\n";
 
