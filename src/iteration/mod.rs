@@ -7,8 +7,9 @@
 //! - [`context`]: the run's context, a step's copy of the state, the errors that stop a step;
 //! - [`ask`]: prompts, requests, and the one "saved answer, else ask, then save";
 //! - [`apply`]: an answer's test file parsed, tidied, written and committed;
-//! - [`verify`]: the add and fix pipelines as named stages, their rules in `verify::judge`;
-//! - [`keep`]: catch-up, replay at keep time, and the keep or reject itself.
+//! - [`verify`]: the add and fix pipelines as named stages (catch-up with the run branch
+//!   among them), their rules in `verify::judge`;
+//! - [`keep`]: replay at keep time, and the keep or reject itself.
 
 mod apply;
 mod ask;
