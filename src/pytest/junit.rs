@@ -170,7 +170,9 @@ fn record_result(case: Option<&mut TestCase>, e: &quick_xml::events::BytesStart<
             })
             .unwrap_or_default();
     }
-    matches!(outcome, CaseOutcome::Failed | CaseOutcome::Error)
+    // Only the first traceback: a file given several times (the reruns) reports its collection
+    // error once per run, and a prompt needs it once.
+    matches!(outcome, CaseOutcome::Failed | CaseOutcome::Error) && case.detail.is_empty()
 }
 
 fn testcase_from(e: &quick_xml::events::BytesStart<'_>) -> TestCase {
@@ -245,5 +247,14 @@ mod tests {
             summary_line("\nno tests ran in 0.01s\n"),
             "no tests ran in 0.01s"
         );
+    }
+
+    #[test]
+    fn a_collection_error_reported_once_per_run_keeps_one_traceback() {
+        let xml = r#"<testsuites><testsuite><testcase classname="" name="tests.test_x"><error message="collection failure">ImportError: no x</error><error message="collection failure">ImportError: no x</error></testcase></testsuite></testsuites>"#;
+        let cases = parse_junit(xml);
+        assert_eq!(cases.len(), 1);
+        assert_eq!(cases[0].detail, "ImportError: no x");
+        assert_eq!(cases[0].outcome, CaseOutcome::Error);
     }
 }
