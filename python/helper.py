@@ -132,7 +132,8 @@ MAX_PERIOD = 30
 def cut_repetition(lines):
     """`lines` up to the second copy of the first block (of up to MAX_PERIOD non-blank lines)
     that repeats REPEATS times in a row; the number of lines cut (0: none)."""
-    keys = [l.strip() for l in lines]
+    # A comment the model renumbers each time ("# Test case 7: ...") does not make a copy new.
+    keys = ["" if l.strip().startswith("#") else l.strip() for l in lines]
     n = len(lines)
     for i in range(n):
         for p in range(1, MAX_PERIOD + 1):
@@ -178,7 +179,9 @@ def salvage(path):
         except SyntaxError:
             continue
     body = tree.body
-    if body:
+    # Where a repetition was cut, the statement it was cut from ends with its first copy: it is
+    # whole as kept. Otherwise the cut may have ended the last statement early.
+    if body and not repeated:
         last = body[-1]
         after = [l for l in lines[last.end_lineno :] if l.strip()]
         if not (after and not after[0][0].isspace()):

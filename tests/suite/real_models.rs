@@ -246,8 +246,15 @@ async fn a_model_repeating_itself_is_cut_and_what_came_before_is_kept() {
     run_ok(fx.root(), &llm, &["-n", "1"]).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
-    assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
+    // The test the model repeated a block in is whole with its first copy.
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
     assert_eq!(log[0]["answers"]["repeating"], 1, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert_eq!(
+        kept.matches("pytest.raises(ValueError)").count(),
+        1,
+        "{kept}"
+    );
     // The default answer budget.
     assert_eq!(bodies(&llm).await[0]["max_tokens"], 2000);
 }
