@@ -156,7 +156,8 @@ fn pct(part: f64, whole: f64) -> String {
 pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
     let finished: Vec<&Iteration> = state.finished().collect();
     let file_rows = file_rows(repo, state);
-    let tests_added = state.counts().tests_added;
+    let counts = state.counts();
+    let tests_added = counts.tests_added;
     let start_cov = state.baseline.as_ref().and_then(|b| b.coverage.as_ref());
     let now_cov = state.coverage_now();
     let (funnel, dropped, repairs, findings) = verdict_totals(&finished);
@@ -184,7 +185,7 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         base_short: git::short(&state.base_commit).to_string(),
         state: state.status.as_str().to_string(),
         stop_reason: state.stop_reason.clone(),
-        counts: state.counts(),
+        counts,
         tests_in_created_files: in_files(true),
         tests_in_changed_files: in_files(false),
         coverage_baseline: start_cov.map(|c| c.percent),

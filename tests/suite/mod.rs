@@ -391,3 +391,17 @@ pub const FAILING: &str = "from calc.ops import add\n\n\ndef test_add_wrong():\n
 pub const PARTLY_FAILING: &str = "import pytest\n\nfrom calc.ops import add, clamp\n\n\ndef test_add_right():\n    assert add(1, 1) == 2\n\n\n@pytest.mark.parametrize('a, b, total', [(1, 2, 3), (2, 2, 5)])\ndef test_add_table(a, b, total):\n    assert add(a, b) == total\n\n\nclass TestClamp:\n    def test_inside(self):\n        assert clamp(2, 0, 5) == 2\n\n    def test_wrong(self):\n        assert clamp(9, 0, 5) == 9\n";
 pub const INVALID: &str = "def test_broken(:\n    pass\n";
 pub const ESCAPING: &str = "# ../../evil_test.py\ndef test_evil():\n    assert True\n";
+
+/// The finished iterations, as `improve log --json` lists them.
+pub fn log_of(fx: &Fixture) -> Vec<serde_json::Value> {
+    improve_json(fx.root(), &["log", "--json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The file the kept commit of iteration `n` added, as it is on the run branch.
+pub fn kept_file(fx: &Fixture, row: &serde_json::Value) -> String {
+    let file = row["files"][0].as_str().unwrap();
+    git(fx.root(), &["show", &format!("{}:{file}", fx.run_branch())])
+}

@@ -4,13 +4,6 @@
 
 use super::*;
 
-fn log_of(fx: &Fixture) -> Vec<serde_json::Value> {
-    improve_json(fx.root(), &["log", "--json"])
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// The body of each request the stand-in received.
 async fn bodies(llm: &StandIn) -> Vec<serde_json::Value> {
     llm.requests()
@@ -29,11 +22,6 @@ fn prompt_of(body: &serde_json::Value) -> String {
         .map(|m| m["content"].as_str().unwrap_or_default())
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn kept_file(fx: &Fixture, row: &serde_json::Value) -> String {
-    let file = row["files"][0].as_str().unwrap();
-    git(fx.root(), &["show", &format!("{}:{file}", fx.run_branch())])
 }
 
 /// One passing test that adds coverage, one failing.

@@ -3,13 +3,6 @@
 
 use super::*;
 
-fn log_of(fx: &Fixture) -> Vec<serde_json::Value> {
-    improve_json(fx.root(), &["log", "--json"])
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// Serves `answers` (each a test file in a fenced block) from a stand-in, runs `improve` with
 /// `args` on `fx`, which must exit 0, and returns the stand-in for its requests.
 async fn run_answers(fx: &Fixture, answers: &[&str], args: &[&str]) -> StandIn {
@@ -20,12 +13,6 @@ async fn run_answers(fx: &Fixture, answers: &[&str], args: &[&str]) -> StandIn {
     .await;
     run_ok(fx.root(), &llm, args).await;
     llm
-}
-
-/// The file the kept commit of iteration `n` added, as it is on the run branch.
-fn kept_file(fx: &Fixture, row: &serde_json::Value) -> String {
-    let file = row["files"][0].as_str().unwrap();
-    git(fx.root(), &["show", &format!("{}:{file}", fx.run_branch())])
 }
 
 /// `test_add_again` runs only what the project's own test already runs.
