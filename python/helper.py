@@ -24,6 +24,7 @@ never imports or runs the files it reads.
   {"op": "api", "file": F}
       The public functions, classes and methods of module F with their signatures.
       -> {"ok": true, "text": "...", "names": [every top-level name]}
+  {"op": "mutants", ...}: see mutants.py, which comes before this file in the script.
 """
 import ast
 import json
@@ -378,6 +379,8 @@ def answer(request):
         )
     if op == "api":
         return api(request["file"])
+    if op == "mutants":
+        return mutants(request["file"], request.get("tests"), int(request.get("cap", 20)))
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 

@@ -17,6 +17,16 @@ name in IMPROVE_IMPORT_CHECK, where that code is imported from or why it cannot 
 A test that failed is not run again when the file is given several times (the reruns that look
 for flaky tests): it is skipped.
 
+With IMPROVE_MUTANTS set (a JSON file of mutants made by improve's helper) and IMPROVE_MUTANTS_OUT
+(a file to write), the collected tests are not run as usual: each one runs once as it is, then
+again with each mutant of the target module swapped in, in memory: the code object of each
+function the mutant changes is replaced (and put back) on every live function object made from
+it, so `from module import f` in a test sees the mutant too, and the module's file is never
+written. A mutant is killed when a test covering its line fails with it. A run that goes past
+its time limit is stopped by SIGALRM and kills the mutant; one that does not stop (the code
+swallows the alarm) has its whole process group killed by a watchdog thread, after it wrote
+which mutant hung. One JSON line per event is appended to IMPROVE_MUTANTS_OUT.
+
 With IMPROVE_BYTECODE_CACHE set, the bytecode of everything imported from here on (the project's
 package, conftest files and tests) is cached there, outside the worktree, for the next run in
 the same worktree to reuse.
@@ -104,7 +114,8 @@ def name_of(nodeid):
 
 def gain(data, worktree, before, nodeids):
     """What each test adds to the coverage in `before` (a JSON report) and of the tests before
-    it, per measured file: {"adds": {name: {path: {"lines", "branches"}}}, "redundant": [..]}."""
+    it, per measured file: {"adds": {name: {path: {"lines", "branches"}}}, "redundant": [..],
+    "covers": {name: {path: [every line it ran]}}} (the lines the mutation check mutates)."""
     files = {}
     for path in data.measured_files():
         rel = os.path.relpath(path, worktree)
@@ -144,8 +155,11 @@ def gain(data, worktree, before, nodeids):
                 mine[0] |= lines
                 mine[1] |= arcs
     data.set_query_contexts(None)
-    adds, redundant = {}, []
+    adds, redundant, covers = {}, [], {}
     for name in names:
+        covers[name] = {
+            files[path]["rel"]: sorted(lines) for path, (lines, _) in per_test.get(name, {}).items()
+        }
         added = {}
         for path, (lines, arcs) in per_test.get(name, {}).items():
             f = files[path]
@@ -158,7 +172,7 @@ def gain(data, worktree, before, nodeids):
             adds[name] = added
         else:
             redundant.append(name)
-    return {"adds": adds, "redundant": redundant}
+    return {"adds": adds, "redundant": redundant, "covers": covers}
 
 
 def _write_gain(cov, session, out):
@@ -255,3 +269,195 @@ def pytest_collection_finish(session):
     }
     with open(out, "w", encoding="utf-8") as f:
         json.dump(result, f)
+
+
+class MutantTimeout(BaseException):
+    """Raised in a test run that outlived its limit under a mutant: the mutant hangs. A
+    BaseException, so that an `except Exception` in the code under test does not swallow it."""
+
+
+def _on_alarm(signum, frame):
+    raise MutantTimeout("the test ran past its time limit under this mutant")
+
+
+class _Mutation:
+    """What the mutation loop needs: the spec, where to write, the live functions of the
+    target's file by (name, first line)."""
+
+    def __init__(self, spec_path, out_path):
+        with open(spec_path, encoding="utf-8") as f:
+            self.spec = json.load(f)
+        self.out = open(out_path, "a", encoding="utf-8")
+        self.target = os.path.realpath(self.spec["target"])
+        with open(self.target, "rb") as f:
+            self.source = f.read()
+        self.filename = None
+        self.functions = {}
+        self.caches = []
+
+    def write(self, **event):
+        self.out.write(json.dumps(event) + "\n")
+        self.out.flush()
+        os.fsync(self.out.fileno())
+
+    def index(self):
+        """Every function object made from the target's code, and the caches around them."""
+        import functools
+        import gc
+        import types
+
+        real = {}
+        for obj in gc.get_objects():
+            if not isinstance(obj, types.FunctionType):
+                continue
+            code = obj.__code__
+            name = code.co_filename
+            if name not in real:
+                real[name] = os.path.realpath(name) == self.target
+            if real[name]:
+                self.filename = name
+                self.functions.setdefault((code.co_name, code.co_firstlineno), []).append(obj)
+        members = {id(f) for fs in self.functions.values() for f in fs}
+        self.caches = [
+            obj
+            for obj in gc.get_objects()
+            if isinstance(obj, functools._lru_cache_wrapper)
+            and id(getattr(obj, "__wrapped__", None)) in members
+        ]
+
+    def clear_caches(self):
+        for cache in self.caches:
+            with contextlib.suppress(Exception):
+                cache.cache_clear()
+
+    def swap_in(self, mutant):
+        """Puts the mutant's code into the live functions; returns what to put back, or a
+        reason it cannot be applied."""
+        data = self.source[: mutant["start"]] + mutant["text"].encode("utf-8") + self.source[mutant["end"] :]
+        try:
+            code = compile(data, self.filename or self.target, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as e:
+            return None, f"does not compile: {e}"
+        new = {}
+        stack = [code]
+        while stack:
+            c = stack.pop()
+            new[(c.co_name, c.co_firstlineno)] = c
+            stack.extend(k for k in c.co_consts if hasattr(k, "co_code"))
+        undo = []
+        for name, first in mutant["scopes"]:
+            key = (name, first)
+            if key not in new:
+                continue
+            for fn in self.functions.get(key, []):
+                try:
+                    undo.append((fn, fn.__code__))
+                    fn.__code__ = new[key]
+                except ValueError as e:  # the closure's cells differ
+                    undo.pop()
+                    self.put_back(undo)
+                    return None, f"cannot be swapped in: {e}"
+        if not undo:
+            return None, "no live function of the module runs that line"
+        self.clear_caches()
+        return undo, None
+
+    def put_back(self, undo):
+        for fn, code in reversed(undo):
+            fn.__code__ = code
+        self.clear_caches()
+
+
+def _run_once(item, limit):
+    """Runs `item` on its own; whether it passed, and whether it ran out of time."""
+    from _pytest.runner import runtestprotocol
+
+    import signal
+
+    signal.signal(signal.SIGALRM, _on_alarm)
+    # The alarm repeats: code that catches the first one does not hang the loop for good.
+    signal.setitimer(signal.ITIMER_REAL, limit, 0.5)
+    try:
+        reports = runtestprotocol(item, nextitem=None, log=False)
+    except MutantTimeout:
+        return False, True
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    timed_out = any("MutantTimeout" in str(getattr(r, "longrepr", "") or "") for r in reports)
+    return all(not r.failed for r in reports), timed_out
+
+
+def _watchdog(state, m):
+    """Kills this process group when a run outlives its limit by far (the alarm was swallowed
+    or the code is stuck where a signal cannot reach it), after writing which mutant hung."""
+    import signal
+    import threading
+    import time
+
+    def watch():
+        while True:
+            time.sleep(0.2)
+            current = state.get("running")
+            if current and time.monotonic() > current[1]:
+                m.write(id=current[0], status="hung", by=[current[2]])
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    spec, out = os.environ.get("IMPROVE_MUTANTS"), os.environ.get("IMPROVE_MUTANTS_OUT")
+    if not (spec and out) or session.config.option.collectonly:
+        return None
+    import time
+
+    m = _Mutation(spec, out)
+    m.index()
+    items = {}
+    for item in session.items:
+        items.setdefault(name_of(item.nodeid), []).append(item)
+    # Each test as it is first: a test that fails here says nothing about a mutant.
+    limits, passing = {}, set()
+    base = float(m.spec.get("limit", 2.0))
+    for name, cases in items.items():
+        started = time.monotonic()
+        ok = all(_run_once(item, 60.0)[0] for item in cases)
+        limits[name] = base + 5 * (time.monotonic() - started)
+        if ok:
+            passing.add(name)
+    m.write(baseline=sorted(passing))
+    state = {}
+    _watchdog(state, m)
+    killers = set()
+    for mutant in m.spec["mutants"]:
+        undo, why = m.swap_in(mutant)
+        if undo is None:
+            m.write(id=mutant["id"], status="not applied", why=why)
+            continue
+        m.write(start=mutant["id"])
+        by, timed_out = [], False
+        try:
+            # Tests that have not killed a mutant yet run every time; one that has runs only
+            # while no other test has killed this one.
+            order = sorted(
+                (n for n in mutant["tests"] if n in passing), key=lambda n: n in killers
+            )
+            for name in order:
+                if by and name in killers:
+                    continue
+                state["running"] = (mutant["id"], time.monotonic() + 3 * limits[name] + 5, name)
+                for item in items.get(name, []):
+                    ok, late = _run_once(item, limits[name])
+                    if not ok:
+                        by.append(name)
+                        timed_out = timed_out or late
+                        break
+                state["running"] = None
+        finally:
+            state["running"] = None
+            m.put_back(undo)
+        killers.update(by)
+        status = "timed out" if timed_out else ("killed" if by else "survived")
+        m.write(id=mutant["id"], status=status, by=by)
+    return True

@@ -232,6 +232,8 @@ pub enum Label {
     SuiteReplayed,
     /// Probe k of the bisection for a polluting test.
     Bisect(u32),
+    /// Process k of the mutation check (the next one takes the mutants a killed one left).
+    Mutants(u32),
 }
 
 impl fmt::Display for Label {
@@ -245,6 +247,7 @@ impl fmt::Display for Label {
             Label::SuiteRound(k) => write!(f, "pytest-suite-{k}"),
             Label::SuiteReplayed => write!(f, "pytest-suite-replayed"),
             Label::Bisect(k) => write!(f, "pytest-bisect-{k}"),
+            Label::Mutants(k) => write!(f, "pytest-mutants-{k}"),
         }
     }
 }
@@ -299,6 +302,14 @@ impl PytestFiles {
     }
     pub fn project(&self) -> PathBuf {
         self.with(".project.json")
+    }
+    /// The mutants the plugin is to run (written by improve).
+    pub fn mutants(&self) -> PathBuf {
+        self.with(".mutants.json")
+    }
+    /// What the plugin said of each mutant, one JSON line per event.
+    pub fn mutants_out(&self) -> PathBuf {
+        self.with(".mutants.jsonl")
     }
 }
 

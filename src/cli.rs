@@ -214,6 +214,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_answer_tokens: Option<u32>,
 
+    /// Mutants of the target made per iteration, on the lines the new tests cover, to see
+    /// whether the tests notice them (default 20; 0 turns the check off).
+    #[arg(long, value_name = "N")]
+    pub mutants: Option<u32>,
+
+    /// Drop new tests that kill none of the mutants on the lines they cover, and reject a
+    /// proposal left with none (reason `asserts nothing`). On by default;
+    /// `--require-mutation-kill=false` only measures.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub require_mutation_kill: Option<bool>,
+
     /// Run the tests under bubblewrap: file system read-only but for the worktree, a private
     /// /tmp, no network. Refuses to start when bubblewrap cannot sandbox on this machine.
     #[arg(long)]

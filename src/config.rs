@@ -70,6 +70,12 @@ pub struct RunSettings {
     /// `max_tokens` of every request.
     #[serde(default = "default_max_answer_tokens")]
     pub max_answer_tokens: u32,
+    /// Mutants of the target per iteration (0: no mutation check).
+    #[serde(default = "default_mutants")]
+    pub mutants: u32,
+    /// New tests that kill no mutant are dropped.
+    #[serde(default = "default_true")]
+    pub require_mutation_kill: bool,
 }
 
 /// One string or a list of them (TOML, state.json).
@@ -108,6 +114,10 @@ fn default_max_prompt_tokens() -> u32 {
 
 fn default_max_answer_tokens() -> u32 {
     2_000
+}
+
+fn default_mutants() -> u32 {
+    20
 }
 
 fn default_reruns() -> u32 {
@@ -172,6 +182,9 @@ pub struct FileConfig {
     pub max_prompt_tokens: Option<u32>,
     #[serde(alias = "max_answer_tokens")]
     pub max_answer_tokens: Option<u32>,
+    pub mutants: Option<u32>,
+    #[serde(alias = "require_mutation_kill")]
+    pub require_mutation_kill: Option<bool>,
 }
 
 /// Reads `improve.toml` (whole file) or else `[tool.improve]` of `pyproject.toml`.
@@ -299,6 +312,7 @@ pub fn resolve(
     let (iterations, jobs) = counts(&l)?;
     let (reruns, require_coverage_gain, max_repairs) = verification(&l);
     let (max_prompt_tokens, max_answer_tokens) = token_limits(&l)?;
+    let (mutants, require_mutation_kill) = mutation_check(&l);
     let default_secs = Duration::from_secs(300);
     let settings = RunSettings {
         provider,
@@ -349,6 +363,8 @@ pub fn resolve(
         max_repairs,
         max_prompt_tokens,
         max_answer_tokens,
+        mutants,
+        require_mutation_kill,
     };
     Ok(Resolved {
         iterations,
@@ -393,6 +409,19 @@ fn verification(l: &Layers<'_>) -> (u32, bool, u32) {
         .unwrap_or(true),
         l.pick(cli.max_repairs, file.max_repairs, |s| s.max_repairs)
             .unwrap_or_else(default_max_repairs),
+    )
+}
+
+/// Mutants per iteration, and whether a test must kill one to be kept.
+fn mutation_check(l: &Layers<'_>) -> (u32, bool) {
+    let (cli, file) = (l.cli, l.file);
+    (
+        l.pick(cli.mutants, file.mutants, |s| s.mutants)
+            .unwrap_or_else(default_mutants),
+        l.pick(cli.require_mutation_kill, file.require_mutation_kill, |s| {
+            s.require_mutation_kill
+        })
+        .unwrap_or(true),
     )
 }
 

@@ -144,6 +144,9 @@ pub struct Gain {
     pub adds: BTreeMap<String, BTreeMap<String, Added>>,
     /// Tests that reach nothing the suite at the tip and earlier candidates did not.
     pub redundant: Vec<String>,
+    /// Per test, per module: every line it ran (the lines the mutation check mutates).
+    #[serde(default)]
+    pub covers: BTreeMap<String, BTreeMap<String, Vec<u32>>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -19,6 +19,7 @@ pub mod iteration;
 pub mod layout;
 pub mod llm;
 pub mod logging;
+pub mod mutation;
 pub mod prepare;
 pub mod process;
 pub mod progress;

@@ -41,7 +41,11 @@ impl PyHelper {
             .map_err(|e| format!("cannot write to {}: {e}", self.scratch.display()))?;
         let mut child = Command::new(&self.python)
             .arg("-c")
-            .arg(include_str!("../python/helper.py"))
+            // mutants.py first: it defines what helper.py's `mutants` op calls.
+            .arg(concat!(
+                include_str!("../python/mutants.py"),
+                include_str!("../python/helper.py")
+            ))
             .current_dir(&self.scratch)
             .env_clear()
             .envs(crate::process::test_environment(&[]))
@@ -182,6 +186,29 @@ impl PyHelper {
                 })
                 .unwrap_or_default(),
         })
+    }
+}
+
+impl PyHelper {
+    /// Up to `cap` mutants of the module `file`, on the lines each test in `tests` covers
+    /// (`None`: on any line inside a function), with the number of changes possible there.
+    pub async fn mutants(
+        &self,
+        file: &Path,
+        tests: Option<&std::collections::BTreeMap<String, Vec<u32>>>,
+        cap: u32,
+    ) -> Result<(Vec<crate::mutation::Mutant>, u32), String> {
+        let v = self
+            .call(json!({
+                "op": "mutants",
+                "file": file.display().to_string(),
+                "tests": tests,
+                "cap": cap,
+            }))
+            .await?;
+        let mutants = serde_json::from_value(v["mutants"].clone())
+            .map_err(|e| format!("the Python helper's mutants: {e}"))?;
+        Ok((mutants, count(&v, "candidates")))
     }
 }
 

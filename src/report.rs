@@ -58,8 +58,48 @@ pub struct ReportModel {
     pub answers: AnswerNotes,
     pub answers_noted: bool,
     pub repairs: u32,
+    /// The mutation check over the run (None: it never ran).
+    pub mutation: Option<MutationTotals>,
     /// Tests the model stood by while they failed on an assertion: possible bugs in the code.
     pub findings: Vec<FindingRow>,
+}
+
+/// The mutation check summed over the iterations that ran it, and over the kept ones.
+#[derive(Debug, Default, Serialize)]
+pub struct MutationTotals {
+    pub iterations: u32,
+    pub made: u32,
+    pub killed: u32,
+    pub timed_out: u32,
+    pub seconds: String,
+    pub kept_iterations: u32,
+    pub kept_made: u32,
+    pub kept_killed: u32,
+    /// Percent of the kept iterations' mutants their tests killed.
+    pub kept_score: Option<String>,
+}
+
+fn mutation_totals(finished: &[&Iteration]) -> Option<MutationTotals> {
+    let mut t = MutationTotals::default();
+    let mut seconds = 0.0;
+    for it in finished {
+        let Some(m) = it.verdict.as_ref().and_then(|v| v.mutation.as_ref()) else {
+            continue;
+        };
+        t.iterations += 1;
+        t.made += m.made;
+        t.killed += m.killed;
+        t.timed_out += m.timed_out;
+        seconds += m.seconds;
+        if it.outcome == Some(Outcome::Kept) {
+            t.kept_iterations += 1;
+            t.kept_made += m.made;
+            t.kept_killed += m.killed;
+        }
+    }
+    t.seconds = format!("{seconds:.1}");
+    t.kept_score = (t.kept_made > 0).then(|| pct(f64::from(t.kept_killed), f64::from(t.kept_made)));
+    (t.iterations > 0).then_some(t)
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -67,6 +107,7 @@ pub struct DroppedCounts {
     pub failing: u32,
     pub flaky: u32,
     pub redundant: u32,
+    pub asserts_nothing: u32,
     pub polluting: u32,
 }
 
@@ -179,6 +220,7 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         answers_noted: !answers.is_empty(),
         answers,
         repairs,
+        mutation: mutation_totals(&finished),
         findings,
         run_id: state.run_id.clone(),
         run_branch: state.run_branch.clone(),
@@ -379,12 +421,16 @@ fn verdict_totals(finished: &[&Iteration]) -> (Funnel, DroppedCounts, u32, Vec<F
         funnel.passing += f.passing;
         funnel.stable += f.stable;
         funnel.gain += f.gain;
+        funnel.checks += f.checks;
         funnel.clean += f.clean;
         funnel.kept += f.kept;
         dropped.failing += v.pruned.len() as u32;
         dropped.flaky += v.flaky.len() as u32;
         dropped.redundant += v.redundant.len() as u32;
         dropped.polluting += v.polluters.len() as u32;
+        if let Some(m) = v.mutation.as_ref().filter(|m| m.dropped) {
+            dropped.asserts_nothing += m.asserts_nothing.len() as u32;
+        }
         repairs += v.repairs;
         findings.extend(v.findings.iter().map(|f| FindingRow {
             n: it.n,

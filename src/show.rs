@@ -33,6 +33,8 @@ pub struct ShowView {
     pub broke: Vec<String>,
     pub funnel: Option<Funnel>,
     pub dropped: Vec<Dropped>,
+    /// What the mutation check found (null: it did not run).
+    pub mutation: Option<crate::mutation::MutationCheck>,
     pub repairs: u32,
     pub possible_bugs: Vec<PossibleBug>,
     pub coverage_before: Option<f64>,
@@ -56,7 +58,7 @@ pub struct ShowView {
 
 #[derive(Debug, Serialize)]
 pub struct Dropped {
-    /// `failing`, `flaky`, `redundant` or `polluting`.
+    /// `failing`, `flaky`, `redundant`, `asserts nothing` or `polluting`.
     pub why: &'static str,
     pub tests: Vec<String>,
 }
@@ -71,12 +73,18 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
     let v = it.verdict.as_ref();
     let list =
         |f: fn(&crate::state::Verdict) -> &Vec<String>| v.map(|v| f(v).clone()).unwrap_or_default();
+    let no_asserts = v
+        .and_then(|v| v.mutation.as_ref())
+        .filter(|m| m.dropped)
+        .map(|m| m.asserts_nothing.clone())
+        .unwrap_or_default();
     let dropped = v
         .map(|v| {
             [
                 ("failing", &v.pruned),
                 ("flaky", &v.flaky),
                 ("redundant", &v.redundant),
+                ("asserts nothing", &no_asserts),
                 ("polluting", &v.polluters),
             ]
             .into_iter()
@@ -106,6 +114,7 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
         broke: list(|v| &v.regressions),
         funnel: v.map(|v| v.funnel),
         dropped,
+        mutation: v.and_then(|v| v.mutation.clone()),
         repairs: v.map_or(0, |v| v.repairs),
         possible_bugs: v
             .map(|v| {
@@ -198,6 +207,12 @@ fn verification(v: &ShowView, out: &mut String) {
             d.why,
             names_up_to(&d.tests, 5)
         );
+    }
+    if let Some(m) = &v.mutation {
+        let _ = writeln!(out, "mutants:  {} ({:.1} s)", m.summary(), m.seconds);
+        for s in m.survived.iter().take(5) {
+            let _ = writeln!(out, "survived: {}", s.describe());
+        }
     }
     if v.repairs > 0 {
         let _ = writeln!(out, "repairs:  {} round(s) with the LLM", v.repairs);

@@ -123,6 +123,8 @@ pub enum RejectReason {
     AllSkipped,
     NoGain,
     RedundantNotRemoved,
+    /// No new test noticed a mutant of the lines it covers.
+    AssertsNothing,
     /// The passing cases belong to parametrized functions that also fail.
     OnlyCasesOfFailingFunctions,
     FixChangesOtherFiles,
@@ -156,6 +158,7 @@ impl RejectReason {
             RejectReason::AllSkipped => "no new test ran (all skipped)",
             RejectReason::NoGain => "no gain",
             RejectReason::RedundantNotRemoved => "redundant tests could not be removed",
+            RejectReason::AssertsNothing => "asserts nothing",
             RejectReason::OnlyCasesOfFailingFunctions => {
                 "new tests fail, and the passing ones are cases of the same functions"
             }
@@ -281,6 +284,10 @@ pub struct Funnel {
     pub stable: u32,
     /// Adding line or branch coverage to the package (all of `stable` when the check is off).
     pub gain: u32,
+    /// Killing at least one mutant of the target on the lines they cover (all of `gain` when
+    /// the check is off, or found no mutant to judge a test by).
+    #[serde(default)]
+    pub checks: u32,
     /// Not turning any other test red in the whole suite.
     pub clean: u32,
     /// In the kept commit (0 when the iteration was not kept).
@@ -291,12 +298,13 @@ impl Funnel {
     /// `proposed 9 -> collected 9 -> passing 8 -> ...`, for `show` and logs.
     pub fn line(&self) -> String {
         format!(
-            "proposed {} -> collected {} -> passing {} -> stable {} -> coverage gain {} -> no pollution {} -> kept {}",
+            "proposed {} -> collected {} -> passing {} -> stable {} -> coverage gain {} -> catches a mutant {} -> no pollution {} -> kept {}",
             self.proposed,
             self.collected,
             self.passing,
             self.stable,
             self.gain,
+            self.checks,
             self.clean,
             self.kept
         )
@@ -341,6 +349,9 @@ pub struct Verdict {
     pub failed_in_suite: Vec<String>,
     #[serde(default)]
     pub funnel: Funnel,
+    /// What the mutation check made of the new tests (None: it did not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutation: Option<crate::mutation::MutationCheck>,
     /// Previously passing tests that fail with the proposal in the suite.
     pub regressions: Vec<String>,
     /// Tests collected in the whole suite with the proposal, and how many passed.
@@ -824,6 +835,8 @@ pub(crate) mod tests {
                 max_repairs: 2,
                 max_prompt_tokens: 10_000,
                 max_answer_tokens: 2_000,
+                mutants: 20,
+                require_mutation_kill: true,
                 pass_env: Vec::new(),
             },
             baseline: None,

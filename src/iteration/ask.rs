@@ -189,6 +189,8 @@ struct PromptData {
     missing_summary: Option<String>,
     /// The module's public functions, classes and methods with their signatures.
     api: Option<String>,
+    /// Mutants of the module the last iteration on it left alive: what its tests miss.
+    unnoticed: Vec<String>,
     /// The module's whole source, for narrowing the excerpt (not shown as such).
     #[serde(skip)]
     full_source: String,
@@ -397,9 +399,31 @@ fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<(PromptData, Option<Missing>
         existing_tests,
         guidelines,
         api: None,
+        unnoticed: unnoticed(state, &it.target),
         full_source: source.clone(),
     };
     Ok((data, missing))
+}
+
+/// How many survivors of the last mutation check of a module the next prompt for it shows.
+const UNNOTICED_SHOWN: usize = 3;
+
+/// The mutants that survived the latest mutation check of `target`, described.
+fn unnoticed(state: &RunState, target: &str) -> Vec<String> {
+    state
+        .iterations
+        .iter()
+        .rev()
+        .filter(|i| i.target == target && i.is_finished())
+        .find_map(|i| i.verdict.as_ref()?.mutation.as_ref())
+        .map(|m| {
+            m.survived
+                .iter()
+                .take(UNNOTICED_SHOWN)
+                .map(|s| s.describe())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// An iteration's first request: the system prompt and one user turn from `template`. `tag`

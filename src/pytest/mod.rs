@@ -65,6 +65,9 @@ pub enum Measure {
     /// What pytest's configuration and collection say about the project's tests, and where
     /// the code under test is imported from (`<label>.project.json`, see [`Discovery`]).
     Discover,
+    /// The collected tests against the mutants in `<label>.mutants.json`, by our plugin's
+    /// mutation loop, which writes `<label>.mutants.jsonl`.
+    Mutants,
 }
 
 /// Writes the pytest plugin shipped in the binary into `dir`, for `-p improve_plugin`.
@@ -217,6 +220,7 @@ pub async fn run(
         files.coverage_json(),
         files.gain(),
         files.project(),
+        files.mutants_out(),
     ] {
         let _ = std::fs::remove_file(stale);
     }
@@ -360,6 +364,10 @@ fn environment(
         }
         Measure::Report if coverage => {
             env.push(("IMPROVE_COVERAGE_JSON".into(), files.coverage_json().into()));
+        }
+        Measure::Mutants => {
+            env.push(("IMPROVE_MUTANTS".into(), files.mutants().into()));
+            env.push(("IMPROVE_MUTANTS_OUT".into(), files.mutants_out().into()));
         }
         Measure::Discover => {
             env.push(("IMPROVE_PROJECT_OUT".into(), files.project().into()));

@@ -8,6 +8,7 @@ mod first_minutes;
 mod jobs;
 mod layouts;
 mod loop_run;
+mod mutation;
 mod real_models;
 mod resume;
 mod sandbox;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::judge::{self, Judgement, NewRun};
 use super::repair::{self, Repaired};
-use super::{drop_tests, pollution, suite, trouble};
+use super::{drop_tests, mutation, pollution, suite, trouble};
 use crate::artifacts::Label;
 use crate::fsutil::write_artifact;
 use crate::iteration::context::{StepCx, StepError};
@@ -66,6 +66,14 @@ pub async fn verify_add(
     verdict.redundant = redundant;
     if verdict.new_tests.is_empty() {
         verdict.set_rejection(judge::nothing_left(&verdict.pruned, new.tally.ids.len()));
+        cx.finish_verified(verdict);
+        return Ok(());
+    }
+    // Stage checks, before the whole suite: a proposal of tests that assert nothing costs no
+    // suite run.
+    let gain = new.run.gain.as_ref();
+    if let Some(why) = mutation::check(cx, worktree, test_file, gain, &mut verdict).await? {
+        verdict.set_rejection(why);
         cx.finish_verified(verdict);
         return Ok(());
     }

@@ -93,6 +93,7 @@ async fn run_fixed_file(
     verdict.funnel.passing = (fixed.len() + verdict.flaky.len()) as u32;
     verdict.funnel.stable = fixed.len() as u32;
     verdict.funnel.gain = fixed.len() as u32;
+    verdict.funnel.checks = fixed.len() as u32;
     let what = trouble(cx, &touched, run.timed_out, "the fixed file");
     if let Some(why) = judge::fix_run(what, &fixed, &verdict.flaky, targeted) {
         verdict.set_rejection(why);

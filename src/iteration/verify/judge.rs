@@ -2,9 +2,10 @@
 //! stage's facts in, its judgement out. No pytest, git or file system here, so every rule is
 //! unit-tested on its own.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use crate::mutation::MutationCheck;
 use crate::pytest::{CaseOutcome, TestCase};
 use crate::state::{RejectReason, Rejection};
 use crate::testid::{first_three, names};
@@ -193,6 +194,67 @@ pub fn gain(tally: &Tally, redundant: &[String]) -> Judgement {
     Judgement {
         drop: [tally.failing(), tally.flaky(), redundant.to_vec()].concat(),
         reject: None,
+    }
+}
+
+/// What stage checks decided, with the tests it found asserting nothing.
+#[derive(Debug, Default, PartialEq)]
+pub struct Checked {
+    pub judgement: Judgement,
+    /// New test ids that killed none of the mutants on their lines.
+    pub asserts_nothing: Vec<String>,
+}
+
+/// Stage checks: a test (id -> name in `names`) that was judged (`kills`: name -> killed
+/// any) and killed nothing asserts nothing and goes; when that is every test, the proposal
+/// goes. Without each test's own coverage (`per_test` false) every test ran against every
+/// mutant, wherever it was: nothing is dropped on that.
+pub fn mutation(
+    names: &BTreeMap<String, String>,
+    kills: &BTreeMap<String, bool>,
+    check: &MutationCheck,
+    per_test: bool,
+) -> Checked {
+    let asserts_nothing: Vec<String> = names
+        .iter()
+        .filter(|(_, name)| kills.get(*name) == Some(&false))
+        .map(|(id, _)| id.clone())
+        .collect();
+    if !per_test || asserts_nothing.is_empty() {
+        return Checked {
+            judgement: Judgement::default(),
+            asserts_nothing: if per_test {
+                asserts_nothing
+            } else {
+                Vec::new()
+            },
+        };
+    }
+    let reject = (asserts_nothing.len() == names.len()).then(|| {
+        let example = check
+            .survived
+            .first()
+            .map(|s| format!(", e.g. {}", s.describe()))
+            .unwrap_or_default();
+        Rejection::new(
+            RejectReason::AssertsNothing,
+            format!(
+                "asserts nothing: none of the {} new tests noticed any of the {} mutants of the lines they cover{example}",
+                names.len(),
+                check.made
+            ),
+        )
+    });
+    Checked {
+        judgement: Judgement {
+            drop: if reject.is_some() {
+                Vec::new()
+            } else {
+                asserts_nothing.clone()
+            },
+            reject,
+        },
+        asserts_nothing,
     }
 }
 
@@ -571,5 +633,45 @@ mod tests {
             "after replaying onto abc1234567 (kept meanwhile): breaks 1 passing tests: t"
         );
         assert_eq!(conflicts("abc").reason, RejectReason::ConflictsWithKept);
+    }
+
+    #[test]
+    fn a_test_killing_no_mutant_goes_and_a_proposal_of_only_such_tests_is_rejected() {
+        let names: BTreeMap<String, String> = [
+            ("t.py::test_real", "test_real"),
+            ("t.py::test_empty", "test_empty"),
+            ("t.py::test_unjudged", "test_unjudged"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let mut kills: BTreeMap<String, bool> = [("test_real", true), ("test_empty", false)]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b))
+            .collect();
+        let check = MutationCheck {
+            made: 4,
+            killed: 2,
+            ..Default::default()
+        };
+        let c = mutation(&names, &kills, &check, true);
+        assert_eq!(c.judgement.drop, vec!["t.py::test_empty".to_string()]);
+        assert_eq!(c.judgement.reject, None);
+        // Without each test's coverage, nothing is dropped.
+        let c = mutation(&names, &kills, &check, false);
+        assert_eq!(c, Checked::default());
+        kills.insert("test_real".into(), false);
+        kills.insert("test_unjudged".into(), false);
+        let c = mutation(&names, &kills, &check, true);
+        let why = c.judgement.reject.unwrap();
+        assert_eq!(why.reason, RejectReason::AssertsNothing);
+        assert!(
+            why.text.starts_with(
+                "asserts nothing: none of the 3 new tests noticed any of the 4 mutants"
+            ),
+            "{}",
+            why.text
+        );
+        assert!(c.judgement.drop.is_empty());
     }
 }

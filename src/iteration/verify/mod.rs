@@ -7,6 +7,7 @@
 mod add;
 mod fix;
 pub mod judge;
+mod mutation;
 mod pollution;
 mod repair;
 mod suite;

@@ -1,0 +1,271 @@
+//! Issue 15: the mutation check. Mutants of the target on the lines the new tests cover; a
+//! test that notices none is dropped as asserting nothing; hanging mutants are killed; the
+//! module's file is the same, byte for byte, after the stage and after a kill inside it.
+
+use std::time::Duration;
+
+use super::*;
+
+/// `test_slug_runs` calls `slug` and checks nothing; `test_initials` checks what it returns.
+const ONE_EMPTY: &str = "from calc.text import initials, slug\n\n\ndef test_slug_runs():\n    slug(\"Hello World\")\n\n\ndef test_initials():\n    assert initials(\"ada lovelace\") == \"AL\"\n";
+
+const ONLY_EMPTY: &str =
+    "from calc.text import slug\n\n\ndef test_slug_runs():\n    slug(\"Hello World\")\n";
+
+fn mutation_of(row: &serde_json::Value) -> &serde_json::Value {
+    &row["mutation"]
+}
+
+/// Every line and branch of `calc/ops.py`, so that `calc/text.py` is the only target left.
+const OPS_COVERED: &str = "import pytest\n\nfrom calc.ops import add, clamp, divide\n\n\ndef test_all():\n    assert add(1, 2) == 3\n    assert divide(4, 2) == 2\n    with pytest.raises(ZeroDivisionError):\n        divide(1, 0)\n    with pytest.raises(ValueError):\n        clamp(1, 2, 0)\n    assert clamp(5, 0, 3) == 3\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_that_asserts_nothing_is_dropped_and_its_neighbour_kept() {
+    let fx = Fixture::new();
+    std::fs::write(fx.root().join("tests/test_ops_all.py"), OPS_COVERED).unwrap();
+    git(fx.root(), &["add", "-A"]);
+    git(fx.root(), &["commit", "-qm", "ops covered"]);
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(ONE_EMPTY), code_answer(ONLY_EMPTY)],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "2", "--jobs", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["target"], "calc/text.py", "{log:#?}");
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(
+        kept.contains("def test_initials") && !kept.contains("def test_slug_runs"),
+        "{kept}"
+    );
+    let m = mutation_of(&log[0]);
+    assert!(m["made"].as_u64().unwrap() >= 3, "{m:#?}");
+    assert!(m["killed"].as_u64().unwrap() >= 1, "{m:#?}");
+    assert_eq!(m["dropped"], true, "{m:#?}");
+    assert_eq!(
+        m["asserts_nothing"],
+        serde_json::json!(["tests.test_text_improve_1::test_slug_runs"]),
+        "{m:#?}"
+    );
+    assert_eq!(
+        log[0]["dropped"]["asserts_nothing"], m["asserts_nothing"],
+        "{log:#?}"
+    );
+    // What slug returns was never checked: its mutant survived, with its line for a human.
+    let survived = m["survived"].as_array().unwrap();
+    assert!(
+        survived
+            .iter()
+            .any(|s| s["line"] == 6 && s["after"] == "return None"),
+        "{m:#?}"
+    );
+    assert_eq!(log[0]["funnel"]["gain"], 2, "{log:#?}");
+    assert_eq!(log[0]["funnel"]["checks"], 1, "{log:#?}");
+    assert_eq!(log[0]["funnel"]["kept"], 1, "{log:#?}");
+
+    // A proposal of only such tests is rejected, and its prompt named what went unnoticed.
+    assert_eq!(log[1]["outcome"], "rejected", "{log:#?}");
+    assert!(
+        log[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("asserts nothing: none of the 1 new tests"),
+        "{log:#?}"
+    );
+    let second = &llm.requests().await[1];
+    let body = String::from_utf8_lossy(&second.body);
+    assert!(
+        body.contains("that no test noticed") && body.contains("return None"),
+        "{body}"
+    );
+
+    // The show command and the report say it too.
+    let shown = stdout(
+        &output({
+            let mut c = improve(fx.root());
+            c.args(["show", "1"]);
+            c
+        })
+        .await,
+    );
+    assert!(
+        shown.contains("mutants:  ") && shown.contains("survived: line 6"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("1 asserts nothing: test_slug_runs"),
+        "{shown}"
+    );
+    let report = std::fs::read_to_string(fx.state_dir().join("report.md")).unwrap();
+    assert!(
+        report.contains("Mutation score of the kept tests: "),
+        "{report}"
+    );
+    assert!(report.contains("1 asserting nothing"), "{report}");
+
+    // Only measuring: the test stays.
+    let fx2 = Fixture::new();
+    let llm2 = StandIn::start(Wire::OpenAi, vec![code_answer(ONE_EMPTY)]).await;
+    run_ok(
+        fx2.root(),
+        &llm2,
+        &["-n", "1", "--require-mutation-kill=false"],
+    )
+    .await;
+    let log2 = log_of(&fx2);
+    assert_eq!(log2[0]["tests_added"], 2, "{log2:#?}");
+    assert_eq!(mutation_of(&log2[0])["dropped"], false, "{log2:#?}");
+
+    // Off: no mutation record at all.
+    let fx3 = Fixture::new();
+    let llm3 = StandIn::start(Wire::OpenAi, vec![code_answer(ONE_EMPTY)]).await;
+    run_ok(fx3.root(), &llm3, &["-n", "1", "--mutants", "0"]).await;
+    let log3 = log_of(&fx3);
+    assert_eq!(log3[0]["tests_added"], 2, "{log3:#?}");
+    assert!(log3[0]["mutation"].is_null(), "{log3:#?}");
+}
+
+/// A module whose loop never ends when its step is removed; and one that takes SIGALRM for
+/// itself, so the per-run alarm cannot stop that loop.
+const LOOPS: &str = "import signal\n\n\ndef count_up(n):\n    i = 0\n    while i < n:\n        i += 1\n    return i\n\n\ndef settle(n):\n    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n    while n > 0:\n        n -= 1\n    return n\n";
+
+fn loops_fixture() -> Fixture {
+    let fx = Fixture::new();
+    std::fs::write(fx.root().join("calc/loops.py"), LOOPS).unwrap();
+    git(fx.root(), &["add", "-A"]);
+    git(fx.root(), &["commit", "-qm", "loops"]);
+    fx
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_mutant_is_killed_by_the_time_limit_and_one_that_ignores_it_with_its_process_group()
+ {
+    let fx = loops_fixture();
+    let tests = "from calc.loops import count_up, settle\n\n\ndef test_count_up():\n    assert count_up(3) == 3\n\n\ndef test_settle():\n    assert settle(4) == 0\n";
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(tests)]).await;
+    let started = std::time::Instant::now();
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "1", "--focus", "calc/loops.py", "--mutants", "30"],
+    )
+    .await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    let m = mutation_of(&log[0]);
+    // `i += 1` and `n -= 1` removed: both loops run for ever. The first is stopped by the
+    // alarm, the second (which ignores it) by the watchdog killing the process group; the
+    // mutants after it still ran, in a new process.
+    assert!(m["timed_out"].as_u64().unwrap() >= 2, "{m:#?}");
+    let made = m["made"].as_u64().unwrap();
+    assert_eq!(
+        made + m["not_applied"].as_u64().unwrap(),
+        m["candidates"].as_u64().unwrap().min(30),
+        "{m:#?}"
+    );
+    let iteration = fx
+        .state_dir()
+        .join("runs")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("iterations/0001");
+    let events = std::fs::read_to_string(iteration.join("pytest-mutants-1.mutants.jsonl")).unwrap();
+    assert!(events.contains("\"status\": \"hung\""), "{events}");
+    assert!(
+        iteration.join("pytest-mutants-2.mutants.jsonl").is_file(),
+        "no second process took over after the hang"
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert_eq!(
+        git(
+            fx.root(),
+            &["show", &format!("{}:calc/loops.py", fx.run_branch())]
+        ),
+        LOOPS.trim_end()
+    );
+}
+
+/// `test_initials` sleeps under mutants, so the stage is long enough to be killed inside.
+const SLOW_UNDER_MUTANTS: &str = "import os\nimport time\n\nfrom calc.text import initials\n\n\ndef test_initials():\n    if os.environ.get(\"IMPROVE_MUTANTS\"):\n        time.sleep(0.3)\n    assert initials(\"ada lovelace\") == \"AL\"\n\n\ndef test_initials_empty():\n    import pytest\n    with pytest.raises(ValueError):\n        initials(\"  \")\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_inside_the_stage_leaves_the_module_as_it_was_and_the_resume_finishes() {
+    let fx = Fixture::new();
+    let original = std::fs::read(fx.root().join("calc/text.py")).unwrap();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(SLOW_UNDER_MUTANTS)]).await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1"]);
+    llm.args(&mut cmd);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a mutant to be running, then kill -9.
+    let mut killed_inside = false;
+    for _ in 0..600 {
+        let events = glob_mutant_events(&fx.state_dir());
+        if events.contains("\"start\"") {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGKILL);
+            }
+            killed_inside = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.wait();
+    assert!(killed_inside, "the mutation stage never started");
+    // Whatever the tests' processes were doing, the module in the worktree is as it was.
+    for wt in std::fs::read_dir(fx.state_dir().join("worktrees")).unwrap() {
+        let module = wt.unwrap().path().join("calc/text.py");
+        if module.is_file() {
+            assert_eq!(std::fs::read(&module).unwrap(), original);
+        }
+    }
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    assert!(
+        mutation_of(&log[0])["killed"].as_u64().unwrap() >= 1,
+        "{log:#?}"
+    );
+    let on_branch = git(
+        fx.root(),
+        &["show", &format!("{}:calc/text.py", fx.run_branch())],
+    );
+    assert_eq!(
+        on_branch,
+        String::from_utf8(original.clone()).unwrap().trim_end()
+    );
+    assert_eq!(
+        std::fs::read(fx.root().join("calc/text.py")).unwrap(),
+        original
+    );
+    assert_eq!(git(fx.root(), &["status", "--porcelain"]), "");
+}
+
+/// Every mutation event written anywhere under the state dir.
+fn glob_mutant_events(dir: &Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.push_str(&glob_mutant_events(&p));
+        } else if p.to_string_lossy().ends_with(".mutants.jsonl") {
+            out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+        }
+    }
+    out
+}
