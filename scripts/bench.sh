@@ -87,8 +87,8 @@ fresh_repo() { # dir fixture
   git -C "$1" -c user.name=bench -c user.email=bench@example.com commit -q -m "fixture"
 }
 
-run_one() { # label latency jobs [fixture: demo | large]
-  local label=$1 latency=$2 jobs=$3 fixture=${4:-demo}
+run_one() { # label latency jobs [fixture: demo | large] [extra improve flags]
+  local label=$1 latency=$2 jobs=$3 fixture=${4:-demo} extra=${5:-}
   local repo=$WORK/$label recording=$ROOT/examples/demo/recording.json
   fresh_repo "$repo" "$fixture"
   [[ $fixture == large ]] && recording=$WORK/large-recording.json
@@ -98,7 +98,7 @@ run_one() { # label latency jobs [fixture: demo | large]
   start=$EPOCHREALTIME
   "$IMPROVE_BIN" --repo "$repo" --provider openai --llm-url "http://127.0.0.1:$PORT/v1" \
     --model bench --iterations "$ITERATIONS" --jobs "$jobs" \
-    --test-cmd "$PY -m pytest" -q >"$WORK/$label.out" 2>&1 &
+    --test-cmd "$PY -m pytest" $extra -q >"$WORK/$label.out" 2>&1 &
   local pid=$!
   IMPROVE_PID=$pid
   # VmHWM is the peak resident size of this one process, so pytest children don't count. It
@@ -135,10 +135,10 @@ run_one() { # label latency jobs [fixture: demo | large]
   "$IMPROVE_BIN" log --json --repo "$repo" >"$WORK/$label.log.json"
   "$IMPROVE_BIN" status --json --repo "$repo" >"$WORK/$label.status.json"
   "$PY" - "$label" "$latency" "$jobs" "$start" "$end" "$(cat "$hwm_file")" "$repo" "$WORK" \
-    "$fixture" >>"$RESULTS" <<'EOF'
+    "$fixture" "$extra" >>"$RESULTS" <<'EOF'
 import json, re, sys
 from datetime import datetime
-label, latency, jobs, start, end, hwm_kb, repo, work, fixture = sys.argv[1:]
+label, latency, jobs, start, end, hwm_kb, repo, work, fixture = sys.argv[1:10]
 log = json.load(open(f"{work}/{label}.log.json"))
 status = json.load(open(f"{work}/{label}.status.json"))
 state = json.load(open(f"{repo}/.improve/state.json"))
@@ -181,6 +181,13 @@ print(json.dumps({
     # Kept iterations whose suite had to run a second time, after a replay at keep time.
     "replayed": sum(1 for it in state.get("iterations", [])
                     if (it.get("verdict") or {}).get("replayed_onto")),
+    # The mutation check: mutants made and killed in the kept iterations, the stage's time.
+    "mut_made": sum((r.get("mutation") or {}).get("made", 0) for r in log if r["outcome"] == "kept"),
+    "mut_killed": sum((r.get("mutation") or {}).get("killed", 0) for r in log if r["outcome"] == "kept"),
+    "mut_seconds": sum((r.get("mutation") or {}).get("seconds", 0.0) for r in log),
+    "mut_dropped": sum(len((r.get("mutation") or {}).get("asserts_nothing", [])) for r in log),
+    "tests_added": sum(r["tests_added"] for r in log),
+    "extra": sys.argv[10] if len(sys.argv) > 10 else "",
 }))
 EOF
   # The runs' copies are removed together at exit (see cleanup), not here: deleting thousands
@@ -195,6 +202,8 @@ run_one "lat0-j1" 0 1
 # The demo's suite runs in a fraction of a second; a project's takes longer, and improve's own
 # work weighs accordingly less. The same at 0 s on a generated package with thousands of tests.
 run_one "lat0-j1-large" 0 1 large
+# The mutation check's price: the demo at 0 s again, with it off.
+run_one "lat0-j1-nomut" 0 1 demo "--mutants 0"
 
 "$PY" - "$RESULTS" "$ITERATIONS" "$LATENCY" "$("$IMPROVE_BIN" --version)" <<'EOF'
 import json, sys
@@ -213,6 +222,8 @@ for r in runs:
     name = f"latency {r['latency']:g}s, --jobs {r['jobs']}"
     if r["fixture"] != "demo":
         name += f", {r['fixture']}"
+    if r.get("extra"):
+        name += f", {r['extra']}"
     in_flight = "?" if r["in_flight"] is None else r["in_flight"]
     print(f"{name:<29}{r['wall']:>8.1f}{per_hour:>9.0f}{r['done']:>6}{r['kept']:>6}"
           f"{r['rejected']:>5}{r['errors']:>5}{r['hwm_mb']:>9.1f}{in_flight:>11}"
@@ -224,7 +235,17 @@ print()
 if 1 in rate and rate[1] > 0:
     ratios = ", ".join(f"jobs{j}/jobs1 = {rate[j] / rate[1]:.2f}x" for j in (2, 4) if j in rate)
     print(f"Throughput at {float(latency):g} s latency: {ratios}.")
-for zero in (r for r in runs if r["latency"] == 0):
+on = next((r for r in runs if r["label"] == "lat0-j1"), None)
+off = next((r for r in runs if r["label"] == "lat0-j1-nomut"), None)
+if on and off:
+    score = 100 * on["mut_killed"] / on["mut_made"] if on["mut_made"] else float("nan")
+    print(f"Mutation check, demo at 0 s: score of the kept tests {score:.0f}% ({on['mut_killed']} of"
+          f" {on['mut_made']} mutants killed); the stage took {on['mut_seconds'] / max(on['rows'], 1):.2f} s"
+          f" per iteration; wall {on['wall']:.1f} s on vs {off['wall']:.1f} s off"
+          f" ({(on['wall'] - off['wall']) / max(on['rows'], 1):+.2f} s per iteration);"
+          f" tests kept {on['tests_added']} on vs {off['tests_added']} off"
+          f" ({on['mut_dropped']} dropped as asserting nothing).")
+for zero in (r for r in runs if r["latency"] == 0 and not r.get("extra")):
     wall = zero["wall"]
     tests = zero["tests"] + zero["baseline_tests"]
     outside = wall - zero["llm"] - tests
