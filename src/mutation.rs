@@ -186,6 +186,14 @@ impl MutationCheck {
         (self.made > 0).then(|| 100.0 * f64::from(self.killed) / f64::from(self.made))
     }
 
+    /// What the stage would have taken without the cap (`--mutants`), at the same time per
+    /// mutant: None when the cap left nothing out.
+    pub fn uncapped_seconds(&self) -> Option<f64> {
+        let tried = self.made + self.not_applied;
+        (tried > 0 && self.candidates > tried)
+            .then(|| self.seconds * f64::from(self.candidates) / f64::from(tried))
+    }
+
     /// `12 mutants, 9 killed (2 timed out), 3 survived: score 75%`
     pub fn summary(&self) -> String {
         let mut out = format!("{} mutants, {} killed", self.made, self.killed);

@@ -209,7 +209,16 @@ fn verification(v: &ShowView, out: &mut String) {
         );
     }
     if let Some(m) = &v.mutation {
-        let _ = writeln!(out, "mutants:  {} ({:.1} s)", m.summary(), m.seconds);
+        let uncapped = m
+            .uncapped_seconds()
+            .map(|s| format!("; all {} would take about {s:.0} s", m.candidates))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "mutants:  {} ({:.1} s{uncapped})",
+            m.summary(),
+            m.seconds
+        );
         for s in m.survived.iter().take(5) {
             let _ = writeln!(out, "survived: {}", s.describe());
         }

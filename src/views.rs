@@ -245,6 +245,7 @@ fn log_row(it: &Iteration) -> Value {
             "asserts_nothing": m.asserts_nothing,
             "dropped": m.dropped,
             "seconds": round2(m.seconds),
+            "uncapped_seconds": m.uncapped_seconds().map(round1),
         })),
         "polluters": it.verdict.as_ref().map(|v| v.polluters.clone()).unwrap_or_default(),
         "coverage": it.verdict.as_ref().filter(|_| it.commit.is_some()).map(|v| json!({

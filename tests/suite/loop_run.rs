@@ -562,7 +562,7 @@ fn the_rendered_report_of_a_recorded_run() {
         (r#""(elapsed_s|helpers|llm|other|queued|tests|total)": [0-9.]+"#, r#""$1": [s]"#),
         (r" in [0-9.]+s", " in [s]"),
         (r" in [0-9.]+ s\b", " in [s]"),
-        (r#""seconds": [0-9.]+"#, r#""seconds": [s]"#),
+        (r#""(seconds|uncapped_seconds)": [0-9.]+"#, r#""$1": [s]"#),
         (r"elapsed \d+s", "elapsed [s]"),
     ]}, {
         insta::assert_snapshot!("demo_report", report);

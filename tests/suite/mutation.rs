@@ -269,3 +269,94 @@ fn glob_mutant_events(dir: &Path) -> String {
     }
     out
 }
+
+/// Every operator, on a module with a multi-line statement and non-ASCII text before the
+/// changes (the offsets are bytes): each mutant parses, keeps every line where it was, and
+/// changes only what it says.
+const OPERATORS: &str = "def f(a, b, flag):\n    \"\"\"Ünïcode before the changes.\"\"\"\n    label = \"é\" + str(a)\n    if a < b and not flag:\n        return max(a,\n                   b)\n    total = a * 2\n    total += 1\n    return total == 3 or a is None\n\n\nX = 1 + 2\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_helper_makes_each_kind_of_mutant_on_the_covered_lines_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("m.py");
+    std::fs::write(&module, OPERATORS).unwrap();
+    let helper = improve::pyhelper::PyHelper::new(&python(), dir.path());
+    let tests: std::collections::BTreeMap<String, Vec<u32>> = [
+        ("test_a".to_string(), vec![3, 4, 5]),
+        ("test_b".to_string(), vec![7, 8, 9, 12]),
+    ]
+    .into_iter()
+    .collect();
+    let (mutants, candidates) = helper.mutants(&module, Some(&tests), 100).await.unwrap();
+    assert_eq!(mutants.len() as u32, candidates, "{mutants:#?}");
+    let original = OPERATORS.as_bytes();
+    let mut operators = std::collections::BTreeSet::new();
+    for m in &mutants {
+        // Line 12 is module level: no test's run can see it change.
+        assert!([3, 4, 5, 7, 8, 9].contains(&m.line), "{m:#?}");
+        assert_eq!(m.scopes, vec![("f".to_string(), 1)], "{m:#?}");
+        let mut bytes = original[..m.start as usize].to_vec();
+        bytes.extend_from_slice(m.text.as_bytes());
+        bytes.extend_from_slice(&original[m.end as usize..]);
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            OPERATORS.lines().count(),
+            "{m:#?}\n{text}"
+        );
+        assert_ne!(m.before, m.after, "{m:#?}");
+        let check = std::process::Command::new(python())
+            .args(["-c", "import ast, sys; ast.parse(sys.stdin.read())"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(text.as_bytes())?;
+                c.wait()
+            })
+            .unwrap();
+        assert!(check.success(), "{m:#?}\n{text}");
+        let expected_tests: Vec<&str> = if m.line <= 5 {
+            vec!["test_a"]
+        } else {
+            vec!["test_b"]
+        };
+        assert_eq!(m.tests, expected_tests, "{m:#?}");
+        operators.insert(m.operator.clone());
+    }
+    for op in [
+        "comparison",
+        "boolean",
+        "arithmetic",
+        "constant",
+        "statement removed",
+        "return",
+    ] {
+        assert!(operators.contains(op), "no {op} mutant: {mutants:#?}");
+    }
+    let described: Vec<String> = mutants
+        .iter()
+        .map(|m| format!("{}: {} -> {}", m.line, m.before, m.after))
+        .collect();
+    for expected in [
+        "4: if a < b and not flag: -> if a <= b and not flag:",
+        "4: if a < b and not flag: -> if a < b or not flag:",
+        "4: if a < b and not flag: -> if a < b and flag:",
+        "3: label = \"é\" + str(a) -> label = \"é\" - str(a)",
+        "5: return max(a, -> return None",
+        "7: total = a * 2 -> total = a * 3",
+        "9: return total == 3 or a is None -> return total == 3 or a is not None",
+    ] {
+        assert!(
+            described.iter().any(|d| d == expected),
+            "{expected} not in {described:#?}"
+        );
+    }
+    // The cap spreads the mutants over the tests: both get some.
+    let (capped, _) = helper.mutants(&module, Some(&tests), 4).await.unwrap();
+    assert_eq!(capped.len(), 4);
+    assert!(
+        capped.iter().any(|m| m.tests == ["test_a"])
+            && capped.iter().any(|m| m.tests == ["test_b"])
+    );
+}
