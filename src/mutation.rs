@@ -173,7 +173,7 @@ pub struct MutationCheck {
     /// `--require-mutation-kill=false`).
     #[serde(default)]
     pub asserts_nothing: Vec<String>,
-    /// Whether those tests were dropped.
+    /// Whether those tests were dropped (alone, or with a proposal that had no other).
     #[serde(default)]
     pub dropped: bool,
     /// Wall time of the stage.

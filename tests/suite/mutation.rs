@@ -74,6 +74,8 @@ async fn a_test_that_asserts_nothing_is_dropped_and_its_neighbour_kept() {
             .starts_with("asserts nothing: none of the 1 new tests"),
         "{log:#?}"
     );
+    assert_eq!(mutation_of(&log[1])["dropped"], true, "{log:#?}");
+    assert_eq!(log[1]["funnel"]["checks"], 0, "{log:#?}");
     let second = &llm.requests().await[1];
     let body = String::from_utf8_lossy(&second.body);
     assert!(
@@ -103,7 +105,8 @@ async fn a_test_that_asserts_nothing_is_dropped_and_its_neighbour_kept() {
         report.contains("Mutation score of the kept tests: "),
         "{report}"
     );
-    assert!(report.contains("1 asserting nothing"), "{report}");
+    // One dropped from the kept proposal, one with the rejected one.
+    assert!(report.contains("2 asserting nothing"), "{report}");
 
     // Only measuring: the test stays.
     let fx2 = Fixture::new();

@@ -70,7 +70,9 @@ pub async fn check(
     let verdict_of = judge::mutation(&names, &judged, &record, covers.is_some());
     record.asserts_nothing = verdict_of.asserts_nothing;
     let require = cx.settings().require_mutation_kill;
-    record.dropped = require && !verdict_of.judgement.drop.is_empty();
+    // Dropped alone, or with the whole proposal.
+    record.dropped =
+        require && (verdict_of.judgement.reject.is_some() || !verdict_of.judgement.drop.is_empty());
     record.seconds = started.elapsed().as_secs_f64();
     verdict.mutation = Some(record);
     if !require {
