@@ -310,9 +310,8 @@ pub fn resolve(
     let (provider, replay) = provider_and_replay(&l)?;
     let (llm_url, model) = endpoint(&l, provider)?;
     let (iterations, jobs) = counts(&l)?;
-    let (reruns, require_coverage_gain, max_repairs) = verification(&l);
+    let checks = verification(&l);
     let (max_prompt_tokens, max_answer_tokens) = token_limits(&l)?;
-    let (mutants, require_mutation_kill) = mutation_check(&l);
     let default_secs = Duration::from_secs(300);
     let settings = RunSettings {
         provider,
@@ -358,13 +357,13 @@ pub fn resolve(
                 s.pass_env.clone()
             })
             .unwrap_or_default(),
-        reruns,
-        require_coverage_gain,
-        max_repairs,
+        reruns: checks.reruns,
+        require_coverage_gain: checks.require_coverage_gain,
+        max_repairs: checks.max_repairs,
         max_prompt_tokens,
         max_answer_tokens,
-        mutants,
-        require_mutation_kill,
+        mutants: checks.mutants,
+        require_mutation_kill: checks.require_mutation_kill,
     };
     Ok(Resolved {
         iterations,
@@ -397,32 +396,41 @@ fn endpoint(l: &Layers<'_>, provider: Provider) -> Result<(String, String), Usag
     Ok((url, check_model(provider, model)?))
 }
 
-/// Reruns of the new tests, whether they must add coverage, repair rounds.
-fn verification(l: &Layers<'_>) -> (u32, bool, u32) {
-    let (cli, file) = (l.cli, l.file);
-    (
-        l.pick(cli.reruns, file.reruns, |s| s.reruns)
-            .unwrap_or_else(default_reruns),
-        l.pick(cli.require_coverage_gain, file.require_coverage_gain, |s| {
-            s.require_coverage_gain
-        })
-        .unwrap_or(true),
-        l.pick(cli.max_repairs, file.max_repairs, |s| s.max_repairs)
-            .unwrap_or_else(default_max_repairs),
-    )
+/// How the new tests are verified.
+struct Verification {
+    reruns: u32,
+    require_coverage_gain: bool,
+    max_repairs: u32,
+    mutants: u32,
+    require_mutation_kill: bool,
 }
 
-/// Mutants per iteration, and whether a test must kill one to be kept.
-fn mutation_check(l: &Layers<'_>) -> (u32, bool) {
+fn verification(l: &Layers<'_>) -> Verification {
     let (cli, file) = (l.cli, l.file);
-    (
-        l.pick(cli.mutants, file.mutants, |s| s.mutants)
+    let required = |cli: Option<bool>, file: Option<bool>, saved: fn(&RunSettings) -> bool| {
+        l.pick(cli, file, saved).unwrap_or(true)
+    };
+    Verification {
+        reruns: l
+            .pick(cli.reruns, file.reruns, |s| s.reruns)
+            .unwrap_or_else(default_reruns),
+        require_coverage_gain: required(
+            cli.require_coverage_gain,
+            file.require_coverage_gain,
+            |s| s.require_coverage_gain,
+        ),
+        max_repairs: l
+            .pick(cli.max_repairs, file.max_repairs, |s| s.max_repairs)
+            .unwrap_or_else(default_max_repairs),
+        mutants: l
+            .pick(cli.mutants, file.mutants, |s| s.mutants)
             .unwrap_or_else(default_mutants),
-        l.pick(cli.require_mutation_kill, file.require_mutation_kill, |s| {
-            s.require_mutation_kill
-        })
-        .unwrap_or(true),
-    )
+        require_mutation_kill: required(
+            cli.require_mutation_kill,
+            file.require_mutation_kill,
+            |s| s.require_mutation_kill,
+        ),
+    }
 }
 
 /// The prompt and answer budgets in tokens.

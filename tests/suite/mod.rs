@@ -117,6 +117,13 @@ impl Fixture {
         self.dir.path()
     }
 
+    /// Writes `text` to `path` (relative to the root) and commits it.
+    pub fn commit_file(&self, path: &str, text: &str) {
+        std::fs::write(self.root().join(path), text).unwrap();
+        git(self.root(), &["add", "-A"]);
+        git(self.root(), &["commit", "-qm", &format!("{path} written")]);
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.root().join(".improve")
     }

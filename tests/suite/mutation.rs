@@ -22,9 +22,7 @@ const OPS_COVERED: &str = "import pytest\n\nfrom calc.ops import add, clamp, div
 #[tokio::test(flavor = "multi_thread")]
 async fn a_test_that_asserts_nothing_is_dropped_and_its_neighbour_kept() {
     let fx = Fixture::new();
-    std::fs::write(fx.root().join("tests/test_ops_all.py"), OPS_COVERED).unwrap();
-    git(fx.root(), &["add", "-A"]);
-    git(fx.root(), &["commit", "-qm", "ops covered"]);
+    fx.commit_file("tests/test_ops_all.py", OPS_COVERED);
     let llm = StandIn::start(
         Wire::OpenAi,
         vec![code_answer(ONE_EMPTY), code_answer(ONLY_EMPTY)],
@@ -136,9 +134,7 @@ const LOOPS: &str = "import signal\n\n\ndef count_up(n):\n    i = 0\n    while i
 
 fn loops_fixture() -> Fixture {
     let fx = Fixture::new();
-    std::fs::write(fx.root().join("calc/loops.py"), LOOPS).unwrap();
-    git(fx.root(), &["add", "-A"]);
-    git(fx.root(), &["commit", "-qm", "loops"]);
+    fx.commit_file("calc/loops.py", LOOPS);
     fx
 }
 
