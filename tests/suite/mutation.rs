@@ -28,6 +28,23 @@ async fn a_test_that_asserts_nothing_is_dropped_and_its_neighbour_kept() {
         vec![code_answer(ONE_EMPTY), code_answer(ONLY_EMPTY)],
     )
     .await;
+    // Stopped right after the first iteration's verification: the module in the worktree the
+    // stage ran in is as it was, byte for byte.
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2", "--jobs", "1"])
+        .env("IMPROVE_TEST_ABORT_AT", "verified:1");
+    llm.args(&mut cmd);
+    assert_ne!(output(cmd).await.status.code(), Some(0));
+    let original = std::fs::read(fx.root().join("calc/text.py")).unwrap();
+    let mut worktrees = 0;
+    for wt in std::fs::read_dir(fx.state_dir().join("worktrees")).unwrap() {
+        let module = wt.unwrap().path().join("calc/text.py");
+        if module.is_file() {
+            assert_eq!(std::fs::read(&module).unwrap(), original);
+            worktrees += 1;
+        }
+    }
+    assert_eq!(worktrees, 1, "no worktree left to look at");
     run_ok(fx.root(), &llm, &["-n", "2", "--jobs", "1"]).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["target"], "calc/text.py", "{log:#?}");
