@@ -212,7 +212,7 @@ runs = [json.loads(line) for line in open(path)]
 print(f"improve benchmark — {version}, examples/demo, {iterations} iterations per run, "
       "stand-in LLM (scripts/bench_standin.py)")
 print()
-print(f"{'run':<29}{'wall s':>8}{'iter/h':>9}{'done':>6}{'kept':>6}{'rej':>5}{'err':>5}"
+print(f"{'run':<37}{'wall s':>8}{'iter/h':>9}{'done':>6}{'kept':>6}{'rej':>5}{'err':>5}"
       f"{'peak MB':>9}{'in flight':>11}{'replays':>9}")
 rate = {}
 for r in runs:
@@ -225,7 +225,7 @@ for r in runs:
     if r.get("extra"):
         name += f", {r['extra']}"
     in_flight = "?" if r["in_flight"] is None else r["in_flight"]
-    print(f"{name:<29}{r['wall']:>8.1f}{per_hour:>9.0f}{r['done']:>6}{r['kept']:>6}"
+    print(f"{name:<37}{r['wall']:>8.1f}{per_hour:>9.0f}{r['done']:>6}{r['kept']:>6}"
           f"{r['rejected']:>5}{r['errors']:>5}{r['hwm_mb']:>9.1f}{in_flight:>11}"
           f"{r['replayed']:>9}")
 print("iter/h = iterations done / improve's whole wall time (baseline included) * 3600; peak MB ="
