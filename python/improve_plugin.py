@@ -306,8 +306,10 @@ class _Mutation:
         import gc
         import types
 
-        real = {}
+        real, caches = {}, []
         for obj in gc.get_objects():
+            if isinstance(obj, functools._lru_cache_wrapper):
+                caches.append(obj)
             if not isinstance(obj, types.FunctionType):
                 continue
             code = obj.__code__
@@ -318,12 +320,7 @@ class _Mutation:
                 self.filename = name
                 self.functions.setdefault((code.co_name, code.co_firstlineno), []).append(obj)
         members = {id(f) for fs in self.functions.values() for f in fs}
-        self.caches = [
-            obj
-            for obj in gc.get_objects()
-            if isinstance(obj, functools._lru_cache_wrapper)
-            and id(getattr(obj, "__wrapped__", None)) in members
-        ]
+        self.caches = [c for c in caches if id(getattr(c, "__wrapped__", None)) in members]
 
     def clear_caches(self):
         for cache in self.caches:

@@ -187,9 +187,7 @@ impl PyHelper {
                 .unwrap_or_default(),
         })
     }
-}
 
-impl PyHelper {
     /// Up to `cap` mutants of the module `file`, on the lines each test in `tests` covers
     /// (`None`: on any line inside a function), with the number of changes possible there.
     pub async fn mutants(

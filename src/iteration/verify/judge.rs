@@ -215,20 +215,16 @@ pub fn mutation(
     check: &MutationCheck,
     per_test: bool,
 ) -> Checked {
+    if !per_test {
+        return Checked::default();
+    }
     let asserts_nothing: Vec<String> = names
         .iter()
         .filter(|(_, name)| kills.get(*name) == Some(&false))
         .map(|(id, _)| id.clone())
         .collect();
-    if !per_test || asserts_nothing.is_empty() {
-        return Checked {
-            judgement: Judgement::default(),
-            asserts_nothing: if per_test {
-                asserts_nothing
-            } else {
-                Vec::new()
-            },
-        };
+    if asserts_nothing.is_empty() {
+        return Checked::default();
     }
     let reject = (asserts_nothing.len() == names.len()).then(|| {
         let example = check

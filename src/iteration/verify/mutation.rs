@@ -142,9 +142,6 @@ async fn run_mutants(
             "mutants": left,
         });
         let text = serde_json::to_vec_pretty(&spec).unwrap_or_default();
-        std::fs::create_dir_all(files.dir()).map_err(|e| {
-            StepError::Internal(format!("cannot create {}: {e}", files.dir().display()))
-        })?;
         write_artifact(&files.mutants(), &text)?;
         let args = [test_file.to_string()];
         let run = run_timed(cx, worktree, &args, Label::Mutants(k), Measure::Mutants).await?;
