@@ -7,16 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Coverage {
-    /// Percent of statements and branches covered, as coverage.py reports it.
-    pub percent: f64,
-    /// Per module (path relative to the repo), percent covered.
-    pub modules: BTreeMap<String, f64>,
-    /// Per module, statements never run plus branches never taken: what target choice weighs.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub missing: BTreeMap<String, u32>,
-}
+pub use crate::schema::Coverage;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Missing {

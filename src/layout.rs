@@ -4,26 +4,9 @@
 //! that: which files are tests, where a new test file for a module goes, and whether a bare
 //! `pytest` would collect it.
 
-use serde::{Deserialize, Serialize};
-
 use crate::project::{self, TEST_DIR_NAMES, glob_match};
 
-/// What pytest's collection at the base commit said about the project's tests.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TestLayout {
-    /// pytest's `testpaths` as configured, relative to the repository (may be empty).
-    #[serde(default)]
-    pub testpaths: Vec<String>,
-    /// pytest's `python_files` patterns.
-    #[serde(default)]
-    pub python_files: Vec<String>,
-    /// The files pytest collected tests from (doctests excepted), relative to the repository.
-    #[serde(default)]
-    pub test_files: Vec<String>,
-    /// The config file pytest read, relative to the repository, if any.
-    #[serde(default)]
-    pub inifile: Option<String>,
-}
+pub use crate::schema::{TestLayout, Unfixable};
 
 /// Where new tests go when the project has none and pytest's config names no folder.
 pub const DEFAULT_TESTS_DIR: &str = "tests";
@@ -217,14 +200,6 @@ impl TestLayout {
         }
         args
     }
-}
-
-/// A test file that does not import at the base commit for a reason no rewrite of it mends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Unfixable {
-    pub file: String,
-    /// `ModuleNotFoundError: No module named 'humanize._version'`, and what to do.
-    pub cause: String,
 }
 
 /// The file a collection error's id (`tests.test_x`) names.

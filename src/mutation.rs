@@ -138,85 +138,9 @@ impl Results {
     }
 }
 
-/// A mutant no new test noticed, as `show` and the next prompt put it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Survivor {
-    pub line: u32,
-    pub operator: String,
-    pub before: String,
-    pub after: String,
-}
-
-impl Survivor {
-    /// `line 12: `if lo > hi:` -> `if lo >= hi:``
-    pub fn describe(&self) -> String {
-        format!("line {}: `{}` -> `{}`", self.line, self.before, self.after)
-    }
-}
-
-/// What the mutation check found in one iteration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MutationCheck {
-    /// Changes possible on the lines the new tests cover, before the cap (`--mutants`).
-    pub candidates: u32,
-    /// Mutants put into the code and run against the tests covering them.
-    pub made: u32,
-    /// Of those, killed by some test (`timed_out` included).
-    pub killed: u32,
-    /// Killed because a test ran past its time limit (or hung) with them.
-    pub timed_out: u32,
-    /// Mutants that could not be put into the running code.
-    #[serde(default)]
-    pub not_applied: u32,
-    pub survived: Vec<Survivor>,
-    /// New tests that killed none of the mutants on their lines (dropped unless
-    /// `--require-mutation-kill=false`).
-    #[serde(default)]
-    pub asserts_nothing: Vec<String>,
-    /// Whether those tests were dropped (alone, or with a proposal that had no other).
-    #[serde(default)]
-    pub dropped: bool,
-    /// Wall time of the stage.
-    pub seconds: f64,
-}
+pub use crate::schema::{MutationCheck, Survivor};
 
 impl MutationCheck {
-    /// Percent of the mutants made that a test killed.
-    pub fn score(&self) -> Option<f64> {
-        (self.made > 0).then(|| 100.0 * f64::from(self.killed) / f64::from(self.made))
-    }
-
-    /// What the stage would have taken without the cap (`--mutants`), at the same time per
-    /// mutant: None when the cap left nothing out.
-    pub fn uncapped_seconds(&self) -> Option<f64> {
-        let tried = self.made + self.not_applied;
-        (tried > 0 && self.candidates > tried)
-            .then(|| self.seconds * f64::from(self.candidates) / f64::from(tried))
-    }
-
-    /// `12 mutants, 9 killed (2 timed out), 3 survived: score 75%`
-    pub fn summary(&self) -> String {
-        let mut out = format!("{} mutants, {} killed", self.made, self.killed);
-        if self.timed_out > 0 {
-            out.push_str(&format!(" ({} timed out)", self.timed_out));
-        }
-        out.push_str(&format!(", {} survived", self.survived.len()));
-        if let Some(score) = self.score() {
-            out.push_str(&format!(": score {score:.0}%"));
-        }
-        if self.candidates > self.made + self.not_applied {
-            out.push_str(&format!(
-                " ({} of {} possible changes made)",
-                self.made + self.not_applied,
-                self.candidates
-            ));
-        }
-        if self.not_applied > 0 {
-            out.push_str(&format!("; {} could not be applied", self.not_applied));
-        }
-        out
-    }
-
     /// The record of `mutants` as `results` left them.
     pub fn from_results(mutants: &[Mutant], results: &Results, candidates: u32) -> Self {
         let mut check = MutationCheck {

@@ -1,0 +1,144 @@
+//! What pytest and coverage.py measured at the start of the run.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Tests pytest collected and ran on the base commit.
+    pub tests: u32,
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    pub skipped: u32,
+    pub summary: String,
+    pub coverage: Option<Coverage>,
+    pub seconds: f64,
+    /// Files the project's own suite changes in its tree when it runs: not held against a
+    /// proposal.
+    #[serde(default)]
+    pub side_effects: Vec<String>,
+    /// Where the tests live, as pytest's configuration and collection said at the base commit.
+    #[serde(default)]
+    pub layout: TestLayout,
+    /// Test files that do not import at the base commit because the project itself or a
+    /// dependency does not: no fix iteration can mend those, so none is tried.
+    #[serde(default)]
+    pub unfixable: Vec<Unfixable>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// Percent of statements and branches covered, as coverage.py reports it.
+    pub percent: f64,
+    /// Per module (path relative to the repo), percent covered.
+    pub modules: BTreeMap<String, f64>,
+    /// Per module, statements never run plus branches never taken: what target choice weighs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missing: BTreeMap<String, u32>,
+}
+
+/// What pytest's collection at the base commit said about the project's tests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TestLayout {
+    /// pytest's `testpaths` as configured, relative to the repository (may be empty).
+    #[serde(default)]
+    pub testpaths: Vec<String>,
+    /// pytest's `python_files` patterns.
+    #[serde(default)]
+    pub python_files: Vec<String>,
+    /// The files pytest collected tests from (doctests excepted), relative to the repository.
+    #[serde(default)]
+    pub test_files: Vec<String>,
+    /// The config file pytest read, relative to the repository, if any.
+    #[serde(default)]
+    pub inifile: Option<String>,
+}
+
+/// A test file that does not import at the base commit for a reason no rewrite of it mends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unfixable {
+    pub file: String,
+    /// `ModuleNotFoundError: No module named 'humanize._version'`, and what to do.
+    pub cause: String,
+}
+
+/// A mutant no new test noticed, as `show` and the next prompt put it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Survivor {
+    pub line: u32,
+    pub operator: String,
+    pub before: String,
+    pub after: String,
+}
+
+impl Survivor {
+    /// `line 12: `if lo > hi:` -> `if lo >= hi:``
+    pub fn describe(&self) -> String {
+        format!("line {}: `{}` -> `{}`", self.line, self.before, self.after)
+    }
+}
+
+/// What the mutation check found in one iteration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MutationCheck {
+    /// Changes possible on the lines the new tests cover, before the cap (`--mutants`).
+    pub candidates: u32,
+    /// Mutants put into the code and run against the tests covering them.
+    pub made: u32,
+    /// Of those, killed by some test (`timed_out` included).
+    pub killed: u32,
+    /// Killed because a test ran past its time limit (or hung) with them.
+    pub timed_out: u32,
+    /// Mutants that could not be put into the running code.
+    #[serde(default)]
+    pub not_applied: u32,
+    pub survived: Vec<Survivor>,
+    /// New tests that killed none of the mutants on their lines (dropped unless
+    /// `--require-mutation-kill=false`).
+    #[serde(default)]
+    pub asserts_nothing: Vec<String>,
+    /// Whether those tests were dropped (alone, or with a proposal that had no other).
+    #[serde(default)]
+    pub dropped: bool,
+    /// Wall time of the stage.
+    pub seconds: f64,
+}
+
+impl MutationCheck {
+    /// Percent of the mutants made that a test killed.
+    pub fn score(&self) -> Option<f64> {
+        (self.made > 0).then(|| 100.0 * f64::from(self.killed) / f64::from(self.made))
+    }
+
+    /// What the stage would have taken without the cap (`--mutants`), at the same time per
+    /// mutant: None when the cap left nothing out.
+    pub fn uncapped_seconds(&self) -> Option<f64> {
+        let tried = self.made + self.not_applied;
+        (tried > 0 && self.candidates > tried)
+            .then(|| self.seconds * f64::from(self.candidates) / f64::from(tried))
+    }
+
+    /// `12 mutants, 9 killed (2 timed out), 3 survived: score 75%`
+    pub fn summary(&self) -> String {
+        let mut out = format!("{} mutants, {} killed", self.made, self.killed);
+        if self.timed_out > 0 {
+            out.push_str(&format!(" ({} timed out)", self.timed_out));
+        }
+        out.push_str(&format!(", {} survived", self.survived.len()));
+        if let Some(score) = self.score() {
+            out.push_str(&format!(": score {score:.0}%"));
+        }
+        if self.candidates > self.made + self.not_applied {
+            out.push_str(&format!(
+                " ({} of {} possible changes made)",
+                self.made + self.not_applied,
+                self.candidates
+            ));
+        }
+        if self.not_applied > 0 {
+            out.push_str(&format!("; {} could not be applied", self.not_applied));
+        }
+        out
+    }
+}
