@@ -4,7 +4,9 @@
 - no function outside tests is longer than 80 lines;
 - no import loop between the crate's top-level modules, nor between the submodules of one;
 - no file name of the state dir spelt outside src/artifacts.rs;
-- no reason text compared: verify stages and the report match on `RejectReason`.
+- no reason text compared: verify stages and the report match on `RejectReason`;
+- the saved schema stands alone: src/schema/ imports nothing else of the crate, so every type
+  state.json saves is declared there (a saved field of a type from elsewhere cannot compile).
 
 Prints each breach as `path:line: what` and exits 1 if there is any.
 """
@@ -131,6 +133,16 @@ def artifact_names(rel, text):
                 yield f"{rel}:{i}: file name {name!r} belongs in artifacts.rs"
 
 
+def schema_imports(rel, text):
+    if not rel.startswith("schema/"):
+        return
+    for i, line in enumerate(text.split("\n"), 1):
+        code = line.split("//")[0]
+        for ref in re.findall(r"\bcrate::(\w+)", code):
+            if ref != "schema":
+                yield f"{rel}:{i}: the schema uses crate::{ref}; saved types live in src/schema/"
+
+
 def reason_comparisons(rel, text):
     for i, line in enumerate(text.split("\n"), 1):
         if re.search(r"reason\w*(\.as_deref\(\))?[^;]*\.(starts_with|ends_with|contains)\(", line):
@@ -144,6 +156,7 @@ def main():
         breaches += long_functions(rel, text)
         breaches += artifact_names(rel, text)
         breaches += reason_comparisons(rel, text)
+        breaches += schema_imports(rel, text)
     for depth in (1, 2, 3):
         for loop in cycles(files, depth):
             breaches.append(f"import loop between modules: {' -> '.join(loop)}")
@@ -152,7 +165,7 @@ def main():
     if breaches:
         sys.exit(1)
     print(f"shape: {len(files)} files, no function over {MAX_LINES} lines, no import loop, "
-          "file names only in artifacts.rs, no reason text compared")
+          "file names only in artifacts.rs, no reason text compared, the schema stands alone")
 
 
 if __name__ == "__main__":

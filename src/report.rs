@@ -11,7 +11,8 @@ use crate::fsutil::write_atomic;
 use crate::git;
 use crate::prompt::{self, Templates};
 use crate::state::{
-    AnswerNotes, Funnel, Iteration, Outcome, RejectReason, RunCounts, RunState, Seconds,
+    AnswerNotes, DropNames, Funnel, Iteration, Outcome, RejectReason, RunCounts, RunState, Seconds,
+    StageId,
 };
 use crate::testid::TestId;
 
@@ -50,10 +51,14 @@ pub struct ReportModel {
     pub file_rows: Vec<FileRow>,
     /// The chart's file name beside the report, when one was drawn.
     pub chart: Option<String>,
-    /// The funnel summed over every verified iteration.
-    pub funnel: Funnel,
-    /// Tests dropped at each stage, summed: failing after repair, flaky, redundant, polluting.
-    pub dropped: DroppedCounts,
+    /// The funnel summed over every verified iteration, by stage key (`funnel.gain`).
+    pub funnel: BTreeMap<&'static str, u32>,
+    /// The same, stage by stage in order, with their labels (the template's table).
+    pub funnel_stages: Vec<StageRow>,
+    /// Tests dropped at each stage, summed, by what they are (`dropped.flaky`).
+    pub dropped: BTreeMap<&'static str, u32>,
+    /// The same, stage by stage in order, with their phrases (the template's sentence).
+    pub dropped_stages: Vec<DropRow>,
     /// What the answers needed before pytest saw them, summed over the iterations.
     pub answers: AnswerNotes,
     pub answers_noted: bool,
@@ -102,13 +107,18 @@ fn mutation_totals(finished: &[&Iteration]) -> Option<MutationTotals> {
     (t.iterations > 0).then_some(t)
 }
 
-#[derive(Debug, Default, Serialize)]
-pub struct DroppedCounts {
-    pub failing: u32,
-    pub flaky: u32,
-    pub redundant: u32,
-    pub asserts_nothing: u32,
-    pub polluting: u32,
+/// One stage of the summed funnel.
+#[derive(Debug, Serialize)]
+pub struct StageRow {
+    pub label: &'static str,
+    pub survivors: u32,
+}
+
+/// The tests one stage dropped, summed.
+#[derive(Debug, Serialize)]
+pub struct DropRow {
+    pub phrase: &'static str,
+    pub count: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -201,7 +211,7 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
     let tests_added = counts.tests_added;
     let start_cov = state.baseline.as_ref().and_then(|b| b.coverage.as_ref());
     let now_cov = state.coverage_now();
-    let (funnel, dropped, repairs, findings) = verdict_totals(&finished);
+    let (funnel, repairs, findings) = verdict_totals(&finished);
     let mut answers = AnswerNotes::default();
     for it in &state.iterations {
         answers.add(&it.answers);
@@ -215,8 +225,23 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
             .sum()
     };
     ReportModel {
-        funnel,
-        dropped,
+        funnel: funnel.counts().map(|(s, n)| (s.key(), n)).collect(),
+        funnel_stages: funnel
+            .counts()
+            .map(|(s, survivors)| StageRow {
+                label: s.label(),
+                survivors,
+            })
+            .collect(),
+        dropped: dropped_counts(&funnel)
+            .map(|(names, n)| (names.key, n))
+            .collect(),
+        dropped_stages: dropped_counts(&funnel)
+            .map(|(names, count)| DropRow {
+                phrase: names.phrase,
+                count,
+            })
+            .collect(),
         answers_noted: !answers.is_empty(),
         answers,
         repairs,
@@ -407,30 +432,14 @@ fn llm_rows(state: &RunState) -> Vec<LlmRow> {
     rows.into_values().collect()
 }
 
-/// The funnel, dropped tests, repairs and findings summed over every verdict.
-fn verdict_totals(finished: &[&Iteration]) -> (Funnel, DroppedCounts, u32, Vec<FindingRow>) {
+/// The funnel (with its dropped tests), repairs and findings summed over every verdict.
+fn verdict_totals(finished: &[&Iteration]) -> (Funnel, u32, Vec<FindingRow>) {
     let mut funnel = Funnel::default();
-    let mut dropped = DroppedCounts::default();
     let mut repairs = 0;
     let mut findings = Vec::new();
     for it in finished {
         let Some(v) = &it.verdict else { continue };
-        let f = v.funnel;
-        funnel.proposed += f.proposed;
-        funnel.collected += f.collected;
-        funnel.passing += f.passing;
-        funnel.stable += f.stable;
-        funnel.gain += f.gain;
-        funnel.checks += f.checks;
-        funnel.clean += f.clean;
-        funnel.kept += f.kept;
-        dropped.failing += v.pruned.len() as u32;
-        dropped.flaky += v.flaky.len() as u32;
-        dropped.redundant += v.redundant.len() as u32;
-        dropped.polluting += v.polluters.len() as u32;
-        if let Some(m) = v.mutation.as_ref().filter(|m| m.dropped) {
-            dropped.asserts_nothing += m.asserts_nothing.len() as u32;
-        }
+        funnel.add(&v.funnel);
         repairs += v.repairs;
         findings.extend(v.findings.iter().map(|f| FindingRow {
             n: it.n,
@@ -440,7 +449,14 @@ fn verdict_totals(finished: &[&Iteration]) -> (Funnel, DroppedCounts, u32, Vec<F
             source: f.source.clone(),
         }));
     }
-    (funnel, dropped, repairs, findings)
+    (funnel, repairs, findings)
+}
+
+/// How many tests each stage that drops tests dropped, in stage order.
+fn dropped_counts(funnel: &Funnel) -> impl Iterator<Item = (DropNames, u32)> + '_ {
+    StageId::ALL
+        .into_iter()
+        .filter_map(|s| Some((s.drops()?, funnel.dropped(s).len() as u32)))
 }
 
 /// Where the iterations' time went: the LLM, pytest, the rest, and waiting to keep.

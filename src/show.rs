@@ -11,9 +11,9 @@ use crate::artifacts::IterationFiles;
 use crate::cli::GlobalArgs;
 use crate::error::UserError;
 use crate::git;
-use crate::state::{AnswerNotes, Funnel, Iteration, Outcome, Seconds};
+use crate::state::{AnswerNotes, Funnel, Iteration, Outcome, Seconds, StageId};
 use crate::testid::names_up_to;
-use crate::views::{load, print_out};
+use crate::views::{funnel_counts, load, print_out};
 
 #[derive(Debug, Serialize)]
 pub struct ShowView {
@@ -31,6 +31,8 @@ pub struct ShowView {
     /// New tests that failed, and tests that passed before and broke.
     pub failing: Vec<String>,
     pub broke: Vec<String>,
+    /// Each stage's survivors, under its key.
+    #[serde(serialize_with = "as_counts")]
     pub funnel: Option<Funnel>,
     pub dropped: Vec<Dropped>,
     /// What the mutation check found (null: it did not run).
@@ -56,6 +58,10 @@ pub struct ShowView {
     pub diff: Option<String>,
 }
 
+fn as_counts<S: serde::Serializer>(f: &Option<Funnel>, s: S) -> Result<S::Ok, S::Error> {
+    f.as_ref().map(funnel_counts).serialize(s)
+}
+
 #[derive(Debug, Serialize)]
 pub struct Dropped {
     /// `failing`, `flaky`, `redundant`, `asserts nothing` or `polluting`.
@@ -73,27 +79,17 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
     let v = it.verdict.as_ref();
     let list =
         |f: fn(&crate::state::Verdict) -> &Vec<String>| v.map(|v| f(v).clone()).unwrap_or_default();
-    let no_asserts = v
-        .and_then(|v| v.mutation.as_ref())
-        .filter(|m| m.dropped)
-        .map(|m| m.asserts_nothing.clone())
-        .unwrap_or_default();
     let dropped = v
         .map(|v| {
-            [
-                ("failing", &v.pruned),
-                ("flaky", &v.flaky),
-                ("redundant", &v.redundant),
-                ("asserts nothing", &no_asserts),
-                ("polluting", &v.polluters),
-            ]
-            .into_iter()
-            .filter(|(_, ids)| !ids.is_empty())
-            .map(|(why, ids)| Dropped {
-                why,
-                tests: ids.clone(),
-            })
-            .collect()
+            StageId::ALL
+                .into_iter()
+                .filter_map(|s| Some((s.drops()?.word, v.funnel.dropped(s))))
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(why, ids)| Dropped {
+                    why,
+                    tests: ids.to_vec(),
+                })
+                .collect()
         })
         .unwrap_or_default();
     let kept_coverage = v.filter(|_| it.commit.is_some());
@@ -112,7 +108,7 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
         pytest_summary: v.map(|v| v.pytest_summary.clone()),
         failing: list(|v| &v.new_failed),
         broke: list(|v| &v.regressions),
-        funnel: v.map(|v| v.funnel),
+        funnel: v.map(|v| v.funnel.clone()),
         dropped,
         mutation: v.and_then(|v| v.mutation.clone()),
         repairs: v.map_or(0, |v| v.repairs),

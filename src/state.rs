@@ -123,6 +123,8 @@ impl StateStore {
                 found: u32::try_from(version).unwrap_or(u32::MAX),
             });
         }
+        let mut value = value;
+        upgrade_funnels(&mut value);
         serde_json::from_value(value)
             .map(Some)
             .map_err(|e| unreadable(e.to_string()))
@@ -164,6 +166,59 @@ impl StateStore {
         std::fs::rename(&from, &to).map_err(archive_err)?;
         Ok(Some(to))
     }
+}
+
+/// Where a run saved before the funnel was a list of stages kept the tests each stage
+/// dropped: the verdict's field, by the stage's serde name.
+const LEGACY_DROPS: [(&str, &str); 4] = [
+    ("passing", "pruned"),
+    ("stable", "flaky"),
+    ("gain", "redundant"),
+    ("clean", "polluters"),
+];
+
+/// Turns each verdict's funnel saved as one object of counts (with its drops in separate
+/// fields) into the list of stages this improve saves.
+fn upgrade_funnels(state: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    let Some(iterations) = state.get_mut("iterations").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for verdict in iterations.iter_mut().filter_map(|i| i.get_mut("verdict")) {
+        let Some(counts) = verdict.get("funnel").and_then(Value::as_object).cloned() else {
+            continue;
+        };
+        let mutation = verdict.get("mutation").cloned().unwrap_or(Value::Null);
+        let dropped = |stage: &str| -> Value {
+            if stage == "checks" && mutation["dropped"] == json!(true) {
+                return mutation["asserts_nothing"].clone();
+            }
+            LEGACY_DROPS
+                .iter()
+                .find(|(s, _)| *s == stage)
+                .map_or(Value::Null, |(_, field)| verdict[*field].clone())
+        };
+        let stages: Vec<Value> = counts
+            .iter()
+            .map(|(stage, n)| json!({"stage": stage, "survivors": n, "dropped": dropped(stage)}))
+            .map(|mut s| {
+                if !s["dropped"].is_array() {
+                    s["dropped"] = json!([]);
+                }
+                s
+            })
+            .collect();
+        let mut stages = stages;
+        stages.sort_by_key(|s| stage_rank(s["stage"].as_str().unwrap_or_default()));
+        verdict["funnel"] = Value::Array(stages);
+    }
+}
+
+fn stage_rank(key: &str) -> usize {
+    StageId::ALL
+        .iter()
+        .position(|s| s.key() == key)
+        .unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
@@ -232,6 +287,37 @@ pub(crate) mod tests {
         assert_eq!(loaded.run_id, state.run_id);
         assert_eq!(loaded.iterations, state.iterations);
         assert_eq!(loaded.settings, state.settings);
+    }
+
+    #[test]
+    fn a_funnel_saved_as_one_object_loads_as_stages_with_their_drops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::new(tmp.path().to_path_buf());
+        let mut saved = serde_json::to_value(sample_state()).unwrap();
+        saved["iterations"][0]["verdict"] = serde_json::json!({
+            "keep": false, "reason": "no gain: all redundant", "new_tests": [],
+            "new_failed": ["t::test_b"], "pruned": ["t::test_b"], "flaky": [],
+            "redundant": ["t::test_a"], "regressions": [], "suite_tests": 0,
+            "suite_passed": 0, "pytest_summary": "", "coverage": null,
+            "funnel": {"proposed": 2, "collected": 2, "passing": 1, "stable": 1, "gain": 0,
+                       "checks": 0, "clean": 0, "kept": 0},
+        });
+        std::fs::write(store.state_path(), saved.to_string()).unwrap();
+        let state = store.load().unwrap().unwrap();
+        let v = state.iterations[0].verdict.as_ref().unwrap();
+        assert_eq!(v.funnel.survivors(StageId::Proposed), 2);
+        assert_eq!(v.funnel.survivors(StageId::Passing), 1);
+        assert_eq!(v.funnel.dropped(StageId::Passing), ["t::test_b"]);
+        assert_eq!(v.funnel.dropped(StageId::Gain), ["t::test_a"]);
+        let why = v.rejection().unwrap();
+        // Saved before reasons had kinds.
+        assert_eq!(why.reason, RejectReason::Unclassified);
+        assert_eq!(why.text, "no gain: all redundant");
+        let line = v.funnel.line();
+        assert!(
+            line.starts_with("proposed 2 -> collected 2 -> passing 1"),
+            "{line}"
+        );
     }
 
     #[test]

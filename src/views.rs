@@ -14,7 +14,9 @@ use crate::error::UserError;
 use crate::git;
 use crate::prompt::Templates;
 use crate::report;
-use crate::state::{Iteration, Outcome, RunCounts, RunState, RunStatus, StateStore};
+use crate::state::{
+    Funnel, Iteration, Outcome, RunCounts, RunState, RunStatus, StageId, StateStore,
+};
 
 pub(crate) fn load(global: &GlobalArgs) -> Result<(std::path::PathBuf, StateStore, RunState)> {
     let repo_root = config::repo_root(global.repo.as_deref())?;
@@ -226,14 +228,8 @@ fn log_row(it: &Iteration) -> Value {
         },
         "test_file": it.test_file,
         "pytest_summary": it.verdict.as_ref().map(|v| v.pytest_summary.clone()),
-        "funnel": it.verdict.as_ref().map(|v| v.funnel),
-        "dropped": it.verdict.as_ref().map(|v| json!({
-            "failing": v.pruned,
-            "flaky": v.flaky,
-            "redundant": v.redundant,
-            "asserts_nothing": v.mutation.as_ref().filter(|m| m.dropped).map(|m| m.asserts_nothing.clone()).unwrap_or_default(),
-            "polluting": v.polluters,
-        })),
+        "funnel": it.verdict.as_ref().map(|v| funnel_counts(&v.funnel)),
+        "dropped": it.verdict.as_ref().map(|v| dropped_by_stage(&v.funnel)),
         "mutation": it.verdict.as_ref().and_then(|v| v.mutation.as_ref()).map(|m| json!({
             "made": m.made,
             "killed": m.killed,
@@ -247,7 +243,7 @@ fn log_row(it: &Iteration) -> Value {
             "seconds": round2(m.seconds),
             "uncapped_seconds": m.uncapped_seconds().map(round1),
         })),
-        "polluters": it.verdict.as_ref().map(|v| v.polluters.clone()).unwrap_or_default(),
+        "polluters": it.verdict.as_ref().map(|v| v.funnel.dropped(StageId::Clean).to_vec()).unwrap_or_default(),
         "coverage": it.verdict.as_ref().filter(|_| it.commit.is_some()).map(|v| json!({
             "before": v.coverage_before,
             "after": v.coverage.as_ref().map(|c| c.percent),
@@ -255,6 +251,24 @@ fn log_row(it: &Iteration) -> Value {
         "repairs": it.verdict.as_ref().map(|v| v.repairs).unwrap_or(0),
         "findings": it.verdict.as_ref().map(|v| v.findings.clone()).unwrap_or_default(),
     })
+}
+
+/// Each stage's survivors, under its key (`{"proposed": 9, "collected": 9, ...}`).
+pub fn funnel_counts(funnel: &Funnel) -> Value {
+    let counts: serde_json::Map<String, Value> = funnel
+        .counts()
+        .map(|(s, n)| (s.key().to_string(), json!(n)))
+        .collect();
+    Value::Object(counts)
+}
+
+/// The tests each dropping stage took out, under what they are (`{"flaky": [...], ...}`).
+fn dropped_by_stage(funnel: &Funnel) -> Value {
+    let dropped: serde_json::Map<String, Value> = StageId::ALL
+        .into_iter()
+        .filter_map(|s| Some((s.drops()?.key.to_string(), json!(funnel.dropped(s)))))
+        .collect();
+    Value::Object(dropped)
 }
 
 fn round1(x: f64) -> f64 {

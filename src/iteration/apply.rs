@@ -22,17 +22,15 @@ pub struct Tidied {
 }
 
 /// The Asked step: the first answer's file, committed on the iteration's branch.
-pub async fn apply(cx: &mut StepCx<'_>) -> Result<(), StepError> {
+pub async fn apply(cx: &mut StepCx<'_>) -> Result<Step, StepError> {
     let Some(response) = read_json::<ChatResponse>(&cx.files().response(0)) else {
         // The artifact vanished (removed by hand): ask again rather than guess.
-        cx.it_mut().step = Step::Planned;
-        return Ok(());
+        return Ok(Step::Planned);
     };
     let tidied = match tidy_answer(cx, &response, 0).await? {
         Ok(t) => t,
         Err(why) => {
-            cx.finish(Outcome::Rejected, why);
-            return Ok(());
+            return Ok(cx.finish(Outcome::Rejected, why));
         }
     };
     let tip = cx.tip()?;
@@ -40,13 +38,11 @@ pub async fn apply(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let rel = match test_path(cx, &worktree, tip, tidied.path_hint.as_deref())? {
         Ok(rel) => rel,
         Err(why) => {
-            cx.finish(Outcome::Rejected, why);
-            return Ok(());
+            return Ok(cx.finish(Outcome::Rejected, why));
         }
     };
     if let Err(why) = write_test_file(cx, &worktree, &rel, &tidied.code) {
-        cx.finish(Outcome::Rejected, why);
-        return Ok(());
+        return Ok(cx.finish(Outcome::Rejected, why));
     }
     let message = format!(
         "improve: proposal of iteration {} for {}",
@@ -58,8 +54,7 @@ pub async fn apply(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let it = cx.it_mut();
     it.proposed = tidied.tests;
     it.test_file = Some(rel);
-    it.step = Step::Applied;
-    Ok(())
+    Ok(Step::Applied)
 }
 
 /// The test file of answer `round`, parsed and tidied (non-test `Test*` classes marked); saved

@@ -35,6 +35,16 @@ pub enum AskEnd {
     Refused,
 }
 
+impl AskEnd {
+    /// The step the iteration is at after the ask.
+    pub fn next(&self) -> Step {
+        match self {
+            AskEnd::Answered => Step::Asked,
+            AskEnd::Failed | AskEnd::Refused => Step::Finished,
+        }
+    }
+}
+
 /// What came of one request.
 pub enum Answer {
     Got(ChatResponse),
@@ -71,7 +81,6 @@ pub async fn ask(cx: &mut StepCx<'_>) -> Result<AskEnd, StepError> {
                 let llm = format!("{} {}", cx.ctx.llm.provider().as_str(), cx.ctx.llm.model());
                 let it = cx.it_mut();
                 it.llm = Some(llm);
-                it.step = Step::Asked;
                 return Ok(AskEnd::Answered);
             }
             Answer::Failed(e) if e.is_context_length() => {

@@ -194,21 +194,20 @@ impl<'a> StepCx<'a> {
     }
 
     /// Ends the iteration without keeping anything.
-    pub fn finish(&mut self, outcome: Outcome, why: Rejection) {
+    pub fn finish(&mut self, outcome: Outcome, why: Rejection) -> Step {
         let it = self.it_mut();
         it.outcome = Some(outcome);
         it.reason = Some(why.text);
         it.reject = Some(why.reason);
-        it.step = Step::Finished;
         it.finished_at = Some(Utc::now());
         cleanup(self.ctx, &self.state.run_id, self.it().n);
+        Step::Finished
     }
 
     /// Verification is done; keeping or rejecting is the next step.
-    pub fn finish_verified(&mut self, verdict: Verdict) {
-        let it = self.it_mut();
-        it.verdict = Some(verdict);
-        it.step = Step::Verified;
+    pub fn finish_verified(&mut self, verdict: Verdict) -> Step {
+        self.it_mut().verdict = Some(verdict);
+        Step::Verified
     }
 
     /// The step's iteration, to write back into the shared run.

@@ -10,23 +10,23 @@ use super::context::{StepCx, StepError, cleanup, crash_point};
 use super::verify::judge;
 use crate::artifacts::Label;
 use crate::git;
-use crate::state::{Kind, Outcome, RejectReason, Rejection, Step, Verdict};
+use crate::state::{Kind, Outcome, RejectReason, Rejection, StageId, Step, Verdict};
 
 /// The Verified step: keeps what verification accepted, rejects the rest.
-pub async fn keep_or_reject(cx: &mut StepCx<'_>) -> Result<(), StepError> {
+pub async fn keep_or_reject(cx: &mut StepCx<'_>) -> Result<Step, StepError> {
     let Some(mut verdict) = cx.it().verdict.clone() else {
-        cx.it_mut().step = Step::Applied;
-        return Ok(());
+        return Ok(Step::Applied);
     };
-    if !verdict.keep {
+    if !verdict.is_kept() {
         let why = verdict
             .rejection()
-            .unwrap_or_else(|| legacy_rejection(&verdict));
-        cx.finish(Outcome::Rejected, why);
-        return Ok(());
+            .cloned()
+            .unwrap_or_else(|| Rejection::new(RejectReason::Unclassified, "rejected"));
+        return Ok(cx.finish(Outcome::Rejected, why));
     }
     verdict.coverage_before = cx.state.coverage_now().map(|c| c.percent);
-    verdict.funnel.kept = (verdict.new_tests.len() + verdict.fixed.len()) as u32;
+    let kept = verdict.new_tests.len() + verdict.fixed.len();
+    verdict.funnel.record(StageId::Kept, kept as u32);
     cx.it_mut().verdict = Some(verdict.clone());
     let base = git::oid(&cx.state.base_commit, "the base commit")?;
     let (repo, branch, n) = (&cx.ctx.repo, &cx.state.run_branch, cx.it().n);
@@ -35,18 +35,10 @@ pub async fn keep_or_reject(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         Some(oid) => oid,
         None => match move_run_branch(cx, &mut verdict).await? {
             Some(oid) => oid,
-            None => return Ok(()),
+            None => return Ok(Step::Finished),
         },
     };
     record_kept(cx, kept, &verdict)
-}
-
-/// A verdict saved before rejections had kinds: its text, under no kind of its own.
-fn legacy_rejection(verdict: &Verdict) -> Rejection {
-    Rejection::new(
-        RejectReason::Unclassified,
-        verdict.reason.clone().unwrap_or_else(|| "rejected".into()),
-    )
 }
 
 /// Moves the run branch to the iteration's commit (replayed onto the tip first, if the tip
@@ -65,8 +57,8 @@ async fn move_run_branch(
         match replay(cx, commit, tip, verdict).await? {
             Ok(replayed) => commit = replayed,
             Err(why) => {
-                verdict.funnel.kept = 0;
-                verdict.funnel.clean = 0;
+                verdict.funnel.record(StageId::Kept, 0);
+                verdict.funnel.record(StageId::Clean, 0);
                 cx.it_mut().verdict = Some(verdict.clone());
                 cx.finish(Outcome::Rejected, why);
                 return Ok(None);
@@ -101,14 +93,14 @@ async fn replay(
     let label = Label::SuiteReplayed;
     let suite = super::verify::run_suite(cx, &worktree, label, &passing_before, verdict).await?;
     // A fix must still fix beside what was kept meanwhile.
-    if cx.it().kind == Kind::Fix && verdict.keep {
+    if cx.it().kind == Kind::Fix && verdict.is_kept() {
         verdict.fixed = super::verify::still_fixed(std::mem::take(&mut verdict.fixed), &suite);
         if verdict.fixed.is_empty() {
             verdict.set_rejection(judge::fixed_fail_in_suite());
         }
     }
     if let Some(why) = verdict.rejection() {
-        let why = judge::after_replay(&short, &why);
+        let why = judge::after_replay(&short, why);
         verdict.set_rejection(why.clone());
         return Ok(Err(why));
     }
@@ -117,7 +109,7 @@ async fn replay(
 }
 
 /// The iteration is kept as `kept`: its files, counts and place in the keep order.
-fn record_kept(cx: &mut StepCx<'_>, kept: Oid, verdict: &Verdict) -> Result<(), StepError> {
+fn record_kept(cx: &mut StepCx<'_>, kept: Oid, verdict: &Verdict) -> Result<Step, StepError> {
     let files = git::commit_changes(&cx.ctx.repo, kept)?
         .into_iter()
         .map(|(path, _)| path)
@@ -132,10 +124,9 @@ fn record_kept(cx: &mut StepCx<'_>, kept: Oid, verdict: &Verdict) -> Result<(), 
     it.outcome = Some(Outcome::Kept);
     it.reason = None;
     it.reject = None;
-    it.step = Step::Finished;
     it.finished_at = Some(Utc::now());
     cleanup(cx.ctx, &cx.state.run_id, cx.it().n);
-    Ok(())
+    Ok(Step::Finished)
 }
 
 fn commit_message(cx: &StepCx<'_>, verdict: &Verdict) -> String {
@@ -162,8 +153,8 @@ fn commit_message(cx: &StepCx<'_>, verdict: &Verdict) -> String {
         _ => "not measured".to_string(),
     };
     let dropped: String = [
-        (verdict.pruned.len(), "failing"),
-        (verdict.flaky.len(), "flaky"),
+        (verdict.funnel.dropped(StageId::Passing).len(), "failing"),
+        (verdict.funnel.dropped(StageId::Stable).len(), "flaky"),
     ]
     .iter()
     .filter(|(k, _)| *k > 0)

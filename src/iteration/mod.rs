@@ -66,15 +66,19 @@ pub async fn advance(ctx: &RunContext, run: &RefCell<RunState>, n: u32) -> Resul
         };
         let mut cx = StepCx::new(ctx, run, n)?;
         cx.it_mut().seconds.queued += queued.elapsed().as_secs_f64();
-        let asked = match step {
-            Step::Planned => Some(ask::ask(&mut cx).await?),
-            Step::Asked => apply::apply(&mut cx).await.map(|()| None)?,
-            Step::Applied => verify::verify(&mut cx).await.map(|()| None)?,
-            Step::Verified => keep::keep_or_reject(&mut cx).await.map(|()| None)?,
+        // Each step says which comes next; only here is it assigned.
+        let (done, asked) = match step {
+            Step::Planned => {
+                let end = ask::ask(&mut cx).await?;
+                (end.next(), Some(end))
+            }
+            Step::Asked => (apply::apply(&mut cx).await?, None),
+            Step::Applied => (verify::verify(&mut cx).await?, None),
+            Step::Verified => (keep::keep_or_reject(&mut cx).await?, None),
             Step::Finished => return Ok(()),
         };
+        cx.it_mut().step = done;
         cx.it_mut().seconds.total += clock.lap();
-        let done = cx.it().step;
         cx.it_mut().timeline.push(StepTime {
             step: done,
             at: Utc::now(),

@@ -101,71 +101,236 @@ impl Rejection {
     }
 }
 
-/// How many of a proposal's tests survived each stage of verification, in the order the stages
-/// run. Counts are pytest's test cases (a parametrized test counts once per case).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Funnel {
-    /// Tests in the answer: pytest's count when the file collects, else the parser's count of
-    /// test functions.
-    pub proposed: u32,
+/// A stage of verification, in the order the stages run (a proposal's tests enter at
+/// `Proposed`). Saved in each verdict's funnel; its serde name is the key `log --json` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageId {
+    /// Tests in the answer: pytest's count when the file collects, else the parser's count.
+    Proposed,
     /// Collected by pytest.
-    pub collected: u32,
+    Collected,
     /// Passing on the first run (after repair rounds, when there were any).
-    pub passing: u32,
+    Passing,
     /// Passing on every rerun too.
-    pub stable: u32,
+    Stable,
     /// Adding line or branch coverage to the package (all of `stable` when the check is off).
-    pub gain: u32,
+    Gain,
     /// Killing at least one mutant of the target on the lines they cover (all of `gain` when
     /// the check is off, or found no mutant to judge a test by).
-    #[serde(default)]
-    pub checks: u32,
+    Checks,
     /// Not turning any other test red in the whole suite.
-    pub clean: u32,
+    Clean,
     /// In the kept commit (0 when the iteration was not kept).
-    pub kept: u32,
+    Kept,
+}
+
+/// How the tests a stage drops are named: in `log --json` and the report's context, in
+/// `show`, and in the report's sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropNames {
+    pub key: &'static str,
+    pub word: &'static str,
+    pub phrase: &'static str,
+}
+
+impl StageId {
+    pub const ALL: [StageId; 8] = [
+        StageId::Proposed,
+        StageId::Collected,
+        StageId::Passing,
+        StageId::Stable,
+        StageId::Gain,
+        StageId::Checks,
+        StageId::Clean,
+        StageId::Kept,
+    ];
+
+    /// The funnel's key in `log --json` and the report's context.
+    pub fn key(self) -> &'static str {
+        match self {
+            StageId::Proposed => "proposed",
+            StageId::Collected => "collected",
+            StageId::Passing => "passing",
+            StageId::Stable => "stable",
+            StageId::Gain => "gain",
+            StageId::Checks => "checks",
+            StageId::Clean => "clean",
+            StageId::Kept => "kept",
+        }
+    }
+
+    /// What surviving the stage means, as `show` and the report head their columns.
+    pub fn label(self) -> &'static str {
+        match self {
+            StageId::Gain => "coverage gain",
+            StageId::Checks => "catches a mutant",
+            StageId::Clean => "no pollution",
+            other => other.key(),
+        }
+    }
+
+    /// The names of the tests this stage drops; None for a stage that drops none.
+    pub fn drops(self) -> Option<DropNames> {
+        let (key, word, phrase) = match self {
+            StageId::Passing => ("failing", "failing", "failing"),
+            StageId::Stable => ("flaky", "flaky", "flaky"),
+            StageId::Gain => ("redundant", "redundant", "adding no coverage"),
+            StageId::Checks => ("asserts_nothing", "asserts nothing", "asserting nothing"),
+            StageId::Clean => ("polluting", "polluting", "polluting other tests"),
+            _ => return None,
+        };
+        Some(DropNames { key, word, phrase })
+    }
+}
+
+/// What one stage left of a proposal's tests, and the tests it took out of the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageCount {
+    pub stage: StageId,
+    /// Counts are pytest's test cases (a parametrized test counts once per case).
+    pub survivors: u32,
+    /// Test ids removed from the proposal at this stage (the file amended without them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
+}
+
+/// How many of a proposal's tests survived each stage of verification, in the order the
+/// stages run. A stage that did not run (the proposal was rejected before it) has no entry
+/// and counts 0.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Funnel {
+    stages: Vec<StageCount>,
 }
 
 impl Funnel {
+    /// Sets how many tests survived `stage`.
+    pub fn record(&mut self, stage: StageId, survivors: u32) {
+        self.entry(stage).survivors = survivors;
+    }
+
+    /// Records that `stage` took `ids` out of the proposal.
+    pub fn drop(&mut self, stage: StageId, ids: &[String]) {
+        self.entry(stage).dropped.extend(ids.iter().cloned());
+    }
+
+    fn entry(&mut self, stage: StageId) -> &mut StageCount {
+        let at = match self.stages.binary_search_by_key(&stage, |s| s.stage) {
+            Ok(at) => at,
+            Err(at) => {
+                let count = StageCount {
+                    stage,
+                    survivors: 0,
+                    dropped: Vec::new(),
+                };
+                self.stages.insert(at, count);
+                at
+            }
+        };
+        &mut self.stages[at]
+    }
+
+    pub fn survivors(&self, stage: StageId) -> u32 {
+        self.get(stage).map_or(0, |s| s.survivors)
+    }
+
+    pub fn dropped(&self, stage: StageId) -> &[String] {
+        self.get(stage).map_or(&[], |s| s.dropped.as_slice())
+    }
+
+    fn get(&self, stage: StageId) -> Option<&StageCount> {
+        self.stages.iter().find(|s| s.stage == stage)
+    }
+
+    /// Every stage with its survivors (0 for one that did not run), in order.
+    pub fn counts(&self) -> impl Iterator<Item = (StageId, u32)> + '_ {
+        StageId::ALL.into_iter().map(|s| (s, self.survivors(s)))
+    }
+
+    /// Adds `other`'s counts and drops to this one (the report's sums).
+    pub fn add(&mut self, other: &Funnel) {
+        for s in &other.stages {
+            let entry = self.entry(s.stage);
+            entry.survivors += s.survivors;
+            entry.dropped.extend(s.dropped.iter().cloned());
+        }
+    }
+
     /// `proposed 9 -> collected 9 -> passing 8 -> ...`, for `show` and logs.
     pub fn line(&self) -> String {
-        format!(
-            "proposed {} -> collected {} -> passing {} -> stable {} -> coverage gain {} -> catches a mutant {} -> no pollution {} -> kept {}",
-            self.proposed,
-            self.collected,
-            self.passing,
-            self.stable,
-            self.gain,
-            self.checks,
-            self.clean,
-            self.kept
-        )
+        self.counts()
+            .map(|(s, n)| format!("{} {n}", s.label()))
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    }
+}
+
+/// What verification decided. Saved as the fields `keep`, `reason` and `reject` that older
+/// runs have, so a verdict saved by any improve loads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "DecisionFields", into = "DecisionFields")]
+pub enum Decision {
+    /// Verification is under way (a saved verdict always has one of the others).
+    #[default]
+    Pending,
+    Keep,
+    Reject(Rejection),
+}
+
+#[derive(Serialize, Deserialize)]
+struct DecisionFields {
+    keep: bool,
+    reason: Option<String>,
+    /// The kind of `reason` (runs saved before it was recorded have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reject: Option<RejectReason>,
+}
+
+impl From<DecisionFields> for Decision {
+    fn from(f: DecisionFields) -> Self {
+        match (f.keep, f.reason, f.reject) {
+            (true, _, _) => Decision::Keep,
+            (false, Some(text), reason) => Decision::Reject(Rejection {
+                reason: reason.unwrap_or(RejectReason::Unclassified),
+                text,
+            }),
+            (false, None, Some(reason)) => Decision::Reject(Rejection::new(reason, "rejected")),
+            (false, None, None) => Decision::Pending,
+        }
+    }
+}
+
+impl From<Decision> for DecisionFields {
+    fn from(d: Decision) -> Self {
+        match d {
+            Decision::Pending => DecisionFields {
+                keep: false,
+                reason: None,
+                reject: None,
+            },
+            Decision::Keep => DecisionFields {
+                keep: true,
+                reason: None,
+                reject: None,
+            },
+            Decision::Reject(r) => DecisionFields {
+                keep: false,
+                reason: Some(r.text),
+                reject: Some(r.reason),
+            },
+        }
     }
 }
 
 /// What verification found; kept in the state so that a resume after Verify does not rerun pytest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
-    pub keep: bool,
-    pub reason: Option<String>,
-    /// The kind of `reason` (runs saved before it was recorded have none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reject: Option<RejectReason>,
+    #[serde(flatten)]
+    pub decision: Decision,
     /// Test ids of the new file that passed.
     pub new_tests: Vec<String>,
     pub new_failed: Vec<String>,
-    /// Failing tests removed from the proposal before the rest were kept.
-    #[serde(default)]
-    pub pruned: Vec<String>,
-    /// Tests that failed on a rerun and were dropped as flaky.
-    #[serde(default)]
-    pub flaky: Vec<String>,
-    /// Passing tests dropped because they add no coverage to the package.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub redundant: Vec<String>,
-    /// New tests that turned other tests red in the whole suite, found by bisection and dropped.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub polluters: Vec<String>,
     /// Overall coverage at the tip this iteration was kept on (percent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage_before: Option<f64>,
@@ -207,21 +372,24 @@ pub struct Verdict {
 impl Verdict {
     /// Rejects the iteration for `rejection` (a later stage may still set another).
     pub fn set_rejection(&mut self, rejection: Rejection) {
-        self.keep = false;
-        self.reason = Some(rejection.text);
-        self.reject = Some(rejection.reason);
+        self.decision = Decision::Reject(rejection);
     }
 
     /// Clears the rejection: the suite passed, the iteration is to be kept.
     pub fn accept(&mut self) {
-        self.keep = true;
-        self.reason = None;
-        self.reject = None;
+        self.decision = Decision::Keep;
     }
 
-    /// Why it is rejected, when it is; a run saved before reasons had kinds has none.
-    pub fn rejection(&self) -> Option<Rejection> {
-        Some(Rejection::new(self.reject?, self.reason.clone()?))
+    pub fn is_kept(&self) -> bool {
+        self.decision == Decision::Keep
+    }
+
+    /// Why it is rejected, when it is.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match &self.decision {
+            Decision::Reject(r) => Some(r),
+            _ => None,
+        }
     }
 }
 

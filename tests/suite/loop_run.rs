@@ -539,6 +539,11 @@ fn the_rendered_report_of_a_recorded_run() {
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report = std::fs::read_to_string(demo_dir.join(".improve/report.md")).unwrap();
+    let state_text = std::fs::read_to_string(demo_dir.join(".improve/state.json")).unwrap();
+    every_saved_field_is_documented(&state_text);
+    let state_text = state_text
+        .replace(demo_dir.to_str().unwrap(), "[repo]")
+        .replace(&super::python(), "[python]");
     let view = |args: &[&str]| {
         let mut c = improve(&demo_dir);
         c.args(args);
@@ -552,6 +557,8 @@ fn the_rendered_report_of_a_recorded_run() {
         ("demo_log_json", view(&["log", "--json"])),
         ("demo_status", view(&["status"])),
         ("demo_log", view(&["log"])),
+        // What state/README.md documents, as the demo saves it.
+        ("demo_state_json", state_text),
     ];
     insta::with_settings!({filters => vec![
         (r"\d{8}-\d{6}-[0-9a-f]{4}", "[run-id]"),
@@ -562,7 +569,7 @@ fn the_rendered_report_of_a_recorded_run() {
         (r#""(elapsed_s|helpers|llm|other|queued|tests|total)": [0-9.]+"#, r#""$1": [s]"#),
         (r" in [0-9.]+s", " in [s]"),
         (r" in [0-9.]+ s\b", " in [s]"),
-        (r#""(seconds|uncapped_seconds)": [0-9.]+"#, r#""$1": [s]"#),
+        (r#""(seconds|uncapped_seconds|test_timeout|llm_timeout)": [0-9.]+"#, r#""$1": [s]"#),
         (r"elapsed \d+s", "elapsed [s]"),
     ]}, {
         insta::assert_snapshot!("demo_report", report);
@@ -570,6 +577,38 @@ fn the_rendered_report_of_a_recorded_run() {
             insta::assert_snapshot!(name, text);
         }
     });
+}
+
+/// Every field name in a saved state is named in `state/README.md` (as `` `name` ``). Keys that
+/// are data, not fields (module paths, test names), are not field names.
+fn every_saved_field_is_documented(state_text: &str) {
+    fn keys(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map {
+                    if !k.contains(['/', '.', ':']) && !k.starts_with("test_") {
+                        out.insert(k.clone());
+                    }
+                    keys(child, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| keys(i, out)),
+            _ => {}
+        }
+    }
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/state/README.md")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(state_text).unwrap();
+    let mut found = std::collections::BTreeSet::new();
+    keys(&state, &mut found);
+    let missing: Vec<&String> = found
+        .iter()
+        .filter(|k| !doc.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "saved but not documented in state/README.md: {missing:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

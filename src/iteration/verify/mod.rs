@@ -10,6 +10,7 @@ pub mod judge;
 mod mutation;
 mod pollution;
 mod repair;
+mod stage;
 mod suite;
 
 use std::path::{Path, PathBuf};
@@ -25,12 +26,11 @@ use crate::testid::prune_names;
 pub use suite::{SUITE_FLAG, run_suite, still_fixed};
 
 /// Verifies the iteration's commit in its worktree, then hands it to keeping.
-pub async fn verify(cx: &mut StepCx<'_>) -> Result<(), StepError> {
+pub async fn verify(cx: &mut StepCx<'_>) -> Result<Step, StepError> {
     let it = cx.it();
     let (Some(test_file), Some(commit)) = (it.test_file.clone(), it.iteration_commit.clone())
     else {
-        cx.it_mut().step = Step::Asked;
-        return Ok(());
+        return Ok(Step::Asked);
     };
     let commit = git::oid(&commit, "the iteration commit")?;
     let worktree = clean_worktree(cx, commit)?;

@@ -13,14 +13,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::judge;
-use super::{drop_tests, run_timed};
+use super::run_timed;
+use super::stage::{Pipeline, StageEnd, StageResult};
 use crate::artifacts::Label;
 use crate::coverage::Gain;
 use crate::fsutil::write_artifact;
 use crate::iteration::context::{StepCx, StepError};
 use crate::mutation::{Mutant, MutationCheck, Results};
 use crate::pytest::Measure;
-use crate::state::{Rejection, Verdict};
 use crate::testid::TestId;
 
 /// A process killed by its watchdog leaves the mutants after the one that hung to a new
@@ -29,18 +29,12 @@ const MAX_PROCESSES: u32 = 4;
 
 /// Runs the check on `verdict.new_tests`, drops the tests it finds asserting nothing and
 /// records what it found. Returns why the iteration stops when no test is left.
-pub async fn check(
-    cx: &mut StepCx<'_>,
-    worktree: &Path,
-    test_file: &str,
-    gain: Option<&Gain>,
-    verdict: &mut Verdict,
-) -> Result<Option<Rejection>, StepError> {
-    verdict.funnel.checks = verdict.new_tests.len() as u32;
+pub async fn check(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
+    let (worktree, test_file) = (p.worktree.as_path(), p.test_file.as_str());
+    let gain = p.new.as_ref().and_then(|n| n.run.gain.as_ref());
+    let verdict = &mut p.verdict;
+    let all = verdict.new_tests.len() as u32;
     let cap = cx.settings().mutants;
-    if cap == 0 {
-        return Ok(None);
-    }
     let started = Instant::now();
     let target = worktree.join(&cx.it().target);
     let names = test_names(&verdict.new_tests, test_file);
@@ -55,7 +49,7 @@ pub async fn check(
         Ok(made) => made,
         Err(e) => {
             tracing::info!("no mutants made of {}: {e}", target.display());
-            return Ok(None);
+            return Ok(StageEnd::Pass(all));
         }
     };
     if covers.is_none() {
@@ -76,23 +70,21 @@ pub async fn check(
     record.seconds = started.elapsed().as_secs_f64();
     verdict.mutation = Some(record);
     if !require {
-        return Ok(None);
+        return Ok(StageEnd::Pass(all));
     }
     if let Some(why) = verdict_of.judgement.reject {
-        verdict.funnel.checks = 0;
-        return Ok(Some(why));
+        let dropped = verdict.mutation.as_ref().map(|m| m.asserts_nothing.clone());
+        return Ok(StageEnd::Reject {
+            survivors: 0,
+            dropped: dropped.unwrap_or_default(),
+            why,
+        });
     }
     let drop = verdict_of.judgement.drop;
-    if !drop.is_empty() && !drop_tests(cx, worktree, test_file, &drop).await? {
-        // The file cannot lose them alone: keep them rather than lose the others.
-        if let Some(m) = verdict.mutation.as_mut() {
-            m.dropped = false;
-        }
-        return Ok(None);
-    }
-    verdict.new_tests.retain(|id| !drop.contains(id));
-    verdict.funnel.checks = verdict.new_tests.len() as u32;
-    Ok(None)
+    Ok(StageEnd::Drop {
+        survivors: all - drop.len() as u32,
+        ids: drop,
+    })
 }
 
 /// Each new test id with the name the plugin and the coverage give its function.

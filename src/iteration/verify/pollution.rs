@@ -11,7 +11,7 @@ use super::{drop_tests, run_timed};
 use crate::artifacts::Label;
 use crate::iteration::context::{StepCx, StepError};
 use crate::pytest::Measure;
-use crate::state::Verdict;
+use crate::state::{StageId, Verdict};
 use crate::testid::{TestId, node_file, prune_names, pruned_by};
 
 const MAX_ROUNDS: u32 = 3;
@@ -24,8 +24,8 @@ pub async fn remove_polluters(
     verdict: &mut Verdict,
 ) -> Result<(), StepError> {
     for round in 1..=MAX_ROUNDS {
-        let polluted = verdict.reject.is_some_and(|r| r.is_pollution());
-        if verdict.keep || !polluted {
+        let polluted = verdict.rejection().is_some_and(|r| r.reason.is_pollution());
+        if !polluted {
             return Ok(());
         }
         let new_names = prune_names(&verdict.new_tests, test_file);
@@ -47,7 +47,7 @@ pub async fn remove_polluters(
         if !drop_tests(cx, worktree, test_file, &ids).await? {
             return Ok(());
         }
-        verdict.polluters.extend(ids);
+        verdict.funnel.drop(StageId::Clean, &ids);
         verdict
             .new_tests
             .retain(|id| !pruned_by(id, test_file, &culprits));

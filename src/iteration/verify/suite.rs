@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::judge::{self, SuiteRun};
+use super::stage::StageEnd;
 use super::{run_timed, side_effects, trouble};
 use crate::artifacts::Label;
 use crate::git;
@@ -88,6 +89,19 @@ pub async fn run_suite(
         None => verdict.accept(),
     }
     Ok(suite)
+}
+
+/// The suite stage's end: `survivors` go on when the verdict keeps them, none when it
+/// rejects.
+pub fn decided(verdict: &Verdict, survivors: usize) -> StageEnd {
+    match verdict.rejection() {
+        Some(why) => StageEnd::Reject {
+            survivors: 0,
+            dropped: Vec::new(),
+            why: why.clone(),
+        },
+        None => StageEnd::Pass(survivors as u32),
+    }
 }
 
 /// The paths of a whole-suite run when the run's new test files lie where a bare `pytest` does
