@@ -12,7 +12,7 @@ use crate::iteration::{RunContext, SUITE_FLAG, StepError};
 use crate::layout::TestLayout;
 use crate::progress::Printer;
 use crate::pytest::{self, CaseOutcome};
-use crate::state::{Baseline, RunState};
+use crate::state::{Baseline, LeftOut, RunState};
 use crate::testid::first_three;
 use crate::worktrees;
 
@@ -63,7 +63,7 @@ async fn baseline_in(
 ) -> Result<Baseline, StepError> {
     ctx.worktrees.ready(path, &ctx.cancel).await?;
     let files = ctx.store.run(&state.run_id);
-    let layout = discover(ctx, state, path, files.baseline()).await?;
+    let (layout, left_out) = discover(ctx, state, path, files.baseline()).await?;
     let run = pytest::run(
         &ctx.test_cmd,
         path,
@@ -117,17 +117,21 @@ async fn baseline_in(
         side_effects,
         layout,
         unfixable,
+        left_out,
     })
 }
 
 /// Asks pytest, in the baseline's worktree, where the tests are (its config and collection),
-/// and checks that the code under test imports, from that worktree.
+/// and checks that the code under test imports, from that worktree. A package that does not
+/// import there is left out of the targets when the project's tests collect without it (an
+/// optional extension, a private shim); when they do not, or nothing else is left, it stops
+/// the run with what to do.
 async fn discover(
     ctx: &RunContext,
     state: &RunState,
     path: &Path,
     dir: PathBuf,
-) -> Result<TestLayout, StepError> {
+) -> Result<(TestLayout, Vec<LeftOut>), StepError> {
     let args = ["--collect-only".to_string(), SUITE_FLAG.to_string()];
     let files = PytestFiles::new(dir, Label::Collect);
     let run = pytest::run(
@@ -139,24 +143,35 @@ async fn discover(
         &ctx.cancel,
     )
     .await?;
+    let tests_collect = run.collection_error().is_none();
     let Some(found) = run.discovery else {
         // pytest stopped before collecting (a bad option in its config, say): the suite run
         // says why in its own words; without our plugin there is nothing to learn here.
-        return Ok(TestLayout::default());
+        return Ok((TestLayout::default(), Vec::new()));
     };
+    let mut left_out = Vec::new();
     for (name, check) in &found.imports {
-        if let Some(problem) =
-            crate::layout::import_problem(name, check, path, &state.settings.packages)
-        {
-            return Err(StepError::Project(problem));
+        let packages = &state.settings.packages;
+        let Some(problem) = crate::layout::import_problem(name, check, path, packages) else {
+            continue;
+        };
+        match &check.error {
+            Some(error) if tests_collect && left_out.len() + 1 < found.imports.len() => {
+                left_out.push(LeftOut {
+                    name: name.clone(),
+                    cause: error.clone(),
+                });
+            }
+            _ => return Err(StepError::Project(problem)),
         }
     }
-    Ok(TestLayout {
+    let layout = TestLayout {
         testpaths: found.testpaths,
         python_files: found.python_files,
         test_files: found.files,
         inifile: found.inifile,
-    })
+    };
+    Ok((layout, left_out))
 }
 
 /// What the user should know about the baseline before the first iteration.
@@ -202,6 +217,13 @@ fn baseline_notes(baseline: &Baseline, packages: &[String]) -> Vec<String> {
             "note: pytest's {setting} do not take new test files in {}: improve runs them by \
              name, and a bare `pytest` will not until you add them there",
             if main.is_empty() { "." } else { &main }
+        ));
+    }
+    for gone in &baseline.left_out {
+        notes.push(format!(
+            "note: `{}` is left out of the targets: it does not import here ({}) while the \
+             project's tests collect without it (an optional extension or a private shim?)",
+            gone.name, gone.cause
         ));
     }
     if let Some(first) = baseline.unfixable.first() {

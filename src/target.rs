@@ -92,8 +92,16 @@ pub fn modules_at(
     state: &RunState,
 ) -> Result<Vec<String>, crate::git::GitError> {
     let side = test_side(state);
+    let left_out = |package: &str| {
+        let name = crate::project::import_name(package);
+        state
+            .baseline
+            .iter()
+            .flat_map(|b| b.left_out.iter())
+            .any(|l| l.name == name)
+    };
     let mut modules = Vec::new();
-    for package in &state.settings.packages {
+    for package in state.settings.packages.iter().filter(|p| !left_out(p)) {
         let files = crate::git::python_files_at(repo, commit, package)?;
         modules.extend(
             list_modules(&files, package)

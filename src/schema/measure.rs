@@ -25,6 +25,20 @@ pub struct Baseline {
     /// dependency does not: no fix iteration can mend those, so none is tried.
     #[serde(default)]
     pub unfixable: Vec<Unfixable>,
+    /// Packages or modules of the code under test that do not import at the base commit while
+    /// the project's own tests collect without them (an optional compiled extension, a private
+    /// shim): never a target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// Code under test left out of the targets, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeftOut {
+    /// Its import name.
+    pub name: String,
+    /// The error importing it gave (`ModuleNotFoundError: No module named '_yaml._yaml'`).
+    pub cause: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -430,3 +430,69 @@ async fn python_files_naming_one_file_still_runs_the_new_tests_in_the_suite() {
     // The whole-suite run had the project's test and the new one.
     assert_eq!(kept["suite_tests"], 2, "{kept}");
 }
+
+/// A private top-level package that only re-exports an optional compiled extension, which is
+/// not built here: the project's own tests pass without it, so it is left out of the targets
+/// (with a line saying why) and the run goes on with the rest.
+#[tokio::test]
+async fn an_optional_compiled_shim_that_does_not_import_is_left_out() {
+    let fx = project(&[
+        (
+            "pyproject.toml",
+            "[project]\nname = \"alpha\"\nversion = \"1\"\n\n[tool.setuptools]\npackages = [\"alpha\", \"_alpha_speedups\"]\n",
+        ),
+        ("alpha/__init__.py", ""),
+        ("alpha/core.py", ALPHA),
+        (
+            "_alpha_speedups/__init__.py",
+            "# Re-exports the optional C extension, built only by setup.py.\nfrom _alpha_speedups._ext import *  # noqa\n",
+        ),
+        (
+            "tests/test_core.py",
+            "from alpha.core import double\n\n\ndef test_double():\n    assert double(2) == 4\n",
+        ),
+    ]);
+    let answer = "import pytest\n\nfrom alpha.core import double\n\n\ndef test_negative():\n    with pytest.raises(ValueError):\n        double(-3)\n";
+    let (out, _llm) = run_plain(fx.path(), vec![code_answer(answer)], &[]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("`_alpha_speedups` is left out of the targets")
+            && err.contains("No module named '_alpha_speedups._ext'"),
+        "{err}"
+    );
+    let st = state(fx.path());
+    assert_eq!(
+        st["baseline"]["left_out"][0]["name"], "_alpha_speedups",
+        "{st}"
+    );
+    let log = improve_json(fx.path(), &["log", "--json"]);
+    assert_eq!(log[0]["target"], "alpha/core.py", "{log}");
+    assert_eq!(log[0]["outcome"], "kept", "{log}");
+
+    // When the project's own tests need the shim, the run stops with what to do, as before.
+    let needs = project(&[
+        (
+            "pyproject.toml",
+            "[project]\nname = \"alpha\"\nversion = \"1\"\n\n[tool.setuptools]\npackages = [\"alpha\", \"_alpha_speedups\"]\n",
+        ),
+        ("alpha/__init__.py", ""),
+        ("alpha/core.py", ALPHA),
+        (
+            "_alpha_speedups/__init__.py",
+            "from _alpha_speedups._ext import *  # noqa\n",
+        ),
+        (
+            "tests/test_core.py",
+            "import _alpha_speedups\nfrom alpha.core import double\n\n\ndef test_double():\n    assert double(2) == 4\n",
+        ),
+    ]);
+    let (out, llm) = run_plain(needs.path(), vec![code_answer(answer)], &[]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`_alpha_speedups` does not import in a clean checkout"),
+        "{err}"
+    );
+    assert!(llm.requests().await.is_empty());
+}
