@@ -60,17 +60,56 @@ def module_of(rel, depth):
     return "::".join(parts[:depth])
 
 
+USE_ROOT = re.compile(r"\b(crate|self|super)::((?:super::)*)")
+NAME = re.compile(r"\s*(\w+|\*)")
+ALIAS = re.compile(r"\s+as\s+\w+")
+
+
+def use_tree(text, i):
+    """The paths of the use tree at `text[i:]` (`a::b`, `a::{b, c::{d, e}}`, `{a, b as c}`) and
+    where it ends. A path stops at whatever is not a name: `a::f(x)` is `a::f`."""
+    if text.startswith("{", i):
+        paths, i = [], i + 1
+        while True:
+            while i < len(text) and text[i] in " \t\r\n,":
+                i += 1
+            if i >= len(text) or text[i] == "}":
+                return paths, i + 1
+            sub, j = use_tree(text, i)
+            if j == i:  # not a use tree after all: stop rather than loop
+                return paths, i
+            paths, i = paths + sub, j
+    m = NAME.match(text, i)
+    if not m:
+        return [], i
+    name, i = m.group(1), m.end()
+    if text.startswith("::", i):
+        sub, i = use_tree(text, i + 2)
+        return [f"{name}::{s}" for s in sub] or [name], i
+    alias = ALIAS.match(text, i)
+    return [name], alias.end() if alias else i
+
+
 def references(rel, text):
+    """Every module path `rel` names through `crate::`, `self::` or `super::`, group imports
+    (`super::{a, b::{c, d}}`) included, as a path from the crate root."""
     text = re.sub(r"//[^\n]*", "", text)
-    refs = set(re.findall(r"crate::((?:[a-z_]+::)*[a-z_]+)", text))
-    for group in re.findall(r"crate::\{([^}]*)\}", text):
-        refs.update(p.strip().split("::{")[0] for p in group.split(",") if p.strip())
     me = rel[:-3].split("/")
-    if me[-1] == "mod":
+    if me[-1] in ("mod", "lib", "main"):
         me = me[:-1]
-    for ups, path in re.findall(r"\bsuper::((?:super::)*)((?:[a-z_]+::)*[a-z_]+)", text):
-        base = me[: -(1 + ups.count("super::"))]
-        refs.add("::".join(base + [path]))
+    refs = set()
+    for m in USE_ROOT.finditer(text):
+        root, ups = m.group(1), m.group(2).count("super::")
+        if root == "crate":
+            base = []
+        elif root == "self":
+            base = me
+        else:
+            base = me[: max(0, len(me) - 1 - ups)]
+        for path in use_tree(text, m.end())[0]:
+            parts = [p for p in path.split("::") if p not in ("*", "self")]
+            if parts:
+                refs.add("::".join(base + parts))
     return refs
 
 
@@ -157,9 +196,8 @@ def main():
         breaches += artifact_names(rel, text)
         breaches += reason_comparisons(rel, text)
         breaches += schema_imports(rel, text)
-    for depth in (1, 2, 3):
-        for loop in cycles(files, depth):
-            breaches.append(f"import loop between modules: {' -> '.join(loop)}")
+    loops = {" -> ".join(loop) for depth in (1, 2, 3) for loop in cycles(files, depth)}
+    breaches += [f"import loop between modules: {loop}" for loop in sorted(loops)]
     for b in breaches:
         print(b)
     if breaches:

@@ -7,6 +7,7 @@ scripts/setup-python.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 .venv/bin/python scripts/check_shape.py
+.venv/bin/python -m pytest -q -p no:cacheprovider scripts/tests
 skip=()
 # The --sandbox tests need bubblewrap able to make its namespaces; where it cannot, they are
 # skipped, and this says so (CI installs bubblewrap, so they always run there).

@@ -1,21 +1,44 @@
-//! Anthropic's messages wire format: the endpoint, the request body and the parsing of an answer.
-//! Headers, sending, error classification and retrying live in `client.rs`.
+//! Anthropic's messages wire format: the endpoint, the headers, the request body and the parsing
+//! of an answer. Sending, error classification and retrying live in `client.rs`.
 
+use reqwest::header::HeaderName;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::wire::WireFormat;
 use super::{ChatRequest, ChatResponse, LlmError, Role};
 
 /// The `anthropic-version` header: the API shape this file was written against.
-pub const VERSION: &str = "2023-06-01";
+const VERSION: &str = "2023-06-01";
 
-pub fn endpoint(base: &str) -> String {
-    format!("{}/v1/messages", base.trim_end_matches('/'))
+/// `POST {url}/v1/messages`, `x-api-key: <key>`, `anthropic-version: 2023-06-01`.
+pub struct Anthropic;
+
+impl WireFormat for Anthropic {
+    fn endpoint(&self, base: &str) -> String {
+        format!("{}/v1/messages", base.trim_end_matches('/'))
+    }
+
+    fn fixed_headers(&self) -> &'static [(&'static str, &'static str)] {
+        &[("anthropic-version", VERSION)]
+    }
+
+    fn key_header(&self, key: &str) -> (HeaderName, String) {
+        (HeaderName::from_static("x-api-key"), key.to_string())
+    }
+
+    fn body(&self, model: &str, req: &ChatRequest) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&body(model, req))
+    }
+
+    fn parse(&self, answer: &Value) -> Result<ChatResponse, LlmError> {
+        parse(answer)
+    }
 }
 
 /// Typed for the same reason as the OpenAI body: an `f32` temperature must not be widened.
 #[derive(Debug, Serialize)]
-pub struct Body<'a> {
+struct Body<'a> {
     model: &'a str,
     system: &'a str,
     messages: Vec<Message<'a>>,
@@ -29,7 +52,7 @@ struct Message<'a> {
     content: &'a str,
 }
 
-pub fn body<'a>(model: &'a str, req: &'a ChatRequest) -> Body<'a> {
+fn body<'a>(model: &'a str, req: &'a ChatRequest) -> Body<'a> {
     Body {
         model,
         system: &req.system,
@@ -51,7 +74,7 @@ pub fn body<'a>(model: &'a str, req: &'a ChatRequest) -> Body<'a> {
 
 /// Reads a 2xx answer: the text is every `text` block joined; other blocks (thinking,
 /// tool use) are not for us.
-pub fn parse(value: &Value) -> Result<ChatResponse, LlmError> {
+fn parse(value: &Value) -> Result<ChatResponse, LlmError> {
     let blocks = value
         .get("content")
         .and_then(Value::as_array)

@@ -1,6 +1,7 @@
-//! The client every caller uses: it picks the backend (a wire format over HTTP, or a
-//! recording), turns HTTP failures into typed [`LlmError`]s in one function for both wire
-//! formats, and holds the only retry loop, so the retry decision is made on types, not strings.
+//! The client every caller uses: it picks the backend once (a wire format over HTTP, or a
+//! recording), turns HTTP failures into typed [`LlmError`]s in one function for every wire
+//! format, and holds the only retry loop, so the retry decision is made on types, not strings.
+//! It never asks which wire format it speaks: that is all behind [`WireFormat`].
 
 use std::time::{Duration, SystemTime};
 
@@ -8,9 +9,9 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use super::record::{Recorder, Replayer};
+use super::wire::{WireFormat, cut};
 use super::{
-    ApiKey, ChatRequest, ChatResponse, LlmError, LlmSettings, Provider, RetryPolicy, anthropic,
-    openai,
+    ApiKey, ChatRequest, ChatResponse, LlmError, LlmSettings, Provider, RetryPolicy, wire_format,
 };
 
 /// Longest error body kept in an [`LlmError::Http`]: enough for the server's explanation,
@@ -33,22 +34,18 @@ pub struct LlmClient {
     recorder: Option<Recorder>,
 }
 
+/// Where answers come from. Replay is not a wire format: it sends nothing, so it has no URL,
+/// headers, retries or recording, and answers by tag from a file.
 enum Backend {
     Http(Http),
     Replay(Replayer),
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Wire {
-    OpenAi,
-    Anthropic,
 }
 
 /// Everything needed to send one request, fixed at construction so a bad URL or key fails
 /// before the first call rather than on every retry.
 struct Http {
     client: reqwest::Client,
-    wire: Wire,
+    wire: &'static dyn WireFormat,
     endpoint: String,
     /// The endpoint as errors show it: without a password, should the URL carry one.
     shown_url: String,
@@ -63,8 +60,9 @@ impl LlmClient {
         // An empty env var is "no key": sending `Bearer ` would only earn a 401 from a local
         // server that needs none.
         let key = key.filter(|k| !k.expose().trim().is_empty());
-        let backend = match settings.provider {
-            Provider::Replay => {
+        let backend = match wire_format(settings.provider) {
+            Some(wire) => Backend::Http(Http::new(wire, &settings, key)?),
+            None => {
                 let path = settings.replay.as_deref().ok_or_else(|| {
                     LlmError::Config(
                         "--provider replay needs --replay FILE (a file written by --record)".into(),
@@ -72,8 +70,6 @@ impl LlmClient {
                 })?;
                 Backend::Replay(Replayer::open(path)?)
             }
-            Provider::OpenAi => Backend::Http(Http::new(Wire::OpenAi, &settings, key)?),
-            Provider::Anthropic => Backend::Http(Http::new(Wire::Anthropic, &settings, key)?),
         };
         // Replayed answers are not recorded again: the recording would only copy itself.
         let recorder = match (&backend, &settings.record) {
@@ -168,11 +164,12 @@ impl LlmClient {
 }
 
 impl Http {
-    fn new(wire: Wire, settings: &LlmSettings, key: Option<ApiKey>) -> Result<Http, LlmError> {
-        let endpoint = match wire {
-            Wire::OpenAi => openai::endpoint(&settings.url),
-            Wire::Anthropic => anthropic::endpoint(&settings.url),
-        };
+    fn new(
+        wire: &'static dyn WireFormat,
+        settings: &LlmSettings,
+        key: Option<ApiKey>,
+    ) -> Result<Http, LlmError> {
+        let endpoint = wire.endpoint(&settings.url);
         let mut url = reqwest::Url::parse(&endpoint).map_err(|e| {
             LlmError::Config(format!("the LLM URL `{}` is not a URL: {e}", settings.url))
         })?;
@@ -194,23 +191,14 @@ impl Http {
 
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Wire::Anthropic = wire {
+        for (name, value) in wire.fixed_headers() {
             headers.insert(
-                "anthropic-version",
-                HeaderValue::from_static(anthropic::VERSION),
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
             );
         }
         if let Some(key) = &key {
-            let (name, value) = match wire {
-                Wire::OpenAi => (
-                    reqwest::header::AUTHORIZATION,
-                    format!("Bearer {}", key.expose()),
-                ),
-                Wire::Anthropic => (
-                    HeaderName::from_static("x-api-key"),
-                    key.expose().to_string(),
-                ),
-            };
+            let (name, value) = wire.key_header(key.expose());
             // The error must not quote the value: it is the key.
             let mut value = HeaderValue::from_str(&value).map_err(|_| {
                 LlmError::Config("the API key has characters an HTTP header cannot carry".into())
@@ -241,23 +229,18 @@ impl Http {
 
     /// Serialised once per call and resent as is on every attempt.
     fn body(&self, model: &str, req: &ChatRequest) -> Result<Vec<u8>, LlmError> {
-        let bytes = match self.wire {
-            Wire::OpenAi => serde_json::to_vec(&openai::body(model, req)),
-            Wire::Anthropic => serde_json::to_vec(&anthropic::body(model, req)),
-        };
-        bytes.map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))
+        self.wire
+            .body(model, req)
+            .map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))
     }
 
     /// One attempt: send, classify, parse.
     async fn send(&self, body: Vec<u8>) -> Result<ChatResponse, LlmError> {
         let value = self.post(body).await?;
-        match self.wire {
-            Wire::OpenAi => openai::parse(&value),
-            Wire::Anthropic => anthropic::parse(&value),
-        }
+        self.wire.parse(&value)
     }
 
-    /// The HTTP exchange both wire formats share. Non-2xx is [`LlmError::Http`] with the
+    /// The HTTP exchange every wire format shares. Non-2xx is [`LlmError::Http`] with the
     /// server's Retry-After and a cut, key-scrubbed body; a 2xx that is not whole JSON is
     /// [`LlmError::Malformed`]; transport failures are `Timeout` or `Connect`.
     async fn post(&self, body: Vec<u8>) -> Result<serde_json::Value, LlmError> {
@@ -366,15 +349,6 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let when = httpdate::parse_http_date(value).ok()?;
     // A date already past means "now".
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// `s` on one line, at most `max` characters (plus an ellipsis when cut).
-pub(super) fn cut(s: &str, max: usize) -> String {
-    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(max) {
-        Some((i, _)) => format!("{}...", &one_line[..i]),
-        None => one_line,
-    }
 }
 
 #[cfg(test)]
@@ -844,12 +818,5 @@ mod tests {
         assert_eq!(at(&[("retry-after", "-3")]), None);
         assert_eq!(at(&[("retry-after", "soon")]), None);
         assert_eq!(at(&[]), None);
-    }
-
-    #[test]
-    fn cut_keeps_one_line_and_respects_char_boundaries() {
-        assert_eq!(cut("a\n  b\tc", 10), "a b c");
-        assert_eq!(cut("ééééé", 3), "ééé...");
-        assert_eq!(cut("abc", 3), "abc");
     }
 }

@@ -1,5 +1,6 @@
 //! The LLM layer: one client that speaks to an OpenAI-compatible server, Anthropic's messages
-//! API, or a recorded file, with the retry policy in exactly one place (`retry.rs`).
+//! API, or a recorded file, with the retry policy in exactly one place (`retry.rs`). Each wire
+//! format is one implementation of [`wire::WireFormat`]; the client never asks which one it has.
 //!
 //! Everything above this module sees only [`LlmClient::complete`]: a request goes in, text and
 //! token usage come out, or a classified [`LlmError`] that says whether trying again could help.
@@ -9,10 +10,13 @@ mod client;
 mod openai;
 mod record;
 mod retry;
+mod wire;
 
 pub use client::LlmClient;
 pub use record::{Exchange, RecordedResponse, Recording};
 pub use retry::RetryPolicy;
+
+use wire::WireFormat;
 
 use std::time::Duration;
 
@@ -209,5 +213,64 @@ impl LlmError {
             LlmError::Cancelled => "cancelled".into(),
             LlmError::Config(_) => "config".into(),
         }
+    }
+}
+
+/// The wire format a provider speaks over HTTP, chosen once when the client is built; `None` for
+/// replay, which answers from a recording instead (no HTTP, no retries, nothing to record).
+fn wire_format(provider: Provider) -> Option<&'static dyn WireFormat> {
+    match provider {
+        Provider::OpenAi => Some(&openai::OpenAi),
+        Provider::Anthropic => Some(&anthropic::Anthropic),
+        Provider::Replay => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            tag: "add:a.py".into(),
+            system: "sys".into(),
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: "hi".into(),
+            }],
+            max_tokens: 64,
+            temperature: 0.2,
+        }
+    }
+
+    #[test]
+    fn each_http_provider_has_a_wire_format_and_replay_has_none() {
+        assert!(wire_format(Provider::Replay).is_none());
+        let endpoint = |p| wire_format(p).map(|w| w.endpoint("http://h/v1/"));
+        assert_eq!(
+            endpoint(Provider::OpenAi).as_deref(),
+            Some("http://h/v1/chat/completions")
+        );
+        assert_eq!(
+            endpoint(Provider::Anthropic).as_deref(),
+            Some("http://h/v1/v1/messages")
+        );
+    }
+
+    /// The exact bytes, field order included, so a refactor cannot change what is sent.
+    #[test]
+    fn bodies_are_byte_for_byte_stable() {
+        let body = |p| {
+            let wire = wire_format(p).unwrap();
+            String::from_utf8(wire.body("m", &request()).unwrap()).unwrap()
+        };
+        assert_eq!(
+            body(Provider::OpenAi),
+            r#"{"model":"m","messages":[{"role":"system","content":"sys"},{"role":"user","content":"hi"}],"temperature":0.2,"max_tokens":64}"#
+        );
+        assert_eq!(
+            body(Provider::Anthropic),
+            r#"{"model":"m","system":"sys","messages":[{"role":"user","content":"hi"}],"max_tokens":64,"temperature":0.2}"#
+        );
     }
 }

@@ -1,20 +1,39 @@
 //! The OpenAI-compatible chat-completions wire format (OpenAI, vLLM, llama.cpp, Ollama's `/v1`,
-//! LM Studio...): the endpoint, the request body and the parsing of an answer. Sending, error
-//! classification and retrying live in `client.rs`.
+//! LM Studio...): the endpoint, the key header, the request body and the parsing of an answer.
+//! Sending, error classification and retrying live in `client.rs`.
 
+use reqwest::header::{AUTHORIZATION, HeaderName};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::wire::{WireFormat, cut};
 use super::{ChatRequest, ChatResponse, LlmError, Role};
 
-pub fn endpoint(base: &str) -> String {
-    format!("{}/chat/completions", base.trim_end_matches('/'))
+/// `POST {url}/chat/completions`, `Authorization: Bearer <key>`.
+pub struct OpenAi;
+
+impl WireFormat for OpenAi {
+    fn endpoint(&self, base: &str) -> String {
+        format!("{}/chat/completions", base.trim_end_matches('/'))
+    }
+
+    fn key_header(&self, key: &str) -> (HeaderName, String) {
+        (AUTHORIZATION, format!("Bearer {key}"))
+    }
+
+    fn body(&self, model: &str, req: &ChatRequest) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&body(model, req))
+    }
+
+    fn parse(&self, answer: &Value) -> Result<ChatResponse, LlmError> {
+        parse(answer)
+    }
 }
 
 /// The request body. Typed rather than `json!` so that an `f32` temperature of 0.2 goes on the
 /// wire as `0.2` and not as its widened `f64` form `0.20000000298023224`.
 #[derive(Debug, Serialize)]
-pub struct Body<'a> {
+struct Body<'a> {
     model: &'a str,
     messages: Vec<Message<'a>>,
     temperature: f32,
@@ -27,7 +46,7 @@ struct Message<'a> {
     content: &'a str,
 }
 
-pub fn body<'a>(model: &'a str, req: &'a ChatRequest) -> Body<'a> {
+fn body<'a>(model: &'a str, req: &'a ChatRequest) -> Body<'a> {
     let system = Message {
         role: "system",
         content: &req.system,
@@ -53,7 +72,7 @@ fn role(role: Role) -> &'static str {
 
 /// Reads a 2xx answer. Fields are looked up by hand rather than through a strict struct so
 /// that servers adding or omitting extras (llama.cpp's `timings`, a missing `usage`) still work.
-pub fn parse(value: &Value) -> Result<ChatResponse, LlmError> {
+fn parse(value: &Value) -> Result<ChatResponse, LlmError> {
     let Some(choice) = value.get("choices").and_then(|c| c.get(0)) else {
         // Some gateways answer 200 with an error object; say what it said.
         if let Some(error) = value.get("error") {
@@ -63,7 +82,7 @@ pub fn parse(value: &Value) -> Result<ChatResponse, LlmError> {
                 .map_or_else(|| error.to_string(), str::to_string);
             return Err(LlmError::Malformed(format!(
                 "the answer is an error, not a completion: {}",
-                super::client::cut(&message, 200)
+                cut(&message, 200)
             )));
         }
         return Err(LlmError::Malformed("no choices[0] in the answer".into()));
