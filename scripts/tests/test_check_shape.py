@@ -57,3 +57,14 @@ def test_siblings_using_shared_types_are_not_a_loop():
         ("llm/wire.rs", "use super::{ChatRequest, LlmError};\n"),
     ]
     assert check_shape.cycles(files, 2) == []
+
+
+def test_the_schema_may_use_itself_but_nothing_else_of_the_crate():
+    ok = "use super::{Coverage, Verdict};\nuse crate::schema::Step;\n// crate::config is not used\n"
+    assert list(check_shape.schema_imports("schema/run.rs", ok)) == []
+    bad = "use crate::config::RunSettings;\n"
+    assert list(check_shape.schema_imports("schema/run.rs", bad)) == [
+        "schema/run.rs:1: the schema uses crate::config; saved types live in src/schema/"
+    ]
+    # Outside the schema the rule does not apply.
+    assert list(check_shape.schema_imports("state.rs", bad)) == []
