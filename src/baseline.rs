@@ -200,6 +200,13 @@ fn baseline_notes(baseline: &Baseline, packages: &[String]) -> Vec<String> {
             .map(|f| format!(", pytest config {f}"))
             .unwrap_or_default()
     )];
+    if crate::process::users_hash_seed().is_none() {
+        let (name, value) = crate::process::HASH_SEED;
+        notes.push(format!(
+            "tests run with {name}={value}, so test ids built from sets are the same in every \
+             run (set {name} to choose another)"
+        ));
+    }
     let main = layout.main_dir(packages);
     let probe = layout.file_name("x", 1, 0);
     let probe = if main.is_empty() {

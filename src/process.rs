@@ -323,11 +323,25 @@ fn is_allowed_var(name: &str) -> bool {
     EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// The hash seed every pytest run gets unless the user set one: a project that builds its
+/// parametrized cases by iterating a set gets the same test ids in every process, so the
+/// baseline's ids are still there in the next run.
+pub const HASH_SEED: (&str, &str) = ("PYTHONHASHSEED", "0");
+
+/// The user's own hash seed, if they set one.
+pub fn users_hash_seed() -> Option<String> {
+    std::env::var(HASH_SEED.0).ok()
+}
+
 /// The environment tests run with: the allow-listed variables without anything that looks like
 /// a secret, plus what `pass_env` names (which may be secret-looking, a test database's
-/// password say, but never the API key).
+/// password say, but never the API key), and a fixed hash seed unless the user chose one.
 pub fn test_environment(pass_env: &[String]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
-    filter_environment(std::env::vars_os(), pass_env)
+    let mut vars = filter_environment(std::env::vars_os(), pass_env);
+    if !vars.iter().any(|(k, _)| k == HASH_SEED.0) {
+        vars.push((HASH_SEED.0.into(), HASH_SEED.1.into()));
+    }
+    vars
 }
 
 fn filter_environment(

@@ -496,3 +496,46 @@ async fn an_optional_compiled_shim_that_does_not_import_is_left_out() {
     );
     assert!(llm.requests().await.is_empty());
 }
+
+/// Cases built by iterating a set: their ids (`test_len[0-beta]`) follow the hash seed. Each
+/// pytest run gets a fixed seed unless the user set one; with the user's own random seed the
+/// ids change from one process to the next, and a baseline test whose id is gone is not
+/// "broken".
+#[tokio::test]
+async fn test_ids_built_from_a_set_do_not_break_a_run() {
+    let files = [
+        ("pkg/__init__.py", ""),
+        ("pkg/core.py", ALPHA),
+        (
+            "tests/test_words.py",
+            "import pytest\n\nWORDS = {'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta'}\n\n\n@pytest.mark.parametrize('i,w', list(enumerate(WORDS)))\ndef test_len(i, w):\n    assert len(w) > 3 and i >= 0\n",
+        ),
+        (
+            "tests/test_core.py",
+            "from pkg.core import double\n\n\ndef test_double():\n    assert double(2) == 4\n",
+        ),
+    ];
+    let answer = "import pytest\n\nfrom pkg.core import double\n\n\ndef test_negative():\n    with pytest.raises(ValueError):\n        double(-3)\n";
+    let fx = project(&files);
+    let (out, _llm) = run_plain(fx.path(), vec![code_answer(answer)], &[]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("tests run with PYTHONHASHSEED=0"), "{err}");
+    assert_eq!(
+        improve_json(fx.path(), &["status", "--json"])["kept"],
+        1,
+        "{err}"
+    );
+
+    let fx = project(&files);
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(answer)]).await;
+    let mut cmd = improve(fx.path());
+    cmd.args(["-n", "1", "--llm-url", &llm.url(), "--model", "m"])
+        .env("PYTHONHASHSEED", "random");
+    let out = output(cmd).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("PYTHONHASHSEED=0"), "{err}");
+    let log = improve_json(fx.path(), &["log", "--json"]);
+    assert_eq!(log[0]["outcome"], "kept", "{log}");
+}

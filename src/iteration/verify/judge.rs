@@ -287,6 +287,39 @@ pub fn nothing_left(pruned: &[String], total: usize) -> Rejection {
     )
 }
 
+/// Tests the iteration broke, of a whole-suite run whose `failing_now` failed or errored: those
+/// that passed before, and, when test ids changed from one process to the next (cases built
+/// from a set or a dict under another hash seed), failures nobody can match to a test of
+/// before, when there are more of them than tests that failed before and are gone. A test
+/// that passed before and was not collected now is not broken: its id changed.
+pub fn regressions(
+    passing_before: &[String],
+    failed_before: &[String],
+    failing_now: &[String],
+    ids_now: &[String],
+    is_new: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let known = |id: &String| passing_before.contains(id) || failed_before.contains(id);
+    let mut broken: Vec<String> = failing_now
+        .iter()
+        .filter(|id| passing_before.contains(id))
+        .cloned()
+        .collect();
+    let unmatched: Vec<String> = failing_now
+        .iter()
+        .filter(|id| !known(id) && !is_new(id))
+        .cloned()
+        .collect();
+    let failed_and_gone = failed_before
+        .iter()
+        .filter(|id| !ids_now.contains(id))
+        .count();
+    if unmatched.len() > failed_and_gone {
+        broken.extend(unmatched);
+    }
+    broken
+}
+
 /// What the whole suite showed with the iteration's tests in it.
 #[derive(Debug, Clone, Copy)]
 pub struct SuiteRun<'a> {
@@ -669,5 +702,40 @@ mod tests {
             why.text
         );
         assert!(c.judgement.drop.is_empty());
+    }
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_passing_test_that_fails_is_broken_and_one_no_longer_collected_is_not() {
+        let before = ids(&["t.a::x", "t.a::y[1]", "t.a::y[2]"]);
+        let now_ids = ids(&["t.a::x", "t.a::y[2]", "t.a::y[9]", "t.new::n"]);
+        // y[1] is gone (its id changed), x fails: only x is broken.
+        let broken = regressions(&before, &[], &ids(&["t.a::x"]), &now_ids, |id| {
+            id.starts_with("t.new")
+        });
+        assert_eq!(broken, ["t.a::x"]);
+        // A failure of a case whose id changed is a failure nobody can match: broken too.
+        let broken = regressions(&before, &[], &ids(&["t.a::y[9]"]), &now_ids, |id| {
+            id.starts_with("t.new")
+        });
+        assert_eq!(broken, ["t.a::y[9]"]);
+        // ... unless as many tests failed before and are gone now (the same failure, renamed).
+        let failed_before = ids(&["t.a::z[7]"]);
+        let broken = regressions(
+            &before,
+            &failed_before,
+            &ids(&["t.a::y[9]"]),
+            &now_ids,
+            |id| id.starts_with("t.new"),
+        );
+        assert!(broken.is_empty(), "{broken:?}");
+        // The iteration's own tests are judged elsewhere.
+        let broken = regressions(&before, &[], &ids(&["t.new::n"]), &now_ids, |id| {
+            id.starts_with("t.new")
+        });
+        assert!(broken.is_empty(), "{broken:?}");
     }
 }

@@ -65,14 +65,21 @@ pub async fn run_suite(
     verdict.suite_tests = suite.cases.len() as u32;
     verdict.suite_passed = suite_passed.len() as u32;
     verdict.coverage = suite.coverage.clone();
-    let not_passed = |ids: &[String]| -> Vec<String> {
-        ids.iter()
-            .filter(|id| !suite_passed.contains(id))
-            .cloned()
-            .collect()
-    };
-    verdict.regressions = not_passed(passing_before);
-    verdict.failed_in_suite = not_passed(&verdict.new_tests);
+    let failed_before = cx.state.baseline.as_ref().map(|b| b.failed.clone());
+    let new_file = cx.it().test_file.clone().unwrap_or_default();
+    verdict.regressions = judge::regressions(
+        passing_before,
+        &failed_before.unwrap_or_default(),
+        &suite.failing(),
+        &suite.cases.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        |id| TestId::new(id).in_file(&new_file),
+    );
+    verdict.failed_in_suite = verdict
+        .new_tests
+        .iter()
+        .filter(|id| !suite_passed.contains(id))
+        .cloned()
+        .collect();
     let touched = side_effects(cx, worktree)?;
     let judged = judge::suite(SuiteRun {
         trouble: trouble(
