@@ -12,6 +12,8 @@
 #
 # runs with no other flag against scripts/realworld_standin.py, which writes real tests by
 # calling the project's code, and `improve status --json` / `improve log --json` say what it did.
+# Then, in a worktree of the run branch, coverage.py measures what the user would (see
+# user_coverage) and the row puts that total beside improve's coverage_now.
 #
 # Not part of any test command: it downloads from PyPI (the first time) and takes ~20 minutes.
 #
@@ -58,6 +60,19 @@ pysnooper|pypi:pysnooper==1.2.3|||ordinary; helper packages inside tests/ (tests
 cachetools|pypi:cachetools==8.0.2|||ordinary src/ layout, tests/ (a package), setuptools
 jsonpatch|pypi:jsonpatch==1.48|hypothesis simplejson||single module, tests.py at the root named by python_files (not test_*.py)
 more-itertools|pypi:more-itertools==11.2.1|||slow: only when named; 765 tests + 21k subtests (45 s), coverage 99.7% already
+markupsafe|pypi:markupsafe==3.0.4|||optional C extension (src/markupsafe/_speedups.c, built by pip here) with a pure-Python fallback (_native.py), src/ layout, filterwarnings = error, a test that patches sys.modules (test_ext_init)
+simplejson|pypi:simplejson==4.3.0|||optional C extension (simplejson/_speedups.c) beside the modules, tests inside the package (simplejson/tests, unittest, own test runner module)
+wrapt|pypi:wrapt==2.5.2|||optional C extension (src/wrapt/_wrappers.c, pure-Python fallback), src/ layout, tests in subfolders (tests/core, tests/mypy with *_t1.py data files), monkey-patching of sys.modules
+asgiref|pypi:asgiref==3.13.0|pytest-asyncio||async tests (pytest-asyncio, @pytest.mark.asyncio), threads and event loops in the tests
+python-dotenv|pypi:python-dotenv==1.2.4|click sh||src/ layout, tests that os.chdir (find_dotenv from the cwd) and patch sys.modules / builtins, tests imported as a package (from tests.test_lib import)
+markdown|pypi:markdown==3.11.3|pyyaml||nested test packages (tests/test_syntax/{blocks,inline,extensions}/__init__.py), unittest TestCase classes, project name != import name (Markdown)
+vine|pypi:vine==5.1.0|||tests folder t/ (t/unit, a package in a package), python_classes = test_*
+iniconfig|pypi:iniconfig==2.3.1||src/iniconfig/_version.py|pytest 9 [tool.pytest] TOML table (ini_options.testpaths = "testing" as a dotted key), tests in testing/, src/ layout, setuptools-scm _version.py ignored
+pluggy|pypi:pluggy==1.7.0|||tests in testing/ named by tox.ini [pytest] (testpaths = testing), src/ layout, filterwarnings = error, tracing tests (hook call tracer)
+tabulate|pypi:tabulate==0.10.0|||tests in test/ (not tests), a helper module beside them (test/common.py), optional deps (numpy, pandas, wcwidth) skipped
+fontmath|pypi:fontmath==0.10.0|fonttools|Lib/fontMath/_version.py|Lib/ (capital L) source root, import name fontMath (camel case), tests inside the package (Lib/fontMath/test), setuptools-scm _version.py ignored
+typing_extensions|pypi:typing_extensions==4.16.0|||single module in src/ with its test module beside it (src/test_typing_extensions.py, no tests folder) and a helper module (_typed_dict_test_helper.py), flit
+pypng|pypi:pypng==0.20220715.0|||code/ source root (package_dir = code), single module png.py, test_png.py beside it in code/, scripts without .py in the same folder
 '
 
 log() { printf '[realworld %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -188,6 +203,90 @@ print(f"{len(cases)}" + (f" ({bad} failing)" if bad else "") + (f" ({skipped} sk
 EOF
 }
 
+# The coverage a user would measure on the run branch: a worktree of `improve/<run-id>`, the
+# project's venv, and coverage.py over the packages improve saved (state.json settings.packages),
+# passed as improve passes them (src/pytest/mod.rs, CoverageSpec::for_packages: folders as they
+# are, a single-module file by its import name; the tests inside the packages omitted as
+# project::tests_inside does; the import roots first on PYTHONPATH, as improve puts them, since
+# the venv's editable install points at the checkout, not at the worktree). The project's own
+# coverage configuration applies, as it does to improve's. Writes user-coverage.json.
+user_coverage() {
+  local name=$1 repo=$2 out=$3 branch packages wt
+  branch=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("run_branch") or "")' "$out/state.json")
+  packages=$("$PYTHON" -c '
+import json, sys
+s = json.load(open(sys.argv[1])).get("settings") or {}
+print("\n".join(s.get("packages") or ([s["package"]] if s.get("package") else [])))' "$out/state.json")
+  [ -n "$branch" ] || { echo "no run_branch in state.json" >"$out/user-coverage.err"; return; }
+  wt=$(mktemp -d "${TMPDIR:-/tmp}/realworld-wt-XXXXXX")
+  if ! git -C "$repo" worktree add -q --detach "$wt/tree" "$branch" >"$out/user-coverage.err" 2>&1; then
+    rm -rf "$wt"; return
+  fi
+  local cov_args=() pythonpath="" line
+  while IFS= read -r line; do
+    case "$line" in
+      PYTHONPATH=*) pythonpath=${line#PYTHONPATH=} ;;
+      ?*) cov_args+=("$line") ;;
+    esac
+  done < <(cd "$wt/tree" && git ls-files | "$PYTHON" -c '
+import sys
+packages = [l for l in sys.argv[1].splitlines() if l]
+tree = sys.argv[2]
+files = sorted(l.strip() for l in sys.stdin if l.strip())
+ROOTS, TEST_DIRS = ("src", "lib"), ("tests", "test", "testing")
+
+def root(p):
+    first = p.split("/", 1)[0]
+    return first if "/" in p and first in ROOTS else ""
+
+def import_name(p):
+    r = root(p)
+    rel = p[len(r) + 1:] if r else p
+    rel = rel[:-3] if rel.endswith(".py") else rel
+    rel = rel[:-9] if rel.endswith("/__init__") else rel
+    return rel.replace("/", ".")
+
+source = [import_name(p) if p.endswith(".py") else p for p in packages]
+omit = []
+for pkg in (p for p in packages if not p.endswith(".py")):
+    dirs, modules, conftest = set(), False, False
+    for f in files:
+        if not f.startswith(pkg + "/"):
+            continue
+        parts = f[len(pkg) + 1:].split("/")
+        k = next((i for i, d in enumerate(parts[:-1]) if d in TEST_DIRS), None)
+        if k is not None:
+            dirs.add(pkg + "/" + "/".join(parts[:k + 1]))
+            continue
+        stem = parts[-1][:-3] if parts[-1].endswith(".py") else ""
+        conftest |= parts[-1] == "conftest.py"
+        modules |= (stem.startswith("test_") or stem.endswith("_test")) and stem not in ("test", "tests")
+    omit += [d + "/*" for d in sorted(dirs)]
+    if modules:
+        omit += [f"{pkg}/test_*.py", f"{pkg}/*/test_*.py", f"{pkg}/*_test.py", f"{pkg}/*/*_test.py"]
+    if conftest:
+        omit += [f"{pkg}/conftest.py", f"{pkg}/*/conftest.py"]
+print("--source=" + ",".join(source))
+if omit:
+    print("--omit=" + ",".join(omit))
+roots = dict.fromkeys(root(p) for p in packages) or {"": None}
+print("PYTHONPATH=" + ":".join(tree + ("/" + r if r else "") for r in roots))
+' "$packages" "$wt/tree")
+  printf '%s\n' "${cov_args[@]}" "PYTHONPATH=$pythonpath" >"$out/user-coverage.args"
+  log "$name: the user's coverage on $branch: coverage run --branch ${cov_args[*]} -m pytest"
+  (
+    cd "$wt/tree" || exit 1
+    PYTHONPATH="$pythonpath${PYTHONPATH:+:$PYTHONPATH}" timeout 600 \
+      "$repo/.venv/bin/python" -m coverage run --branch "${cov_args[@]}" \
+      --data-file="$wt/.coverage" -m pytest -q -p no:cacheprovider >"$out/user-pytest.txt" 2>&1
+    echo $? >"$out/user-pytest.rc"
+    "$repo/.venv/bin/python" -m coverage json --data-file="$wt/.coverage" \
+      -o "$out/user-coverage.json" >>"$out/user-coverage.err" 2>&1
+  )
+  git -C "$repo" worktree remove --force "$wt/tree" >>"$out/user-coverage.err" 2>&1
+  rm -rf "$wt"
+}
+
 run_project() {
   local name=$1 source=$2 deps=$3 ignored=$4 layout=$5
   local out="$CACHE/out/$name" repo="$CACHE/repos/$name"
@@ -257,6 +356,7 @@ run_project() {
   # shellcheck disable=SC2012 # newest first; these paths are ours and plain
   state=$(ls -t "$repo"/.improve/state.json "$repo"/.improve/runs/*/state.json 2>/dev/null | head -1)
   [ -n "$state" ] && cp "$state" "$out/state.json"
+  [ -n "$state" ] && user_coverage "$name" "$repo" "$out"
   echo $((SECONDS - t0)) >"$out/total.seconds"
   log "$name: improve exit $(cat "$out/improve.rc") in $(cat "$out/improve.seconds")s"
 }
@@ -290,7 +390,7 @@ def pct(v):
 project = f"{name} {spec}"
 err = read("error")
 if err:
-    print(f"| {cell(project)} | | | | {read('own.count', '–')} | | | | {cell(err)} |")
+    print(f"| {cell(project)} | | | | {read('own.count', '–')} | | | | | {cell(err)} |")
     sys.exit()
 state, status, log = load("state.json") or {}, load("status.json") or {}, load("log.json") or []
 settings = state.get("settings") or {}
@@ -334,9 +434,22 @@ kept_cell = "–" if kept is None else f"{kept}/{done if done is not None else '
 cov = "–"
 if status:
     cov = f"{pct(status.get('coverage_baseline'))} → {pct(status.get('coverage_now'))}"
+# The user's own measure of the run branch (user_coverage) beside improve's coverage_now.
+user = load("user-coverage.json")
+user_pct = ((user or {}).get("totals") or {}).get("percent_covered")
+now = status.get("coverage_now") if status else None
+if user_pct is None:
+    why = read("user-coverage.err").splitlines()
+    user_cell = "–" + (f" ({cell(why[-1])})" if why and state else "")
+else:
+    agree = now is not None and abs(user_pct - now) <= 0.1
+    user_cell = f"{user_pct:.2f}% vs {'–' if now is None else f'{now:.2f}%'} {'✓' if agree else '✗'}"
+    urc = read("user-pytest.rc")
+    if urc not in ("0", ""):
+        user_cell += f" (pytest exit {urc})"
 secs = read("improve.seconds")
 print(f"| {cell(project)} | {cell(pkg or '–')} | {cell(tests_dir or '–')} | "
-      f"{'–' if base is None else base} | {cell(own)} | {kept_cell} | {cov} | "
+      f"{'–' if base is None else base} | {cell(own)} | {kept_cell} | {cov} | {user_cell} | "
       f"{cell(', '.join(files) or '–')} | {cell(note)}{f' [{secs}s]' if secs else ''} |")
 EOF
 }
@@ -379,8 +492,8 @@ done
 {
   echo "improve: $BIN ($("$BIN" --version 2>/dev/null || echo '?')), $ITERATIONS iterations each, $((SECONDS - start))s in all"
   echo
-  echo "| project | packages | tests dir | baseline tests | own pytest | kept | coverage before → after | kept files | notes |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| project | packages | tests dir | baseline tests | own pytest | kept | coverage before → after | user's coverage vs improve's | kept files | notes |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   printf '%s\n' "${rows[@]}"
   echo
   echo "| project | source | layout |"

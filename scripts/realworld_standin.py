@@ -504,7 +504,7 @@ class Prober:
 
     def run_once(self, module, hashseed):
         env = dict(os.environ)
-        paths = [self.repo, os.path.join(self.repo, "src")]
+        paths = [self.repo] + [os.path.join(self.repo, r) for r in ("src", "lib")]
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -666,7 +666,7 @@ def test_file(module, meta, picked, hint):
 
 def import_name_of(path):
     p = path[:-3] if path.endswith(".py") else path
-    if p.startswith("src/"):
+    if p.startswith(("src/", "lib/")):
         p = p[4:]
     if p.endswith("/__init__"):
         p = p[: -len("/__init__")]
