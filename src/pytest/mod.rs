@@ -89,6 +89,22 @@ pub struct CoverageSpec {
     pub omit: Vec<String>,
 }
 
+/// Source folders as absolute paths (module names as they are): what a test that changes the
+/// working directory does cannot change what is measured.
+fn absolute_sources(source: &[String], cwd: &Path) -> Vec<String> {
+    source
+        .iter()
+        .map(|s| {
+            let dir = cwd.join(s);
+            if dir.is_dir() {
+                dir.display().to_string()
+            } else {
+                s.clone()
+            }
+        })
+        .collect()
+}
+
 impl CoverageSpec {
     /// The `--source` of coverage.py for `packages`: folders as they are, single-module
     /// projects by import name (coverage takes a file path for a package name).
@@ -295,7 +311,7 @@ fn command_words(
                 "coverage".into(),
                 "run".into(),
                 "--branch".into(),
-                format!("--source={}", spec.source.join(",")),
+                format!("--source={}", absolute_sources(&spec.source, cwd).join(",")),
                 format!("--data-file={}", files.coverage_data().display()),
             ];
             if !spec.omit.is_empty() {
