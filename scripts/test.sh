@@ -7,6 +7,9 @@ scripts/setup-python.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 .venv/bin/python scripts/check_shape.py
+# The Python side (python/: the plugin, the helper): its lint, then its own tests.
+.venv/bin/ruff check python/
+.venv/bin/python -m pytest python/tests -q -p no:cacheprovider
 skip=()
 # The --sandbox tests need bubblewrap able to make its namespaces; where it cannot, they are
 # skipped, and this says so (CI installs bubblewrap, so they always run there).

@@ -128,6 +128,9 @@ def test_cut_repetition_cuts_after_the_second_copy():
     assert cut == len(lines) - len(kept)
     assert cut > 0
     assert helper.cut_repetition(["a\n", "b\n", "a\n"]) == (["a\n", "b\n", "a\n"], 0)
+    # Three copies in a row may be meant; four are the model repeating itself.
+    assert helper.cut_repetition(["x()\n"] * 3) == (["x()\n"] * 3, 0)
+    assert helper.cut_repetition(["x()\n"] * 4) == (["x()\n"], 3)
 
 
 def test_salvage_keeps_complete_tests_of_a_cut_off_file(write):
