@@ -55,7 +55,7 @@ fn at_least_one(l: &Layer<u32>, cx: &Cx<'_>, name: &str) -> Hooked<u32> {
 pub fn any(l: &Layer<bool>, _: &Cx<'_>) -> Hooked<bool> {
     Ok(match (&l.given, l.saved) {
         (Some(g), _) if g.value => (true, g.source.clone()),
-        (_, Some(true)) => (true, Source::Saved),
+        (_, Some(saved)) => (saved, Source::Saved),
         (Some(g), _) => (false, g.source.clone()),
         (None, _) => (l.default.unwrap_or(false), Source::Default),
     })

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{Row, RunArgs, Source};
 
-/// The rows as text (one line each: flag, value, source) or as a JSON array.
+/// The rows as text (one line each: flag, source, value) or as a JSON array.
 pub fn render(rows: &[Row], as_json: bool) -> Result<String> {
     Ok(if as_json {
         let rows: Vec<_> = rows.iter().map(json_row).collect();
@@ -46,19 +46,19 @@ fn source_text(name: &str, source: &Source) -> String {
     }
 }
 
+/// One line a setting: its flag, where the value came from, the value (`-`: none).
 fn text(rows: &[Row]) -> String {
     let flags: Vec<String> = rows.iter().map(|r| flag_and_env(r.name).0).collect();
-    let values: Vec<String> = rows
+    let sources: Vec<String> = rows
         .iter()
-        .map(|r| r.value.clone().unwrap_or_else(|| "-".into()))
+        .map(|r| source_text(r.name, &r.source))
         .collect();
     let wf = flags.iter().map(String::len).max().unwrap_or(0);
-    let wv = values.iter().map(|v| v.chars().count()).max().unwrap_or(0);
+    let ws = sources.iter().map(String::len).max().unwrap_or(0);
     let mut out = String::new();
-    for ((row, flag), value) in rows.iter().zip(&flags).zip(&values) {
-        let pad = wv - value.chars().count();
-        let source = source_text(row.name, &row.source);
-        let _ = writeln!(out, "{flag:wf$}  {value}{:pad$}  {source}", "");
+    for ((row, flag), source) in rows.iter().zip(&flags).zip(&sources) {
+        let value = row.value.as_deref().unwrap_or("-");
+        let _ = writeln!(out, "{flag:wf$}  {source:ws$}  {value}");
     }
     out
 }
