@@ -283,6 +283,15 @@ macro_rules! run_settings {
                     default: Some(true),
                     hook: value,
                 }
+                /// Sampling temperature of every request, 0 to 2 (some reasoning models accept
+                /// only 1).
+                temperature: f32 => f32 {
+                    arg: [long, value_name = "T"],
+                    file: [],
+                    saved: [],
+                    default: Some(0.2),
+                    hook: temperature,
+                }
             }
             invocation {
                 /// Iterations in this run; on resume, a larger N extends the run.

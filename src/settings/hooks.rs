@@ -218,6 +218,16 @@ pub fn answer_tokens(l: &Layer<u32>, cx: &Cx<'_>) -> Hooked<u32> {
     Ok((n, source))
 }
 
+pub fn temperature(l: &Layer<f32>, cx: &Cx<'_>) -> Hooked<f32> {
+    let (t, source) = value(l, cx)?;
+    if !(0.0..=2.0).contains(&t) {
+        return Err(UsageError(format!(
+            "--temperature {t}: must be between 0 and 2"
+        )));
+    }
+    Ok((t, source))
+}
+
 pub fn base(l: &Layer<String>, cx: &Cx<'_>) -> Hooked<String> {
     Ok(base_rev(l, cx.saved_base))
 }

@@ -304,7 +304,7 @@ macro_rules! shown_by_display {
     };
 }
 
-shown_by_display!(u32, u64, bool, String);
+shown_by_display!(u32, u64, f32, bool, String);
 
 impl Shown for Duration {
     fn shown(&self) -> Option<String> {
