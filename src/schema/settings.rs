@@ -2,7 +2,9 @@
 //! how the command line and the config file spell it, and whether the run saves it. The
 //! settings module turns the table into the clap arguments, the `[tool.improve]` layer, the
 //! merge and `status --settings`; this file turns it into [`RunSettings`], the object saved in
-//! state.json. Adding a setting is one entry here plus the code that uses it.
+//! state.json. Adding a setting is one entry here plus the code that uses it (and, for a
+//! saved one, its name in state/README.md: a test checks; a new one goes last, so older
+//! files keep their shape).
 
 use std::path::PathBuf;
 use std::time::Duration;
