@@ -24,12 +24,14 @@ never imports or runs the files it reads.
   {"op": "api", "file": F}
       The public functions, classes and methods of module F with their signatures.
       -> {"ok": true, "text": "...", "names": [every top-level name]}
-  {"op": "mutants", ...}: see mutants.py, which comes before this file in the script.
+  {"op": "mutants", ...}: see mutants.py, a module beside this script.
 """
 import ast
 import json
 import re
 import sys
+
+import mutants
 
 FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -134,7 +136,7 @@ def cut_repetition(lines):
     """`lines` up to the second copy of the first block (of up to MAX_PERIOD non-blank lines)
     that repeats REPEATS times in a row; the number of lines cut (0: none)."""
     # A comment the model renumbers each time ("# Test case 7: ...") does not make a copy new.
-    keys = ["" if l.strip().startswith("#") else l.strip() for l in lines]
+    keys = ["" if line.strip().startswith("#") else line.strip() for line in lines]
     n = len(lines)
     for i in range(n):
         for p in range(1, MAX_PERIOD + 1):
@@ -184,7 +186,7 @@ def salvage(path):
     # whole as kept. Otherwise the cut may have ended the last statement early.
     if body and not repeated:
         last = body[-1]
-        after = [l for l in lines[last.end_lineno :] if l.strip()]
+        after = [line for line in lines[last.end_lineno :] if line.strip()]
         if not (after and not after[0][0].isspace()):
             body = body[:-1]
             text = "".join(lines[: span(last)[0] - 1])
@@ -195,7 +197,7 @@ def salvage(path):
         for i in dupes:
             start, end = span(body[i])
             drop.update(range(start, end + 1))
-        text = "".join(l for n, l in enumerate(kept_lines, start=1) if n not in drop)
+        text = "".join(line for n, line in enumerate(kept_lines, start=1) if n not in drop)
         text = re.sub(r"\n{4,}", "\n\n\n", text)
         repeated += len(drop)
         body = [node for i, node in enumerate(body) if i not in set(dupes)]
@@ -230,7 +232,7 @@ def passing_parts(node, text, passing):
         if isinstance(n, FUNCS) and n.name.startswith("test") and n.name not in kept:
             start, end = span(n)
             drop.update(range(start - first, end - first + 1))
-    return "".join(l for i, l in enumerate(lines) if i not in drop)
+    return "".join(line for i, line in enumerate(lines) if i not in drop)
 
 
 def rename(text, node, old, new, first_line):
@@ -380,7 +382,7 @@ def answer(request):
     if op == "api":
         return api(request["file"])
     if op == "mutants":
-        return mutants(request["file"], request.get("tests"), int(request.get("cap", 20)))
+        return mutants.mutants(request["file"], request.get("tests"), int(request.get("cap", 20)))
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 

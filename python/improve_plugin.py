@@ -42,12 +42,23 @@ import traceback
 
 import pytest
 
-if os.environ.get("IMPROVE_BYTECODE_CACHE"):
+# The environment improve sets for this plugin, named once here; src/pytest/plugin_env.rs names
+# the same variables, and a test there checks that the two blocks agree.
+ENV_BYTECODE_CACHE = "IMPROVE_BYTECODE_CACHE"
+ENV_GAIN_OUT = "IMPROVE_GAIN_OUT"
+ENV_GAIN_BEFORE = "IMPROVE_GAIN_BEFORE"
+ENV_COVERAGE_JSON = "IMPROVE_COVERAGE_JSON"
+ENV_MUTANTS = "IMPROVE_MUTANTS"
+ENV_MUTANTS_OUT = "IMPROVE_MUTANTS_OUT"
+ENV_PROJECT_OUT = "IMPROVE_PROJECT_OUT"
+ENV_IMPORT_CHECK = "IMPROVE_IMPORT_CHECK"
+
+if os.environ.get(ENV_BYTECODE_CACHE):
     # Set here rather than through PYTHONPYCACHEPREFIX: that one would also move the bytecode of
     # Python's and pytest's own modules (imported before this) out of their installed
     # __pycache__, and the first run would compile all of them again. pytest's assertion
     # rewriter reads both settings when it writes a test module's bytecode.
-    sys.pycache_prefix = os.environ["IMPROVE_BYTECODE_CACHE"]
+    sys.pycache_prefix = os.environ[ENV_BYTECODE_CACHE]
     sys.dont_write_bytecode = False
 
 try:
@@ -73,7 +84,7 @@ _stopped = []
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    cov = _current() if os.environ.get("IMPROVE_GAIN_OUT") and not _stopped else None
+    cov = _current() if os.environ.get(ENV_GAIN_OUT) and not _stopped else None
     if cov is not None and item.nodeid in _outcomes:
         # The reruns (--keep-duplicates) only look for flaky tests: what each test covers was
         # recorded on its first run, and tracing the others would only cost time.
@@ -95,12 +106,18 @@ def pytest_runtest_setup(item):
         pytest.skip("failed on an earlier run: not run again")
 
 
-def pytest_runtest_logreport(report):
-    counts = _outcomes.setdefault(report.nodeid, [0, 0])
+def record_outcome(outcomes, report):
+    """Counts one phase's report in {node id: [runs passed, runs failed]}: a failure in any
+    phase is a failed run, a passed call a passed one."""
+    counts = outcomes.setdefault(report.nodeid, [0, 0])
     if report.failed:
         counts[1] += 1
     elif report.when == "call" and report.passed:
         counts[0] += 1
+
+
+def pytest_runtest_logreport(report):
+    record_outcome(_outcomes, report)
 
 
 def name_of(nodeid):
@@ -175,25 +192,29 @@ def gain(data, worktree, before, nodeids):
     return {"adds": adds, "redundant": redundant, "covers": covers}
 
 
-def _write_gain(cov, session, out):
-    try:
-        with open(os.environ.get("IMPROVE_GAIN_BEFORE", ""), encoding="utf-8") as f:
-            before = json.load(f).get("files", {})
-    except (OSError, ValueError):
-        before = {}
-    # A parametrized test counts only when every case passed every time: it is kept or
-    # dropped whole.
+def gain_candidates(outcomes):
+    """The node ids whose gain counts, in the order they ran, from {node id: [runs passed, runs
+    failed]}: a parametrized test counts only when every case passed every time (it is kept or
+    dropped whole)."""
     by_name = {}
-    for nodeid, (passed, failed) in _outcomes.items():
+    for nodeid, (passed, failed) in outcomes.items():
         ok = passed > 0 and failed == 0
         by_name.setdefault(name_of(nodeid), []).append((nodeid, ok))
-    candidates = [
+    return [
         nodeid
         for cases in by_name.values()
         if all(ok for _, ok in cases)
         for nodeid, _ in cases
     ]
-    result = gain(cov.get_data(), str(session.config.rootpath), before, candidates)
+
+
+def _write_gain(cov, session, out):
+    try:
+        with open(os.environ.get(ENV_GAIN_BEFORE, ""), encoding="utf-8") as f:
+            before = json.load(f).get("files", {})
+    except (OSError, ValueError):
+        before = {}
+    result = gain(cov.get_data(), str(session.config.rootpath), before, gain_candidates(_outcomes))
     with open(out, "w", encoding="utf-8") as f:
         json.dump(result, f)
 
@@ -201,8 +222,8 @@ def _write_gain(cov, session, out):
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
     cov = _stopped[0] if _stopped else _current()
-    gain_out = os.environ.get("IMPROVE_GAIN_OUT")
-    report_out = os.environ.get("IMPROVE_COVERAGE_JSON")
+    gain_out = os.environ.get(ENV_GAIN_OUT)
+    report_out = os.environ.get(ENV_COVERAGE_JSON)
     if cov is None or not (gain_out or report_out):
         return
     out = gain_out or report_out
@@ -245,7 +266,7 @@ def _import_check(name):
 
 
 def pytest_collection_finish(session):
-    out = os.environ.get("IMPROVE_PROJECT_OUT")
+    out = os.environ.get(ENV_PROJECT_OUT)
     if not out:
         return
     config = session.config
@@ -259,7 +280,7 @@ def pytest_collection_finish(session):
         if path is not None:
             files.add(os.path.relpath(str(path), rootpath))
     inipath = getattr(config, "inipath", None)
-    names = [n for n in os.environ.get("IMPROVE_IMPORT_CHECK", "").split(",") if n]
+    names = [n for n in os.environ.get(ENV_IMPORT_CHECK, "").split(",") if n]
     result = {
         "testpaths": _ini_list(config, "testpaths"),
         "python_files": _ini_list(config, "python_files"),
@@ -278,6 +299,23 @@ class MutantTimeout(BaseException):
 
 def _on_alarm(signum, frame):
     raise MutantTimeout("the test ran past its time limit under this mutant")
+
+
+def mutated(source, mutant):
+    """The bytes of `source` with the mutant's span (byte offsets) replaced by its text."""
+    return source[: mutant["start"]] + mutant["text"].encode("utf-8") + source[mutant["end"] :]
+
+
+def kill_order(tests, passing, killers):
+    """The tests to run against a mutant: those covering it that passed as they were, the ones
+    that have killed no mutant yet first (they run every time; a killer runs only while no
+    other test has killed this mutant)."""
+    return sorted((n for n in tests if n in passing), key=lambda n: n in killers)
+
+
+def status_of(by, timed_out):
+    """What became of a mutant, from the tests that failed with it."""
+    return "timed out" if timed_out else ("killed" if by else "survived")
 
 
 class _Mutation:
@@ -330,7 +368,7 @@ class _Mutation:
     def swap_in(self, mutant):
         """Puts the mutant's code into the live functions; returns what to put back, or a
         reason it cannot be applied."""
-        data = self.source[: mutant["start"]] + mutant["text"].encode("utf-8") + self.source[mutant["end"] :]
+        data = mutated(self.source, mutant)
         try:
             code = compile(data, self.filename or self.target, "exec", dont_inherit=True)
         except (SyntaxError, ValueError) as e:
@@ -367,9 +405,9 @@ class _Mutation:
 
 def _run_once(item, limit):
     """Runs `item` on its own; whether it passed, and whether it ran out of time."""
-    from _pytest.runner import runtestprotocol
-
     import signal
+
+    from _pytest.runner import runtestprotocol
 
     signal.signal(signal.SIGALRM, _on_alarm)
     # The alarm repeats: code that catches the first one does not hang the loop for good.
@@ -404,7 +442,7 @@ def _watchdog(state, m):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session):
-    spec, out = os.environ.get("IMPROVE_MUTANTS"), os.environ.get("IMPROVE_MUTANTS_OUT")
+    spec, out = os.environ.get(ENV_MUTANTS), os.environ.get(ENV_MUTANTS_OUT)
     if not (spec and out) or session.config.option.collectonly:
         return None
     import time
@@ -435,12 +473,7 @@ def pytest_runtestloop(session):
         m.write(start=mutant["id"])
         by, timed_out = [], False
         try:
-            # Tests that have not killed a mutant yet run every time; one that has runs only
-            # while no other test has killed this one.
-            order = sorted(
-                (n for n in mutant["tests"] if n in passing), key=lambda n: n in killers
-            )
-            for name in order:
+            for name in kill_order(mutant["tests"], passing, killers):
                 if by and name in killers:
                     continue
                 state["running"] = (mutant["id"], time.monotonic() + 3 * limits[name] + 5, name)
@@ -455,6 +488,5 @@ def pytest_runtestloop(session):
             state["running"] = None
             m.put_back(undo)
         killers.update(by)
-        status = "timed out" if timed_out else ("killed" if by else "survived")
-        m.write(id=mutant["id"], status=status, by=by)
+        m.write(id=mutant["id"], status=status_of(by, timed_out), by=by)
     return True

@@ -1,4 +1,4 @@
-"""Mutants of a module, for the helper's `mutants` op (this file is put before helper.py).
+"""Mutants of a module, for the helper's `mutants` op (helper.py imports this module).
 
   {"op": "mutants", "file": F, "tests": {name: [lines]} | null, "cap": N}
       Up to N single changes to the source of F, each on a line inside a function that one of
@@ -284,7 +284,7 @@ def mutants(path, tests, cap):
     tree = ast.parse(src.data)
     finder = Finder(src)
     finder.visit(tree)
-    wanted = None if tests is None else {l for lines in tests.values() for l in lines}
+    wanted = None if tests is None else {n for lines in tests.values() for n in lines}
     candidates = [c for c in finder.found if wanted is None or c["line"] in wanted]
     out = []
     for m in spread(candidates, tests, cap * 2):

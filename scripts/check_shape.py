@@ -7,6 +7,8 @@
 - no reason text compared: verify stages and the report match on `RejectReason`;
 - the saved schema stands alone: src/schema/ imports nothing else of the crate, so every type
   state.json saves is declared there (a saved field of a type from elsewhere cannot compile).
+- every run setting declared once, in the `run_settings!` table of src/schema/settings.rs
+  (see `settings_declared_elsewhere`).
 
 Prints each breach as `path:line: what` and exits 1 if there is any.
 """
@@ -188,10 +190,51 @@ def reason_comparisons(rel, text):
             yield f"{rel}:{i}: a reason's text is compared; match on RejectReason"
 
 
+SETTINGS_TABLE = "schema/settings.rs"
+# Structs whose clap flags share a run setting's name on purpose: `improve demo` has its own
+# --iterations (default 5) and --test-cmd (the venv's Python), not a run's.
+OWN_FLAGS = {"DemoArgs"}
+
+
+def setting_names(files):
+    """The settings of the table: its entries are `name: Type => Type {` lines."""
+    text = dict(files).get(SETTINGS_TABLE, "")
+    return set(re.findall(r"^\s+(\w+): [^\n]*=> [^\n]*\{$", text, re.M))
+
+
+def settings_declared_elsewhere(rel, text, names):
+    """A second declaration of a run setting, outside the table and the settings module that
+    expands it: a clap field (`pub NAME:` under an `#[arg(` attribute) named like a setting,
+    outside the structs in OWN_FLAGS; a serde default function `fn default_NAME`; or a strict
+    config-file struct (`deny_unknown_fields`, which only the generated file layer has)."""
+    if rel == SETTINGS_TABLE or rel.startswith("settings/"):
+        return
+    struct, in_arg = None, False
+    for i, line in enumerate(text.split("\n"), 1):
+        m = re.match(r"\s*(pub(\([a-z]+\))? )?struct (\w+)", line)
+        if m:
+            struct = m.group(3)
+        if re.match(r"\s*#\[arg\(", line):
+            in_arg = True
+            continue
+        field = re.match(r"\s*(pub(\([a-z]+\))? )?(\w+): ", line)
+        if in_arg and field and not line.strip().startswith("#"):
+            if field.group(3) in names and struct not in OWN_FLAGS:
+                yield f"{rel}:{i}: flag `{field.group(3)}` is a run setting: declare it in {SETTINGS_TABLE}"
+            in_arg = False
+        m = re.search(r"\bfn default_(\w+)", line)
+        if m and m.group(1) in names:
+            yield f"{rel}:{i}: fn default_{m.group(1)}: a setting's default belongs in {SETTINGS_TABLE}"
+        if "deny_unknown_fields" in line and not line.strip().startswith("//"):
+            yield f"{rel}:{i}: a strict config struct: the file layer is generated in settings/file.rs"
+
+
 def main():
     files = list(sources())
-    breaches = []
+    names = setting_names(files)
+    breaches = [] if len(names) > 20 else [f"{SETTINGS_TABLE}: the settings table was not found"]
     for rel, text in files:
+        breaches += settings_declared_elsewhere(rel, text, names)
         breaches += long_functions(rel, text)
         breaches += artifact_names(rel, text)
         breaches += reason_comparisons(rel, text)
@@ -203,7 +246,8 @@ def main():
     if breaches:
         sys.exit(1)
     print(f"shape: {len(files)} files, no function over {MAX_LINES} lines, no import loop, "
-          "file names only in artifacts.rs, no reason text compared, the schema stands alone")
+          "file names only in artifacts.rs, no reason text compared, the schema stands alone, "
+          f"{len(names)} settings declared once")
 
 
 if __name__ == "__main__":

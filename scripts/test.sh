@@ -7,7 +7,10 @@ scripts/setup-python.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 .venv/bin/python scripts/check_shape.py
-.venv/bin/python -m pytest -q -p no:cacheprovider scripts/tests
+# The Python side (python/: the plugin, the helper; scripts/check_shape.py): its lint, then its
+# own tests.
+.venv/bin/ruff check python/
+.venv/bin/python -m pytest -q -p no:cacheprovider python/tests scripts/tests
 skip=()
 # The --sandbox tests need bubblewrap able to make its namespaces; where it cannot, they are
 # skipped, and this says so (CI installs bubblewrap, so they always run there).

@@ -109,6 +109,19 @@ pub mod scratch {
     pub fn helper_stderr(scratch: &Path) -> PathBuf {
         scratch.join("helper-stderr.txt")
     }
+    /// Where the Python helper's program is written: `helper.py`, run as the script, and the
+    /// modules it imports from its own folder.
+    pub fn helper_dir(scratch: &Path) -> PathBuf {
+        scratch.join("helper")
+    }
+    /// The helper's script, in [`helper_dir`].
+    pub fn helper_script(helper_dir: &Path) -> PathBuf {
+        helper_dir.join("helper.py")
+    }
+    /// The mutation operators the helper imports, beside its script.
+    pub fn helper_mutants(helper_dir: &Path) -> PathBuf {
+        helper_dir.join("mutants.py")
+    }
 }
 
 /// The lock every run takes in the repository's git folder, whatever its state dir.

@@ -18,7 +18,7 @@ const RECORDING: &str = "recording.json";
 
 /// The Python to run pytest with when none is given: an active venv, then `./.venv` (where the
 /// README's set-up puts one), then `python3`.
-fn default_test_cmd() -> String {
+fn demo_test_cmd() -> String {
     let candidates = [
         std::env::var_os("VIRTUAL_ENV").map(|v| PathBuf::from(v).join("bin/python")),
         std::env::current_dir()
@@ -122,7 +122,9 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs, printer: Printer) -> Resu
     let run_args = RunArgs {
         iterations: Some(args.iterations),
         replay: Some(recording),
-        test_cmd: Some(args.test_cmd.clone().unwrap_or_else(default_test_cmd)),
+        test_cmd: Some(crate::config::parse_test_cmd(
+            &args.test_cmd.clone().unwrap_or_else(demo_test_cmd),
+        )?),
         ..RunArgs::default()
     };
     let end = driver::run(&run_global, &run_args, printer).await?;

@@ -24,6 +24,7 @@ use crate::prompt::Templates;
 use crate::pyhelper::PyHelper;
 use crate::pytest::{self, CoverageSpec, TestCommand};
 use crate::report;
+use crate::settings::{self, CommandLine};
 use crate::state::{Iteration, Kind, Outcome, RunState, RunStatus, SCHEMA_VERSION, StateStore};
 use crate::target;
 use crate::testid::first_three;
@@ -54,24 +55,21 @@ fn new_run_id() -> String {
 pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Result<RunEnd> {
     let opened = open(global, &printer)?;
     let file = config::load_file_config(&opened.root)?;
-    let existing = load_existing(&opened.store, args.fresh, &printer)?;
+    let lines = [CommandLine {
+        args,
+        matches: None,
+    }];
+    let fresh = settings::fresh(&lines, &file);
+    let existing = load_existing(&opened.store, fresh, &printer)?;
     let previous_id = existing.as_ref().map(|s| s.run_id.clone());
-    let resume = existing.filter(|s| s.status != RunStatus::Complete && !args.fresh);
+    let resume = existing.filter(|s| s.status != RunStatus::Complete && !fresh);
 
     // The project as the base commit has it: that is what every worktree tests.
-    let base_rev = match &resume {
-        Some(s) => s.base_commit.clone(),
-        None => args
-            .base
-            .clone()
-            .or_else(|| file.base.clone())
-            .unwrap_or_else(|| "HEAD".into()),
-    };
-    let base_oid =
-        git::resolve_commit(&opened.repo, &base_rev).map_err(|e| UsageError(e.to_string()))?;
-    let tree = git::project_tree(&opened.repo, base_oid)?;
-    let saved = resume.as_ref().map(|s| &s.settings);
-    let resolved = config::resolve(&opened.root, args, &file, saved, &tree)?;
+    let saved = resume
+        .as_ref()
+        .map(|s| (&s.settings, s.base_commit.as_str()));
+    let (resolved, tree) =
+        settings::resolve_in_repo(&opened.repo, &opened.root, &lines, &file, saved)?;
     let llm = llm_client(&resolved.settings)?;
     let scratch = opened.store.files().scratch();
     std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;

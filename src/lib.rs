@@ -30,6 +30,7 @@ pub mod pyhelper;
 pub mod pytest;
 pub mod report;
 pub mod schema;
+pub mod settings;
 pub mod show;
 pub mod state;
 pub mod target;

@@ -3,25 +3,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use improve::cli::{Cli, Command};
 use improve::error::{UsageError, UserError};
 use improve::progress::Printer;
+use improve::settings::CommandLine;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        // Help and version go out whole; a usage mistake is one line that says where to look.
-        Err(e) if e.use_stderr() => {
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: bad usage");
-            eprintln!("{first} (see --help)");
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(0);
-        }
+    let (cli, matches) = match parse() {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
     };
     improve::logging::init(cli.global.verbose, cli.global.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -34,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, matches)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
@@ -43,7 +34,28 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<u8> {
+/// The command line, and clap's matches (they tell a flag from an environment variable).
+fn parse() -> Result<(Cli, ArgMatches), ExitCode> {
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    match parsed {
+        Ok(parsed) => Ok(parsed),
+        // Help and version go out whole; a usage mistake is one line that says where to look.
+        Err(e) if e.use_stderr() => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: bad usage");
+            eprintln!("{first} (see --help)");
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            let _ = e.print();
+            Err(ExitCode::from(0))
+        }
+    }
+}
+
+async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<u8> {
     let printer = Printer::new(cli.global.quiet, cli.global.verbose);
     match &cli.command {
         None => Ok(improve::driver::run(&cli.global, &cli.run, printer)
@@ -52,7 +64,25 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Demo(args)) => Ok(improve::demo::run(&cli.global, args, printer)
             .await?
             .exit_code()),
-        Some(Command::Status { json }) => improve::views::status(&cli.global, *json).map(|_| 0),
+        Some(Command::Status {
+            json,
+            settings: true,
+            run,
+        }) => {
+            // The options after `status` first, then those before it.
+            let lines = [
+                CommandLine {
+                    args: run,
+                    matches: matches.subcommand_matches("status"),
+                },
+                CommandLine {
+                    args: &cli.run,
+                    matches: Some(&matches),
+                },
+            ];
+            improve::views::status_settings(&cli.global, &lines, *json).map(|_| 0)
+        }
+        Some(Command::Status { json, .. }) => improve::views::status(&cli.global, *json).map(|_| 0),
         Some(Command::Log { json }) => improve::views::log(&cli.global, *json).map(|_| 0),
         Some(Command::Show { n, json }) => improve::show::show(&cli.global, *n, *json).map(|_| 0),
         Some(Command::Report { out, format }) => {

@@ -2,17 +2,169 @@
 //! checks, tidies and prunes proposed test files with Python's own parser. A process per
 //! request would cost an interpreter start each time, more than improve's own work in an
 //! iteration; this one starts on first use and again if it ever dies.
+//!
+//! The wire: one JSON [`Request`] a line on the helper's stdin, one JSON line back on its
+//! stdout, `{"ok": true, ...the op's answer}` or `{"ok": false, "error": "..."}`. Each op's
+//! answer is a type here; `python/helper.py` documents the same shapes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::artifacts::scratch;
+use crate::mutation::Mutant;
+
 /// No request takes long (a parse of one file); past this the helper is taken for hung.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The helper's program: its script and the module it imports from the script's folder.
+const HELPER_PY: &str = include_str!("../python/helper.py");
+const MUTANTS_PY: &str = include_str!("../python/mutants.py");
+
+/// Why a request to the helper got no answer of use.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error("cannot write to {path}: {source}")]
+    Scratch {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start {python}: {source}")]
+    Start {
+        python: String,
+        source: std::io::Error,
+    },
+    #[error("the Python helper has no pipes")]
+    NoPipes,
+    /// The process failed to answer (it is dropped, and the next request starts another).
+    #[error("the Python helper failed ({why}; see {})", stderr.display())]
+    Failed { why: String, stderr: PathBuf },
+    /// An answer that is not JSON, or not the op's answer.
+    #[error("the Python helper answered {answer:?}: {source}")]
+    Malformed {
+        answer: String,
+        source: serde_json::Error,
+    },
+    /// The helper's own refusal, as it says it (`line 3: invalid syntax`).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// One request, tagged by its `op` as `python/helper.py`'s `answer` dispatches on it.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request<'a> {
+    Tidy {
+        file: String,
+    },
+    Prune {
+        file: String,
+        names: &'a [String],
+    },
+    Salvage {
+        file: String,
+    },
+    Merge {
+        previous: String,
+        file: String,
+        passing: &'a [String],
+    },
+    Api {
+        file: String,
+    },
+    Mutants {
+        file: String,
+        tests: Option<&'a BTreeMap<String, Vec<u32>>>,
+        cap: u32,
+    },
+}
+
+/// Every answer's envelope: whether the op went through, else why not.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// The answer to [`Request::Tidy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct TidyCounts {
+    /// `Test*` classes marked `__test__ = False`.
+    pub marked: u32,
+    /// Test functions the file defines.
+    pub tests: u32,
+}
+
+/// The answer to [`Request::Prune`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+struct Pruned {
+    removed: u32,
+}
+
+/// The answer to [`Request::Salvage`]: what [`PyHelper::salvage`] kept of a cut-off file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Salvaged {
+    /// Complete tests left.
+    pub tests: u32,
+    /// Lines cut because the model repeated a block (0: it did not).
+    #[serde(rename = "repetition")]
+    pub repeated_lines: u32,
+}
+
+/// The answer to [`Request::Merge`]: what [`PyHelper::merge`] made of a repair answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Merged {
+    /// Test functions in the merged file.
+    pub tests: u32,
+    /// Passing tests carried over from the file before the repair.
+    pub kept: u32,
+    /// Tests of the answer that are new or differ from the file it was given: 0 when the model
+    /// changed nothing.
+    pub changed: u32,
+}
+
+/// The answer to [`Request::Api`]: a module's public names with their signatures, for the
+/// prompt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Api {
+    pub text: String,
+    /// Every top-level name the module defines or imports.
+    pub names: Vec<String>,
+}
+
+/// The answer to [`Request::Mutants`].
+#[derive(Debug, Clone, Deserialize)]
+struct Mutants {
+    /// Changes possible on the lines asked about.
+    candidates: u32,
+    mutants: Vec<Mutant>,
+}
+
+/// One answer line read: the op's answer, or the helper's refusal.
+fn read_answer<T: DeserializeOwned>(line: &str) -> Result<T, HelperError> {
+    let malformed = |source| HelperError::Malformed {
+        answer: line.to_string(),
+        source,
+    };
+    let envelope: Envelope = serde_json::from_str(line).map_err(malformed)?;
+    if !envelope.ok {
+        return Err(HelperError::Refused(
+            envelope.error.unwrap_or_else(|| "failed".into()),
+        ));
+    }
+    serde_json::from_str(line).map_err(malformed)
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
 
 pub struct PyHelper {
     python: String,
@@ -36,16 +188,29 @@ impl PyHelper {
         }
     }
 
-    fn start(&self) -> Result<Running, String> {
-        let stderr = std::fs::File::create(crate::artifacts::scratch::helper_stderr(&self.scratch))
-            .map_err(|e| format!("cannot write to {}: {e}", self.scratch.display()))?;
+    /// Writes the helper's files (the binary's copies, whatever the checkout) and starts it:
+    /// `python helper.py` finds `mutants.py` beside it, first on its path.
+    fn start(&self) -> Result<Running, HelperError> {
+        let dir = scratch::helper_dir(&self.scratch);
+        let write = |file: &Path, text: &str| {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| crate::fsutil::write_atomic(file, text.as_bytes()))
+                .map_err(|source| HelperError::Scratch {
+                    path: dir.clone(),
+                    source,
+                })
+        };
+        write(&scratch::helper_mutants(&dir), MUTANTS_PY)?;
+        let script = scratch::helper_script(&dir);
+        write(&script, HELPER_PY)?;
+        let stderr_path = scratch::helper_stderr(&self.scratch);
+        let stderr =
+            std::fs::File::create(&stderr_path).map_err(|source| HelperError::Scratch {
+                path: self.scratch.clone(),
+                source,
+            })?;
         let mut child = Command::new(&self.python)
-            .arg("-c")
-            // mutants.py first: it defines what helper.py's `mutants` op calls.
-            .arg(concat!(
-                include_str!("../python/mutants.py"),
-                include_str!("../python/helper.py")
-            ))
+            .arg(&script)
             .current_dir(&self.scratch)
             .env_clear()
             .envs(crate::process::test_environment(&[]))
@@ -54,9 +219,12 @@ impl PyHelper {
             .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.python))?;
+            .map_err(|source| HelperError::Start {
+                python: self.python.clone(),
+                source,
+            })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err("the Python helper has no pipes".into());
+            return Err(HelperError::NoPipes);
         };
         Ok(Running {
             _child: child,
@@ -67,17 +235,21 @@ impl PyHelper {
 
     /// One request, one answer. A helper that fails to answer is dropped (and killed) and the
     /// next request starts a new one.
-    async fn call(&self, request: Value) -> Result<Value, String> {
+    async fn call<T: DeserializeOwned>(&self, request: Request<'_>) -> Result<T, HelperError> {
+        let mut line =
+            serde_json::to_string(&request).map_err(|source| HelperError::Malformed {
+                answer: String::new(),
+                source,
+            })?;
+        line.push('\n');
         let mut slot = self.running.lock().await;
         if slot.is_none() {
             *slot = Some(self.start()?);
         }
         let Some(running) = slot.as_mut() else {
-            return Err("the Python helper did not start".into());
+            return Err(HelperError::NoPipes);
         };
         let exchange = async {
-            let mut line = request.to_string();
-            line.push('\n');
             running.stdin.write_all(line.as_bytes()).await?;
             running.stdin.flush().await?;
             let mut answer = String::new();
@@ -93,58 +265,34 @@ impl PyHelper {
                     Ok(Ok(_)) => "it exited".into(),
                     Err(_) => "no answer within a minute".into(),
                 };
-                return Err(format!(
-                    "the Python helper failed ({why}; see {})",
-                    crate::artifacts::scratch::helper_stderr(&self.scratch).display()
-                ));
+                return Err(HelperError::Failed {
+                    why,
+                    stderr: scratch::helper_stderr(&self.scratch),
+                });
             }
         };
-        let value: Value = serde_json::from_str(&answer)
-            .map_err(|e| format!("the Python helper answered {answer:?}: {e}"))?;
-        if value["ok"] == Value::Bool(true) {
-            Ok(value)
-        } else {
-            Err(value["error"].as_str().unwrap_or("failed").to_string())
-        }
+        read_answer(&answer)
     }
 
     /// Checks `file` is valid Python and marks `Test*` classes that are not tests with
     /// `__test__ = False`. `Ok` carries the classes marked and the test functions the file
     /// defines; `Err` the syntax error as Python reports it (`line 3: invalid syntax`).
-    pub async fn tidy(&self, file: &Path) -> Result<(u32, u32), String> {
-        let v = self
-            .call(json!({"op": "tidy", "file": file.display().to_string()}))
-            .await?;
-        let count = |k: &str| {
-            v[k].as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0)
-        };
-        Ok((count("marked"), count("tests")))
+    pub async fn tidy(&self, file: &Path) -> Result<TidyCounts, HelperError> {
+        self.call(Request::Tidy { file: path(file) }).await
     }
 
     /// Removes the test functions `names` (`test_a`, `TestK::test_b`) from `file`; returns how
     /// many went. The file is left as it was when the result would not parse.
-    pub async fn prune(&self, file: &Path, names: &[String]) -> Result<u32, String> {
-        let v = self
-            .call(json!({"op": "prune", "file": file.display().to_string(), "names": names}))
-            .await?;
-        Ok(v["removed"]
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0))
+    pub async fn prune(&self, file: &Path, names: &[String]) -> Result<u32, HelperError> {
+        let file = path(file);
+        let pruned: Pruned = self.call(Request::Prune { file, names }).await?;
+        Ok(pruned.removed)
     }
 
     /// Keeps what a cut-off test file got right: a block the model repeated cut, then its
     /// complete top-level statements (written back to `file`).
-    pub async fn salvage(&self, file: &Path) -> Result<Salvaged, String> {
-        let v = self
-            .call(json!({"op": "salvage", "file": file.display().to_string()}))
-            .await?;
-        Ok(Salvaged {
-            tests: count(&v, "tests"),
-            repeated_lines: count(&v, "repetition"),
-        })
+    pub async fn salvage(&self, file: &Path) -> Result<Salvaged, HelperError> {
+        self.call(Request::Salvage { file: path(file) }).await
     }
 
     /// Makes `file` (a repair answer) the tests of `previous` named in `passing`, as they were,
@@ -154,38 +302,18 @@ impl PyHelper {
         previous: &Path,
         file: &Path,
         passing: &[String],
-    ) -> Result<Merged, String> {
-        let v = self
-            .call(json!({
-                "op": "merge",
-                "previous": previous.display().to_string(),
-                "file": file.display().to_string(),
-                "passing": passing,
-            }))
-            .await?;
-        Ok(Merged {
-            tests: count(&v, "tests"),
-            kept: count(&v, "kept"),
-            changed: count(&v, "changed"),
+    ) -> Result<Merged, HelperError> {
+        self.call(Request::Merge {
+            previous: path(previous),
+            file: path(file),
+            passing,
         })
+        .await
     }
 
     /// The public API of the module whose source is `file`, read by the parser (never imported).
-    pub async fn api(&self, file: &Path) -> Result<Api, String> {
-        let v = self
-            .call(json!({"op": "api", "file": file.display().to_string()}))
-            .await?;
-        Ok(Api {
-            text: v["text"].as_str().unwrap_or_default().to_string(),
-            names: v["names"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|n| n.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
+    pub async fn api(&self, file: &Path) -> Result<Api, HelperError> {
+        self.call(Request::Api { file: path(file) }).await
     }
 
     /// Up to `cap` mutants of the module `file`, on the lines each test in `tests` covers
@@ -193,55 +321,70 @@ impl PyHelper {
     pub async fn mutants(
         &self,
         file: &Path,
-        tests: Option<&std::collections::BTreeMap<String, Vec<u32>>>,
+        tests: Option<&BTreeMap<String, Vec<u32>>>,
         cap: u32,
-    ) -> Result<(Vec<crate::mutation::Mutant>, u32), String> {
-        let v = self
-            .call(json!({
-                "op": "mutants",
-                "file": file.display().to_string(),
-                "tests": tests,
-                "cap": cap,
-            }))
-            .await?;
-        let mutants = serde_json::from_value(v["mutants"].clone())
-            .map_err(|e| format!("the Python helper's mutants: {e}"))?;
-        Ok((mutants, count(&v, "candidates")))
+    ) -> Result<(Vec<Mutant>, u32), HelperError> {
+        let file = path(file);
+        let made: Mutants = self.call(Request::Mutants { file, tests, cap }).await?;
+        Ok((made.mutants, made.candidates))
     }
 }
 
-fn count(v: &Value, key: &str) -> u32 {
-    v[key]
-        .as_u64()
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(0)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What [`PyHelper::salvage`] kept of a cut-off file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Salvaged {
-    /// Complete tests left.
-    pub tests: u32,
-    /// Lines cut because the model repeated a block (0: it did not).
-    pub repeated_lines: u32,
-}
+    #[test]
+    fn requests_are_tagged_by_op_as_the_helper_reads_them() {
+        let names = vec!["test_a".to_string()];
+        let prune = Request::Prune {
+            file: "t.py".into(),
+            names: &names,
+        };
+        assert_eq!(
+            serde_json::to_string(&prune).unwrap(),
+            r#"{"op":"prune","file":"t.py","names":["test_a"]}"#
+        );
+        let mutants = Request::Mutants {
+            file: "m.py".into(),
+            tests: None,
+            cap: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&mutants).unwrap(),
+            r#"{"op":"mutants","file":"m.py","tests":null,"cap":3}"#
+        );
+    }
 
-/// What [`PyHelper::merge`] made of a repair answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Merged {
-    /// Test functions in the merged file.
-    pub tests: u32,
-    /// Passing tests carried over from the file before the repair.
-    pub kept: u32,
-    /// Tests of the answer that are new or differ from the file it was given: 0 when the model
-    /// changed nothing.
-    pub changed: u32,
-}
+    #[test]
+    fn every_op_the_rust_side_sends_is_one_the_helper_answers() {
+        for op in ["tidy", "prune", "salvage", "merge", "api", "mutants"] {
+            assert!(
+                HELPER_PY.contains(&format!("if op == \"{op}\":")),
+                "helper.py does not dispatch {op:?}"
+            );
+        }
+    }
 
-/// A module's public names with their signatures, for the prompt.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Api {
-    pub text: String,
-    /// Every top-level name the module defines or imports.
-    pub names: Vec<String>,
+    #[test]
+    fn answers_are_typed_and_refusals_keep_the_helpers_words() {
+        let salvaged: Salvaged =
+            read_answer(r#"{"ok": true, "tests": 2, "repetition": 7}"#).unwrap();
+        assert_eq!(
+            salvaged,
+            Salvaged {
+                tests: 2,
+                repeated_lines: 7
+            }
+        );
+        let refused =
+            read_answer::<TidyCounts>(r#"{"ok": false, "error": "line 3: invalid syntax"}"#);
+        assert_eq!(refused.unwrap_err().to_string(), "line 3: invalid syntax");
+        let bare = read_answer::<Pruned>(r#"{"ok": false}"#);
+        assert_eq!(bare.unwrap_err().to_string(), "failed");
+        let missing = read_answer::<Merged>(r#"{"ok": true, "tests": 1}"#);
+        assert!(matches!(missing, Err(HelperError::Malformed { .. })));
+        let junk = read_answer::<Api>("Traceback (most recent call last):");
+        assert!(matches!(junk, Err(HelperError::Malformed { .. })));
+    }
 }

@@ -14,6 +14,7 @@ use crate::error::UserError;
 use crate::git;
 use crate::prompt::Templates;
 use crate::report;
+use crate::settings::{self, CommandLine};
 use crate::state::{
     Funnel, Iteration, Outcome, RunCounts, RunState, RunStatus, StageId, StateStore,
 };
@@ -29,6 +30,25 @@ pub(crate) fn load(global: &GlobalArgs) -> Result<(std::path::PathBuf, StateStor
         ))
         .into()),
     }
+}
+
+/// `status --settings`: every setting as a run here would resolve it now, and where each value
+/// came from. Reads the state and the config file; starts nothing.
+pub fn status_settings(global: &GlobalArgs, lines: &[CommandLine<'_>], json: bool) -> Result<()> {
+    let root = config::repo_root(global.repo.as_deref())?;
+    let repo = git::open(&root)?;
+    let file = config::load_file_config(&root)?;
+    let store = StateStore::new(config::state_dir(&root, global.state_dir.as_deref()));
+    let resume = match settings::fresh(lines, &file) {
+        true => None,
+        false => store.load()?.filter(|s| s.status != RunStatus::Complete),
+    };
+    let saved = resume
+        .as_ref()
+        .map(|s| (&s.settings, s.base_commit.as_str()));
+    let (resolved, _) = settings::resolve_in_repo(&repo, &root, lines, &file, saved)?;
+    print!("{}", settings::show::render(&resolved.rows, json)?);
+    Ok(())
 }
 
 /// `running` in the file but nobody holds the lock: the process died.

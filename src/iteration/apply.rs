@@ -86,7 +86,7 @@ pub async fn tidy_answer(
     write_artifact(&file, proposal.code.as_bytes())?;
     let ctx = cx.ctx;
     let tests = match cx.in_helper(ctx.helper.tidy(&file)).await {
-        Ok((_, tests)) => tests,
+        Ok(tidy) => tidy.tests,
         Err(msg) => {
             return Ok(Err(Rejection::new(
                 RejectReason::InvalidPython,

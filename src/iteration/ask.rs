@@ -452,7 +452,7 @@ fn first_request<T: Serialize>(
             content: templates.render(template, data)?,
         }],
         max_tokens: cx.settings().max_answer_tokens,
-        temperature: 0.2,
+        temperature: cx.settings().temperature,
     })
 }
 

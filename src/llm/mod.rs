@@ -16,30 +16,13 @@ pub use client::LlmClient;
 pub use record::{Exchange, RecordedResponse, Recording};
 pub use retry::RetryPolicy;
 
+/// Which wire format the client speaks (saved with the run, so declared with the settings).
+pub use crate::schema::Provider;
 use wire::WireFormat;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-/// Which wire format the client speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    OpenAi,
-    Anthropic,
-    Replay,
-}
-
-impl Provider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::OpenAi => "openai",
-            Provider::Anthropic => "anthropic",
-            Provider::Replay => "replay",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

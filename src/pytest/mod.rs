@@ -16,6 +16,7 @@ use crate::coverage::{self, Coverage, Gain};
 use crate::process::{run_helper, spawn_and_wait, test_environment};
 
 mod junit;
+pub mod plugin_env;
 mod sandbox;
 
 pub use crate::process::ProcessError as PytestError;
@@ -87,6 +88,22 @@ pub struct CoverageSpec {
     pub source: Vec<String>,
     /// Test files inside the packages, which are not code under test (coverage `--omit`).
     pub omit: Vec<String>,
+}
+
+/// Source folders as absolute paths (module names as they are): what a test that changes the
+/// working directory does cannot change what is measured.
+fn absolute_sources(source: &[String], cwd: &Path) -> Vec<String> {
+    source
+        .iter()
+        .map(|s| {
+            let dir = cwd.join(s);
+            if dir.is_dir() {
+                dir.display().to_string()
+            } else {
+                s.clone()
+            }
+        })
+        .collect()
 }
 
 impl CoverageSpec {
@@ -295,7 +312,7 @@ fn command_words(
                 "coverage".into(),
                 "run".into(),
                 "--branch".into(),
-                format!("--source={}", spec.source.join(",")),
+                format!("--source={}", absolute_sources(&spec.source, cwd).join(",")),
                 format!("--data-file={}", files.coverage_data().display()),
             ];
             if !spec.omit.is_empty() {
@@ -350,29 +367,32 @@ fn environment(
     // Our plugin caches bytecode outside the worktree (a user's PYTHONDONTWRITEBYTECODE keeps
     // it out of their source folders, which this never touches).
     if let Some(cache) = cmd.bytecode_cache.as_ref().filter(|_| !cmd.sandbox) {
-        env.push(("IMPROVE_BYTECODE_CACHE".into(), cache.clone().into()));
+        env.push((plugin_env::BYTECODE_CACHE.into(), cache.clone().into()));
     }
     match measure {
         Measure::PerTest(before) if coverage => {
-            env.push(("IMPROVE_GAIN_OUT".into(), files.gain().into()));
+            env.push((plugin_env::GAIN_OUT.into(), files.gain().into()));
             let copy = files.gain_before();
             if let Some(b) = before
                 && std::fs::copy(b, &copy).is_ok()
             {
-                env.push(("IMPROVE_GAIN_BEFORE".into(), copy.into()));
+                env.push((plugin_env::GAIN_BEFORE.into(), copy.into()));
             }
         }
         Measure::Report if coverage => {
-            env.push(("IMPROVE_COVERAGE_JSON".into(), files.coverage_json().into()));
+            env.push((
+                plugin_env::COVERAGE_JSON.into(),
+                files.coverage_json().into(),
+            ));
         }
         Measure::Mutants => {
-            env.push(("IMPROVE_MUTANTS".into(), files.mutants().into()));
-            env.push(("IMPROVE_MUTANTS_OUT".into(), files.mutants_out().into()));
+            env.push((plugin_env::MUTANTS.into(), files.mutants().into()));
+            env.push((plugin_env::MUTANTS_OUT.into(), files.mutants_out().into()));
         }
         Measure::Discover => {
-            env.push(("IMPROVE_PROJECT_OUT".into(), files.project().into()));
+            env.push((plugin_env::PROJECT_OUT.into(), files.project().into()));
             env.push((
-                "IMPROVE_IMPORT_CHECK".into(),
+                plugin_env::IMPORT_CHECK.into(),
                 cmd.import_names.join(",").into(),
             ));
         }

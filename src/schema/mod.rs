@@ -6,10 +6,12 @@
 
 mod measure;
 mod run;
+mod settings;
 mod verdict;
 
 pub use measure::*;
 pub use run::*;
+pub use settings::*;
 pub use verdict::*;
 
 /// Bumped whenever a field changes meaning. A newer file is refused, never rewritten.

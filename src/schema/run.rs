@@ -3,9 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Baseline, Coverage, RejectReason, Verdict};
-// Moves into the schema with the settings table.
-use crate::config::RunSettings;
+use super::{Baseline, Coverage, RejectReason, RunSettings, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

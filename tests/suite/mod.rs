@@ -12,6 +12,7 @@ mod mutation;
 mod real_models;
 mod resume;
 mod sandbox;
+mod settings;
 mod wire;
 mod yield_stages;
 
