@@ -246,7 +246,8 @@ def import_name(p):
     rel = rel[:-9] if rel.endswith("/__init__") else rel
     return rel.replace("/", ".")
 
-source = [import_name(p) if p.endswith(".py") else p for p in packages]
+# Folders absolute, as improve passes them since main b47c811 (a test that chdirs cannot move them).
+source = [import_name(p) if p.endswith(".py") else tree + "/" + p for p in packages]
 omit = []
 for pkg in (p for p in packages if not p.endswith(".py")):
     dirs, modules, conftest = set(), False, False
