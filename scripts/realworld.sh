@@ -211,7 +211,7 @@ EOF
 # the venv's editable install points at the checkout, not at the worktree). The project's own
 # coverage configuration applies, as it does to improve's. Writes user-coverage.json.
 user_coverage() {
-  local name=$1 repo=$2 out=$3 branch packages wt
+  local name=$1 repo=$2 out=$3 ignored=$4 branch packages wt
   branch=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("run_branch") or "")' "$out/state.json")
   packages=$("$PYTHON" -c '
 import json, sys
@@ -222,6 +222,12 @@ print("\n".join(s.get("packages") or ([s["package"]] if s.get("package") else []
   if ! git -C "$repo" worktree add -q --detach "$wt/tree" "$branch" >"$out/user-coverage.err" 2>&1; then
     rm -rf "$wt"; return
   fi
+  # The files the build generated (ignored, as upstream ignores them) are in the user's checkout,
+  # as the editable install wrote them: the same files in this worktree.
+  local f
+  for f in $ignored; do
+    [ -f "$repo/$f" ] && mkdir -p "$(dirname "$wt/tree/$f")" && cp "$repo/$f" "$wt/tree/$f"
+  done
   local cov_args=() pythonpath="" line
   while IFS= read -r line; do
     case "$line" in
@@ -357,7 +363,7 @@ run_project() {
   # shellcheck disable=SC2012 # newest first; these paths are ours and plain
   state=$(ls -t "$repo"/.improve/state.json "$repo"/.improve/runs/*/state.json 2>/dev/null | head -1)
   [ -n "$state" ] && cp "$state" "$out/state.json"
-  [ -n "$state" ] && user_coverage "$name" "$repo" "$out"
+  [ -n "$state" ] && user_coverage "$name" "$repo" "$out" "$ignored"
   echo $((SECONDS - t0)) >"$out/total.seconds"
   log "$name: improve exit $(cat "$out/improve.rc") in $(cat "$out/improve.seconds")s"
 }
