@@ -144,7 +144,7 @@ make_repo() {
     git init -q -b main . || exit 1
     # A developer's own ignores (not the project's): the venv and what tools leave behind.
     printf '%s\n' .venv/ __pycache__/ '*.py[cod]' '*.egg-info/' build/ dist/ .pytest_cache/ \
-      .hypothesis/ '.coverage*' .eggs/ .benchmarks/ >>.git/info/exclude
+      .hypothesis/ '.coverage*' .eggs/ .benchmarks/ '*.so' '*.pyd' >>.git/info/exclude
     # The project's generated files, ignored by its .gitignore as upstream does (a line is
     # added only when the .gitignore the sdist ships does not already ignore it).
     local f
@@ -222,7 +222,7 @@ print("\n".join(s.get("packages") or ([s["package"]] if s.get("package") else []
   if ! git -C "$repo" worktree add -q --detach "$wt/tree" "$branch" >"$out/user-coverage.err" 2>&1; then
     rm -rf "$wt"; return
   fi
-  # What the build left in the user's checkout, ignored by git, stays there when they check the
+  # What the build left in the user's checkout, untracked, stays there when they check the
   # run branch out: the generated version files and compiled extensions (markupsafe's
   # _speedups.*.so) inside the packages. The same files in this worktree.
   local f
@@ -231,7 +231,7 @@ print("\n".join(s.get("packages") or ([s["package"]] if s.get("package") else []
     mkdir -p "$(dirname "$wt/tree/$f")" && cp -p "$repo/$f" "$wt/tree/$f" &&
       echo "$f" >>"$out/user-coverage.copied"
   done < <(cd "$repo" && { printf '%s\n' $ignored; printf '%s\n' "$packages" |
-    xargs -r git ls-files --others --ignored --exclude-standard --; } | sort -u |
+    xargs -r git ls-files --others --; } | sort -u |
     while IFS= read -r f; do [ -n "$f" ] && [ -f "$f" ] && printf '%s\n' "$f"; done)
   local cov_args=() pythonpath="" line
   while IFS= read -r line; do
