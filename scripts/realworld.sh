@@ -72,6 +72,7 @@ pluggy|pypi:pluggy==1.7.0|||tests in testing/ named by tox.ini [pytest] (testpat
 tabulate|pypi:tabulate==0.10.0|||tests in test/ (not tests), a helper module beside them (test/common.py), optional deps (numpy, pandas, wcwidth) skipped
 fontmath|pypi:fontmath==0.10.0|fonttools|Lib/fontMath/_version.py|Lib/ (capital L) source root, import name fontMath (camel case), tests inside the package (Lib/fontMath/test), setuptools-scm _version.py ignored
 typing_extensions|pypi:typing_extensions==4.16.0|||single module in src/ with its test module beside it (src/test_typing_extensions.py, no tests folder) and a helper module (_typed_dict_test_helper.py), flit
+astunparse|pypi:astunparse==1.6.3|||lib/ layout (package_dir = {"": "lib"}, find_packages('lib')), tests/ a package with a shared helper module (tests/common.py), 2019 code on a newer Python
 pypng|pypi:pypng==0.20220715.0|||code/ source root (package_dir = code), single module png.py, test_png.py beside it in code/, scripts without .py in the same folder
 '
 
