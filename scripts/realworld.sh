@@ -73,6 +73,7 @@ tabulate|pypi:tabulate==0.10.0|||tests in test/ (not tests), a helper module bes
 fontmath|pypi:fontmath==0.10.0|fonttools|Lib/fontMath/_version.py|Lib/ (capital L) source root, import name fontMath (camel case), tests inside the package (Lib/fontMath/test), setuptools-scm _version.py ignored
 typing_extensions|pypi:typing_extensions==4.16.0|||single module in src/ with its test module beside it (src/test_typing_extensions.py, no tests folder) and a helper module (_typed_dict_test_helper.py), flit
 astunparse|pypi:astunparse==1.6.3|||lib/ layout (package_dir = {"": "lib"}, find_packages('lib')), tests/ a package with a shared helper module (tests/common.py), 2019 code on a newer Python
+snoop|pypi:snoop==0.6.1|littleutils pytest-order||the code under test calls sys.settrace (as the coverage.py tracer does), the package replaces itself in sys.modules (a callable module), tests stub sys.modules entries, parametrization built from os.listdir (directory order, not sorted), helper packages inside tests/ (tests/samples)
 pypng|pypi:pypng==0.20220715.0|||code/ source root (package_dir = code), single module png.py, test_png.py beside it in code/, scripts without .py in the same folder
 '
 
