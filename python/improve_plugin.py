@@ -27,6 +27,12 @@ its time limit is stopped by SIGALRM and kills the mutant; one that does not sto
 swallows the alarm) has its whole process group killed by a watchdog thread, after it wrote
 which mutant hung. One JSON line per event is appended to IMPROVE_MUTANTS_OUT.
 
+With IMPROVE_STOPPERS_OUT set (a whole-suite run under coverage), it notes each test after which
+coverage no longer measures as it did: the trace or profile function replaced (`sys.settrace`,
+`pdb.set_trace`), coverage stopped, or the working directory changed; and writes them there as a
+JSON list when the session ends (after going back to the first working directory, so the
+in-process report is written where it was meant to be).
+
 With IMPROVE_BYTECODE_CACHE set, the bytecode of everything imported from here on (the project's
 package, conftest files and tests) is cached there, outside the worktree, for the next run in
 the same worktree to reuse.
@@ -52,6 +58,7 @@ ENV_MUTANTS = "IMPROVE_MUTANTS"
 ENV_MUTANTS_OUT = "IMPROVE_MUTANTS_OUT"
 ENV_PROJECT_OUT = "IMPROVE_PROJECT_OUT"
 ENV_IMPORT_CHECK = "IMPROVE_IMPORT_CHECK"
+ENV_STOPPERS_OUT = "IMPROVE_STOPPERS_OUT"
 
 if os.environ.get(ENV_BYTECODE_CACHE):
     # Set here rather than through PYTHONPYCACHEPREFIX: that one would also move the bytecode of
@@ -77,6 +84,47 @@ def _current():
     return current() if current else None
 
 
+def measuring_state(cwd):
+    """What a test may change that stops coverage from measuring what follows it."""
+    cov = _current()
+    return {
+        "trace": sys.gettrace(),
+        "profile": sys.getprofile(),
+        "coverage": cov,
+        "cwd": cwd,
+    }
+
+
+# What changed each key, in the words `improve show` uses.
+_STOPPER_WORDS = {
+    "trace": "replaced the trace function",
+    "profile": "replaced the profile function",
+    "coverage": "stopped coverage",
+    "cwd": "changed the working directory",
+}
+
+
+def stoppers_of(nodeid, before, after):
+    """What the test `nodeid` changed of `before`, as [{test, culprit}]."""
+    return [
+        {"test": nodeid, "culprit": words}
+        for key, words in _STOPPER_WORDS.items()
+        if before[key] is not after[key] and before[key] != after[key]
+    ]
+
+
+# Tests after which coverage no longer measured as before, and the first working directory.
+_stoppers = []
+_first_cwd = []
+
+
+def _cwd():
+    try:
+        return os.getcwd()
+    except OSError:  # the test removed it
+        return None
+
+
 # The coverage object, once stopped when the file's tests began to run again (see below):
 # Coverage.current() knows only a running one.
 _stopped = []
@@ -93,9 +141,15 @@ def pytest_runtest_protocol(item, nextitem):
         cov = None
     if cov is not None:
         cov.switch_context(item.nodeid)
+    watch = os.environ.get(ENV_STOPPERS_OUT)
+    if watch and not _first_cwd:
+        _first_cwd.append(_cwd())
+    before = measuring_state(_cwd()) if watch else None
     yield
     if cov is not None:
         cov.switch_context("")
+    if before is not None:
+        _stoppers.extend(stoppers_of(item.nodeid, before, measuring_state(_cwd())))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -219,8 +273,20 @@ def _write_gain(cov, session, out):
         json.dump(result, f)
 
 
+def _write_stoppers():
+    out = os.environ.get(ENV_STOPPERS_OUT)
+    if not out:
+        return
+    if _first_cwd and _first_cwd[0] and _cwd() != _first_cwd[0]:
+        with contextlib.suppress(OSError):
+            os.chdir(_first_cwd[0])
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(_stoppers, f)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
+    _write_stoppers()
     cov = _stopped[0] if _stopped else _current()
     gain_out = os.environ.get(ENV_GAIN_OUT)
     report_out = os.environ.get(ENV_COVERAGE_JSON)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::mutation::MutationCheck;
 use crate::pytest::{CaseOutcome, TestCase};
-use crate::state::{RejectReason, Rejection};
+use crate::state::{Coverage, RejectReason, Rejection};
 use crate::testid::{first_three, names};
 
 /// Each test id's outcomes over the runs of the new file, in the order pytest first ran them.
@@ -318,6 +318,41 @@ pub fn regressions(
         broken.extend(unmatched);
     }
     broken
+}
+
+/// Where the whole suite's coverage with the new tests is below what it was without them (by
+/// more than the report's rounding): overall (`52.0% -> 40.0%`) or in a module
+/// (`calc/ops.py 80.0% -> 40.0%`). Tests only ever add to what runs, so any fall means some
+/// code ran unmeasured.
+pub fn coverage_fall(before: Option<&Coverage>, after: Option<&Coverage>) -> Option<String> {
+    let (before, after) = (before?, after?);
+    let fell = |b: f64, a: f64| a + 0.05 < b;
+    if fell(before.percent, after.percent) {
+        return Some(format!("{:.1}% -> {:.1}%", before.percent, after.percent));
+    }
+    before.modules.iter().find_map(|(module, &b)| {
+        let a = after.modules.get(module).copied().unwrap_or(0.0);
+        fell(b, a).then(|| format!("{module} {b:.1}% -> {a:.1}%"))
+    })
+}
+
+/// The whole suite's coverage fell with the new tests (`fall` says where); `blamed` are the new
+/// tests (with what they did) the plugin saw change how coverage measures, none when no single
+/// one is to blame.
+pub fn stops_coverage(fall: &str, blamed: &[(String, String)]) -> Rejection {
+    let who = if blamed.is_empty() {
+        "and no new test is to blame alone".to_string()
+    } else {
+        let each: Vec<String> = blamed
+            .iter()
+            .map(|(test, culprit)| format!("{test} {culprit}"))
+            .collect();
+        each.join("; ")
+    };
+    Rejection::new(
+        RejectReason::StopsCoverage,
+        format!("stops coverage: {fall} with the new tests: {who}"),
+    )
 }
 
 /// What the whole suite showed with the iteration's tests in it.
@@ -737,5 +772,36 @@ mod tests {
             id.starts_with("t.new")
         });
         assert!(broken.is_empty(), "{broken:?}");
+    }
+
+    #[test]
+    fn coverage_falls_overall_or_in_one_module_but_not_by_rounding() {
+        let cov = |total: f64, ops: f64| Coverage {
+            percent: total,
+            modules: [("calc/ops.py".to_string(), ops)].into(),
+            missing: Default::default(),
+        };
+        let fall = |b, a| coverage_fall(Some(&b), Some(&a));
+        assert_eq!(
+            fall(cov(98.0, 90.0), cov(55.9, 90.0)).unwrap(),
+            "98.0% -> 55.9%"
+        );
+        // More covered overall, less in one module: code ran unmeasured.
+        assert_eq!(
+            fall(cov(40.0, 80.0), cov(52.0, 40.0)).unwrap(),
+            "calc/ops.py 80.0% -> 40.0%"
+        );
+        assert_eq!(fall(cov(40.0, 80.0), cov(39.98, 80.0)), None);
+        assert_eq!(coverage_fall(None, Some(&cov(1.0, 1.0))), None);
+        let why = stops_coverage(
+            "98.0% -> 55.9%",
+            &[("t::test_x".into(), "replaced the trace function".into())],
+        );
+        assert_eq!(why.reason, RejectReason::StopsCoverage);
+        assert!(
+            why.text.ends_with("t::test_x replaced the trace function"),
+            "{}",
+            why.text
+        );
     }
 }
