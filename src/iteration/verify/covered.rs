@@ -23,7 +23,9 @@ pub const COVERED: Stage = Stage {
 };
 
 async fn keeps_coverage(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
-    let before = cx.run_now().coverage_now().cloned();
+    // What the suite ran on top of: with --jobs the tip may have moved on since.
+    let (_, parent) = cx.commit_and_parent()?;
+    let before = cx.run_now().coverage_at(&parent.to_string()).cloned();
     let fall = |p: &Pipeline| judge::coverage_fall(before.as_ref(), p.verdict.coverage.as_ref());
     let Some(first_fall) = fall(p) else {
         return Ok(StageEnd::Pass(survivors(cx, p)));
