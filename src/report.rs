@@ -79,8 +79,14 @@ pub struct MutationTotals {
     pub seconds: String,
     pub kept_iterations: u32,
     pub kept_made: u32,
+    /// Of the kept iterations' mutants, those their tests caught by an assertion or a time
+    /// limit (all kills for runs saved before kills had kinds).
     pub kept_killed: u32,
-    /// Percent of the kept iterations' mutants their tests killed.
+    /// Those their tests only crashed (an exception from the mutated code): not in the score.
+    pub kept_crashed: u32,
+    /// Tests dropped for asserting nothing although they crashed mutants.
+    pub crash_only: u32,
+    /// Percent of the kept iterations' mutants their tests caught (crashes left out).
     pub kept_score: Option<String>,
 }
 
@@ -96,10 +102,17 @@ fn mutation_totals(finished: &[&Iteration]) -> Option<MutationTotals> {
         t.killed += m.killed;
         t.timed_out += m.timed_out;
         seconds += m.seconds;
+        t.crash_only += m.crash_only.len() as u32;
         if it.outcome == Some(Outcome::Kept) {
             t.kept_iterations += 1;
             t.kept_made += m.made;
-            t.kept_killed += m.killed;
+            match m.kept_kills {
+                Some(k) => {
+                    t.kept_killed += k.assertion + k.timeout;
+                    t.kept_crashed += k.crash;
+                }
+                None => t.kept_killed += m.killed,
+            }
         }
     }
     t.seconds = format!("{seconds:.1}");
