@@ -136,33 +136,42 @@ pub struct KillKinds {
     pub crash: u32,
 }
 
-/// A test that asserts nothing, with the mutants it crashed (and those it ran past the time
-/// limit with).
+/// A test that asserts nothing, with the mutants it killed all the same: by crashing them, by
+/// making them run past the time limit, or by a check it does not own (a `pytest.raises(Exception)`
+/// left unmet, an `assert` in the code under test).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CrashOnly {
     pub test: String,
     pub crashed: u32,
     #[serde(default)]
     pub timed_out: u32,
+    #[serde(default)]
+    pub unasserted: u32,
 }
 
 impl CrashOnly {
     /// `killed 2 mutants only by crashing them; it asserts nothing`
     pub fn describe(&self) -> String {
-        let n = self.crashed + self.timed_out;
+        let n = self.crashed + self.timed_out + self.unasserted;
         let (noun, them) = if n == 1 {
             ("mutant", "it")
         } else {
             ("mutants", "them")
         };
-        let how = if self.timed_out == 0 {
-            format!("crashing {them}")
-        } else if self.crashed == 0 {
-            format!("making {them} run past the time limit")
-        } else {
-            format!("crashing {them} or making {them} run past the time limit")
-        };
-        format!("killed {n} {noun} only by {how}; it asserts nothing")
+        let mut ways = Vec::new();
+        if self.crashed > 0 {
+            ways.push(format!("crashing {them}"));
+        }
+        if self.timed_out > 0 {
+            ways.push(format!("making {them} run past the time limit"));
+        }
+        if self.unasserted > 0 {
+            ways.push("a failure it expects of any kind (`raises(Exception)`)".to_string());
+        }
+        format!(
+            "killed {n} {noun} only by {}; it asserts nothing",
+            ways.join(" or ")
+        )
     }
 }
 

@@ -376,3 +376,89 @@ async fn the_helper_makes_each_kind_of_mutant_on_the_covered_lines_only() {
             && capped.iter().any(|m| m.tests == ["test_b"])
     );
 }
+
+/// Issue 22: functions for the strict check, each run by one test of `STRICT_TESTS` (so that
+/// every test adds coverage of its own). Removing `count = len(items)` makes any call raise.
+const CHUNKS: &str = "def split(items, size):\n    count = len(items)\n    return [items[i:i + size] for i in range(0, count, size)]\n\n\ndef chunks(items, size):\n    count = len(items)\n    return [items[i:i + size] for i in range(0, count, size)]\n\n\ndef pairs(items):\n    count = len(items)\n    return [items[i:i + 2] for i in range(0, count, 2)]\n\n\ndef check_size(size):\n    if size <= 0:\n        raise ValueError(\"size must be positive\")\n    return size\n";
+
+/// A call and nothing else; the same inside `pytest.raises(Exception)`; an assertion in a
+/// helper of the file; a specific exception the code raises.
+const STRICT_TESTS: &str = "import pytest\n\nfrom calc.chunks import check_size, chunks, pairs, split\n\n\ndef test_split_runs():\n    split([1, 2, 3], 2)\n    split('a', 1)\n\n\ndef test_chunks_any_error():\n    chunks([1, 2, 3], 2)\n    with pytest.raises(Exception):\n        chunks([1], 0)\n\n\ndef same(got, want):\n    assert got == want\n\n\ndef test_pairs_through_helper():\n    same(pairs([1, 2, 3]), [[1, 2], [3]])\n\n\ndef test_check_size_rejects_zero():\n    with pytest.raises(ValueError):\n        check_size(0)\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_that_asserts_nothing_is_dropped_even_when_it_crashes_mutants() {
+    let fx = Fixture::new();
+    fx.commit_file("calc/chunks.py", CHUNKS);
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(STRICT_TESTS)]).await;
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "1", "--focus", "calc/chunks.py", "--mutants", "40"],
+    )
+    .await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["target"], "calc/chunks.py", "{log:#?}");
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(
+        kept.contains("def test_pairs_through_helper")
+            && kept.contains("def test_check_size_rejects_zero"),
+        "{kept}"
+    );
+    assert!(
+        !kept.contains("def test_split_runs") && !kept.contains("def test_chunks_any_error"),
+        "{kept}"
+    );
+    let m = mutation_of(&log[0]);
+    let crash_only = m["crash_only"].as_array().unwrap();
+    let why = |name: &str| -> String {
+        crash_only
+            .iter()
+            .find(|c| c["test"].as_str().unwrap().ends_with(name))
+            .map(|c| c["why"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{name} not dropped: {m:#?}"))
+    };
+    // Each crashed a mutant (`count = len(items)` removed): it asserts nothing all the same.
+    let split = why("::test_split_runs");
+    assert!(
+        split.starts_with("killed ")
+            && split.ends_with("only by crashing them; it asserts nothing")
+            || split == "killed 1 mutant only by crashing it; it asserts nothing",
+        "{split}"
+    );
+    assert!(
+        why("::test_chunks_any_error").ends_with("; it asserts nothing"),
+        "{m:#?}"
+    );
+    assert_eq!(
+        log[0]["dropped"]["asserts_nothing"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "{log:#?}"
+    );
+    assert_eq!(log[0]["funnel"]["checks"], 2, "{log:#?}");
+    // The kept tests caught mutants by their assertions (the helper's, the raise removed).
+    assert!(m["by_assertion"].as_u64().unwrap() >= 2, "{m:#?}");
+    assert!(m["checked_score"].as_f64().is_some(), "{m:#?}");
+
+    let shown = stdout(
+        &output({
+            let mut c = improve(fx.root());
+            c.args(["show", "1"]);
+            c
+        })
+        .await,
+    );
+    assert!(shown.contains("kills:    "), "{shown}");
+    assert!(
+        shown.contains("crashed:  test_split_runs killed ") && shown.contains("it asserts nothing"),
+        "{shown}"
+    );
+    let report = std::fs::read_to_string(fx.state_dir().join("report.md")).unwrap();
+    assert!(
+        report.contains("2 tests that assert nothing were dropped although they crashed mutants"),
+        "{report}"
+    );
+}

@@ -209,10 +209,10 @@ pub struct Checked {
 
 /// Stage checks: a test (id -> name in `names`) that was judged (`kills`: name -> the mutants
 /// it killed, by kind) and killed nothing asserts nothing and goes; so does one that holds no
-/// assertion (`asserting`: name -> whether its body or a helper it calls asserts anything; a
-/// test absent from it counts as asserting) and killed mutants only by crashing them (an
-/// exception from the mutated code, or a run past the time limit): a returned value it never
-/// looks at could be anything. When that is every test, the proposal goes. Without each
+/// assertion (`asserting`: name -> whether its body or a helper it calls asserts anything,
+/// `pytest.raises(Exception)` not counted; a test absent from it counts as asserting) however
+/// it killed mutants (by crashing them, a run past the time limit, or a `raises(Exception)` left
+/// unmet): a returned value it never looks at could be anything. When that is every test, the proposal goes. Without each
 /// test's own coverage (`per_test` false) every test ran against every mutant, wherever it
 /// was: no test is dropped for killing none.
 pub fn mutation(
@@ -230,11 +230,14 @@ pub fn mutation(
             if per_test {
                 asserts_nothing.push(id.clone());
             }
-        } else if asserting.get(name) == Some(&false) && k.assertion == 0 {
+        } else if asserting.get(name) == Some(&false) {
+            // Its kills that look like assertions are not its own: a `pytest.raises(Exception)`
+            // left unmet, or an `assert` in the mutated code.
             crash_only.push(CrashOnly {
                 test: id.clone(),
                 crashed: k.crash,
                 timed_out: k.timeout,
+                unasserted: k.assertion,
             });
         }
     }
@@ -844,10 +847,14 @@ mod tests {
         // The same without each test's coverage: the kills are the test's own all the same.
         let c = mutation(&names, &kills, &asserting, &check, false);
         assert_eq!(c.judgement.drop.len(), 2);
-        // A kill by an assertion (`pytest.raises(Exception)` not met) keeps a test with none.
+        // A `pytest.raises(Exception)` left unmet is no assertion of its own either.
         kills.get_mut("test_calls").unwrap().assertion = 1;
         let c = mutation(&names, &kills, &asserting, &check, true);
-        assert_eq!(c.judgement.drop, ids(&["t.py::test_raises_any"]));
+        assert_eq!(c.judgement.drop.len(), 2);
+        assert_eq!(
+            c.crash_only[0].describe(),
+            "killed 3 mutants only by crashing them or a failure it expects of any kind (`raises(Exception)`); it asserts nothing"
+        );
         // Only such tests: the proposal goes, saying why.
         let only: BTreeMap<String, String> = [("t.py::test_raises_any", "test_raises_any")]
             .into_iter()
