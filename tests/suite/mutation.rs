@@ -2,6 +2,7 @@
 //! test that notices none is dropped as asserting nothing; hanging mutants are killed; the
 //! module's file is the same, byte for byte, after the stage and after a kill inside it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
@@ -461,4 +462,103 @@ async fn a_test_that_asserts_nothing_is_dropped_even_when_it_crashes_mutants() {
         report.contains("2 tests that assert nothing were dropped although they crashed mutants"),
         "{report}"
     );
+}
+
+/// Issue 22's figures: answers mixing good tests, tests asserting a wrong value and tests that
+/// assert nothing (calls alone, calls under `pytest.raises(Exception)`), each on a function of
+/// its own; how many of each kind are kept, with the check on and with `--mutants 0`, and the
+/// seconds per iteration. Prints them; run with
+/// `cargo test --test all -- --ignored suite::mutation::measure_strict_mix --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: prints figures"]
+async fn measure_strict_mix() {
+    const FUNCTIONS: usize = 13;
+    let module: String = (0..FUNCTIONS)
+        .map(|k| format!("def g{k}(items, size):\n    count = len(items) + {k}\n    return [items[i:i + size] for i in range(0, count - {k}, size)]\n\n\n"))
+        .collect();
+    // Per answer, the kind of test each function gets: rotated from one answer to the next.
+    let kinds = [
+        "good",
+        "good",
+        "good",
+        "good",
+        "wrong",
+        "wrong",
+        "wrong",
+        "call",
+        "calls",
+        "raises_after",
+        "raises_only",
+        "call",
+        "raises_after",
+    ];
+    let test_of = |kind: &str, k: usize| -> String {
+        let body = match kind {
+            "good" => format!("    assert g{k}([1, 2, 3], 2) == [[1, 2], [3]]\n"),
+            "wrong" => format!("    assert g{k}([1, 2, 3], 2) == [[1, 2, 3]]\n"),
+            "call" => format!("    g{k}([1, 2, 3], 2)\n"),
+            "calls" => format!("    g{k}([1, 2, 3], 2)\n    g{k}('abc', 1)\n"),
+            "raises_after" => format!(
+                "    g{k}([1, 2, 3], 2)\n    with pytest.raises(Exception):\n        g{k}([1], 0)\n"
+            ),
+            _ => format!(
+                "    with pytest.raises(Exception):\n        g{k}(None, 1)\n    g{k}([4, 5], 1)\n"
+            ),
+        };
+        format!("def test_{kind}_{k}():\n{body}\n\n")
+    };
+    for mutants in ["20", "0"] {
+        let (mut kept, mut total) = (BTreeMap::<&str, u32>::new(), BTreeMap::<&str, u32>::new());
+        let mut seconds = Vec::new();
+        for shift in 0..4 {
+            let fx = Fixture::new();
+            fx.commit_file("calc/gen.py", &module);
+            let mut answer = String::from("import pytest\n\nfrom calc.gen import *\n\n\n");
+            let mut names = Vec::new();
+            for k in 0..FUNCTIONS {
+                let kind = kinds[(k + shift) % FUNCTIONS];
+                answer.push_str(&test_of(kind, k));
+                names.push((kind, format!("def test_{kind}_{k}(")));
+            }
+            let llm = StandIn::start(Wire::OpenAi, vec![code_answer(&answer)]).await;
+            run_ok(
+                fx.root(),
+                &llm,
+                &[
+                    "-n",
+                    "1",
+                    "--focus",
+                    "calc/gen.py",
+                    "--mutants",
+                    mutants,
+                    "--max-repairs",
+                    "0",
+                ],
+            )
+            .await;
+            let log = log_of(&fx);
+            assert_eq!(log[0]["target"], "calc/gen.py", "{log:#?}");
+            seconds.push(log[0]["seconds"]["total"].as_f64().unwrap());
+            let file = if log[0]["outcome"] == "kept" {
+                kept_file(&fx, &log[0])
+            } else {
+                String::new()
+            };
+            for (kind, def) in &names {
+                let class = match *kind {
+                    "good" => "good",
+                    "wrong" => "wrong value",
+                    _ => "asserts nothing",
+                };
+                *total.entry(class).or_default() += 1;
+                if file.contains(def.as_str()) {
+                    *kept.entry(class).or_default() += 1;
+                }
+            }
+        }
+        let mean = seconds.iter().sum::<f64>() / seconds.len() as f64;
+        println!(
+            "--mutants {mutants}: kept {kept:?} of {total:?}; seconds per iteration {seconds:?} (mean {mean:.1})"
+        );
+    }
 }
