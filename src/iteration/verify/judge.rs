@@ -245,42 +245,8 @@ pub fn mutation(
     if gone == 0 {
         return Checked::default();
     }
-    let reject = (gone == names.len()).then(|| {
-        let text = match crash_only.first() {
-            None => {
-                let example = check
-                    .survived
-                    .first()
-                    .map(|s| format!(", e.g. {}", s.describe()))
-                    .unwrap_or_default();
-                format!(
-                    "asserts nothing: none of the {} new tests noticed any of the {} mutants of the lines they cover{example}",
-                    names.len(),
-                    check.made
-                )
-            }
-            Some(first) => {
-                let name = first.test.rsplit("::").next().unwrap_or(&first.test);
-                let mut text = format!(
-                    "asserts nothing: none of the {} new tests checks what the code returns: {name} {}",
-                    names.len(),
-                    first.describe()
-                );
-                if crash_only.len() > 1 {
-                    text.push_str(&format!(" ({} more like it)", crash_only.len() - 1));
-                }
-                if !asserts_nothing.is_empty() {
-                    text.push_str(&format!(
-                        "; {} noticed none of the {} mutants",
-                        asserts_nothing.len(),
-                        check.made
-                    ));
-                }
-                text
-            }
-        };
-        Rejection::new(RejectReason::AssertsNothing, text)
-    });
+    let reject = (gone == names.len())
+        .then(|| no_test_asserts(names.len(), &asserts_nothing, &crash_only, check));
     let drop = if reject.is_some() {
         Vec::new()
     } else {
@@ -295,6 +261,47 @@ pub fn mutation(
         asserts_nothing,
         crash_only,
     }
+}
+
+/// Why a proposal none of whose `total` tests checks anything is rejected.
+fn no_test_asserts(
+    total: usize,
+    asserts_nothing: &[String],
+    crash_only: &[CrashOnly],
+    check: &MutationCheck,
+) -> Rejection {
+    let text = match crash_only.first() {
+        None => {
+            let example = check
+                .survived
+                .first()
+                .map(|s| format!(", e.g. {}", s.describe()))
+                .unwrap_or_default();
+            format!(
+                "asserts nothing: none of the {total} new tests noticed any of the {} mutants of the lines they cover{example}",
+                check.made
+            )
+        }
+        Some(first) => {
+            let name = first.test.rsplit("::").next().unwrap_or(&first.test);
+            let mut text = format!(
+                "asserts nothing: none of the {total} new tests checks what the code returns: {name} {}",
+                first.describe()
+            );
+            if crash_only.len() > 1 {
+                text.push_str(&format!(" ({} more like it)", crash_only.len() - 1));
+            }
+            if !asserts_nothing.is_empty() {
+                text.push_str(&format!(
+                    "; {} noticed none of the {} mutants",
+                    asserts_nothing.len(),
+                    check.made
+                ));
+            }
+            text
+        }
+    };
+    Rejection::new(RejectReason::AssertsNothing, text)
 }
 
 /// The tests to drop could not be removed from the file alone.
