@@ -24,6 +24,12 @@ never imports or runs the files it reads.
   {"op": "api", "file": F}
       The public functions, classes and methods of module F with their signatures.
       -> {"ok": true, "text": "...", "names": [every top-level name]}
+  {"op": "asserting", "file": F}
+      For each test function of test file F (`test_a`, `TestK::test_b`), whether it holds an
+      assertion of any kind in its body or in a helper of the file it calls (one level deep):
+      `assert`, `pytest.raises`/`warns`/`approx`/`fail`, an `assert*` method (unittest, mock).
+      `pytest.raises(Exception)` (or BaseException, without `match=`) does not count: it
+      passes whatever goes wrong. -> {"ok": true, "tests": {"test_a": true, ...}}
   {"op": "mutants", ...}: see mutants.py, a module beside this script.
 """
 import ast
@@ -365,6 +371,88 @@ def api(path):
     return {"ok": True, "text": "\n".join(lines), "names": names}
 
 
+# pytest's (and unittest's) calls that check something; `raises` only with a specific type.
+CHECKING_CALLS = {"raises", "warns", "approx", "fail", "deprecated_call", "assertRaises"}
+ANY_EXCEPTION = {"Exception", "BaseException"}
+
+
+def _called_name(call):
+    func = call.func
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        return func.id
+    return None
+
+
+def _names_any_exception(node):
+    if isinstance(node, ast.Tuple):
+        return all(_names_any_exception(e) for e in node.elts)
+    name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+    return name in ANY_EXCEPTION
+
+
+def checks(call):
+    """Whether a call checks something: `pytest.raises(ValueError)`, `self.assertEqual(...)`,
+    `mock.assert_called_once_with(...)`, `assert_allclose(...)`, `pytest.approx(...)`. A
+    `raises` of any exception at all (Exception, BaseException, without `match=`) does not."""
+    name = _called_name(call)
+    if name is None:
+        return False
+    if name in ("raises", "assertRaises"):
+        if any(k.arg == "match" for k in call.keywords):
+            return True
+        return bool(call.args) and not _names_any_exception(call.args[0])
+    return name in CHECKING_CALLS or name.startswith("assert")
+
+
+def _asserts_directly(node):
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Assert):
+            return True
+        if isinstance(sub, ast.Raise) and sub.exc is not None:
+            exc = sub.exc.func if isinstance(sub.exc, ast.Call) else sub.exc
+            if getattr(exc, "id", None) == "AssertionError":
+                return True
+        if isinstance(sub, ast.Call) and checks(sub):
+            return True
+    return False
+
+
+def _calls(node):
+    """The names a function calls: `helper(...)` and `self.helper(...)`."""
+    names = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call):
+            func = sub.func
+            if isinstance(func, ast.Name):
+                names.add(func.id)
+            elif isinstance(func, ast.Attribute) and getattr(func.value, "id", None) in ("self", "cls"):
+                names.add(func.attr)
+    return names
+
+
+def asserting(path):
+    tree = ast.parse(read(path))
+    module_helpers = {n.name: _asserts_directly(n) for n in tree.body if isinstance(n, FUNCS)}
+    tests = {}
+
+    def judge(fn, helpers):
+        direct = _asserts_directly(fn)
+        return direct or any(helpers.get(name, False) for name in _calls(fn) if name != fn.name)
+
+    for node in tree.body:
+        if isinstance(node, FUNCS) and node.name.startswith("test"):
+            tests[node.name] = judge(node, module_helpers)
+        elif isinstance(node, ast.ClassDef):
+            methods = {n.name: _asserts_directly(n) for n in node.body if isinstance(n, FUNCS)}
+            helpers = {**module_helpers, **methods}
+            for n in node.body:
+                if isinstance(n, FUNCS) and n.name.startswith("test"):
+                    tests[f"{node.name}::{n.name}"] = judge(n, helpers)
+    return {"ok": True, "tests": tests}
+
+
 def answer(request):
     op = request.get("op")
     if op == "tidy":
@@ -381,6 +469,8 @@ def answer(request):
         )
     if op == "api":
         return api(request["file"])
+    if op == "asserting":
+        return asserting(request["file"])
     if op == "mutants":
         return mutants.mutants(request["file"], request.get("tests"), int(request.get("cap", 20)))
     return {"ok": False, "error": f"unknown op {op!r}"}

@@ -22,10 +22,19 @@ With IMPROVE_MUTANTS set (a JSON file of mutants made by improve's helper) and I
 again with each mutant of the target module swapped in, in memory: the code object of each
 function the mutant changes is replaced (and put back) on every live function object made from
 it, so `from module import f` in a test sees the mutant too, and the module's file is never
-written. A mutant is killed when a test covering its line fails with it. A run that goes past
-its time limit is stopped by SIGALRM and kills the mutant; one that does not stop (the code
-swallows the alarm) has its whole process group killed by a watchdog thread, after it wrote
-which mutant hung. One JSON line per event is appended to IMPROVE_MUTANTS_OUT.
+written. A mutant is killed when a test covering its line fails with it, and each kill says
+how the test failed: by an assertion (a failed `assert`, `pytest.raises` or `pytest.warns` not
+met, a unittest or mock `assert*`: AssertionError or pytest's `Failed`), by a crash (any other
+exception, which the mutated code raised) or by a timeout. A run that goes past its time limit
+is stopped by SIGALRM and kills the mutant; one that does not stop (the code swallows the alarm)
+has its whole process group killed by a watchdog thread, after it wrote which mutant hung. One
+JSON line per event is appended to IMPROVE_MUTANTS_OUT.
+
+With IMPROVE_STOPPERS_OUT set (a whole-suite run under coverage), it notes each test after which
+coverage no longer measures as it did: the trace or profile function replaced (`sys.settrace`,
+`pdb.set_trace`), coverage stopped, or the working directory changed; and writes them there as a
+JSON list when the session ends (after going back to the first working directory, so the
+in-process report is written where it was meant to be).
 
 With IMPROVE_BYTECODE_CACHE set, the bytecode of everything imported from here on (the project's
 package, conftest files and tests) is cached there, outside the worktree, for the next run in
@@ -52,6 +61,7 @@ ENV_MUTANTS = "IMPROVE_MUTANTS"
 ENV_MUTANTS_OUT = "IMPROVE_MUTANTS_OUT"
 ENV_PROJECT_OUT = "IMPROVE_PROJECT_OUT"
 ENV_IMPORT_CHECK = "IMPROVE_IMPORT_CHECK"
+ENV_STOPPERS_OUT = "IMPROVE_STOPPERS_OUT"
 
 if os.environ.get(ENV_BYTECODE_CACHE):
     # Set here rather than through PYTHONPYCACHEPREFIX: that one would also move the bytecode of
@@ -77,6 +87,47 @@ def _current():
     return current() if current else None
 
 
+def measuring_state(cwd):
+    """What a test may change that stops coverage from measuring what follows it."""
+    cov = _current()
+    return {
+        "trace": sys.gettrace(),
+        "profile": sys.getprofile(),
+        "coverage": cov,
+        "cwd": cwd,
+    }
+
+
+# What changed each key, in the words `improve show` uses.
+_STOPPER_WORDS = {
+    "trace": "replaced the trace function",
+    "profile": "replaced the profile function",
+    "coverage": "stopped coverage",
+    "cwd": "changed the working directory",
+}
+
+
+def stoppers_of(nodeid, before, after):
+    """What the test `nodeid` changed of `before`, as [{test, culprit}]."""
+    return [
+        {"test": nodeid, "culprit": words}
+        for key, words in _STOPPER_WORDS.items()
+        if before[key] is not after[key] and before[key] != after[key]
+    ]
+
+
+# Tests after which coverage no longer measured as before, and the first working directory.
+_stoppers = []
+_first_cwd = []
+
+
+def _cwd():
+    try:
+        return os.getcwd()
+    except OSError:  # the test removed it
+        return None
+
+
 # The coverage object, once stopped when the file's tests began to run again (see below):
 # Coverage.current() knows only a running one.
 _stopped = []
@@ -93,9 +144,15 @@ def pytest_runtest_protocol(item, nextitem):
         cov = None
     if cov is not None:
         cov.switch_context(item.nodeid)
+    watch = os.environ.get(ENV_STOPPERS_OUT)
+    if watch and not _first_cwd:
+        _first_cwd.append(_cwd())
+    before = measuring_state(_cwd()) if watch else None
     yield
     if cov is not None:
         cov.switch_context("")
+    if before is not None:
+        _stoppers.extend(stoppers_of(item.nodeid, before, measuring_state(_cwd())))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -219,8 +276,20 @@ def _write_gain(cov, session, out):
         json.dump(result, f)
 
 
+def _write_stoppers():
+    out = os.environ.get(ENV_STOPPERS_OUT)
+    if not out:
+        return
+    if _first_cwd and _first_cwd[0] and _cwd() != _first_cwd[0]:
+        with contextlib.suppress(OSError):
+            os.chdir(_first_cwd[0])
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(_stoppers, f)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
+    _write_stoppers()
     cov = _stopped[0] if _stopped else _current()
     gain_out = os.environ.get(ENV_GAIN_OUT)
     report_out = os.environ.get(ENV_COVERAGE_JSON)
@@ -313,6 +382,31 @@ def kill_order(tests, passing, killers):
     return sorted((n for n in tests if n in passing), key=lambda n: n in killers)
 
 
+# How a test failed under a mutant (the `how` of a kill).
+ASSERTION, CRASH, TIMEOUT = "assertion", "crash", "timeout"
+
+
+def kind_of(excinfo):
+    """How a test failed, from the exception its failing phase raised: an assertion
+    (AssertionError and its subclasses, which unittest's and mock's `assert*` raise; pytest's
+    `Failed`, which `pytest.raises`/`pytest.warns` raise when nothing was raised or warned, and
+    `pytest.fail`), a timeout (the mutant's alarm), or a crash (any other exception)."""
+    if excinfo is None:
+        return CRASH
+    if excinfo.errisinstance(MutantTimeout):
+        return TIMEOUT
+    if excinfo.errisinstance((AssertionError, pytest.fail.Exception)):
+        return ASSERTION
+    return CRASH
+
+
+def settled(how):
+    """Whether a mutant's kills so far settle it: killed by an assertion or a timeout. A
+    mutant only crashed is run against the covering tests that killed before too, so that a
+    test that would catch it by an assertion gets the chance."""
+    return any(k != CRASH for k in how.values())
+
+
 def status_of(by, timed_out):
     """What became of a mutant, from the tests that failed with it."""
     return "timed out" if timed_out else ("killed" if by else "survived")
@@ -403,8 +497,22 @@ class _Mutation:
         self.clear_caches()
 
 
+# Set while the mutation loop runs; then the exception of the first failing phase of the test
+# `_run_once` is running (noted by pytest_runtest_makereport).
+_mutating = []
+_failure = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    excinfo = call.excinfo
+    if _mutating and excinfo is not None and not _failure:
+        if not excinfo.errisinstance(pytest.skip.Exception):
+            _failure.append(excinfo)
+
+
 def _run_once(item, limit):
-    """Runs `item` on its own; whether it passed, and whether it ran out of time."""
+    """Runs `item` on its own; whether it passed, and how it failed (None when it passed)."""
     import signal
 
     from _pytest.runner import runtestprotocol
@@ -412,14 +520,18 @@ def _run_once(item, limit):
     signal.signal(signal.SIGALRM, _on_alarm)
     # The alarm repeats: code that catches the first one does not hang the loop for good.
     signal.setitimer(signal.ITIMER_REAL, limit, 0.5)
+    _failure.clear()
     try:
         reports = runtestprotocol(item, nextitem=None, log=False)
     except MutantTimeout:
-        return False, True
+        return False, TIMEOUT
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    timed_out = any("MutantTimeout" in str(getattr(r, "longrepr", "") or "") for r in reports)
-    return all(not r.failed for r in reports), timed_out
+    if all(not r.failed for r in reports):
+        return True, None
+    if any("MutantTimeout" in str(getattr(r, "longrepr", "") or "") for r in reports):
+        return False, TIMEOUT
+    return False, kind_of(_failure[0] if _failure else None)
 
 
 def _watchdog(state, m):
@@ -434,7 +546,7 @@ def _watchdog(state, m):
             time.sleep(0.2)
             current = state.get("running")
             if current and time.monotonic() > current[1]:
-                m.write(id=current[0], status="hung", by=[current[2]])
+                m.write(id=current[0], status="hung", by=[current[2]], how={current[2]: TIMEOUT})
                 os.killpg(os.getpgrp(), signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True).start()
@@ -449,6 +561,7 @@ def pytest_runtestloop(session):
 
     m = _Mutation(spec, out)
     m.index()
+    _mutating.append(True)
     items = {}
     for item in session.items:
         items.setdefault(name_of(item.nodeid), []).append(item)
@@ -471,22 +584,23 @@ def pytest_runtestloop(session):
             m.write(id=mutant["id"], status="not applied", why=why)
             continue
         m.write(start=mutant["id"])
-        by, timed_out = [], False
+        by, how = [], {}
         try:
             for name in kill_order(mutant["tests"], passing, killers):
-                if by and name in killers:
+                if settled(how) and name in killers:
                     continue
                 state["running"] = (mutant["id"], time.monotonic() + 3 * limits[name] + 5, name)
                 for item in items.get(name, []):
-                    ok, late = _run_once(item, limits[name])
+                    ok, kind = _run_once(item, limits[name])
                     if not ok:
                         by.append(name)
-                        timed_out = timed_out or late
+                        how[name] = kind
                         break
                 state["running"] = None
         finally:
             state["running"] = None
             m.put_back(undo)
         killers.update(by)
-        m.write(id=mutant["id"], status=status_of(by, timed_out), by=by)
+        timed_out = TIMEOUT in how.values()
+        m.write(id=mutant["id"], status=status_of(by, timed_out), by=by, how=how)
     return True

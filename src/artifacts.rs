@@ -243,6 +243,8 @@ pub enum Label {
     SuiteRound(u32),
     /// The whole suite after replaying onto a tip that moved.
     SuiteReplayed,
+    /// The whole suite again after dropping tests that stop coverage.
+    SuiteCovered,
     /// Probe k of the bisection for a polluting test.
     Bisect(u32),
     /// Process k of the mutation check (the next one takes the mutants a killed one left).
@@ -259,6 +261,7 @@ impl fmt::Display for Label {
             Label::Suite => write!(f, "pytest-suite"),
             Label::SuiteRound(k) => write!(f, "pytest-suite-{k}"),
             Label::SuiteReplayed => write!(f, "pytest-suite-replayed"),
+            Label::SuiteCovered => write!(f, "pytest-suite-covered"),
             Label::Bisect(k) => write!(f, "pytest-bisect-{k}"),
             Label::Mutants(k) => write!(f, "pytest-mutants-{k}"),
         }
@@ -307,6 +310,10 @@ impl PytestFiles {
     }
     pub fn gain(&self) -> PathBuf {
         self.with(".gain.json")
+    }
+    /// The tests after which coverage stopped measuring as before (whole-suite runs).
+    pub fn stoppers(&self) -> PathBuf {
+        self.with(".stoppers.json")
     }
     /// A copy of the coverage report the gain is measured against, beside the run's other
     /// files: under --sandbox only they are visible.

@@ -8,10 +8,10 @@ use anyhow::{Context, Result};
 use include_dir::{Dir, include_dir};
 
 use crate::cli::{DemoArgs, GlobalArgs, RunArgs};
-use crate::driver;
 use crate::error::{RunEnd, UsageError};
 use crate::git;
 use crate::progress::Printer;
+use crate::run;
 
 static DEMO: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/examples/demo");
 const RECORDING: &str = "recording.json";
@@ -127,7 +127,7 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs, printer: Printer) -> Resu
         )?),
         ..RunArgs::default()
     };
-    let end = driver::run(&run_global, &run_args, printer).await?;
+    let end = run::run(&run_global, &run_args, printer).await?;
     eprintln!(
         "try: improve log --repo {0}   improve show 1 --repo {0}   improve status --repo {0}",
         root.display()

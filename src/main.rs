@@ -58,7 +58,7 @@ fn parse() -> Result<(Cli, ArgMatches), ExitCode> {
 async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<u8> {
     let printer = Printer::new(cli.global.quiet, cli.global.verbose);
     match &cli.command {
-        None => Ok(improve::driver::run(&cli.global, &cli.run, printer)
+        None => Ok(improve::run::run(&cli.global, &cli.run, printer)
             .await?
             .exit_code()),
         Some(Command::Demo(args)) => Ok(improve::demo::run(&cli.global, args, printer)

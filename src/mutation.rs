@@ -76,6 +76,18 @@ impl MutantStatus {
     }
 }
 
+/// How a test failed under a mutant, as the plugin classified its exception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KillKind {
+    /// A failed `assert`, `pytest.raises`/`warns` not met, a unittest or mock `assert*`.
+    Assertion,
+    /// The run went past its time limit (or never stopped).
+    Timeout,
+    /// Any other exception: the mutated code raised it.
+    Crash,
+}
+
 /// One line the plugin appends to its output file.
 #[derive(Debug, Deserialize)]
 struct Event {
@@ -89,6 +101,8 @@ struct Event {
     status: Option<String>,
     #[serde(default)]
     by: Vec<String>,
+    #[serde(default)]
+    how: BTreeMap<String, KillKind>,
 }
 
 /// What the mutation processes said, merged over every process of one stage.
@@ -98,6 +112,8 @@ pub struct Results {
     pub baseline: Option<BTreeSet<String>>,
     /// Per mutant id: what became of it, and the tests that killed it.
     pub status: BTreeMap<u32, (MutantStatus, Vec<String>)>,
+    /// Per mutant id: how each test that killed it failed.
+    pub how: BTreeMap<u32, BTreeMap<String, KillKind>>,
 }
 
 impl Results {
@@ -119,6 +135,9 @@ impl Results {
                 event.id,
                 event.status.as_deref().and_then(MutantStatus::parse),
             ) {
+                if !self.status.contains_key(&id) {
+                    self.how.insert(id, event.how);
+                }
                 self.status.entry(id).or_insert((status, event.by));
                 running = running.filter(|r| *r != id);
             }
@@ -130,6 +149,25 @@ impl Results {
         }
     }
 
+    /// How `test` killed mutant `id`, if it did. A process that died under a mutant named no
+    /// test: the mutant hung for every test covering it. A kill the plugin gave no kind counts
+    /// as an assertion.
+    pub fn kill_kind(&self, id: u32, test: &str) -> Option<KillKind> {
+        let (status, by) = self.status.get(&id)?;
+        if *status == MutantStatus::Hung && by.is_empty() {
+            return Some(KillKind::Timeout);
+        }
+        if !by.iter().any(|t| t == test) {
+            return None;
+        }
+        let told = self.how.get(&id).and_then(|h| h.get(test)).copied();
+        Some(told.unwrap_or(if *status == MutantStatus::Hung {
+            KillKind::Timeout
+        } else {
+            KillKind::Assertion
+        }))
+    }
+
     /// The mutants of `all` nothing was said of yet.
     pub fn unfinished<'a>(&self, all: &'a [Mutant]) -> Vec<&'a Mutant> {
         all.iter()
@@ -138,7 +176,7 @@ impl Results {
     }
 }
 
-pub use crate::schema::{MutationCheck, Survivor};
+pub use crate::schema::{CrashOnly, KillKinds, MutationCheck, Survivor};
 
 impl MutationCheck {
     /// The record of `mutants` as `results` left them.
@@ -173,27 +211,70 @@ impl MutationCheck {
     }
 }
 
-/// Per new test (as `prune` names it): whether it killed a mutant, among those it was run
+/// The mutants one test killed, by how it failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestKills {
+    pub assertion: u32,
+    pub timeout: u32,
+    pub crash: u32,
+}
+
+impl TestKills {
+    pub fn any(&self) -> bool {
+        self.assertion + self.timeout + self.crash > 0
+    }
+
+    fn add(&mut self, kind: KillKind) {
+        match kind {
+            KillKind::Assertion => self.assertion += 1,
+            KillKind::Timeout => self.timeout += 1,
+            KillKind::Crash => self.crash += 1,
+        }
+    }
+}
+
+/// Per new test (as `prune` names it): the mutants it killed, by kind, among those it was run
 /// against. A test is judged only when it passed unmutated and some mutant on its lines was
 /// put into the code; the others are absent.
-pub fn kills_by_test(mutants: &[Mutant], results: &Results) -> BTreeMap<String, bool> {
-    let mut judged = BTreeMap::new();
+pub fn kills_by_test(mutants: &[Mutant], results: &Results) -> BTreeMap<String, TestKills> {
+    let mut judged: BTreeMap<String, TestKills> = BTreeMap::new();
     let passing = |t: &String| results.baseline.as_ref().is_some_and(|b| b.contains(t));
     for m in mutants {
-        let Some((status, by)) = results.status.get(&m.id) else {
+        let Some((status, _)) = results.status.get(&m.id) else {
             continue;
         };
         if *status == MutantStatus::NotApplied {
             continue;
         }
         for t in m.tests.iter().filter(|t| passing(t)) {
-            let killed = judged.entry(t.clone()).or_insert(false);
-            // A mutant whose process died under it names no test (which one was running is
-            // not known): it counts for every test covering it.
-            *killed |= by.contains(t) || (*status == MutantStatus::Hung && by.is_empty());
+            let kills = judged.entry(t.clone()).or_default();
+            if let Some(kind) = results.kill_kind(m.id, t) {
+                kills.add(kind);
+            }
         }
     }
     judged
+}
+
+/// The mutants killed by the tests `kept` (prune names) says yes to, each counted once by the
+/// best way one of them noticed it (an assertion, else a time limit, else a crash).
+pub fn kept_kills(mutants: &[Mutant], results: &Results, kept: impl Fn(&str) -> bool) -> KillKinds {
+    let mut kinds = KillKinds::default();
+    for m in mutants {
+        let best = m
+            .tests
+            .iter()
+            .filter(|t| kept(t))
+            .filter_map(|t| results.kill_kind(m.id, t))
+            .min();
+        match best {
+            Some(KillKind::Assertion) => kinds.assertion += 1,
+            Some(KillKind::Timeout) => kinds.timeout += 1,
+            Some(KillKind::Crash) => kinds.crash += 1,
+            None => {}
+        }
+    }
+    kinds
 }
 
 #[cfg(test)]
@@ -255,8 +336,12 @@ mod tests {
             mutant(4, &["test_d"]),
         ];
         let judged = kills_by_test(&mutants, &r);
-        assert_eq!(judged.get("test_a"), Some(&true));
-        assert_eq!(judged.get("test_b"), Some(&false));
+        assert!(judged["test_a"].any());
+        assert_eq!(
+            judged["test_a"].assertion, 1,
+            "a kill of no kind counts as an assertion"
+        );
+        assert!(!judged["test_b"].any());
         // Its only mutant was not applied; test_d did not pass unmutated.
         assert_eq!(judged.get("test_c"), None);
         assert_eq!(judged.get("test_d"), None);
@@ -268,5 +353,40 @@ mod tests {
             check.summary(),
             "3 mutants, 2 killed, 1 survived: score 67% (4 of 9 possible changes made); 1 could not be applied"
         );
+    }
+
+    #[test]
+    fn kills_have_kinds_and_the_kept_tests_count_each_mutant_once_by_its_best() {
+        let r = results(&[
+            r#"{"baseline": ["test_calls", "test_value"]}"#,
+            r#"{"id": 1, "status": "killed", "by": ["test_calls", "test_value"], "how": {"test_calls": "crash", "test_value": "assertion"}}"#,
+            r#"{"id": 2, "status": "killed", "by": ["test_calls"], "how": {"test_calls": "crash"}}"#,
+            r#"{"id": 3, "status": "timed out", "by": ["test_value"], "how": {"test_value": "timeout"}}"#,
+            r#"{"start": 4}"#,
+        ]);
+        let both = ["test_calls", "test_value"];
+        let mutants = [
+            mutant(1, &both),
+            mutant(2, &both),
+            mutant(3, &both),
+            mutant(4, &both),
+        ];
+        let judged = kills_by_test(&mutants, &r);
+        let calls = judged["test_calls"];
+        // Mutant 4 hung with no test named: a timeout for every test covering it.
+        assert_eq!((calls.assertion, calls.timeout, calls.crash), (0, 1, 2));
+        let value = judged["test_value"];
+        assert_eq!((value.assertion, value.timeout, value.crash), (1, 2, 0));
+        let all = kept_kills(&mutants, &r, |_| true);
+        assert_eq!(
+            all,
+            KillKinds {
+                assertion: 1,
+                timeout: 2,
+                crash: 1
+            }
+        );
+        let calls_only = kept_kills(&mutants, &r, |t| t == "test_calls");
+        assert_eq!((calls_only.assertion, calls_only.crash), (0, 2));
     }
 }

@@ -78,6 +78,9 @@ pub enum Request<'a> {
     Api {
         file: String,
     },
+    Asserting {
+        file: String,
+    },
     Mutants {
         file: String,
         tests: Option<&'a BTreeMap<String, Vec<u32>>>,
@@ -137,6 +140,12 @@ pub struct Api {
     pub text: String,
     /// Every top-level name the module defines or imports.
     pub names: Vec<String>,
+}
+
+/// The answer to [`Request::Asserting`].
+#[derive(Debug, Clone, Deserialize)]
+struct Asserting {
+    tests: BTreeMap<String, bool>,
 }
 
 /// The answer to [`Request::Mutants`].
@@ -316,6 +325,14 @@ impl PyHelper {
         self.call(Request::Api { file: path(file) }).await
     }
 
+    /// For each test function of the test file `file` (as `prune` names it), whether it holds
+    /// an assertion of any kind, in its body or in a helper of the file it calls (read by the
+    /// parser; `pytest.raises(Exception)` does not count).
+    pub async fn asserting(&self, file: &Path) -> Result<BTreeMap<String, bool>, HelperError> {
+        let answer: Asserting = self.call(Request::Asserting { file: path(file) }).await?;
+        Ok(answer.tests)
+    }
+
     /// Up to `cap` mutants of the module `file`, on the lines each test in `tests` covers
     /// (`None`: on any line inside a function), with the number of changes possible there.
     pub async fn mutants(
@@ -358,7 +375,15 @@ mod tests {
 
     #[test]
     fn every_op_the_rust_side_sends_is_one_the_helper_answers() {
-        for op in ["tidy", "prune", "salvage", "merge", "api", "mutants"] {
+        for op in [
+            "tidy",
+            "prune",
+            "salvage",
+            "merge",
+            "api",
+            "asserting",
+            "mutants",
+        ] {
             assert!(
                 HELPER_PY.contains(&format!("if op == \"{op}\":")),
                 "helper.py does not dispatch {op:?}"

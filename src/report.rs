@@ -82,6 +82,14 @@ pub struct MutationTotals {
     pub kept_killed: u32,
     /// Percent of the kept iterations' mutants their tests killed.
     pub kept_score: Option<String>,
+    /// Of those, the ones they caught by an assertion or a time limit (all kills for runs saved
+    /// before kills had kinds), and their percent of the mutants made.
+    pub kept_checked: u32,
+    pub kept_checked_score: Option<String>,
+    /// The ones they only crashed (an exception from the mutated code): out of that score.
+    pub kept_crashed: u32,
+    /// Tests dropped for asserting nothing although they killed mutants.
+    pub crash_only: u32,
 }
 
 fn mutation_totals(finished: &[&Iteration]) -> Option<MutationTotals> {
@@ -96,14 +104,24 @@ fn mutation_totals(finished: &[&Iteration]) -> Option<MutationTotals> {
         t.killed += m.killed;
         t.timed_out += m.timed_out;
         seconds += m.seconds;
+        t.crash_only += m.crash_only.len() as u32;
         if it.outcome == Some(Outcome::Kept) {
             t.kept_iterations += 1;
             t.kept_made += m.made;
             t.kept_killed += m.killed;
+            match m.kept_kills {
+                Some(k) => {
+                    t.kept_checked += k.assertion + k.timeout;
+                    t.kept_crashed += k.crash;
+                }
+                None => t.kept_checked += m.killed,
+            }
         }
     }
     t.seconds = format!("{seconds:.1}");
     t.kept_score = (t.kept_made > 0).then(|| pct(f64::from(t.kept_killed), f64::from(t.kept_made)));
+    t.kept_checked_score =
+        (t.kept_made > 0).then(|| pct(f64::from(t.kept_checked), f64::from(t.kept_made)));
     (t.iterations > 0).then_some(t)
 }
 

@@ -215,6 +215,21 @@ fn verification(v: &ShowView, out: &mut String) {
             m.summary(),
             m.seconds
         );
+        if let Some(k) = m.kept_kills {
+            let score = m
+                .checked_score()
+                .map(|s| format!(": score {s:.0}% without crashes"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "kills:    {} by an assertion, {} by a time limit, {} only by a crash (kept tests){score}",
+                k.assertion, k.timeout, k.crash
+            );
+        }
+        for c in &m.crash_only {
+            let name = c.test.rsplit("::").next().unwrap_or(&c.test);
+            let _ = writeln!(out, "crashed:  {name} {}", c.describe());
+        }
         for s in m.survived.iter().take(5) {
             let _ = writeln!(out, "survived: {}", s.describe());
         }

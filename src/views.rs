@@ -259,6 +259,19 @@ fn log_row(it: &Iteration) -> Value {
             "candidates": m.candidates,
             "score": m.score().map(round1),
             "asserts_nothing": m.asserts_nothing,
+            // Tests with no assertion that caught mutants only by crashing them.
+            "crash_only": m.crash_only.iter().map(|c| json!({
+                "test": c.test,
+                "crashed": c.crashed,
+                "timed_out": c.timed_out,
+                "why": c.describe(),
+            })).collect::<Vec<_>>(),
+            // How the kept tests caught the killed mutants, each once: by an assertion, a time
+            // limit, or only a crash (null for runs saved before kills had kinds).
+            "by_assertion": m.kept_kills.map(|k| k.assertion),
+            "by_timeout": m.kept_kills.map(|k| k.timeout),
+            "by_crash": m.kept_kills.map(|k| k.crash),
+            "checked_score": m.checked_score().map(round1),
             "dropped": m.dropped,
             "seconds": round2(m.seconds),
             "uncapped_seconds": m.uncapped_seconds().map(round1),

@@ -304,3 +304,122 @@ def test_every_op_the_rust_side_sends_is_dispatched(op):
     # as an unknown op.
     with pytest.raises(KeyError, match="previous|file"):
         helper.answer({"op": op})
+
+
+def test_asserting_finds_each_kind_of_assertion_and_none(write):
+    path = write(
+        "test_x.py",
+        """
+        import pytest
+        from unittest import mock
+
+
+        def test_only_calls():
+            split([1, 2, 3], 2)
+            split("a", [1, 2])
+
+
+        def test_assert():
+            assert split([1], 1) == [[1]]
+
+
+        def test_raises_any():
+            split([1], 1)
+            with pytest.raises(Exception):
+                split("a", None)
+
+
+        def test_raises_base_tuple():
+            with pytest.raises((Exception, BaseException)):
+                split("a", None)
+
+
+        def test_raises_any_with_match():
+            with pytest.raises(Exception, match="bad"):
+                split("a", None)
+
+
+        def test_raises_specific():
+            with pytest.raises(ValueError):
+                split("a", None)
+
+
+        def test_raises_call_form():
+            pytest.raises(TypeError, split, "a", None)
+
+
+        def test_warns():
+            with pytest.warns(UserWarning):
+                split([], 1)
+
+
+        def test_approx():
+            x = split([1.0], 1) == pytest.approx([[1.0]])
+
+
+        def test_mock():
+            m = mock.Mock()
+            split(m, 1)
+            m.assert_called_once()
+
+
+        def test_fail():
+            if split([1], 1) != [[1]]:
+                pytest.fail("wrong")
+
+
+        def test_raise_assertion_error():
+            if not split([1], 1):
+                raise AssertionError("empty")
+
+
+        def check(value):
+            assert value == [[1]]
+
+
+        def run(value):
+            return split(value, 1)
+
+
+        def deeper(value):
+            check(value)
+
+
+        def test_via_helper():
+            check(split([1], 1))
+
+
+        def test_via_helper_without_assert():
+            run([1])
+
+
+        def test_two_levels_deep():
+            deeper(split([1], 1))
+
+
+        class TestK:
+            def expect(self, got):
+                self.assertEqual(got, 1)
+
+            def test_method_helper(self):
+                self.expect(split([1], 1))
+
+            def test_method_calls(self):
+                split([1], 1)
+
+            def test_assert_raises_any(self):
+                with self.assertRaises(Exception):
+                    split("a", None)
+        """,
+    )
+    tests = helper.answer({"op": "asserting", "file": path})["tests"]
+    assert {name for name, asserts in tests.items() if not asserts} == {
+        "test_only_calls",
+        "test_raises_any",
+        "test_raises_base_tuple",
+        "test_via_helper_without_assert",
+        "test_two_levels_deep",
+        "TestK::test_method_calls",
+        "TestK::test_assert_raises_any",
+    }
+    assert len(tests) == 18

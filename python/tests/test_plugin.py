@@ -162,11 +162,71 @@ def test_a_mutant_run_says_what_killed_each_mutant(project, monkeypatch):
             assert ends[mid]["status"] == "not applied"
             assert ends[mid]["why"] == "no live function of the module runs that line"
         elif m["line"] == 2:
-            assert ends[mid] == {"id": mid, "status": "killed", "by": ["test_add"]}
+            # test_runs_add crashed nothing (`a - b` runs fine): only test_add's assert noticed.
+            assert ends[mid] == {
+                "id": mid,
+                "status": "killed",
+                "by": ["test_add"],
+                "how": {"test_add": "assertion"},
+            }
         else:
             # Only the failing test covers sign(): nothing runs against its mutants.
             assert ends[mid]["status"] == "survived"
     assert (project.path / "calc.py").read_text().startswith("def add(a, b):\n    return a + b")
+
+
+def test_each_kill_says_whether_an_assertion_or_a_crash_noticed_it(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", PYTHON_DIR)
+    pytester.makepyfile(
+        calc="def half(x):\n    if x < 0:\n        raise ValueError(x)\n    return x // 2\n",
+        test_calc=(
+            "import pytest\nfrom calc import half\n\n\n"
+            "def test_calls():\n    half(4)\n\n\n"
+            "def test_value():\n    assert half(4) == 2\n\n\n"
+            "def test_error():\n    with pytest.raises(ValueError):\n        half(-1)\n"
+        ),
+    )
+    target = str(pytester.path / "calc.py")
+    source = (pytester.path / "calc.py").read_bytes()
+    everyone = ["test_calls", "test_value", "test_error"]
+
+    def mutant(mid, old, new):
+        start = source.index(old.encode())
+        return {"id": mid, "line": 1, "start": start, "end": start + len(old), "text": new,
+                "scopes": [["half", 1]], "tests": everyone, "operator": "x", "before": "",
+                "after": ""}
+
+    chosen = [
+        # Every call raises: test_calls crashes, test_value too; test_error still passes.
+        mutant(1, "return x // 2", "return x // None"),
+        # The raise removed: DID NOT RAISE, an assertion.
+        mutant(2, "raise ValueError(x)", "pass"),
+    ]
+    spec = pytester.path / "spec.json"
+    spec.write_text(json.dumps({"target": target, "mutants": chosen, "limit": 5.0}))
+    out = pytester.path / "out.jsonl"
+    monkeypatch.setenv(plugin.ENV_MUTANTS, str(spec))
+    monkeypatch.setenv(plugin.ENV_MUTANTS_OUT, str(out))
+    pytester.runpytest_subprocess("-p", "improve_plugin", "-q")
+    ends = {e["id"]: e for e in map(json.loads, out.read_text().splitlines()) if "status" in e}
+    assert ends[1]["how"] == {"test_calls": "crash", "test_value": "crash"}
+    assert ends[2]["how"] == {"test_error": "assertion"}
+
+
+def test_kind_of_sorts_failures():
+    def excinfo(exc):
+        try:
+            raise exc
+        except BaseException:
+            return pytest.ExceptionInfo.from_current()
+
+    assert plugin.kind_of(excinfo(AssertionError("x"))) == "assertion"
+    assert plugin.kind_of(excinfo(pytest.fail.Exception("DID NOT RAISE"))) == "assertion"
+    assert plugin.kind_of(excinfo(TypeError("x"))) == "crash"
+    assert plugin.kind_of(excinfo(plugin.MutantTimeout("x"))) == "timeout"
+    assert plugin.kind_of(None) == "crash"
+    assert plugin.settled({"a": "crash"}) is False
+    assert plugin.settled({"a": "crash", "b": "assertion"}) is True
 
 
 def test_a_collect_only_run_describes_the_project(project, monkeypatch):

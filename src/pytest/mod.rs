@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::artifacts::PytestFiles;
 use crate::coverage::{self, Coverage, Gain};
 use crate::process::{run_helper, spawn_and_wait, test_environment};
+use crate::state::Stopper;
 
 mod junit;
 pub mod plugin_env;
@@ -179,6 +180,9 @@ pub struct PytestRun {
     pub gain: Option<Gain>,
     /// What pytest said of the project ([`Measure::Discover`] runs with our plugin).
     pub discovery: Option<Discovery>,
+    /// Tests after which coverage stopped measuring as before ([`Measure::Report`] runs with
+    /// coverage.py).
+    pub stoppers: Vec<Stopper>,
 }
 
 impl PytestRun {
@@ -238,6 +242,7 @@ pub async fn run(
         files.gain(),
         files.project(),
         files.mutants_out(),
+        files.stoppers(),
     ] {
         let _ = std::fs::remove_file(stale);
     }
@@ -279,6 +284,7 @@ pub async fn run(
         "pytest finished"
     );
     Ok(PytestRun {
+        stoppers: crate::fsutil::read_json(&files.stoppers()).unwrap_or_default(),
         discovery: (measure == Measure::Discover)
             .then(|| crate::fsutil::read_json(&files.project()))
             .flatten(),
@@ -384,6 +390,7 @@ fn environment(
                 plugin_env::COVERAGE_JSON.into(),
                 files.coverage_json().into(),
             ));
+            env.push((plugin_env::STOPPERS_OUT.into(), files.stoppers().into()));
         }
         Measure::Mutants => {
             env.push((plugin_env::MUTANTS.into(), files.mutants().into()));

@@ -19,8 +19,11 @@ pub const PROJECT_OUT: &str = "IMPROVE_PROJECT_OUT";
 /// Import names (comma-separated) to report where they are imported from.
 pub const IMPORT_CHECK: &str = "IMPROVE_IMPORT_CHECK";
 
+/// Where to write the tests after which coverage stopped measuring as before.
+pub const STOPPERS_OUT: &str = "IMPROVE_STOPPERS_OUT";
+
 /// Every variable, by the name both sides give it (`ENV_<name>` in the plugin).
-pub const ALL: [(&str, &str); 8] = [
+pub const ALL: [(&str, &str); 9] = [
     ("BYTECODE_CACHE", BYTECODE_CACHE),
     ("GAIN_OUT", GAIN_OUT),
     ("GAIN_BEFORE", GAIN_BEFORE),
@@ -29,6 +32,7 @@ pub const ALL: [(&str, &str); 8] = [
     ("MUTANTS_OUT", MUTANTS_OUT),
     ("PROJECT_OUT", PROJECT_OUT),
     ("IMPORT_CHECK", IMPORT_CHECK),
+    ("STOPPERS_OUT", STOPPERS_OUT),
 ];
 
 #[cfg(test)]

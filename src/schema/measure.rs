@@ -117,12 +117,78 @@ pub struct MutationCheck {
     pub dropped: bool,
     /// Wall time of the stage.
     pub seconds: f64,
+    /// How the tests the stage kept caught the mutants killed (all the new tests when it kept
+    /// none); absent in runs saved before kills had kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_kills: Option<KillKinds>,
+    /// New tests that hold no assertion and caught mutants only by crashing them (or running
+    /// past the time limit): they check nothing and are dropped like `asserts_nothing`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crash_only: Vec<CrashOnly>,
+}
+
+/// Killed mutants, each counted once by how the tests noticed it, the first kind that applies:
+/// a failed assertion, a run past the time limit, or only an exception the mutated code raised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillKinds {
+    pub assertion: u32,
+    pub timeout: u32,
+    pub crash: u32,
+}
+
+/// A test that asserts nothing, with the mutants it killed all the same: by crashing them, by
+/// making them run past the time limit, or by a check it does not own (a `pytest.raises(Exception)`
+/// left unmet, an `assert` in the code under test).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashOnly {
+    pub test: String,
+    pub crashed: u32,
+    #[serde(default)]
+    pub timed_out: u32,
+    #[serde(default)]
+    pub unasserted: u32,
+}
+
+impl CrashOnly {
+    /// `killed 2 mutants only by crashing them; it asserts nothing`
+    pub fn describe(&self) -> String {
+        let n = self.crashed + self.timed_out + self.unasserted;
+        let (noun, them) = if n == 1 {
+            ("mutant", "it")
+        } else {
+            ("mutants", "them")
+        };
+        let mut ways = Vec::new();
+        if self.crashed > 0 {
+            ways.push(format!("crashing {them}"));
+        }
+        if self.timed_out > 0 {
+            ways.push(format!("making {them} run past the time limit"));
+        }
+        if self.unasserted > 0 {
+            ways.push("a failure it expects of any kind (`raises(Exception)`)".to_string());
+        }
+        format!(
+            "killed {n} {noun} only by {}; it asserts nothing",
+            ways.join(" or ")
+        )
+    }
 }
 
 impl MutationCheck {
     /// Percent of the mutants made that a test killed.
     pub fn score(&self) -> Option<f64> {
         (self.made > 0).then(|| 100.0 * f64::from(self.killed) / f64::from(self.made))
+    }
+
+    /// Percent of the mutants made that the kept tests caught by an assertion or a time limit
+    /// (a crash alone leaves a wrong returned value unnoticed); the plain score for runs saved
+    /// before kills had kinds.
+    pub fn checked_score(&self) -> Option<f64> {
+        let Some(k) = self.kept_kills else {
+            return self.score();
+        };
+        (self.made > 0).then(|| 100.0 * f64::from(k.assertion + k.timeout) / f64::from(self.made))
     }
 
     /// What the stage would have taken without the cap (`--mutants`), at the same time per

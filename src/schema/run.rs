@@ -352,6 +352,18 @@ impl RunState {
         }
     }
 
+    /// The coverage measured at `commit`: the baseline's at the base commit, a kept
+    /// iteration's at its commit, the latest otherwise.
+    pub fn coverage_at(&self, commit: &str) -> Option<&Coverage> {
+        if commit == self.base_commit {
+            return self.baseline.as_ref().and_then(|b| b.coverage.as_ref());
+        }
+        self.kept()
+            .find(|i| i.commit.as_deref() == Some(commit))
+            .and_then(|i| i.verdict.as_ref().and_then(|v| v.coverage.as_ref()))
+            .or_else(|| self.coverage_now())
+    }
+
     pub fn coverage_now(&self) -> Option<&Coverage> {
         self.kept()
             .filter_map(|i| i.verdict.as_ref().and_then(|v| v.coverage.as_ref()))

@@ -28,6 +28,9 @@ pub enum RejectReason {
     RedundantNotRemoved,
     /// No new test noticed a mutant of the lines it covers.
     AssertsNothing,
+    /// The whole suite's coverage is lower with the new tests (one replaced the trace
+    /// function, stopped coverage, ...).
+    StopsCoverage,
     /// The passing cases belong to parametrized functions that also fail.
     OnlyCasesOfFailingFunctions,
     FixChangesOtherFiles,
@@ -62,6 +65,7 @@ impl RejectReason {
             RejectReason::NoGain => "no gain",
             RejectReason::RedundantNotRemoved => "redundant tests could not be removed",
             RejectReason::AssertsNothing => "asserts nothing",
+            RejectReason::StopsCoverage => "stops coverage",
             RejectReason::OnlyCasesOfFailingFunctions => {
                 "new tests fail, and the passing ones are cases of the same functions"
             }
@@ -121,6 +125,9 @@ pub enum StageId {
     Checks,
     /// Not turning any other test red in the whole suite.
     Clean,
+    /// Not lowering the whole suite's measured coverage (a test that replaces the trace
+    /// function or stops coverage does).
+    Covered,
     /// In the kept commit (0 when the iteration was not kept).
     Kept,
 }
@@ -135,7 +142,7 @@ pub struct DropNames {
 }
 
 impl StageId {
-    pub const ALL: [StageId; 8] = [
+    pub const ALL: [StageId; 9] = [
         StageId::Proposed,
         StageId::Collected,
         StageId::Passing,
@@ -143,6 +150,7 @@ impl StageId {
         StageId::Gain,
         StageId::Checks,
         StageId::Clean,
+        StageId::Covered,
         StageId::Kept,
     ];
 
@@ -156,6 +164,7 @@ impl StageId {
             StageId::Gain => "gain",
             StageId::Checks => "checks",
             StageId::Clean => "clean",
+            StageId::Covered => "covered",
             StageId::Kept => "kept",
         }
     }
@@ -166,6 +175,7 @@ impl StageId {
             StageId::Gain => "coverage gain",
             StageId::Checks => "catches a mutant",
             StageId::Clean => "no pollution",
+            StageId::Covered => "keeps coverage",
             other => other.key(),
         }
     }
@@ -178,6 +188,7 @@ impl StageId {
             StageId::Gain => ("redundant", "redundant", "adding no coverage"),
             StageId::Checks => ("asserts_nothing", "asserts nothing", "asserting nothing"),
             StageId::Clean => ("polluting", "polluting", "polluting other tests"),
+            StageId::Covered => ("stops_coverage", "stops coverage", "stopping coverage"),
             _ => return None,
         };
         Some(DropNames { key, word, phrase })
@@ -341,6 +352,9 @@ pub struct Verdict {
     /// for a human to look at. Never kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<Finding>,
+    /// Tests after which coverage no longer measured as before, in the whole suite's last run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stoppers: Vec<Stopper>,
     /// New tests that passed alone but failed in the whole suite's last run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_in_suite: Vec<String>,
@@ -391,6 +405,14 @@ impl Verdict {
             _ => None,
         }
     }
+}
+
+/// A test after which coverage no longer measured as before, and what it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopper {
+    pub test: String,
+    /// `replaced the trace function`, `stopped coverage`, `changed the working directory`, ...
+    pub culprit: String,
 }
 
 /// A test the LLM stood by while it failed on an assertion about the source's behaviour.

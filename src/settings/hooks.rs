@@ -261,6 +261,13 @@ fn check_dir(
             "{flag} `{rel}` must be a folder relative to the repository, without `..`"
         )));
     }
+    // A folder that does not exist yet is made by the first kept iteration; a file is no place
+    // for tests.
+    if !must_exist && repo_root.join(p).is_file() {
+        return Err(UsageError(format!(
+            "{flag} `{rel}` is a file, not a folder: name the folder new tests go in"
+        )));
+    }
     if must_exist && !repo_root.join(p).exists() {
         return Err(UsageError(format!(
             "{flag} `{rel}`: no such folder or module in {}",

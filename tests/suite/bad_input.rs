@@ -189,6 +189,7 @@ fn every_bad_flag_is_one_line_and_exit_2() {
         (&["--replay", "/no/such/recording.json"], "--replay"),
         (&["--package", "nope"], "--package"),
         (&["--tests-dir", "../elsewhere"], "--tests-dir"),
+        (&["--tests-dir", "calc/ops.py"], "is a file, not a folder"),
         (&["--focus", ","], "--focus"),
         (&["--no-such-flag"], "--no-such-flag"),
     ];

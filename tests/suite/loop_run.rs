@@ -570,7 +570,7 @@ fn the_rendered_report_of_a_recorded_run() {
         (r" in [0-9.]+s", " in [s]"),
         (r" in [0-9.]+ s\b", " in [s]"),
         (r#""(seconds|uncapped_seconds|test_timeout|llm_timeout)": [0-9.]+"#, r#""$1": [s]"#),
-        (r"elapsed \d+s", "elapsed [s]"),
+        (r"elapsed (\d+h )?(\d+m )?\d+s", "elapsed [s]"),
     ]}, {
         insta::assert_snapshot!("demo_report", report);
         for (name, text) in views {

@@ -13,6 +13,7 @@ mod real_models;
 mod resume;
 mod sandbox;
 mod settings;
+mod stops_coverage;
 mod wire;
 mod yield_stages;
 

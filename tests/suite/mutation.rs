@@ -2,6 +2,7 @@
 //! test that notices none is dropped as asserting nothing; hanging mutants are killed; the
 //! module's file is the same, byte for byte, after the stage and after a kill inside it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
@@ -375,4 +376,189 @@ async fn the_helper_makes_each_kind_of_mutant_on_the_covered_lines_only() {
         capped.iter().any(|m| m.tests == ["test_a"])
             && capped.iter().any(|m| m.tests == ["test_b"])
     );
+}
+
+/// Issue 22: functions for the strict check, each run by one test of `STRICT_TESTS` (so that
+/// every test adds coverage of its own). Removing `count = len(items)` makes any call raise.
+const CHUNKS: &str = "def split(items, size):\n    count = len(items)\n    return [items[i:i + size] for i in range(0, count, size)]\n\n\ndef chunks(items, size):\n    count = len(items)\n    return [items[i:i + size] for i in range(0, count, size)]\n\n\ndef pairs(items):\n    count = len(items)\n    return [items[i:i + 2] for i in range(0, count, 2)]\n\n\ndef check_size(size):\n    if size <= 0:\n        raise ValueError(\"size must be positive\")\n    return size\n";
+
+/// A call and nothing else; the same inside `pytest.raises(Exception)`; an assertion in a
+/// helper of the file; a specific exception the code raises.
+const STRICT_TESTS: &str = "import pytest\n\nfrom calc.chunks import check_size, chunks, pairs, split\n\n\ndef test_split_runs():\n    split([1, 2, 3], 2)\n    split('a', 1)\n\n\ndef test_chunks_any_error():\n    chunks([1, 2, 3], 2)\n    with pytest.raises(Exception):\n        chunks([1], 0)\n\n\ndef same(got, want):\n    assert got == want\n\n\ndef test_pairs_through_helper():\n    same(pairs([1, 2, 3]), [[1, 2], [3]])\n\n\ndef test_check_size_rejects_zero():\n    with pytest.raises(ValueError):\n        check_size(0)\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_that_asserts_nothing_is_dropped_even_when_it_crashes_mutants() {
+    let fx = Fixture::new();
+    fx.commit_file("calc/chunks.py", CHUNKS);
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(STRICT_TESTS)]).await;
+    run_ok(
+        fx.root(),
+        &llm,
+        &["-n", "1", "--focus", "calc/chunks.py", "--mutants", "40"],
+    )
+    .await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["target"], "calc/chunks.py", "{log:#?}");
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(
+        kept.contains("def test_pairs_through_helper")
+            && kept.contains("def test_check_size_rejects_zero"),
+        "{kept}"
+    );
+    assert!(
+        !kept.contains("def test_split_runs") && !kept.contains("def test_chunks_any_error"),
+        "{kept}"
+    );
+    let m = mutation_of(&log[0]);
+    let crash_only = m["crash_only"].as_array().unwrap();
+    let why = |name: &str| -> String {
+        crash_only
+            .iter()
+            .find(|c| c["test"].as_str().unwrap().ends_with(name))
+            .map(|c| c["why"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{name} not dropped: {m:#?}"))
+    };
+    // Each crashed a mutant (`count = len(items)` removed): it asserts nothing all the same.
+    let split = why("::test_split_runs");
+    assert!(
+        split.starts_with("killed ")
+            && split.ends_with("only by crashing them; it asserts nothing")
+            || split == "killed 1 mutant only by crashing it; it asserts nothing",
+        "{split}"
+    );
+    assert!(
+        why("::test_chunks_any_error").ends_with("; it asserts nothing"),
+        "{m:#?}"
+    );
+    assert_eq!(
+        log[0]["dropped"]["asserts_nothing"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "{log:#?}"
+    );
+    assert_eq!(log[0]["funnel"]["checks"], 2, "{log:#?}");
+    // The kept tests caught mutants by their assertions (the helper's, the raise removed).
+    assert!(m["by_assertion"].as_u64().unwrap() >= 2, "{m:#?}");
+    assert!(m["checked_score"].as_f64().is_some(), "{m:#?}");
+
+    let shown = stdout(
+        &output({
+            let mut c = improve(fx.root());
+            c.args(["show", "1"]);
+            c
+        })
+        .await,
+    );
+    assert!(shown.contains("kills:    "), "{shown}");
+    assert!(
+        shown.contains("crashed:  test_split_runs killed ") && shown.contains("it asserts nothing"),
+        "{shown}"
+    );
+    let report = std::fs::read_to_string(fx.state_dir().join("report.md")).unwrap();
+    assert!(
+        report.contains("2 tests that assert nothing were dropped although they crashed mutants"),
+        "{report}"
+    );
+}
+
+/// Issue 22's figures: answers mixing good tests, tests asserting a wrong value and tests that
+/// assert nothing (calls alone, calls under `pytest.raises(Exception)`), each on a function of
+/// its own; how many of each kind are kept, with the check on and with `--mutants 0`, and the
+/// seconds per iteration. Prints them; run with
+/// `cargo test --test all -- --ignored suite::mutation::measure_strict_mix --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: prints figures"]
+async fn measure_strict_mix() {
+    const FUNCTIONS: usize = 13;
+    let module: String = (0..FUNCTIONS)
+        .map(|k| format!("def g{k}(items, size):\n    count = len(items) + {k}\n    return [items[i:i + size] for i in range(0, count - {k}, size)]\n\n\n"))
+        .collect();
+    // Per answer, the kind of test each function gets: rotated from one answer to the next.
+    let kinds = [
+        "good",
+        "good",
+        "good",
+        "good",
+        "wrong",
+        "wrong",
+        "wrong",
+        "call",
+        "calls",
+        "raises_after",
+        "raises_only",
+        "call",
+        "raises_after",
+    ];
+    let test_of = |kind: &str, k: usize| -> String {
+        let body = match kind {
+            "good" => format!("    assert g{k}([1, 2, 3], 2) == [[1, 2], [3]]\n"),
+            "wrong" => format!("    assert g{k}([1, 2, 3], 2) == [[1, 2, 3]]\n"),
+            "call" => format!("    g{k}([1, 2, 3], 2)\n"),
+            "calls" => format!("    g{k}([1, 2, 3], 2)\n    g{k}('abc', 1)\n"),
+            "raises_after" => format!(
+                "    g{k}([1, 2, 3], 2)\n    with pytest.raises(Exception):\n        g{k}([1], 0)\n"
+            ),
+            _ => format!(
+                "    with pytest.raises(Exception):\n        g{k}(None, 1)\n    g{k}([4, 5], 1)\n"
+            ),
+        };
+        format!("def test_{kind}_{k}():\n{body}\n\n")
+    };
+    for mutants in ["20", "0"] {
+        let (mut kept, mut total) = (BTreeMap::<&str, u32>::new(), BTreeMap::<&str, u32>::new());
+        let mut seconds = Vec::new();
+        for shift in 0..4 {
+            let fx = Fixture::new();
+            fx.commit_file("calc/gen.py", &module);
+            let mut answer = String::from("import pytest\n\nfrom calc.gen import *\n\n\n");
+            let mut names = Vec::new();
+            for k in 0..FUNCTIONS {
+                let kind = kinds[(k + shift) % FUNCTIONS];
+                answer.push_str(&test_of(kind, k));
+                names.push((kind, format!("def test_{kind}_{k}(")));
+            }
+            let llm = StandIn::start(Wire::OpenAi, vec![code_answer(&answer)]).await;
+            run_ok(
+                fx.root(),
+                &llm,
+                &[
+                    "-n",
+                    "1",
+                    "--focus",
+                    "calc/gen.py",
+                    "--mutants",
+                    mutants,
+                    "--max-repairs",
+                    "0",
+                ],
+            )
+            .await;
+            let log = log_of(&fx);
+            assert_eq!(log[0]["target"], "calc/gen.py", "{log:#?}");
+            seconds.push(log[0]["seconds"]["total"].as_f64().unwrap());
+            let file = if log[0]["outcome"] == "kept" {
+                kept_file(&fx, &log[0])
+            } else {
+                String::new()
+            };
+            for (kind, def) in &names {
+                let class = match *kind {
+                    "good" => "good",
+                    "wrong" => "wrong value",
+                    _ => "asserts nothing",
+                };
+                *total.entry(class).or_default() += 1;
+                if file.contains(def.as_str()) {
+                    *kept.entry(class).or_default() += 1;
+                }
+            }
+        }
+        let mean = seconds.iter().sum::<f64>() / seconds.len() as f64;
+        println!(
+            "--mutants {mutants}: kept {kept:?} of {total:?}; seconds per iteration {seconds:?} (mean {mean:.1})"
+        );
+    }
 }

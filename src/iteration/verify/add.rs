@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::judge::{self, NewRun};
 use super::stage::{Pipeline, Stage, StageEnd, StageResult, always, run_stages, stage_run};
-use super::{mutation, pollution, repair, suite, trouble};
+use super::{covered, mutation, pollution, repair, suite, trouble};
 use crate::artifacts::Label;
 use crate::fsutil::write_artifact;
 use crate::iteration::context::{StepCx, StepError};
@@ -44,6 +44,7 @@ const STAGES: &[Stage] = &[
         reads_file: true,
         run: stage_run!(whole_suite),
     },
+    covered::COVERED,
 ];
 
 /// Stage gain, for add iterations when `--require-coverage-gain` is on.
@@ -173,6 +174,7 @@ async fn gain(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
 /// runs with the new tests, and tests that turn others red are found and dropped.
 async fn whole_suite(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
     let passing_before = suite::catch_up(cx)?;
+    p.passing_before = passing_before.clone();
     let (worktree, test_file) = (p.worktree.clone(), p.test_file.clone());
     let verdict = &mut p.verdict;
     suite::run_suite(cx, &worktree, Label::Suite, &passing_before, verdict).await?;

@@ -9,7 +9,7 @@ use git2::Oid;
 use super::judge::{self, Tally};
 use super::stage::{Pipeline, Stage, StageEnd, StageResult, always, run_stages, stage_run};
 use super::suite::{self, run_suite, still_fixed};
-use super::{add, repeated_runs, run_timed, side_effects, trouble};
+use super::{add, covered, repeated_runs, run_timed, side_effects, trouble};
 use crate::artifacts::Label;
 use crate::git;
 use crate::iteration::ask::open_failures;
@@ -34,6 +34,7 @@ const STAGES: &[Stage] = &[
         reads_file: false,
         run: stage_run!(whole_suite),
     },
+    covered::COVERED,
 ];
 
 pub async fn verify_fix(
@@ -112,6 +113,7 @@ async fn run_fixed_file(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
 /// may fail.
 async fn whole_suite(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
     let passing_before = suite::catch_up(cx)?;
+    p.passing_before = passing_before.clone();
     let verdict = &mut p.verdict;
     let suite = run_suite(cx, &p.worktree, Label::Suite, &passing_before, verdict).await?;
     verdict.fixed = still_fixed(std::mem::take(&mut verdict.fixed), &suite);

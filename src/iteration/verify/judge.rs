@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::mutation::MutationCheck;
+use crate::mutation::{CrashOnly, MutationCheck, TestKills};
 use crate::pytest::{CaseOutcome, TestCase};
-use crate::state::{RejectReason, Rejection};
+use crate::state::{Coverage, RejectReason, Rejection};
 use crate::testid::{first_three, names};
 
 /// Each test id's outcomes over the runs of the new file, in the order pytest first ran them.
@@ -203,55 +203,105 @@ pub struct Checked {
     pub judgement: Judgement,
     /// New test ids that killed none of the mutants on their lines.
     pub asserts_nothing: Vec<String>,
+    /// New tests (ids) that hold no assertion and killed mutants only by crashing them.
+    pub crash_only: Vec<CrashOnly>,
 }
 
-/// Stage checks: a test (id -> name in `names`) that was judged (`kills`: name -> killed
-/// any) and killed nothing asserts nothing and goes; when that is every test, the proposal
-/// goes. Without each test's own coverage (`per_test` false) every test ran against every
-/// mutant, wherever it was: nothing is dropped on that.
+/// Stage checks: a test (id -> name in `names`) that was judged (`kills`: name -> the mutants
+/// it killed, by kind) and killed nothing asserts nothing and goes; so does one that holds no
+/// assertion (`asserting`: name -> whether its body or a helper it calls asserts anything,
+/// `pytest.raises(Exception)` not counted; a test absent from it counts as asserting) however
+/// it killed mutants (by crashing them, a run past the time limit, or a `raises(Exception)` left
+/// unmet): a returned value it never looks at could be anything. When that is every test, the proposal goes. Without each
+/// test's own coverage (`per_test` false) every test ran against every mutant, wherever it
+/// was: no test is dropped for killing none.
 pub fn mutation(
     names: &BTreeMap<String, String>,
-    kills: &BTreeMap<String, bool>,
+    kills: &BTreeMap<String, TestKills>,
+    asserting: &BTreeMap<String, bool>,
     check: &MutationCheck,
     per_test: bool,
 ) -> Checked {
-    if !per_test {
+    let mut asserts_nothing = Vec::new();
+    let mut crash_only = Vec::new();
+    for (id, name) in names {
+        let Some(k) = kills.get(name) else { continue };
+        if !k.any() {
+            if per_test {
+                asserts_nothing.push(id.clone());
+            }
+        } else if asserting.get(name) == Some(&false) {
+            // Its kills that look like assertions are not its own: a `pytest.raises(Exception)`
+            // left unmet, or an `assert` in the mutated code.
+            crash_only.push(CrashOnly {
+                test: id.clone(),
+                crashed: k.crash,
+                timed_out: k.timeout,
+                unasserted: k.assertion,
+            });
+        }
+    }
+    let gone = asserts_nothing.len() + crash_only.len();
+    if gone == 0 {
         return Checked::default();
     }
-    let asserts_nothing: Vec<String> = names
-        .iter()
-        .filter(|(_, name)| kills.get(*name) == Some(&false))
-        .map(|(id, _)| id.clone())
-        .collect();
-    if asserts_nothing.is_empty() {
-        return Checked::default();
-    }
-    let reject = (asserts_nothing.len() == names.len()).then(|| {
-        let example = check
-            .survived
-            .first()
-            .map(|s| format!(", e.g. {}", s.describe()))
-            .unwrap_or_default();
-        Rejection::new(
-            RejectReason::AssertsNothing,
-            format!(
-                "asserts nothing: none of the {} new tests noticed any of the {} mutants of the lines they cover{example}",
-                names.len(),
-                check.made
-            ),
-        )
-    });
+    let reject = (gone == names.len())
+        .then(|| no_test_asserts(names.len(), &asserts_nothing, &crash_only, check));
+    let drop = if reject.is_some() {
+        Vec::new()
+    } else {
+        asserts_nothing
+            .iter()
+            .cloned()
+            .chain(crash_only.iter().map(|c| c.test.clone()))
+            .collect()
+    };
     Checked {
-        judgement: Judgement {
-            drop: if reject.is_some() {
-                Vec::new()
-            } else {
-                asserts_nothing.clone()
-            },
-            reject,
-        },
+        judgement: Judgement { drop, reject },
         asserts_nothing,
+        crash_only,
     }
+}
+
+/// Why a proposal none of whose `total` tests checks anything is rejected.
+fn no_test_asserts(
+    total: usize,
+    asserts_nothing: &[String],
+    crash_only: &[CrashOnly],
+    check: &MutationCheck,
+) -> Rejection {
+    let text = match crash_only.first() {
+        None => {
+            let example = check
+                .survived
+                .first()
+                .map(|s| format!(", e.g. {}", s.describe()))
+                .unwrap_or_default();
+            format!(
+                "asserts nothing: none of the {total} new tests noticed any of the {} mutants of the lines they cover{example}",
+                check.made
+            )
+        }
+        Some(first) => {
+            let name = first.test.rsplit("::").next().unwrap_or(&first.test);
+            let mut text = format!(
+                "asserts nothing: none of the {total} new tests checks what the code returns: {name} {}",
+                first.describe()
+            );
+            if crash_only.len() > 1 {
+                text.push_str(&format!(" ({} more like it)", crash_only.len() - 1));
+            }
+            if !asserts_nothing.is_empty() {
+                text.push_str(&format!(
+                    "; {} noticed none of the {} mutants",
+                    asserts_nothing.len(),
+                    check.made
+                ));
+            }
+            text
+        }
+    };
+    Rejection::new(RejectReason::AssertsNothing, text)
 }
 
 /// The tests to drop could not be removed from the file alone.
@@ -318,6 +368,41 @@ pub fn regressions(
         broken.extend(unmatched);
     }
     broken
+}
+
+/// Where the whole suite's coverage with the new tests is below what it was without them (by
+/// more than the report's rounding): overall (`52.0% -> 40.0%`) or in a module
+/// (`calc/ops.py 80.0% -> 40.0%`). Tests only ever add to what runs, so any fall means some
+/// code ran unmeasured.
+pub fn coverage_fall(before: Option<&Coverage>, after: Option<&Coverage>) -> Option<String> {
+    let (before, after) = (before?, after?);
+    let fell = |b: f64, a: f64| a + 0.05 < b;
+    if fell(before.percent, after.percent) {
+        return Some(format!("{:.1}% -> {:.1}%", before.percent, after.percent));
+    }
+    before.modules.iter().find_map(|(module, &b)| {
+        let a = after.modules.get(module).copied().unwrap_or(0.0);
+        fell(b, a).then(|| format!("{module} {b:.1}% -> {a:.1}%"))
+    })
+}
+
+/// The whole suite's coverage fell with the new tests (`fall` says where); `blamed` are the new
+/// tests (with what they did) the plugin saw change how coverage measures, none when no single
+/// one is to blame.
+pub fn stops_coverage(fall: &str, blamed: &[(String, String)]) -> Rejection {
+    let who = if blamed.is_empty() {
+        "and no new test is to blame alone".to_string()
+    } else {
+        let each: Vec<String> = blamed
+            .iter()
+            .map(|(test, culprit)| format!("{test} {culprit}"))
+            .collect();
+        each.join("; ")
+    };
+    Rejection::new(
+        RejectReason::StopsCoverage,
+        format!("stops coverage: {fall} with the new tests: {who}"),
+    )
 }
 
 /// What the whole suite showed with the iteration's tests in it.
@@ -674,24 +759,30 @@ mod tests {
         .into_iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
-        let mut kills: BTreeMap<String, bool> = [("test_real", true), ("test_empty", false)]
-            .into_iter()
-            .map(|(a, b)| (a.to_string(), b))
-            .collect();
+        let killed = |n: u32| TestKills {
+            assertion: n,
+            ..Default::default()
+        };
+        let mut kills: BTreeMap<String, TestKills> =
+            [("test_real", killed(1)), ("test_empty", killed(0))]
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b))
+                .collect();
+        let asserting = BTreeMap::new();
         let check = MutationCheck {
             made: 4,
             killed: 2,
             ..Default::default()
         };
-        let c = mutation(&names, &kills, &check, true);
+        let c = mutation(&names, &kills, &asserting, &check, true);
         assert_eq!(c.judgement.drop, vec!["t.py::test_empty".to_string()]);
         assert_eq!(c.judgement.reject, None);
         // Without each test's coverage, nothing is dropped.
-        let c = mutation(&names, &kills, &check, false);
+        let c = mutation(&names, &kills, &asserting, &check, false);
         assert_eq!(c, Checked::default());
-        kills.insert("test_real".into(), false);
-        kills.insert("test_unjudged".into(), false);
-        let c = mutation(&names, &kills, &check, true);
+        kills.insert("test_real".into(), killed(0));
+        kills.insert("test_unjudged".into(), killed(0));
+        let c = mutation(&names, &kills, &asserting, &check, true);
         let why = c.judgement.reject.unwrap();
         assert_eq!(why.reason, RejectReason::AssertsNothing);
         assert!(
@@ -702,6 +793,89 @@ mod tests {
             why.text
         );
         assert!(c.judgement.drop.is_empty());
+    }
+
+    #[test]
+    fn a_test_that_asserts_nothing_and_only_crashed_mutants_goes_and_one_that_asserts_stays() {
+        let names: BTreeMap<String, String> = [
+            ("t.py::test_calls", "test_calls"),
+            ("t.py::test_value", "test_value"),
+            ("t.py::test_raises_any", "test_raises_any"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let crashed = TestKills {
+            crash: 2,
+            ..Default::default()
+        };
+        let mut kills: BTreeMap<String, TestKills> = [
+            ("test_calls", crashed),
+            // It asserts, and crashed its mutants: today's rule keeps it.
+            ("test_value", crashed),
+            (
+                "test_raises_any",
+                TestKills {
+                    timeout: 1,
+                    ..Default::default()
+                },
+            ),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b))
+        .collect();
+        let asserting: BTreeMap<String, bool> = [
+            ("test_calls", false),
+            ("test_value", true),
+            ("test_raises_any", false),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b))
+        .collect();
+        let check = MutationCheck {
+            made: 4,
+            killed: 3,
+            ..Default::default()
+        };
+        let c = mutation(&names, &kills, &asserting, &check, true);
+        assert_eq!(
+            c.judgement.drop,
+            ids(&["t.py::test_calls", "t.py::test_raises_any"])
+        );
+        assert!(c.asserts_nothing.is_empty());
+        assert_eq!(
+            c.crash_only[0].describe(),
+            "killed 2 mutants only by crashing them; it asserts nothing"
+        );
+        assert_eq!(
+            c.crash_only[1].describe(),
+            "killed 1 mutant only by making it run past the time limit; it asserts nothing"
+        );
+        // The same without each test's coverage: the kills are the test's own all the same.
+        let c = mutation(&names, &kills, &asserting, &check, false);
+        assert_eq!(c.judgement.drop.len(), 2);
+        // A `pytest.raises(Exception)` left unmet is no assertion of its own either.
+        kills.get_mut("test_calls").unwrap().assertion = 1;
+        let c = mutation(&names, &kills, &asserting, &check, true);
+        assert_eq!(c.judgement.drop.len(), 2);
+        assert_eq!(
+            c.crash_only[0].describe(),
+            "killed 3 mutants only by crashing them or a failure it expects of any kind (`raises(Exception)`); it asserts nothing"
+        );
+        // Only such tests: the proposal goes, saying why.
+        let only: BTreeMap<String, String> = [("t.py::test_raises_any", "test_raises_any")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        kills.get_mut("test_raises_any").unwrap().crash = 1;
+        let why = mutation(&only, &kills, &asserting, &check, true)
+            .judgement
+            .reject
+            .unwrap();
+        assert_eq!(
+            why.text,
+            "asserts nothing: none of the 1 new tests checks what the code returns: test_raises_any killed 2 mutants only by crashing them or making them run past the time limit; it asserts nothing"
+        );
     }
 
     fn ids(list: &[&str]) -> Vec<String> {
@@ -737,5 +911,36 @@ mod tests {
             id.starts_with("t.new")
         });
         assert!(broken.is_empty(), "{broken:?}");
+    }
+
+    #[test]
+    fn coverage_falls_overall_or_in_one_module_but_not_by_rounding() {
+        let cov = |total: f64, ops: f64| Coverage {
+            percent: total,
+            modules: [("calc/ops.py".to_string(), ops)].into(),
+            missing: Default::default(),
+        };
+        let fall = |b, a| coverage_fall(Some(&b), Some(&a));
+        assert_eq!(
+            fall(cov(98.0, 90.0), cov(55.9, 90.0)).unwrap(),
+            "98.0% -> 55.9%"
+        );
+        // More covered overall, less in one module: code ran unmeasured.
+        assert_eq!(
+            fall(cov(40.0, 80.0), cov(52.0, 40.0)).unwrap(),
+            "calc/ops.py 80.0% -> 40.0%"
+        );
+        assert_eq!(fall(cov(40.0, 80.0), cov(39.98, 80.0)), None);
+        assert_eq!(coverage_fall(None, Some(&cov(1.0, 1.0))), None);
+        let why = stops_coverage(
+            "98.0% -> 55.9%",
+            &[("t::test_x".into(), "replaced the trace function".into())],
+        );
+        assert_eq!(why.reason, RejectReason::StopsCoverage);
+        assert!(
+            why.text.ends_with("t::test_x replaced the trace function"),
+            "{}",
+            why.text
+        );
     }
 }

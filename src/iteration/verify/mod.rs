@@ -5,6 +5,7 @@
 //! changes the file, the commit and the verdict accordingly.
 
 mod add;
+mod covered;
 mod fix;
 pub mod judge;
 mod mutation;

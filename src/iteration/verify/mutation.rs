@@ -2,7 +2,9 @@
 //! `--mutants` single changes of the target on the lines the new tests cover (by their own
 //! coverage in the new file's runs); our plugin runs the tests covering each one with it put
 //! into the running code, in one pytest process. A test that kills none of the mutants on its
-//! lines asserts nothing worth keeping and is dropped (unless `--require-mutation-kill=false`).
+//! lines asserts nothing worth keeping and is dropped (unless `--require-mutation-kill=false`);
+//! so is one that holds no assertion (the helper reads the test file) and killed mutants only
+//! by crashing them: a wrong value it returns would go unnoticed.
 //!
 //! The mutants are swapped into the functions' code objects in memory: the module's file is
 //! never written, so a kill in the middle leaves nothing to undo. That is still checked, not
@@ -61,9 +63,29 @@ pub async fn check(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
     restore_if_changed(&target, &original)?;
     let mut record = MutationCheck::from_results(&mutants, &results, candidates);
     let judged = crate::mutation::kills_by_test(&mutants, &results);
-    let verdict_of = judge::mutation(&names, &judged, &record, covers.is_some());
-    record.asserts_nothing = verdict_of.asserts_nothing;
+    let asserting = match cx
+        .in_helper(ctx.helper.asserting(&worktree.join(test_file)))
+        .await
+    {
+        Ok(asserting) => asserting,
+        Err(e) => {
+            // Unknown: every test counts as asserting (only the rule on kills applies).
+            tracing::info!("cannot tell which tests of {test_file} assert: {e}");
+            BTreeMap::new()
+        }
+    };
+    let verdict_of = judge::mutation(&names, &judged, &asserting, &record, covers.is_some());
     let require = cx.settings().require_mutation_kill;
+    // The kills of the tests the stage keeps (of all of them when it keeps all or none).
+    let gone: Vec<&String> = verdict_of.judgement.drop.iter().collect();
+    let kept = |name: &str| {
+        !require
+            || verdict_of.judgement.reject.is_some()
+            || !names.iter().any(|(id, n)| n == name && gone.contains(&id))
+    };
+    record.kept_kills = Some(crate::mutation::kept_kills(&mutants, &results, kept));
+    record.asserts_nothing = verdict_of.asserts_nothing;
+    record.crash_only = verdict_of.crash_only;
     // Dropped alone, or with the whole proposal.
     record.dropped =
         require && (verdict_of.judgement.reject.is_some() || !verdict_of.judgement.drop.is_empty());
@@ -73,7 +95,10 @@ pub async fn check(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
         return Ok(StageEnd::Pass(all));
     }
     if let Some(why) = verdict_of.judgement.reject {
-        let dropped = verdict.mutation.as_ref().map(|m| m.asserts_nothing.clone());
+        let dropped = verdict.mutation.as_ref().map(|m| {
+            let crashed = m.crash_only.iter().map(|c| c.test.clone());
+            m.asserts_nothing.iter().cloned().chain(crashed).collect()
+        });
         return Ok(StageEnd::Reject {
             survivors: 0,
             dropped: dropped.unwrap_or_default(),

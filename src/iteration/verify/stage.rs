@@ -72,6 +72,8 @@ pub struct Pipeline {
     pub new: Option<Repaired>,
     /// The failing tests a fix iteration aims at.
     pub targeted: Vec<String>,
+    /// What passed before at the tip the whole suite ran on (set by the suite stage).
+    pub passing_before: Vec<String>,
     /// Tests the stages dropped that are still in the file, with the stage that dropped them.
     pending: Vec<(StageId, Vec<String>)>,
 }
@@ -84,6 +86,7 @@ impl Pipeline {
             verdict: Verdict::default(),
             new: None,
             targeted: Vec::new(),
+            passing_before: Vec::new(),
             pending: Vec::new(),
         }
     }

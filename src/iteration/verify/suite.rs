@@ -65,6 +65,7 @@ pub async fn run_suite(
     verdict.suite_tests = suite.cases.len() as u32;
     verdict.suite_passed = suite_passed.len() as u32;
     verdict.coverage = suite.coverage.clone();
+    verdict.stoppers = suite.stoppers.clone();
     let failed_before = cx.state.baseline.as_ref().map(|b| b.failed.clone());
     let new_file = cx.it().test_file.clone().unwrap_or_default();
     verdict.regressions = judge::regressions(

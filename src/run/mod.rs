@@ -1,0 +1,104 @@
+//! The loop: opens the repo and the state, starts or resumes the run, measures the baseline, then
+//! plans and advances iterations until the target is reached, a limit or the LLM stops it, or a
+//! signal interrupts it. It knows nothing of HTTP, git internals or pytest flags.
+
+use std::cell::RefCell;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{GlobalArgs, RunArgs};
+use crate::config::{self, Resolved};
+use crate::error::RunEnd;
+use crate::iteration::{self, RunContext};
+use crate::progress::Printer;
+use crate::prompt::Templates;
+use crate::report;
+use crate::settings::{self, CommandLine};
+use crate::state::{RunState, RunStatus};
+
+mod print;
+mod schedule;
+mod setup;
+
+use print::*;
+use schedule::*;
+pub use setup::api_key;
+use setup::*;
+
+pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Result<RunEnd> {
+    let opened = open(global, &printer)?;
+    let file = config::load_file_config(&opened.root)?;
+    let lines = [CommandLine {
+        args,
+        matches: None,
+    }];
+    let fresh = settings::fresh(&lines, &file);
+    let existing = load_existing(&opened.store, fresh, &printer)?;
+    let previous_id = existing.as_ref().map(|s| s.run_id.clone());
+    let resume = existing.filter(|s| s.status != RunStatus::Complete && !fresh);
+
+    // The project as the base commit has it: that is what every worktree tests.
+    let saved = resume
+        .as_ref()
+        .map(|s| (&s.settings, s.base_commit.as_str()));
+    let (resolved, tree) =
+        settings::resolve_in_repo(&opened.repo, &opened.root, &lines, &file, saved)?;
+    let llm = llm_client(&resolved.settings)?;
+    let scratch = opened.store.files().scratch();
+    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    let test_cmd = test_command(&resolved.settings, &scratch, &tree, &printer).await?;
+    let templates = Templates::load(Some(opened.store.dir()))?;
+    let state = match resume {
+        Some(s) => resume_run(&opened.repo, s, args, &resolved, &printer)?,
+        None => start_run(&opened, &resolved, previous_id, &printer)?,
+    };
+    let ctx = run_context(opened, &state, llm, test_cmd, templates, &printer)?;
+    go(ctx, state, &resolved, &printer).await
+}
+
+/// The locks a run holds until it ends, and the repository's folder for the summary.
+struct Locks {
+    root: std::path::PathBuf,
+    _lock: crate::fsutil::RunLock,
+    _repo_lock: crate::fsutil::RunLock,
+}
+
+/// Runs the iterations and ends the run: its status saved, the report written when complete,
+/// the summary printed.
+async fn go(
+    (ctx, locks): (RunContext, Locks),
+    mut state: RunState,
+    resolved: &Resolved,
+    printer: &Printer,
+) -> Result<RunEnd> {
+    // The state is saved before the run branch exists, so a crash in between leaves a run
+    // whose branch is simply created on resume, never an orphan branch and a second run.
+    ctx.save(&mut state)?;
+    iteration::crash_point("saved", 0);
+    ensure_run_branch(&ctx.repo, &state)?;
+    iteration::crash_point("started", 0);
+    install_signal_handlers(ctx.cancel.clone());
+
+    let run = RefCell::new(state);
+    let end = drive(&ctx, &run, resolved, printer).await;
+    // Nothing in flight needs a worktree any more; a resumed iteration gets one again.
+    ctx.worktrees.remove_all(&ctx.repo);
+    let mut state = run.into_inner();
+    printer.finish();
+    let end = end?;
+    (state.status, state.stop_reason) = match &end {
+        RunEnd::Complete => (RunStatus::Complete, None),
+        RunEnd::Stopped(reason) => (RunStatus::Interrupted, Some(reason.clone())),
+        RunEnd::Interrupted => (
+            RunStatus::Interrupted,
+            Some("interrupted by a signal".into()),
+        ),
+    };
+    ctx.save(&mut state)?;
+    let report_path = ctx.store.files().report();
+    if end == RunEnd::Complete {
+        report::write(&ctx.repo, &state, &ctx.templates, &report_path)?;
+    }
+    print_summary(&state, &end, &report_path, &locks.root);
+    Ok(end)
+}

@@ -1,0 +1,295 @@
+//! The run's scheduling: up to `--jobs` iterations in flight, each planned (which target, which
+//! kind) and advanced to its end; limits, signals and the circuit breaker for a failing LLM.
+
+use std::cell::RefCell;
+use std::time::Instant;
+
+use anyhow::Result;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Resolved;
+use crate::error::{RunEnd, UserError};
+use crate::git;
+use crate::iteration::{self, RunContext, StepError};
+use crate::progress::Printer;
+use crate::state::{Iteration, Kind, RunState};
+use crate::target;
+
+use super::*;
+
+pub(super) async fn drive(
+    ctx: &RunContext,
+    run: &RefCell<RunState>,
+    resolved: &Resolved,
+    printer: &Printer,
+) -> Result<RunEnd> {
+    if let Some(end) = ensure_baseline(ctx, run, printer).await? {
+        return Ok(end);
+    }
+    let plan = Plan::new(ctx, run, resolved)?;
+    let mut schedule = {
+        let state = run.borrow();
+        printer.start(state.iterations_target, state.iterations_done());
+        Schedule {
+            // Iterations cut off mid-way (several, after a kill with --jobs) go first, in order.
+            unfinished: state
+                .iterations
+                .iter()
+                .filter(|i| !i.is_finished())
+                .map(|i| i.n)
+                .collect(),
+            busy: Vec::new(),
+            stop: None,
+            failure: None,
+        }
+    };
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        print_counts(&run.borrow(), printer);
+        if ctx.cancel.is_cancelled() && schedule.stop.is_none() {
+            schedule.stop = Some(RunEnd::Interrupted);
+        }
+        while schedule.stop.is_none() && in_flight.len() < plan.jobs {
+            let Some(n) = schedule.next(ctx, run, &plan) else {
+                break;
+            };
+            in_flight.push(async move { (n, iteration::advance(ctx, run, n).await) });
+        }
+        let Some((n, result)) = in_flight.next().await else {
+            break;
+        };
+        schedule.ended(ctx, &run.borrow(), n, result, printer);
+    }
+    match schedule.failure {
+        Some(e) => Err(e),
+        None => Ok(schedule.stop.unwrap_or(RunEnd::Complete)),
+    }
+}
+
+/// What new iterations are planned from: the modules and the test files committed at the base
+/// (what the iterations test, not the user's working tree), and this session's limits.
+pub(super) struct Plan<'a> {
+    modules: Vec<String>,
+    /// Where the tests that failed at the start live.
+    test_files: Vec<String>,
+    jobs: usize,
+    resolved: &'a Resolved,
+    session_start: Instant,
+    tokens_at_start: (u64, u64),
+}
+
+impl<'a> Plan<'a> {
+    fn new(ctx: &RunContext, run: &RefCell<RunState>, resolved: &'a Resolved) -> Result<Self> {
+        let state = run.borrow();
+        let base = git::oid(&state.base_commit, "the base commit")?;
+        let modules = target::modules_at(&ctx.repo, base, &state)?;
+        if modules.is_empty() {
+            return Err(UserError(format!(
+                "{} holds no Python modules to write tests for: pass --package PATH",
+                state.settings.packages.join(", ")
+            ))
+            .into());
+        }
+        let test_files = target::test_files_at(&ctx.repo, base, &state)?
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect();
+        Ok(Plan {
+            modules,
+            test_files,
+            jobs: state.settings.jobs.max(1) as usize,
+            resolved,
+            session_start: Instant::now(),
+            tokens_at_start: state.tokens(),
+        })
+    }
+}
+
+/// Which iterations run, and why none more start.
+pub(super) struct Schedule {
+    unfinished: std::collections::VecDeque<u32>,
+    /// In flight, with their targets.
+    busy: Vec<(u32, String)>,
+    /// Why no new iteration starts; the run ends with it once those in flight are done.
+    stop: Option<RunEnd>,
+    failure: Option<anyhow::Error>,
+}
+
+impl Schedule {
+    /// The next iteration to start: a resumed one, else a newly planned one; None (with `stop`
+    /// set when the run must end) when there is none.
+    fn next(&mut self, ctx: &RunContext, run: &RefCell<RunState>, plan: &Plan<'_>) -> Option<u32> {
+        let n = match self.unfinished.pop_front() {
+            Some(n) => n,
+            None => match plan_next(ctx, run, plan, &self.busy) {
+                Ok(Planned::Started(n)) => n,
+                Ok(Planned::Stop(end)) => {
+                    self.stop = end;
+                    return None;
+                }
+                Err(e) => {
+                    // As for a failing step: stop those in flight and wait for them.
+                    self.fail(ctx, e);
+                    return None;
+                }
+            },
+        };
+        let state = run.borrow();
+        let target = state
+            .index_of(n)
+            .map(|i| state.iterations[i].target.clone())
+            .unwrap_or_default();
+        self.busy.push((n, target));
+        Some(n)
+    }
+
+    /// Fatal for the run: the others stop at their next await and are waited for, so no pytest
+    /// is left running and every state they reached is saved.
+    fn fail(&mut self, ctx: &RunContext, e: anyhow::Error) {
+        ctx.cancel.cancel();
+        self.stop = Some(RunEnd::Interrupted);
+        self.failure.get_or_insert(e);
+    }
+
+    /// Iteration `n` stopped advancing: finished, interrupted or failed.
+    fn ended(
+        &mut self,
+        ctx: &RunContext,
+        state: &RunState,
+        n: u32,
+        result: Result<(), StepError>,
+        printer: &Printer,
+    ) {
+        self.busy.retain(|(b, _)| *b != n);
+        match result {
+            Ok(()) => {}
+            Err(StepError::Cancelled) => {
+                self.stop.get_or_insert(RunEnd::Interrupted);
+                return;
+            }
+            Err(e) => return self.fail(ctx, step_failure(e)),
+        }
+        let Some(it) = state.index_of(n).map(|i| &state.iterations[i]) else {
+            return;
+        };
+        print_iteration(it, state.iterations_target, printer);
+        if self.stop.is_none()
+            && state.consecutive_llm_failures >= state.settings.max_llm_failures
+            && state.iterations.len() < state.iterations_target as usize
+        {
+            self.stop = Some(RunEnd::Stopped(format!(
+                "{} iterations in a row failed on the LLM (last: {})",
+                state.consecutive_llm_failures,
+                it.reason.as_deref().unwrap_or_default()
+            )));
+        }
+    }
+}
+
+pub(super) enum Planned {
+    Started(u32),
+    /// Nothing more to start: None when the run is simply complete (or every module left is
+    /// busy), else why it stops.
+    Stop(Option<RunEnd>),
+}
+
+/// Plans the next iteration (numbered in order, saved before any work) unless the target, a
+/// limit, or busy modules say otherwise.
+pub(super) fn plan_next(
+    ctx: &RunContext,
+    run: &RefCell<RunState>,
+    plan: &Plan<'_>,
+    busy: &[(u32, String)],
+) -> Result<Planned> {
+    let (modules, test_files) = (&plan.modules, &plan.test_files);
+    let mut state = run.borrow_mut();
+    if state.iterations.len() >= state.iterations_target as usize {
+        return Ok(Planned::Stop(None));
+    }
+    if let Some(reason) = limit_reached(&state, plan) {
+        return Ok(Planned::Stop(Some(RunEnd::Stopped(reason))));
+    }
+    let n = state.iterations.len() as u32 + 1;
+    let coverage = state.coverage_now().cloned();
+    let busy: Vec<String> = busy.iter().map(|(_, t)| t.clone()).collect();
+    let iteration = if let Some(file) = target::choose_fix_target(&state, test_files, &busy) {
+        Iteration::new(n, file, "fix failing tests".into(), Kind::Fix)
+    } else if let Some(target) = target::choose_target(modules, &state, coverage.as_ref(), &busy) {
+        let focus = target::focus_for(n, &state.settings.focus);
+        Iteration::new(n, target, focus, Kind::Add)
+    } else {
+        return Ok(Planned::Stop(None));
+    };
+    state.iterations.push(iteration);
+    ctx.save(&mut state)?;
+    iteration::crash_point("planned", n);
+    Ok(Planned::Started(n))
+}
+
+/// The limits count from the start of this invocation, so that a stopped run resumes with the
+/// same command (a budget per night, not per run).
+pub(super) fn limit_reached(state: &RunState, plan: &Plan<'_>) -> Option<String> {
+    let (resolved, session_start, tokens_at_start) =
+        (plan.resolved, plan.session_start, plan.tokens_at_start);
+    if let Some(max) = resolved.max_duration
+        && session_start.elapsed() >= max
+    {
+        return Some(format!(
+            "--max-duration {} reached",
+            humantime::format_duration(max)
+        ));
+    }
+    if let Some(max) = resolved.settings.max_tokens {
+        let (i, o) = state.tokens();
+        let spent = (i + o).saturating_sub(tokens_at_start.0 + tokens_at_start.1);
+        if spent >= max {
+            return Some(format!("--max-tokens {max} reached ({spent} spent)"));
+        }
+    }
+    None
+}
+
+/// What the driver does with an iteration's error: a signal ends the run resumably, a test
+/// command that cannot run is the user's to fix, anything else is a fault.
+pub(super) fn step_end(e: StepError) -> Result<RunEnd> {
+    match e {
+        StepError::Cancelled => Ok(RunEnd::Interrupted),
+        other => Err(step_failure(other)),
+    }
+}
+
+pub(super) fn step_failure(e: StepError) -> anyhow::Error {
+    match e {
+        StepError::Project(msg) => UserError(msg).into(),
+        other => other.into(),
+    }
+}
+
+pub(super) fn install_signal_handlers(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            count += 1;
+            if count == 1 {
+                eprintln!("stopping: saving state (press Ctrl-C again to quit at once)");
+                cancel.cancel();
+            } else {
+                // Every save is atomic, so quitting here still leaves a consistent state; the
+                // tests in their own process groups would not see our exit, so end them first.
+                crate::process::kill_live_groups();
+                std::process::exit(130);
+            }
+        }
+    });
+}
