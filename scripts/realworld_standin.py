@@ -751,6 +751,17 @@ class Answerer:
             return self.fresh(add.group(2), first, hint)
         fix = re.search(r"Some tests in `([^`]+)` fail", last)
         if fix:
+            # The one repair a stand-in can make from the file alone: nose-style setup() and
+            # teardown() methods, which pytest 8 no longer calls (vine's t/unit), renamed to
+            # pytest's setup_method() and teardown_method().
+            m = re.search(r"## `" + re.escape(fix.group(1)) + r"`\n```python\n(.*?)```\n", last, re.S)
+            if m and "has no attribute" in last:
+                fixed = re.sub(r"^(\s+)def (setup|teardown)\(self\)", r"\1def \2_method(self)",
+                               m.group(1), flags=re.M)
+                if fixed != m.group(1):
+                    log(f"fix: nose-style setup/teardown renamed in {fix.group(1)}")
+                    return ("pytest 8 no longer calls nose-style `setup()`/`teardown()`: renamed to "
+                            f"`setup_method()`/`teardown_method()`.\n\n```python\n{fixed}```\n")
             code = re.search(r"## The code it tests: `([^`]+)`", last)
             if code:
                 return self.fresh(import_name_of(code.group(1)), last, f"{fix.group(1)}")
