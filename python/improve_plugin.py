@@ -386,18 +386,31 @@ def kill_order(tests, passing, killers):
 ASSERTION, CRASH, TIMEOUT = "assertion", "crash", "timeout"
 
 
-def kind_of(excinfo):
+def kind_of(excinfo, test_path=None):
     """How a test failed, from the exception its failing phase raised: an assertion
     (AssertionError and its subclasses, which unittest's and mock's `assert*` raise; pytest's
     `Failed`, which `pytest.raises`/`pytest.warns` raise when nothing was raised or warned, and
-    `pytest.fail`), a timeout (the mutant's alarm), or a crash (any other exception)."""
+    `pytest.fail`; or any exception raised by the test's own code in `test_path`, such as
+    `assert f(x).name == 'a'` meeting a None: the test checked a value and it was wrong), a
+    timeout (the mutant's alarm), or a crash (an exception raised inside the code under test)."""
     if excinfo is None:
         return CRASH
     if excinfo.errisinstance(MutantTimeout):
         return TIMEOUT
     if excinfo.errisinstance((AssertionError, pytest.fail.Exception)):
         return ASSERTION
+    if test_path and _raised_in(excinfo, test_path):
+        return ASSERTION
     return CRASH
+
+
+def _raised_in(excinfo, path):
+    """Whether the innermost frame of the exception's traceback is in the file `path`."""
+    try:
+        innermost = excinfo.traceback[-1]
+        return os.path.samefile(str(innermost.path), str(path))
+    except (IndexError, OSError, ValueError):
+        return False
 
 
 def settled(how):
@@ -531,7 +544,7 @@ def _run_once(item, limit):
         return True, None
     if any("MutantTimeout" in str(getattr(r, "longrepr", "") or "") for r in reports):
         return False, TIMEOUT
-    return False, kind_of(_failure[0] if _failure else None)
+    return False, kind_of(_failure[0] if _failure else None, getattr(item, "path", None))
 
 
 def _watchdog(state, m):

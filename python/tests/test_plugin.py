@@ -225,6 +225,17 @@ def test_kind_of_sorts_failures():
     assert plugin.kind_of(excinfo(TypeError("x"))) == "crash"
     assert plugin.kind_of(excinfo(plugin.MutantTimeout("x"))) == "timeout"
     assert plugin.kind_of(None) == "crash"
+    # Raised by the test's own code (a wrong value it went on to use): the test noticed.
+    assert plugin.kind_of(excinfo(TypeError("x")), __file__) == "assertion"
+
+    def from_the_code():
+        try:
+            json.loads("{")
+        except BaseException:
+            return pytest.ExceptionInfo.from_current()
+
+    # Raised inside the code under test: a crash, whoever called it.
+    assert plugin.kind_of(from_the_code(), __file__) == "crash"
     assert plugin.settled({"a": "crash"}) is False
     assert plugin.settled({"a": "crash", "b": "assertion"}) is True
 
