@@ -356,6 +356,9 @@ def pytest_collection_finish(session):
         "files": sorted(f for f in files if not f.startswith("..")),
         "inifile": os.path.relpath(str(inipath), rootpath) if inipath else None,
         "imports": {name: _import_check(name) for name in names},
+        # Compared with the ids of the baseline's own run: ids built from a set or a dict can
+        # differ between two processes.
+        "ids": [i.nodeid for i in session.items if type(i).__name__ != "DoctestItem"],
     }
     with open(out, "w", encoding="utf-8") as f:
         json.dump(result, f)

@@ -11,9 +11,9 @@ use crate::git;
 use crate::iteration::{RunContext, SUITE_FLAG, StepError};
 use crate::layout::TestLayout;
 use crate::progress::Printer;
-use crate::pytest::{self, CaseOutcome};
+use crate::pytest::{self, CaseOutcome, TestCase};
 use crate::state::{Baseline, LeftOut, RunState};
-use crate::testid::first_three;
+use crate::testid::{TestId, first_three, node_file};
 use crate::worktrees;
 
 /// Runs the whole suite at the base commit in a worktree of its own (never in the user's tree),
@@ -63,7 +63,7 @@ async fn baseline_in(
 ) -> Result<Baseline, StepError> {
     ctx.worktrees.ready(path, &ctx.cancel).await?;
     let files = ctx.store.run(&state.run_id);
-    let (layout, left_out) = discover(ctx, state, path, files.baseline()).await?;
+    let (layout, left_out, collected) = discover(ctx, state, path, files.baseline()).await?;
     let run = pytest::run(
         &ctx.test_cmd,
         path,
@@ -99,6 +99,7 @@ async fn baseline_in(
         &ctx.test_cmd.import_names,
         path,
     );
+    let unstable_ids = unstable_ids(&collected, &run.cases, path, &layout.test_files);
     Ok(Baseline {
         tests: run.cases.len() as u32,
         passed: run.ids_with(CaseOutcome::Passed),
@@ -118,6 +119,7 @@ async fn baseline_in(
         layout,
         unfixable,
         left_out,
+        unstable_ids,
     })
 }
 
@@ -131,7 +133,7 @@ async fn discover(
     state: &RunState,
     path: &Path,
     dir: PathBuf,
-) -> Result<(TestLayout, Vec<LeftOut>), StepError> {
+) -> Result<(TestLayout, Vec<LeftOut>, Vec<String>), StepError> {
     let args = ["--collect-only".to_string(), SUITE_FLAG.to_string()];
     let files = PytestFiles::new(dir, Label::Collect);
     let run = pytest::run(
@@ -147,7 +149,7 @@ async fn discover(
     let Some(found) = run.discovery else {
         // pytest stopped before collecting (a bad option in its config, say): the suite run
         // says why in its own words; without our plugin there is nothing to learn here.
-        return Ok((TestLayout::default(), Vec::new()));
+        return Ok((TestLayout::default(), Vec::new(), Vec::new()));
     };
     let mut left_out = Vec::new();
     for (name, check) in &found.imports {
@@ -171,7 +173,30 @@ async fn discover(
         test_files: found.files,
         inifile: found.inifile,
     };
-    Ok((layout, left_out))
+    Ok((layout, left_out, found.ids))
+}
+
+/// The node ids one of the two collections of the base commit (`collected`, pytest's
+/// `--collect-only`, and the baseline's run) had and the other did not. None when the
+/// collection listed no ids (no plugin).
+fn unstable_ids(
+    collected: &[String],
+    cases: &[TestCase],
+    worktree: &Path,
+    test_files: &[String],
+) -> Vec<String> {
+    if collected.is_empty() {
+        return Vec::new();
+    }
+    // Test cases of the collected test files: not a file's collection error, not a doctest.
+    let ran: std::collections::BTreeSet<String> = cases
+        .iter()
+        .filter(|c| !TestId::new(&c.id).is_file())
+        .filter_map(|c| TestId::new(&c.id).node_id(worktree))
+        .filter(|n| test_files.iter().any(|f| f == node_file(n)))
+        .collect();
+    let listed: std::collections::BTreeSet<String> = collected.iter().cloned().collect();
+    listed.symmetric_difference(&ran).cloned().collect()
 }
 
 /// What the user should know about the baseline before the first iteration.
@@ -224,6 +249,14 @@ fn baseline_notes(baseline: &Baseline, packages: &[String]) -> Vec<String> {
             "note: pytest's {setting} do not take new test files in {}: improve runs them by \
              name, and a bare `pytest` will not until you add them there",
             if main.is_empty() { "." } else { &main }
+        ));
+    }
+    if !baseline.unstable_ids.is_empty() {
+        notes.push(format!(
+            "note: {} test ids differ between two collections of the base commit ({}): cases \
+             built from a set or a dict; they are judged by how many pass and fail, not by id",
+            baseline.unstable_ids.len(),
+            first_three(baseline.unstable_ids.iter().map(String::as_str))
         ));
     }
     for gone in &baseline.left_out {

@@ -142,6 +142,9 @@ pub struct Discovery {
     /// Per import name of the code under test: where it was imported from, or why not.
     #[serde(default)]
     pub imports: BTreeMap<String, ImportCheck>,
+    /// The node ids collected.
+    #[serde(default)]
+    pub ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]

@@ -30,6 +30,11 @@ pub struct Baseline {
     /// shim): never a target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<LeftOut>,
+    /// Test ids (node ids) that one of two collections of the base commit had and the other
+    /// did not: cases built from a set or a dict under another hash seed. Judged by outcome
+    /// counts, not by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unstable_ids: Vec<String>,
 }
 
 /// Code under test left out of the targets, and why.

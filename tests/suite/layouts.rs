@@ -508,7 +508,7 @@ async fn test_ids_built_from_a_set_do_not_break_a_run() {
         ("pkg/core.py", ALPHA),
         (
             "tests/test_words.py",
-            "import pytest\n\nWORDS = {'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta'}\n\n\n@pytest.mark.parametrize('i,w', list(enumerate(WORDS)))\ndef test_len(i, w):\n    assert len(w) > 3 and i >= 0\n",
+            "import pytest\n\nWORDS = {'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'theta', 'kappa', 'lambda', 'omicron'}\n\n\n@pytest.mark.parametrize('i,w', list(enumerate(WORDS)))\ndef test_len(i, w):\n    assert len(w) > 3 and i >= 0\n",
         ),
         (
             "tests/test_core.py",
@@ -521,6 +521,7 @@ async fn test_ids_built_from_a_set_do_not_break_a_run() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("tests run with PYTHONHASHSEED=0"), "{err}");
+    assert!(!err.contains("test ids differ"), "{err}");
     assert_eq!(
         improve_json(fx.path(), &["status", "--json"])["kept"],
         1,
@@ -536,6 +537,11 @@ async fn test_ids_built_from_a_set_do_not_break_a_run() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("PYTHONHASHSEED=0"), "{err}");
+    // Two collections in two processes under random seeds (10! orders: they differ).
+    assert!(
+        err.contains("test ids differ between two collections of the base commit"),
+        "{err}"
+    );
     let log = improve_json(fx.path(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log}");
 }

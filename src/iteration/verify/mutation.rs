@@ -107,7 +107,7 @@ pub async fn check(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
     }
     let drop = verdict_of.judgement.drop;
     Ok(StageEnd::Drop {
-        survivors: all - drop.len() as u32,
+        survivors: all.saturating_sub(drop.len() as u32),
         ids: drop,
     })
 }
