@@ -189,14 +189,22 @@ fn unstable_ids(
         return Vec::new();
     }
     // Test cases of the collected test files: not a file's collection error, not a doctest.
-    let ran: std::collections::BTreeSet<String> = cases
-        .iter()
-        .filter(|c| !TestId::new(&c.id).is_file())
-        .filter_map(|c| TestId::new(&c.id).node_id(worktree))
-        .filter(|n| test_files.iter().any(|f| f == node_file(n)))
-        .collect();
+    let node_ids = |keep: &dyn Fn(&TestCase) -> bool| -> std::collections::BTreeSet<String> {
+        cases
+            .iter()
+            .filter(|c| !TestId::new(&c.id).is_file() && keep(c))
+            .filter_map(|c| TestId::new(&c.id).node_id(worktree))
+            .filter(|n| test_files.iter().any(|f| f == node_file(n)))
+            .collect()
+    };
+    let ran = node_ids(&|_| true);
+    // An error the run reports as a case (a class that fails to collect) is not in a
+    // collection's list of ids: not an id that changed.
+    let ran_cleanly = node_ids(&|c| c.outcome != CaseOutcome::Error);
     let listed: std::collections::BTreeSet<String> = collected.iter().cloned().collect();
-    listed.symmetric_difference(&ran).cloned().collect()
+    let mut unstable: Vec<String> = listed.difference(&ran).cloned().collect();
+    unstable.extend(ran_cleanly.difference(&listed).cloned());
+    unstable
 }
 
 /// What the user should know about the baseline before the first iteration.

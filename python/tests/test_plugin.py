@@ -82,6 +82,7 @@ def test_gain_is_what_each_test_adds_beyond_the_tip_and_the_tests_before_it(tmp_
     before = {
         "pkg/m.py": {
             "executed_lines": [1, 2],
+            "missing_lines": [3, 5, 7, 8],
             "executed_branches": [[2, 3]],
             "missing_branches": [[2, 5]],
         }
@@ -101,6 +102,25 @@ def test_gain_is_what_each_test_adds_beyond_the_tip_and_the_tests_before_it(tmp_
     assert result["covers"]["test_a"] == {"pkg/m.py": [1, 2, 3]}
     assert result["covers"]["test_p"] == {"pkg/m.py": [1, 7, 8]}
     assert "test_out" not in result["covers"]
+
+
+def test_lines_no_report_counts_are_no_gain(tmp_path):
+    # Line 4 continues the statement of line 3, line 6 is excluded (`if TYPE_CHECKING:`): the
+    # raw data has them, the report counts neither.
+    worktree = str(tmp_path)
+    data = coverage_data(
+        worktree,
+        {
+            "t.py::test_cont": {"pkg/m.py": [(-1, 1), (1, 4), (4, 6), (6, -1)]},
+            "t.py::test_real": {"pkg/m.py": [(-1, 1), (1, 5), (5, -1)]},
+        },
+    )
+    before = {"pkg/m.py": {"executed_lines": [1, 3], "missing_lines": [5], "executed_branches": []}}
+    result = plugin.gain(data, worktree, before, ["t.py::test_cont", "t.py::test_real"])
+    assert result["redundant"] == ["test_cont"]
+    assert result["adds"] == {"test_real": {"pkg/m.py": {"lines": [5], "branches": []}}}
+    # What each test ran still counts for the mutation check.
+    assert result["covers"]["test_cont"] == {"pkg/m.py": [1, 4, 6]}
 
 
 def test_mutated_replaces_the_byte_span():
