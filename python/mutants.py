@@ -199,7 +199,7 @@ class Finder(ast.NodeVisitor):
         self.generic_visit(node)
 
     def generic_visit(self, node):
-        if isinstance(node, REMOVABLE) and self.scopes and not is_docstring(node):
+        if isinstance(node, REMOVABLE) and self.scopes and not is_inert(node):
             self.remove(node)
         super().generic_visit(node)
 
@@ -225,10 +225,10 @@ def symbol(op):
     }[type(op)]
 
 
-def is_docstring(node):
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(
-        node.value.value, str
-    )
+def is_inert(node):
+    """A statement that is only a constant (a docstring, `...`): removing it changes nothing, so
+    no test could notice, and a mutant of it would only count against a good test."""
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
 
 
 def applied(src, m):

@@ -74,6 +74,15 @@ def test_a_returned_value_becomes_none_and_statements_become_pass(write):
     assert removed["before"] == "log(a)"
 
 
+def test_a_statement_that_is_only_a_constant_is_not_removed(write):
+    # `...` and a bare string change nothing when removed: no test could notice them.
+    source = "class P:\n    def m(self) -> None: ...\n\n\ndef f():\n    'x'\n    0\n    g()\n"
+    _, answer = made(write, source)
+    assert afters(answer, "statement removed") == ["pass"]
+    removed = [m for m in answer["mutants"] if m["operator"] == "statement removed"][0]
+    assert removed["before"] == "g()"
+
+
 def test_byte_offsets_count_bytes_not_characters(write):
     source = 'def f(a):\n    s = "ééé"; return s < a\n'
     data, answer = made(write, source)
