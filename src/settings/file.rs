@@ -1,55 +1,10 @@
-//! `[tool.improve]` in pyproject.toml, or improve.toml: the config-file layer, generated from
-//! the settings table. Keys are the flag names (kebab-case; the snake_case spellings are read
-//! too). Unknown keys are an error: a typo in a setting that silently does nothing would cost a
-//! night.
+//! Reads `[tool.improve]` in pyproject.toml, or improve.toml, into the config-file layer
+//! ([`FileConfig`], generated from the settings table with the other layers in mod.rs).
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use serde::Deserialize;
-
+use super::FileConfig;
 use crate::error::UsageError;
-use crate::schema::{Provider, run_settings};
-
-macro_rules! file_config {
-    (
-        saved { $(
-            $(#[doc = $doc:literal])*
-            $name:ident: $ty:ty => $fty:ty {
-                arg: [$($arg:tt)*],
-                file: [$($file:tt)*],
-                saved: [$($saved:tt)*],
-                default: $default:expr,
-                hook: $hook:ident,
-            }
-        )* }
-        invocation { $(
-            $(#[doc = $idoc:literal])*
-            $iname:ident: $ity:ty => $ifty:ty {
-                arg: [$($iarg:tt)*],
-                file: [$($ifile:tt)*],
-                default: $idefault:expr,
-                hook: $ihook:ident,
-            }
-        )* }
-    ) => {
-        /// The settings a config file may hold; every one optional.
-        #[derive(Debug, Clone, Default, Deserialize)]
-        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-        pub struct FileConfig {
-            $(
-                #[serde(default, $($file)*)]
-                pub $name: Option<$ty>,
-            )*
-            $(
-                #[serde(default, $($ifile)*)]
-                pub $iname: Option<$ity>,
-            )*
-        }
-    };
-}
-
-run_settings!(file_config);
 
 /// A config file's settings and the file they came from (None: no file).
 #[derive(Debug, Default)]
@@ -120,7 +75,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// How the file spells values whose type is not TOML's own.
-mod de {
+pub(super) mod de {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

@@ -1,11 +1,10 @@
 //! Resolved settings of a run. Every setting is declared once, in the table of
-//! schema/settings.rs; this module turns the table into the command-line flags (args.rs), the
-//! config-file layer (file.rs), the one merge of the layers — command line > environment >
+//! schema/settings.rs; this module turns the table, in one expansion, into the command-line
+//! flags, the config-file layer (read by file.rs), the one merge of the layers — command line > environment >
 //! `[tool.improve]` in pyproject.toml (or improve.toml) > the saved settings of a resumed run >
 //! the declared default — and the per-setting checks (hooks.rs), and shows the result with
 //! where each value came from (`improve status --settings`, show.rs).
 
-mod args;
 mod file;
 mod hooks;
 pub mod show;
@@ -17,8 +16,8 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::Serialize;
 
-pub use args::RunArgs;
-pub use file::{FileConfig, LoadedFile, load_file_config};
+use file::de;
+pub use file::{LoadedFile, load_file_config};
 
 use crate::error::UsageError;
 use crate::project::ProjectTree;
@@ -193,6 +192,45 @@ macro_rules! layered {
             }
         )* }
     ) => {
+        /// Options of a run (see the settings table in schema/settings.rs): one flag per
+        /// setting, every one optional so that the environment, the config file and the saved
+        /// run can fill what the command line leaves out. The help text is the table's, with
+        /// its default.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct RunArgs {
+            $(
+                #[arg($($iarg)*, help = help(&[$($idoc),*], {
+                    let d: Option<$ity> = $idefault;
+                    d
+                }))]
+                pub $iname: Option<$ity>,
+            )*
+            $(
+                #[arg($($arg)*, help = help(&[$($doc),*], {
+                    let d: Option<$ty> = $default;
+                    d
+                }))]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// The settings a config file may hold (`[tool.improve]` or improve.toml); every one
+        /// optional. Keys are the flag names (kebab-case; the snake_case spellings are read
+        /// too). Unknown keys are an error: a typo in a setting that silently does nothing
+        /// would cost a night.
+        #[derive(Debug, Clone, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct FileConfig {
+            $(
+                #[serde(default, $($file)*)]
+                pub $name: Option<$ty>,
+            )*
+            $(
+                #[serde(default, $($ifile)*)]
+                pub $iname: Option<$ity>,
+            )*
+        }
+
         /// Every setting across its layers.
         pub struct Layers {
             $(pub $name: Layer<$ty>,)*
