@@ -11,8 +11,7 @@ use crate::fsutil::write_atomic;
 use crate::git;
 use crate::prompt::{self, Templates};
 use crate::state::{
-    AnswerNotes, DropNames, Funnel, Iteration, Outcome, RejectReason, RunCounts, RunState, Seconds,
-    StageId,
+    AnswerNotes, Funnel, Iteration, Outcome, RejectReason, RunCounts, RunState, Seconds,
 };
 use crate::testid::TestId;
 
@@ -243,7 +242,7 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
             .sum()
     };
     ReportModel {
-        funnel: funnel.counts().map(|(s, n)| (s.key(), n)).collect(),
+        funnel: funnel.by_key(),
         funnel_stages: funnel
             .counts()
             .map(|(s, survivors)| StageRow {
@@ -251,13 +250,15 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
                 survivors,
             })
             .collect(),
-        dropped: dropped_counts(&funnel)
-            .map(|(names, n)| (names.key, n))
+        dropped: funnel
+            .drops()
+            .map(|(names, ids)| (names.key, ids.len() as u32))
             .collect(),
-        dropped_stages: dropped_counts(&funnel)
-            .map(|(names, count)| DropRow {
+        dropped_stages: funnel
+            .drops()
+            .map(|(names, ids)| DropRow {
                 phrase: names.phrase,
-                count,
+                count: ids.len() as u32,
             })
             .collect(),
         answers_noted: !answers.is_empty(),
@@ -468,13 +469,6 @@ fn verdict_totals(finished: &[&Iteration]) -> (Funnel, u32, Vec<FindingRow>) {
         }));
     }
     (funnel, repairs, findings)
-}
-
-/// How many tests each stage that drops tests dropped, in stage order.
-fn dropped_counts(funnel: &Funnel) -> impl Iterator<Item = (DropNames, u32)> + '_ {
-    StageId::ALL
-        .into_iter()
-        .filter_map(|s| Some((s.drops()?, funnel.dropped(s).len() as u32)))
 }
 
 /// Where the iterations' time went: the LLM, pytest, the rest, and waiting to keep.

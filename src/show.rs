@@ -11,7 +11,7 @@ use crate::artifacts::IterationFiles;
 use crate::cli::GlobalArgs;
 use crate::error::UserError;
 use crate::git;
-use crate::state::{AnswerNotes, Funnel, Iteration, Outcome, Seconds, StageId};
+use crate::state::{AnswerNotes, Funnel, Iteration, Outcome, Seconds};
 use crate::testid::names_up_to;
 use crate::views::{funnel_counts, load, print_out};
 
@@ -81,12 +81,10 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
         |f: fn(&crate::state::Verdict) -> &Vec<String>| v.map(|v| f(v).clone()).unwrap_or_default();
     let dropped = v
         .map(|v| {
-            StageId::ALL
-                .into_iter()
-                .filter_map(|s| Some((s.drops()?.word, v.funnel.dropped(s))))
+            (v.funnel.drops())
                 .filter(|(_, ids)| !ids.is_empty())
-                .map(|(why, ids)| Dropped {
-                    why,
+                .map(|(names, ids)| Dropped {
+                    why: names.word,
                     tests: ids.to_vec(),
                 })
                 .collect()

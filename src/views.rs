@@ -288,20 +288,16 @@ fn log_row(it: &Iteration) -> Value {
 
 /// Each stage's survivors, under its key (`{"proposed": 9, "collected": 9, ...}`).
 pub fn funnel_counts(funnel: &Funnel) -> Value {
-    let counts: serde_json::Map<String, Value> = funnel
-        .counts()
-        .map(|(s, n)| (s.key().to_string(), json!(n)))
-        .collect();
-    Value::Object(counts)
+    json!(funnel.by_key())
 }
 
 /// The tests each dropping stage took out, under what they are (`{"flaky": [...], ...}`).
 fn dropped_by_stage(funnel: &Funnel) -> Value {
-    let dropped: serde_json::Map<String, Value> = StageId::ALL
-        .into_iter()
-        .filter_map(|s| Some((s.drops()?.key.to_string(), json!(funnel.dropped(s)))))
+    let dropped: std::collections::BTreeMap<&str, &[String]> = funnel
+        .drops()
+        .map(|(names, ids)| (names.key, ids))
         .collect();
-    Value::Object(dropped)
+    json!(dropped)
 }
 
 fn round1(x: f64) -> f64 {

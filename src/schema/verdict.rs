@@ -259,6 +259,19 @@ impl Funnel {
         StageId::ALL.into_iter().map(|s| (s, self.survivors(s)))
     }
 
+    /// Every stage's survivors under its key (`{"proposed": 9, "collected": 9, ...}`): what
+    /// `log --json`, `show --json` and the report's context show.
+    pub fn by_key(&self) -> std::collections::BTreeMap<&'static str, u32> {
+        self.counts().map(|(s, n)| (s.key(), n)).collect()
+    }
+
+    /// The tests each stage that drops tests dropped, with what they are called, in order.
+    pub fn drops(&self) -> impl Iterator<Item = (DropNames, &[String])> + '_ {
+        StageId::ALL
+            .into_iter()
+            .filter_map(|s| Some((s.drops()?, self.dropped(s))))
+    }
+
     /// Adds `other`'s counts and drops to this one (the report's sums).
     pub fn add(&mut self, other: &Funnel) {
         for s in &other.stages {
