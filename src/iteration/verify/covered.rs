@@ -6,14 +6,13 @@
 //! runs again. When coverage still falls, or no new test is to blame, the iteration is
 //! rejected.
 
-use super::drop_tests;
 use super::judge;
 use super::stage::{Pipeline, Stage, StageEnd, StageResult, always, stage_run};
-use super::suite::{self, run_suite};
+use super::suite;
 use crate::artifacts::Label;
 use crate::iteration::context::StepCx;
 use crate::state::{Kind, StageId};
-use crate::testid::{TestId, pruned_by};
+use crate::testid::{TestId, prune_names};
 
 pub const COVERED: Stage = Stage {
     id: StageId::Covered,
@@ -36,33 +35,33 @@ async fn keeps_coverage(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
         dropped: blamed.iter().map(|(t, _)| t.clone()).collect(),
         why: judge::stops_coverage(fall, blamed),
     };
-    let names: Vec<String> = blamed
+    let mut names: Vec<String> = blamed
         .iter()
         .filter_map(|(t, _)| TestId::new(t).prune_name(&p.test_file))
         .collect();
-    let ids: Vec<String> = (p.verdict.new_tests.iter())
-        .filter(|id| pruned_by(id, &p.test_file, &names))
-        .cloned()
-        .collect();
+    names.sort();
+    names.dedup();
+    let all = prune_names(&p.verdict.new_tests, &p.test_file);
     let (worktree, test_file) = (p.worktree.clone(), p.test_file.clone());
-    if ids.is_empty()
-        || ids.len() == p.verdict.new_tests.len()
-        || !drop_tests(cx, &worktree, &test_file, &ids).await?
+    let (label, before_tests) = (Label::SuiteCovered, p.passing_before.clone());
+    if names.is_empty()
+        || names.len() >= all.len()
+        || !suite::rerun_without(
+            cx,
+            &worktree,
+            &test_file,
+            &names,
+            StageId::Covered,
+            label,
+            &before_tests,
+            &mut p.verdict,
+        )
+        .await?
     {
         return Ok(reject(&first_fall, &blamed));
     }
-    p.verdict.funnel.drop(StageId::Covered, &ids);
-    p.verdict.new_tests.retain(|id| !ids.contains(id));
-    let passing_before = p.passing_before.clone();
-    let verdict = &mut p.verdict;
-    run_suite(cx, &worktree, Label::SuiteCovered, &passing_before, verdict).await?;
-    if let StageEnd::Reject { dropped, why, .. } = suite::decided(verdict, 0) {
-        let survivors = 0;
-        return Ok(StageEnd::Reject {
-            survivors,
-            dropped,
-            why,
-        });
+    if let rejected @ StageEnd::Reject { .. } = suite::decided(&p.verdict, 0) {
+        return Ok(rejected);
     }
     if let Some(still) = fall(p) {
         return Ok(reject(&still, &[]));

@@ -2,7 +2,7 @@
 //! stage's facts in, its judgement out. No pytest, git or file system here, so every rule is
 //! unit-tested on its own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use crate::mutation::{CrashOnly, MutationCheck, TestKills};
@@ -349,10 +349,14 @@ pub fn regressions(
     ids_now: &[String],
     is_new: impl Fn(&str) -> bool,
 ) -> Vec<String> {
-    let known = |id: &String| passing_before.contains(id) || failed_before.contains(id);
+    // Every suite run asks this, over suites of thousands of tests: look ids up in sets.
+    let passed: HashSet<&String> = passing_before.iter().collect();
+    let failed: HashSet<&String> = failed_before.iter().collect();
+    let now: HashSet<&String> = ids_now.iter().collect();
+    let known = |id: &String| passed.contains(id) || failed.contains(id);
     let mut broken: Vec<String> = failing_now
         .iter()
-        .filter(|id| passing_before.contains(id))
+        .filter(|id| passed.contains(id))
         .cloned()
         .collect();
     let unmatched: Vec<String> = failing_now
@@ -360,10 +364,7 @@ pub fn regressions(
         .filter(|id| !known(id) && !is_new(id))
         .cloned()
         .collect();
-    let failed_and_gone = failed_before
-        .iter()
-        .filter(|id| !ids_now.contains(id))
-        .count();
+    let failed_and_gone = failed_before.iter().filter(|id| !now.contains(id)).count();
     if unmatched.len() > failed_and_gone {
         broken.extend(unmatched);
     }

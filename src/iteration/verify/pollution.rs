@@ -6,13 +6,13 @@
 
 use std::path::Path;
 
-use super::suite::run_suite;
-use super::{drop_tests, run_timed};
+use super::run_timed;
+use super::suite::rerun_without;
 use crate::artifacts::Label;
 use crate::iteration::context::{StepCx, StepError};
 use crate::pytest::Measure;
 use crate::state::{StageId, Verdict};
-use crate::testid::{TestId, node_file, prune_names, pruned_by};
+use crate::testid::{TestId, node_file, prune_names};
 
 const MAX_ROUNDS: u32 = 3;
 
@@ -38,21 +38,15 @@ pub async fn remove_polluters(
         if culprits.is_empty() || culprits.len() == new_names.len() {
             return Ok(());
         }
-        let ids: Vec<String> = verdict
-            .new_tests
-            .iter()
-            .filter(|id| pruned_by(id, test_file, &culprits))
-            .cloned()
-            .collect();
-        if !drop_tests(cx, worktree, test_file, &ids).await? {
+        let label = Label::SuiteRound(round + 1);
+        let (stage, before) = (StageId::Clean, passing_before);
+        if !rerun_without(
+            cx, worktree, test_file, &culprits, stage, label, before, verdict,
+        )
+        .await?
+        {
             return Ok(());
         }
-        verdict.funnel.drop(StageId::Clean, &ids);
-        verdict
-            .new_tests
-            .retain(|id| !pruned_by(id, test_file, &culprits));
-        let label = Label::SuiteRound(round + 1);
-        run_suite(cx, worktree, label, passing_before, verdict).await?;
     }
     Ok(())
 }

@@ -11,8 +11,8 @@ use crate::artifacts::Label;
 use crate::git;
 use crate::iteration::context::{StepCx, StepError};
 use crate::pytest::{CaseOutcome, Measure, PytestRun};
-use crate::state::Verdict;
-use crate::testid::TestId;
+use crate::state::{StageId, Verdict};
+use crate::testid::{TestId, pruned_by};
 
 /// A test file of the project that does not import would otherwise stop the whole session,
 /// and every proposal after it would look broken.
@@ -66,14 +66,14 @@ pub async fn run_suite(
     verdict.suite_passed = suite_passed.len() as u32;
     verdict.coverage = suite.coverage.clone();
     verdict.stoppers = suite.stoppers.clone();
-    let failed_before = cx.state.baseline.as_ref().map(|b| b.failed.clone());
-    let new_file = cx.it().test_file.clone().unwrap_or_default();
+    let failed_before = cx.state.baseline.as_ref().map_or(&[][..], |b| &b.failed);
+    let new_file = cx.it().test_file.as_deref().unwrap_or_default();
     verdict.regressions = judge::regressions(
         passing_before,
-        &failed_before.unwrap_or_default(),
+        failed_before,
         &suite.failing(),
         &suite.cases.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
-        |id| TestId::new(id).in_file(&new_file),
+        |id| TestId::new(id).in_file(new_file),
     );
     verdict.failed_in_suite = verdict
         .new_tests
@@ -97,6 +97,33 @@ pub async fn run_suite(
         None => verdict.accept(),
     }
     Ok(suite)
+}
+
+/// Takes the new tests of the functions `names` out of the file (recorded as dropped at
+/// `stage`) and runs the whole suite again without them, as `label`. False when the file could
+/// not lose them; nothing changed then.
+#[allow(clippy::too_many_arguments)]
+pub async fn rerun_without(
+    cx: &mut StepCx<'_>,
+    worktree: &Path,
+    test_file: &str,
+    names: &[String],
+    stage: StageId,
+    label: Label,
+    passing_before: &[String],
+    verdict: &mut Verdict,
+) -> Result<bool, StepError> {
+    let ids: Vec<String> = (verdict.new_tests.iter())
+        .filter(|id| pruned_by(id, test_file, names))
+        .cloned()
+        .collect();
+    if !super::drop_tests(cx, worktree, test_file, &ids).await? {
+        return Ok(false);
+    }
+    verdict.funnel.drop(stage, &ids);
+    verdict.new_tests.retain(|id| !ids.contains(id));
+    run_suite(cx, worktree, label, passing_before, verdict).await?;
+    Ok(true)
 }
 
 /// The suite stage's end: `survivors` go on when the verdict keeps them, none when it
