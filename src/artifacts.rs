@@ -155,6 +155,11 @@ impl RunFiles {
     pub fn baseline_suite(&self) -> PytestFiles {
         PytestFiles::new(self.baseline(), Label::Suite)
     }
+    /// Gather's whole-suite run `probe` on the branch with shard `shard`'s commits.
+    pub fn gather_suite(&self, shard: u32, probe: u32) -> PytestFiles {
+        let dir = self.dir.join("gather").join(format!("shard-{shard}"));
+        PytestFiles::new(dir, Label::Bisect(probe))
+    }
     pub fn iteration(&self, n: u32) -> IterationFiles {
         IterationFiles {
             dir: self.dir.join("iterations").join(format!("{n:04}")),

@@ -91,6 +91,60 @@ pub enum Command {
     },
     /// Run the whole loop on a bundled example, offline (no API key, no network).
     Demo(DemoArgs),
+    /// Plan a run spread over several machines: measure the baseline once, split the modules
+    /// into shards balanced by what is left to cover, and write the plan file every worker
+    /// (`improve work`) and `improve gather` read. Takes the run options.
+    Plan {
+        /// How many shards (workers).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        shards: u32,
+        /// Where to write the plan (JSON).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Also print the shard indices as a JSON array on standard output (a CI matrix).
+        #[arg(long)]
+        matrix: bool,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
+    /// Run one shard of a plan: an ordinary resumable run on branch
+    /// improve/<run-id>-shard-<K>, restricted to the shard's modules. Exit 3: stopped, run the
+    /// same command again to resume.
+    Work {
+        /// The plan file `improve plan` wrote.
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+        /// The shard, 0-based. Default: IMPROVE_SHARD, else JOB_COMPLETION_INDEX (Kubernetes
+        /// Indexed Job, 0-based), else SLURM_ARRAY_TASK_ID minus SLURM_ARRAY_TASK_MIN (Slurm
+        /// array), else CI_NODE_INDEX (GitLab `parallel:`, 1-based).
+        #[arg(long, value_name = "K")]
+        shard: Option<u32>,
+        /// Push the shard's branch and state to this git remote (name or URL) after every kept
+        /// iteration and when it stops; a restarted worker resumes from what it pushed.
+        #[arg(long, value_name = "REMOTE")]
+        push: Option<String>,
+        /// Take the shard over from a worker that holds it (one that is gone for good).
+        #[arg(long)]
+        take_over: bool,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
+    /// Gather a plan's shards: fetch their results, replay their kept commits onto
+    /// improve/<run-id>, run the combined suite (leaving out a commit that breaks it). Exit 3
+    /// while shards are missing; run it again later to add what arrived.
+    Gather {
+        /// The plan file `improve plan` wrote.
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+        /// The git remote the workers pushed to.
+        #[arg(long, value_name = "REMOTE", default_value = "origin")]
+        from: String,
+        /// Push the gathered run branch to this remote.
+        #[arg(long, value_name = "REMOTE")]
+        push: Option<String>,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -560,6 +560,16 @@ pub fn keep_on_run_branch(
 /// Re-applies `commit` (a one-commit change on its own parent) on top of `onto`: the change an
 /// iteration verified, moved past what was kept meanwhile. None when the two conflict.
 pub fn replay_onto(repo: &Repository, commit: Oid, onto: Oid) -> Result<Option<Oid>, GitError> {
+    replay_as(repo, commit, onto, None)
+}
+
+/// [`replay_onto`] with another commit message (`None`: the commit's own).
+pub fn replay_as(
+    repo: &Repository,
+    commit: Oid,
+    onto: Oid,
+    message: Option<&str>,
+) -> Result<Option<Oid>, GitError> {
     let picked = repo
         .find_commit(commit)
         .ctx(|| format!("find commit {commit}"))?;
@@ -579,7 +589,7 @@ pub fn replay_onto(repo: &Repository, commit: Oid, onto: Oid) -> Result<Option<O
         .find_tree(tree_id)
         .ctx(|| "read the replayed tree".into())?;
     let sig = signature(repo)?;
-    let message = picked.message().unwrap_or("improve: replayed proposal");
+    let message = message.unwrap_or(picked.message().unwrap_or("improve: replayed proposal"));
     let new = repo
         .commit(None, &sig, &sig, message, &tree, &[&base])
         .ctx(|| "write the replayed commit".into())?;

@@ -31,6 +31,7 @@ pub mod report;
 pub mod run;
 pub mod schema;
 pub mod settings;
+pub mod shard;
 pub mod show;
 pub mod state;
 pub mod target;

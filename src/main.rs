@@ -82,6 +82,69 @@ async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<u8> {
             ];
             improve::views::status_settings(&cli.global, &lines, *json).map(|_| 0)
         }
+        Some(Command::Plan {
+            shards,
+            out,
+            matrix,
+            run,
+        }) => {
+            let request = improve::shard::plan::PlanRequest {
+                shards: *shards,
+                out: out.clone(),
+                matrix: *matrix,
+            };
+            let line = CommandLine {
+                args: run,
+                matches: matches.subcommand_matches("plan"),
+            };
+            improve::shard::plan::plan(&cli.global, &request, line, printer)
+                .await
+                .map(|_| 0)
+        }
+        Some(Command::Work {
+            plan,
+            shard,
+            push,
+            take_over,
+            run,
+        }) => {
+            let request = improve::shard::work::WorkRequest {
+                plan: plan.clone(),
+                shard: *shard,
+                push: push.clone(),
+                take_over: *take_over,
+            };
+            let line = CommandLine {
+                args: run,
+                matches: matches.subcommand_matches("work"),
+            };
+            Ok(
+                improve::shard::work::work(&cli.global, &request, line, printer)
+                    .await?
+                    .exit_code(),
+            )
+        }
+        Some(Command::Gather {
+            plan,
+            from,
+            push,
+            run,
+        }) => {
+            let request = improve::shard::gather::GatherRequest {
+                plan: plan.clone(),
+                from: from.clone(),
+                push: push.clone(),
+            };
+            let line = CommandLine {
+                args: run,
+                matches: matches.subcommand_matches("gather"),
+            };
+            Ok(
+                improve::shard::gather::gather(&cli.global, &request, line, printer)
+                    .await?
+                    .exit_code(),
+            )
+        }
         Some(Command::Status { json, .. }) => improve::views::status(&cli.global, *json).map(|_| 0),
         Some(Command::Log { json }) => improve::views::log(&cli.global, *json).map(|_| 0),
         Some(Command::Show { n, json }) => improve::show::show(&cli.global, *n, *json).map(|_| 0),

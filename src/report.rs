@@ -66,6 +66,8 @@ pub struct ReportModel {
     pub mutation: Option<MutationTotals>,
     /// Tests the model stood by while they failed on an assertion: possible bugs in the code.
     pub findings: Vec<FindingRow>,
+    /// For a run gathered from shards (`improve gather`): each shard as gather found it.
+    pub gathered: Option<crate::state::Gathered>,
 }
 
 /// The mutation check summed over the iterations that ran it, and over the kept ones.
@@ -296,6 +298,7 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         kept_iterations: kept_rows(repo, state),
         file_rows,
         chart: None,
+        gathered: state.gathered.clone(),
     }
 }
 

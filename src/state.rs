@@ -43,6 +43,30 @@ pub enum StateError {
     },
 }
 
+/// A `state.json` read from `source` (a file, or a ref for a shard's pushed state): the schema
+/// version checked before the shape, so a newer file gets the helpful message.
+pub fn parse_state(text: &str, source: &str) -> Result<RunState, StateError> {
+    let unreadable = |detail: String| StateError::Unreadable {
+        path: source.to_string(),
+        detail,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| unreadable(e.to_string()))?;
+    let version = value
+        .get("schema_version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| unreadable("no schema_version".into()))?;
+    if version > u64::from(SCHEMA_VERSION) {
+        return Err(StateError::NewerSchema {
+            path: source.to_string(),
+            found: u32::try_from(version).unwrap_or(u32::MAX),
+        });
+    }
+    let mut value = value;
+    upgrade_funnels(&mut value);
+    serde_json::from_value(value).map_err(|e| unreadable(e.to_string()))
+}
+
 /// The state dir on disk (its files are named in [`crate::artifacts`]).
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -106,28 +130,7 @@ impl StateStore {
                 });
             }
         };
-        let unreadable = |detail: String| StateError::Unreadable {
-            path: path.display().to_string(),
-            detail,
-        };
-        // Check the version before the shape, so a newer file gets the helpful message.
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?;
-        let version = value
-            .get("schema_version")
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| unreadable("no schema_version".into()))?;
-        if version > u64::from(SCHEMA_VERSION) {
-            return Err(StateError::NewerSchema {
-                path: path.display().to_string(),
-                found: u32::try_from(version).unwrap_or(u32::MAX),
-            });
-        }
-        let mut value = value;
-        upgrade_funnels(&mut value);
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| unreadable(e.to_string()))
+        parse_state(&text, &path.display().to_string()).map(Some)
     }
 
     /// Writes state.json atomically: temp file in the same folder, write, fsync, rename, fsync the
@@ -260,6 +263,8 @@ pub(crate) mod tests {
             )],
             elapsed_s: 0.0,
             consecutive_llm_failures: 0,
+            shard: None,
+            gathered: None,
         }
     }
 

@@ -18,9 +18,10 @@ use crate::state::{RunState, RunStatus};
 
 mod print;
 mod schedule;
-mod setup;
+pub(crate) mod setup;
 
 use print::*;
+pub(crate) use schedule::step_failure;
 use schedule::*;
 pub use setup::api_key;
 use setup::*;
@@ -53,11 +54,15 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         None => start_run(&opened, &resolved, previous_id, &printer)?,
     };
     let ctx = run_context(opened, &state, llm, test_cmd, templates, &printer)?;
-    go(ctx, state, &resolved, &printer).await
+    go(ctx, state, &resolved, &printer, None).await
 }
 
+/// What a caller of [`go`] does after each kept iteration (a shard pushes its results). An
+/// error ends the run like a failing step.
+pub(crate) type AfterKeep<'a> = &'a dyn Fn(&RunContext, &mut RunState) -> Result<()>;
+
 /// The locks a run holds until it ends, and the repository's folder for the summary.
-struct Locks {
+pub(crate) struct Locks {
     root: std::path::PathBuf,
     _lock: crate::fsutil::RunLock,
     _repo_lock: crate::fsutil::RunLock,
@@ -65,11 +70,12 @@ struct Locks {
 
 /// Runs the iterations and ends the run: its status saved, the report written when complete,
 /// the summary printed.
-async fn go(
+pub(crate) async fn go(
     (ctx, locks): (RunContext, Locks),
     mut state: RunState,
     resolved: &Resolved,
     printer: &Printer,
+    after_keep: Option<AfterKeep<'_>>,
 ) -> Result<RunEnd> {
     // The state is saved before the run branch exists, so a crash in between leaves a run
     // whose branch is simply created on resume, never an orphan branch and a second run.
@@ -80,7 +86,7 @@ async fn go(
     install_signal_handlers(ctx.cancel.clone());
 
     let run = RefCell::new(state);
-    let end = drive(&ctx, &run, resolved, printer).await;
+    let end = drive(&ctx, &run, resolved, printer, after_keep).await;
     // Nothing in flight needs a worktree any more; a resumed iteration gets one again.
     ctx.worktrees.remove_all(&ctx.repo);
     let mut state = run.into_inner();

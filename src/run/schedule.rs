@@ -14,7 +14,7 @@ use crate::error::{RunEnd, UserError};
 use crate::git;
 use crate::iteration::{self, RunContext, StepError};
 use crate::progress::Printer;
-use crate::state::{Iteration, Kind, RunState};
+use crate::state::{Iteration, Kind, Outcome, RunState};
 use crate::target;
 
 use super::*;
@@ -24,6 +24,7 @@ pub(super) async fn drive(
     run: &RefCell<RunState>,
     resolved: &Resolved,
     printer: &Printer,
+    after_keep: Option<AfterKeep<'_>>,
 ) -> Result<RunEnd> {
     if let Some(end) = ensure_baseline(ctx, run, printer).await? {
         return Ok(end);
@@ -61,6 +62,18 @@ pub(super) async fn drive(
             break;
         };
         schedule.ended(ctx, &run.borrow(), n, result, printer);
+        let kept = {
+            let state = run.borrow();
+            state
+                .index_of(n)
+                .is_some_and(|i| state.iterations[i].outcome == Some(Outcome::Kept))
+        };
+        if let Some(hook) = after_keep.filter(|_| kept) {
+            match hook(ctx, &mut run.borrow_mut()) {
+                Ok(()) => iteration::crash_point("pushed", n),
+                Err(e) => schedule.fail(ctx, e),
+            }
+        }
     }
     match schedule.failure {
         Some(e) => Err(e),
@@ -84,7 +97,11 @@ impl<'a> Plan<'a> {
     fn new(ctx: &RunContext, run: &RefCell<RunState>, resolved: &'a Resolved) -> Result<Self> {
         let state = run.borrow();
         let base = git::oid(&state.base_commit, "the base commit")?;
-        let modules = target::modules_at(&ctx.repo, base, &state)?;
+        let mut modules = target::modules_at(&ctx.repo, base, &state)?;
+        // A shard of a distributed run touches only its own share.
+        if let Some(shard) = &state.shard {
+            modules.retain(|m| shard.modules.contains(m));
+        }
         if modules.is_empty() {
             return Err(UserError(format!(
                 "{} holds no Python modules to write tests for: pass --package PATH",
@@ -95,6 +112,12 @@ impl<'a> Plan<'a> {
         let test_files = target::test_files_at(&ctx.repo, base, &state)?
             .into_iter()
             .map(|(path, _)| path)
+            .filter(|path| {
+                state
+                    .shard
+                    .as_ref()
+                    .is_none_or(|s| s.fix_files.contains(path))
+            })
             .collect();
         Ok(Plan {
             modules,
@@ -260,7 +283,7 @@ pub(super) fn step_end(e: StepError) -> Result<RunEnd> {
     }
 }
 
-pub(super) fn step_failure(e: StepError) -> anyhow::Error {
+pub(crate) fn step_failure(e: StepError) -> anyhow::Error {
     match e {
         StepError::Project(msg) => UserError(msg).into(),
         other => other.into(),

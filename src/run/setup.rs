@@ -40,7 +40,7 @@ pub fn api_key(provider: Provider) -> Option<ApiKey> {
         .map(ApiKey::new)
 }
 
-pub(super) fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     format!(
         "{}-{:04x}",
         Utc::now().format("%Y%m%d-%H%M%S"),
@@ -50,15 +50,15 @@ pub(super) fn new_run_id() -> String {
 
 /// A repository and a state dir this process may use: both locked, the state dir excluded from
 /// git, and what a killed run left behind cleaned up.
-pub(super) struct Opened {
-    pub(super) root: std::path::PathBuf,
-    pub(super) repo: git2::Repository,
-    pub(super) store: StateStore,
-    pub(super) _lock: crate::fsutil::RunLock,
-    pub(super) _repo_lock: crate::fsutil::RunLock,
+pub(crate) struct Opened {
+    pub(crate) root: std::path::PathBuf,
+    pub(crate) repo: git2::Repository,
+    pub(crate) store: StateStore,
+    pub(crate) _lock: crate::fsutil::RunLock,
+    pub(crate) _repo_lock: crate::fsutil::RunLock,
 }
 
-pub(super) fn open(global: &GlobalArgs, printer: &Printer) -> Result<Opened> {
+pub(crate) fn open(global: &GlobalArgs, printer: &Printer) -> Result<Opened> {
     let root = config::repo_root(global.repo.as_deref())?;
     let repo = git::open(&root)?;
     let state_dir = config::state_dir(&root, global.state_dir.as_deref());
@@ -99,7 +99,7 @@ pub(super) fn open(global: &GlobalArgs, printer: &Printer) -> Result<Opened> {
 
 /// The saved run, if any. With `--fresh`, a state file that does not load is archived instead
 /// of stopping the run.
-pub(super) fn load_existing(
+pub(crate) fn load_existing(
     store: &StateStore,
     fresh: bool,
     printer: &Printer,
@@ -118,7 +118,7 @@ pub(super) fn load_existing(
     }
 }
 
-pub(super) fn llm_client(settings: &RunSettings) -> Result<LlmClient> {
+pub(crate) fn llm_client(settings: &RunSettings) -> Result<LlmClient> {
     Ok(LlmClient::new(
         LlmSettings {
             provider: settings.provider,
@@ -136,7 +136,7 @@ pub(super) fn llm_client(settings: &RunSettings) -> Result<LlmClient> {
 
 /// How pytest is run for this project: the user's command, checked to have pytest, with what
 /// its Python has (coverage.py, plugins that would fight ours) and our plugin.
-pub(super) async fn test_command(
+pub(crate) async fn test_command(
     settings: &RunSettings,
     scratch: &Path,
     tree: &crate::project::ProjectTree,
@@ -188,7 +188,7 @@ pub(super) async fn test_command(
     Ok(test_cmd)
 }
 
-pub(super) fn resume_run(
+pub(crate) fn resume_run(
     repo: &git2::Repository,
     mut s: RunState,
     args: &RunArgs,
@@ -217,7 +217,7 @@ pub(super) fn resume_run(
     Ok(s)
 }
 
-pub(super) fn start_run(
+pub(crate) fn start_run(
     opened: &Opened,
     resolved: &Resolved,
     previous_id: Option<String>,
@@ -243,7 +243,7 @@ pub(super) fn start_run(
 
 /// What the iterations share: the repository, the LLM, pytest, the Python helper and the
 /// worktrees (prepared with what git ignores in the package folders).
-pub(super) fn run_context(
+pub(crate) fn run_context(
     opened: Opened,
     state: &RunState,
     llm: LlmClient,
@@ -309,7 +309,7 @@ pub(super) fn run_context(
 }
 
 /// The folders the packages are imported from (`""`, `src`), each once.
-pub(super) fn import_roots(packages: &[String]) -> Vec<String> {
+pub(crate) fn import_roots(packages: &[String]) -> Vec<String> {
     let mut roots: Vec<String> = Vec::new();
     for root in packages.iter().map(|p| crate::project::import_root(p)) {
         if !roots.contains(&root) {
@@ -321,7 +321,7 @@ pub(super) fn import_roots(packages: &[String]) -> Vec<String> {
 
 /// A run branch moved back past kept commits would make every later iteration see "broken"
 /// tests that are simply gone; say so instead. Commits the user added on top are fine.
-pub(super) fn check_kept_commits_on_branch(
+pub(crate) fn check_kept_commits_on_branch(
     repo: &git2::Repository,
     state: &RunState,
 ) -> Result<()> {
@@ -355,7 +355,7 @@ pub(super) fn check_kept_commits_on_branch(
 
 /// Creates the run branch at the base when it does not exist yet. A missing branch of a run
 /// that already kept commits is the user's doing (deleted or renamed): say so, change nothing.
-pub(super) fn ensure_run_branch(repo: &git2::Repository, state: &RunState) -> Result<()> {
+pub(crate) fn ensure_run_branch(repo: &git2::Repository, state: &RunState) -> Result<()> {
     if git::branch_tip(repo, &state.run_branch)?.is_some() {
         return Ok(());
     }
@@ -370,7 +370,7 @@ pub(super) fn ensure_run_branch(repo: &git2::Repository, state: &RunState) -> Re
     Ok(())
 }
 
-pub(super) fn new_run(repo: &git2::Repository, resolved: &Resolved) -> Result<RunState> {
+pub(crate) fn new_run(repo: &git2::Repository, resolved: &Resolved) -> Result<RunState> {
     let base = git::resolve_commit(repo, &resolved.base).map_err(|e| UsageError(e.to_string()))?;
     let run_id = new_run_id();
     let run_branch = format!("improve/{run_id}");
@@ -389,11 +389,13 @@ pub(super) fn new_run(repo: &git2::Repository, resolved: &Resolved) -> Result<Ru
         iterations: Vec::new(),
         elapsed_s: 0.0,
         consecutive_llm_failures: 0,
+        shard: None,
+        gathered: None,
     })
 }
 
 /// Measures the baseline unless the run already has it; Some when a signal ended the run then.
-pub(super) async fn ensure_baseline(
+pub(crate) async fn ensure_baseline(
     ctx: &RunContext,
     run: &RefCell<RunState>,
     printer: &Printer,

@@ -7,11 +7,13 @@
 mod measure;
 mod run;
 mod settings;
+mod shard;
 mod verdict;
 
 pub use measure::*;
 pub use run::*;
 pub use settings::*;
+pub use shard::*;
 pub use verdict::*;
 
 /// Bumped whenever a field changes meaning. A newer file is refused, never rewritten.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Baseline, Coverage, RejectReason, RunSettings, Verdict};
+use super::{Baseline, Coverage, Gathered, Origin, RejectReason, RunSettings, ShardRun, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,6 +156,9 @@ pub struct Iteration {
     /// after each refusal of the server).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prompt_cuts: Vec<String>,
+    /// The shard and number it had there, for an iteration `improve gather` brought in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
 }
 
 /// How the model's answers fared before pytest saw them.
@@ -229,6 +232,7 @@ impl Iteration {
             timeline: Vec::new(),
             answers: AnswerNotes::default(),
             prompt_cuts: Vec::new(),
+            origin: None,
         }
     }
 
@@ -256,6 +260,12 @@ pub struct RunState {
     pub elapsed_s: f64,
     /// Iterations in a row that ended on an LLM failure (the circuit breaker's count).
     pub consecutive_llm_failures: u32,
+    /// Set when this run is one shard of a plan (`improve work`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRun>,
+    /// Set when this run was put together from a plan's shards (`improve gather`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gathered: Option<Gathered>,
 }
 
 impl RunState {

@@ -40,6 +40,9 @@ pub enum RejectReason {
     FixedTestsFailInSuite,
     ConflictsWithKept,
     FailsAfterReplay,
+    /// Kept on its shard, but the suite of every shard's commits together fails with it
+    /// (`improve gather`).
+    BreaksCombinedSuite,
     /// Recorded by an improve that did not save kinds yet.
     Unclassified,
 }
@@ -76,6 +79,7 @@ impl RejectReason {
             RejectReason::FixedTestsFailInSuite => "the fixed tests fail in the whole suite",
             RejectReason::ConflictsWithKept => "conflicts with what was kept meanwhile",
             RejectReason::FailsAfterReplay => "fails after replaying onto what was kept meanwhile",
+            RejectReason::BreaksCombinedSuite => "breaks the suite combined with other shards",
             RejectReason::Unclassified => "unclassified (recorded by an older improve)",
         }
     }
