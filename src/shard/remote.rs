@@ -109,6 +109,8 @@ impl Remote {
     }
 }
 
+/// What git said went wrong, in one line: the server's own words (`remote: ...`) and the ref
+/// it rejected, else git's last error.
 fn last_line(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text
@@ -116,10 +118,19 @@ fn last_line(bytes: &[u8]) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("hint:"))
         .collect();
+    let said: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("remote:").map(str::trim))
+        .filter(|l| !l.is_empty())
+        .chain(lines.iter().copied().filter(|l| l.contains("rejected]")))
+        .collect();
+    if !said.is_empty() {
+        return said.join("; ");
+    }
     lines
         .iter()
         .rev()
-        .find(|l| l.starts_with("error:") || l.starts_with("fatal:") || l.contains("rejected"))
+        .find(|l| l.starts_with("error:") || l.starts_with("fatal:"))
         .or(lines.last())
         .map(|l| l.to_string())
         .unwrap_or_else(|| "no reason given".into())

@@ -95,10 +95,14 @@ pub async fn work(
     let pushed = publisher.publish(&repo, &mut state, &printer)?;
     store.save(&mut state)?;
     Ok(match (pushed, end) {
-        (Pushed::No(why), RunEnd::Complete) => RunEnd::Stopped(format!(
-            "the shard is done but its results are not on the remote ({why}): run the same \
-             command again to push them"
-        )),
+        (Pushed::No(why), RunEnd::Complete) if publisher.remote.is_some() => {
+            let reason = format!(
+                "the shard is done but its results are not on the remote ({why}): run the same \
+                 command again to push them"
+            );
+            printer.line(&reason);
+            RunEnd::Stopped(reason)
+        }
         (_, end) => end,
     })
 }

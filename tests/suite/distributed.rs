@@ -68,6 +68,11 @@ impl Cluster {
         let fx = Fixture::new();
         std::fs::write(fx.root().join("calc/geo.py"), GEO).unwrap();
         fx.commit_file("calc/num.py", NUM);
+        Cluster::of(fx)
+    }
+
+    /// With `fx`'s modules only.
+    fn of(fx: Fixture) -> Cluster {
         let space = tempfile::tempdir().unwrap();
         let remote = space.path().join("remote.git");
         git(
@@ -315,4 +320,197 @@ async fn three_shards_at_once_one_killed_and_restarted_elsewhere_gather_into_one
             .len(),
         6
     );
+}
+
+/// Passes on its own shard (nothing there reads `calc.text`), but sets `calc.text.SEPARATOR`
+/// for every test collected after it: with the other shard's tests of `slug`, the suite fails.
+const POLLUTING_OPS: &str = "import calc.text\n\nfrom calc.ops import clamp, divide\n\ncalc.text.SEPARATOR = \"_\"\n\n\ndef test_divide():\n    assert divide(6, 3) == 2\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gather_names_missing_shards_then_adds_them_and_bisects_out_what_breaks_the_combined_suite()
+{
+    // Two modules, two shards: `ops` and `text` never meet before gather.
+    let c = Cluster::of(Fixture::new());
+    let llm = stand_in(vec![
+        ("calc/ops.py", POLLUTING_OPS.to_string()),
+        ("calc/text.py", GOOD_TEXT.to_string()),
+    ])
+    .await;
+    make_plan(&c, &llm, 2, 2).await;
+    let plan = plan_json(&c);
+    let shard_of = |module: &str| {
+        plan["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|s| s["modules"].as_array().unwrap().iter().any(|m| m == module))
+            .unwrap()
+    };
+    let (ops, text) = (shard_of("calc/ops.py"), shard_of("calc/text.py"));
+    assert_ne!(ops, text, "{plan}");
+    let gather = |g: &Path| {
+        let mut cmd = improve(g);
+        cmd.args(["gather", "--plan", c.plan.to_str().unwrap()])
+            .arg("--test-cmd")
+            .arg(test_cmd());
+        cmd
+    };
+
+    // Only the shard with `text` has pushed: gather takes it and names the other.
+    let first = c.clone("first");
+    let out = output(c.worker(&llm, &first, text as u32, &[])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let g = c.clone("gather");
+    let partial = output(gather(&g)).await;
+    assert_eq!(partial.status.code(), Some(3), "{}", stderr(&partial));
+    assert!(
+        stderr(&partial).contains(&format!("shard {ops}: missing")),
+        "{}",
+        stderr(&partial)
+    );
+    let status = improve_json(&g, &["status", "--json"]);
+    assert_eq!(status["iterations_done"], 1, "{status}");
+
+    // The other shard arrives; its polluting commit is found and left out.
+    let second = c.clone("second");
+    let out = output(c.worker(&llm, &second, ops as u32, &[])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let own = improve_json(&second, &["status", "--json"]);
+    assert!(
+        own["kept"].as_u64().unwrap() >= 1,
+        "kept on its own shard: {own}"
+    );
+    let full = output(gather(&g)).await;
+    assert_eq!(full.status.code(), Some(0), "{}", stderr(&full));
+    let log = improve_json(&g, &["log", "--json"]);
+    let left_out: Vec<&serde_json::Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["target"] == "calc/ops.py" && r["outcome"] == "rejected")
+        .collect();
+    assert!(!left_out.is_empty(), "{log}");
+    assert!(
+        left_out
+            .iter()
+            .all(|r| r["reason"].as_str().unwrap().contains("the suite fails")),
+        "{log}"
+    );
+    let (passes, output) = {
+        let check = c.clone("check");
+        let run_id = plan["run_id"].as_str().unwrap();
+        git(&g, &["push", "-q", "origin", &format!("improve/{run_id}")]);
+        git(&check, &["fetch", "-q", "origin"]);
+        git(&check, &["checkout", "-q", &format!("improve/{run_id}")]);
+        let out = std::process::Command::new(python())
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            .current_dir(&check)
+            .output()
+            .unwrap();
+        (out.status.success(), stdout(&out))
+    };
+    assert!(passes, "{output}");
+    let report = improve_json(&g, &["report", "--format", "json"]);
+    let row = &report["gathered"]["shards"][ops];
+    assert_eq!(row["left_out"], left_out.len(), "{row}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_refuses_a_bad_index_a_damaged_or_newer_plan_and_a_foreign_base() {
+    let c = Cluster::new();
+    let llm = stand_in(good_tests()).await;
+    make_plan(&c, &llm, 2, 2).await;
+    let w = c.clone("w");
+    let run = |args: &[&str], plan: &Path| {
+        let mut cmd = improve(&w);
+        cmd.args(["work", "--plan", plan.to_str().unwrap()])
+            .args(args);
+        llm.args(&mut cmd);
+        cmd.output().unwrap()
+    };
+    let out = run(&["--shard", "2"], &c.plan);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("shard 2 (from --shard) is outside the plan, which has shards 0 to 1"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[], &c.plan);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no shard index"), "{}", stderr(&out));
+
+    let damaged = c.space.path().join("damaged.json");
+    std::fs::write(&damaged, "{\"format\": 1, \"run_id\": ").unwrap();
+    let out = run(&["--shard", "0"], &damaged);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is damaged"), "{}", stderr(&out));
+
+    let mut newer = plan_json(&c);
+    newer["format"] = 99.into();
+    std::fs::write(&damaged, newer.to_string()).unwrap();
+    let out = run(&["--shard", "0"], &damaged);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("newer improve"), "{}", stderr(&out));
+
+    let mut foreign = plan_json(&c);
+    foreign["base_commit"] = "0123456789abcdef0123456789abcdef01234567".into();
+    std::fs::write(&damaged, foreign.to_string()).unwrap();
+    let out = run(&["--shard", "0"], &damaged);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("base commit 0123456789 is not in this repository"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_that_refuses_the_push_leaves_the_results_here_and_the_next_push_sends_them() {
+    let c = Cluster::new();
+    let llm = stand_in(good_tests()).await;
+    make_plan(&c, &llm, 2, 2).await;
+    // The remote takes the claim, then refuses the branch (a hook, as a server's policy might).
+    let hook = c.remote.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nwhile read old new ref; do case \"$ref\" in refs/heads/*) echo 'refused by policy' >&2; exit 1;; esac; done\nexit 0\n",
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&hook).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&hook, perms).unwrap();
+    let w2 = c.clone("w2");
+    let refused = output(c.worker(&llm, &w2, 1, &[])).await;
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("refused the push: refused by policy"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        stderr(&refused).contains("run the same command again to push them"),
+        "{}",
+        stderr(&refused)
+    );
+    let kept = improve_json(&w2, &["status", "--json"])["kept"]
+        .as_u64()
+        .unwrap();
+    assert!(kept >= 1);
+    // The remote accepts again: the same command pushes what was kept.
+    std::fs::remove_file(&hook).unwrap();
+    let again = output(c.worker(&llm, &w2, 1, &[])).await;
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let run_id = plan_json(&c)["run_id"].as_str().unwrap().to_string();
+    let pushed = git(
+        &w2,
+        &[
+            "ls-remote",
+            "origin",
+            &format!("refs/heads/improve/{run_id}-shard-1"),
+        ],
+    );
+    let local = git(&w2, &["rev-parse", &format!("improve/{run_id}-shard-1")]);
+    assert!(pushed.starts_with(&local), "{pushed} vs {local}");
 }
