@@ -181,6 +181,10 @@ print(json.dumps({
     # Kept iterations whose suite had to run a second time, after a replay at keep time.
     "replayed": sum(1 for it in state.get("iterations", [])
                     if (it.get("verdict") or {}).get("replayed_onto")),
+    # Whole-suite runs: one per iteration that reached the suite, one more per replay.
+    "suite_runs": sum(bool((it.get("verdict") or {}).get("suite_label"))
+                      + bool((it.get("verdict") or {}).get("replayed_onto"))
+                      for it in state.get("iterations", [])),
     # The mutation check: mutants made and killed in the kept iterations, the stage's time.
     "mut_made": sum((r.get("mutation") or {}).get("made", 0) for r in log if r["outcome"] == "kept"),
     "mut_killed": sum((r.get("mutation") or {}).get("killed", 0) for r in log if r["outcome"] == "kept"),
@@ -195,9 +199,63 @@ EOF
   # came out at 22 ms per iteration instead of 15 when it followed the others).
 }
 
+run_sharded() { # label latency shards: plan, that many workers at once (processes), gather
+  local label=$1 latency=$2 shards=$3
+  local dir=$WORK/$label
+  local repo=$dir/origin-checkout remote=$dir/remote.git plan=$dir/plan.json
+  local llm=(--provider openai --model bench --test-cmd "$PY -m pytest")
+  fresh_repo "$repo" demo
+  git init -q --bare -b main "$remote"
+  git -C "$repo" push -q "$remote" main
+  git -C "$repo" remote add origin "$remote"
+  start_standin "$latency" "$ROOT/examples/demo/recording.json"
+  llm+=(--llm-url "http://127.0.0.1:$PORT/v1")
+  local start mid end
+  start=$EPOCHREALTIME
+  "$IMPROVE_BIN" --repo "$repo" plan --shards "$shards" -n "$ITERATIONS" --out "$plan" \
+    "${llm[@]}" -q >"$dir.plan.out" 2>&1
+  local pids=() k
+  for ((k = 0; k < shards; k++)); do
+    git clone -q "$remote" "$dir/w$k"
+    "$IMPROVE_BIN" --repo "$dir/w$k" work --plan "$plan" --shard "$k" --push origin \
+      "${llm[@]}" -q >"$dir.w$k.out" 2>&1 &
+    pids+=($!)
+  done
+  for k in "${!pids[@]}"; do
+    wait "${pids[$k]}" || { echo "bench: worker $k failed:" >&2; cat "$dir.w$k.out" >&2; exit 1; }
+  done
+  mid=$EPOCHREALTIME
+  git clone -q "$remote" "$dir/gather"
+  "$IMPROVE_BIN" --repo "$dir/gather" gather --plan "$plan" --test-cmd "$PY -m pytest" -q \
+    >"$dir.gather.out" 2>&1 || { cat "$dir.gather.out" >&2; exit 1; }
+  end=$EPOCHREALTIME
+  stop_standin
+  "$IMPROVE_BIN" status --json --repo "$dir/gather" >"$dir.status.json"
+  "$PY" - "$label" "$latency" "$shards" "$start" "$mid" "$end" "$dir" >>"$RESULTS" <<'EOF'
+import glob, json, sys
+label, latency, shards, start, mid, end, d = sys.argv[1:8]
+status = json.load(open(f"{d}.status.json"))
+gathered = json.load(open(f"{d}/gather/.improve/state.json"))
+runs = gathered["gathered"]["suite_runs"]
+for path in glob.glob(f"{d}/w*/.improve/state.json"):
+    for it in json.load(open(path))["iterations"]:
+        v = it.get("verdict") or {}
+        runs += bool(v.get("suite_label")) + bool(v.get("replayed_onto"))
+print(json.dumps({
+    "label": label, "latency": float(latency), "jobs": int(shards), "fixture": "demo",
+    "shards": int(shards), "wall": float(end) - float(start),
+    "gather_s": float(end) - float(mid), "done": status["iterations_done"],
+    "kept": status["kept"], "rejected": status["rejected"], "errors": status["errors"],
+    "suite_runs": runs, "hwm_mb": 0.0, "in_flight": None, "replayed": 0, "rows": 0,
+}))
+EOF
+}
+
 for jobs in 1 2 4; do
   run_one "lat${LATENCY}-j$jobs" "$LATENCY" "$jobs"
 done
+# The same iterations spread over 4 shards (4 worker processes on this machine), then gathered.
+run_sharded "lat${LATENCY}-shards4" "$LATENCY" 4
 run_one "lat0-j1" 0 1
 # The demo's suite runs in a fraction of a second; a project's takes longer, and improve's own
 # work weighs accordingly less. The same at 0 s on a generated package with thousands of tests.
@@ -216,6 +274,8 @@ print(f"{'run':<37}{'wall s':>8}{'iter/h':>9}{'done':>6}{'kept':>6}{'rej':>5}{'e
       f"{'peak MB':>9}{'in flight':>11}{'replays':>9}")
 rate = {}
 for r in runs:
+    if r.get("shards"):
+        continue
     per_hour = r["done"] / r["wall"] * 3600 if r["wall"] > 0 else 0.0
     if r["latency"] > 0:
         rate[r["jobs"]] = per_hour
@@ -235,6 +295,15 @@ print()
 if 1 in rate and rate[1] > 0:
     ratios = ", ".join(f"jobs{j}/jobs1 = {rate[j] / rate[1]:.2f}x" for j in (2, 4) if j in rate)
     print(f"Throughput at {float(latency):g} s latency: {ratios}.")
+one = {r["jobs"]: r for r in runs if r["latency"] > 0 and not r.get("shards")}
+for r in (r for r in runs if r.get("shards")):
+    per_hour = r["done"] / r["wall"] * 3600 if r["wall"] > 0 else 0.0
+    print(f"{r['shards']} shards + gather at {r['latency']:g} s: wall {r['wall']:.1f} s (gather"
+          f" {r['gather_s']:.1f} s), {r['done']} done, {r['kept']} kept, {r['suite_runs']} suite runs,"
+          f" {per_hour:.0f} iter/h = {per_hour / rate[1]:.2f}x --jobs 1"
+          + "".join(f"; --jobs {j}: {o['wall']:.1f} s, {o['kept']} kept, {o['suite_runs']} suite runs"
+                    for j, o in sorted(one.items()))
+          + ".")
 on = next((r for r in runs if r["label"] == "lat0-j1"), None)
 off = next((r for r in runs if r["label"] == "lat0-j1-nomut"), None)
 if on and off:
