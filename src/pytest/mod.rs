@@ -109,14 +109,15 @@ fn absolute_sources(source: &[String], cwd: &Path) -> Vec<String> {
 
 impl CoverageSpec {
     /// The `--source` of coverage.py for `packages`: folders as they are, single-module
-    /// projects by import name (coverage takes a file path for a package name).
-    pub fn for_packages(packages: &[String], omit: Vec<String>) -> Self {
+    /// projects by import name (coverage takes a file path for a package name), named from
+    /// their source root (`source_roots`, see [`crate::project::import_name`]).
+    pub fn for_packages(packages: &[String], source_roots: &[String], omit: Vec<String>) -> Self {
         CoverageSpec {
             source: packages
                 .iter()
                 .map(|p| {
                     if p.ends_with(".py") {
-                        crate::project::import_name(p)
+                        crate::project::import_name(p, source_roots)
                     } else {
                         p.clone()
                     }
