@@ -1,8 +1,10 @@
 //! What the project's code is: the top-level packages and modules that its coverage and
 //! packaging configuration declare (`[tool.coverage.run] source`, setuptools, hatch, flit,
 //! poetry, pdm), else what its tree holds at the root or under `src/` (regular packages, PEP 420
-//! namespace packages, single modules), leaving out tests, docs, examples, build output and the
-//! project's own tooling. Read from the committed tree, which is what the worktrees test.
+//! namespace packages, single modules), leaving out tests (a package of nothing but tests too),
+//! stub-only packages, docs, examples, build output and the project's own tooling; and the
+//! folders those are imported from ([`source_roots`], [`import_name`]). Read from the committed
+//! tree, which is what the worktrees test.
 //!
 //! Where tests live is pytest's to say: see [`crate::layout`].
 
@@ -310,7 +312,9 @@ fn declared_packages(tree: &ProjectTree, project: Option<&str>) -> Vec<String> {
             .into_iter()
             .filter(|p| tree.is_dir(p) || tree.has_file(p))
             // A project may measure its tests too (`source = ["slugify", "test"]`).
-            .filter(|p| !is_tests_path(p))
+            .filter(|p| !is_tests_path(p) && !is_tests_package(tree, p, project))
+            // A PEP 561 stub package (`wrapt-stubs`): nothing runs there.
+            .filter(|p| is_python_code(tree, p))
             .collect();
         paths.sort();
         paths.dedup();
@@ -704,6 +708,53 @@ fn is_tests_path(path: &str) -> bool {
     TEST_DIR_NAMES.contains(&stem) || is_test_module_name(stem) || stem == "conftest"
 }
 
+/// A package of tests under a name of its own (vine's `t/`, holding `t/unit/test_*.py`): it
+/// has test modules outside any `tests` folder, and every other module in it is a conftest, an
+/// `__init__` or in a `tests` folder. A package named like the project is its code whatever it
+/// holds.
+fn is_tests_package(tree: &ProjectTree, dir: &str, project: Option<&str>) -> bool {
+    let last = dir.rsplit('/').next().unwrap_or(dir);
+    if dir.ends_with(".py") || project.is_some_and(|p| normalize(p) == normalize(last)) {
+        return false;
+    }
+    let prefix = format!("{dir}/");
+    let mut tests = false;
+    for f in tree.files.range(prefix.clone()..) {
+        let Some(rest) = f.strip_prefix(&prefix) else {
+            break;
+        };
+        let Some(rest) = rest.strip_suffix(".py") else {
+            continue;
+        };
+        let (folders, stem) = rest.rsplit_once('/').unwrap_or(("", rest));
+        if folders.split('/').any(|d| TEST_DIR_NAMES.contains(&d)) {
+            continue;
+        }
+        if is_test_module_name(stem) {
+            tests = true;
+        } else if stem != "__init__" && stem != "conftest" {
+            return false;
+        }
+    }
+    tests
+}
+
+/// Code Python can import and run: a module or a folder named like an identifier, holding at
+/// least one `.py` file (not only `.pyi` stubs).
+fn is_python_code(tree: &ProjectTree, path: &str) -> bool {
+    let last = path.rsplit('/').next().unwrap_or(path);
+    if let Some(stem) = last.strip_suffix(".py") {
+        return is_identifier(stem);
+    }
+    let prefix = format!("{path}/");
+    is_identifier(last)
+        && tree
+            .files
+            .range(prefix.clone()..)
+            .take_while(|f| f.starts_with(&prefix))
+            .any(|f| f.ends_with(".py"))
+}
+
 fn is_test_module_name(stem: &str) -> bool {
     stem == "tests" || stem == "test" || stem.starts_with("test_") || stem.ends_with("_test")
 }
@@ -732,7 +783,9 @@ fn from_tree(tree: &ProjectTree, project: Option<&str>, declared: &[String]) -> 
     for root in roots {
         let found: Vec<String> = walk(tree, root)
             .into_iter()
-            .filter(|p| !is_test_helper(p, project, declared))
+            .filter(|p| {
+                !is_test_helper(p, project, declared) && !is_tests_package(tree, p, project)
+            })
             .collect();
         // Beside packages, a loose module is mostly a script (`release.py`, `docs_build.py`)
         // that may run on import: it counts only when named like the project.
@@ -949,6 +1002,59 @@ mod tests {
             &[],
         );
         assert_eq!(got, ["pymonet"]);
+    }
+
+    #[test]
+    fn a_tests_package_under_a_name_of_its_own_is_not_code() {
+        // vine: `t/` is a package of tests only.
+        let got = detect(
+            &[
+                "vine/__init__.py",
+                "vine/promises.py",
+                "t/__init__.py",
+                "t/unit/__init__.py",
+                "t/unit/test_promises.py",
+                "setup.py",
+            ],
+            &[],
+        );
+        assert_eq!(got, ["vine"]);
+        // A package with its tests inside stays.
+        let got = detect(
+            &[
+                "toolz/__init__.py",
+                "toolz/tests/test_a.py",
+                "toolz/itertoolz.py",
+            ],
+            &[],
+        );
+        assert_eq!(got, ["toolz"]);
+        // Its code all in `__init__.py`, its tests in a tests folder.
+        let got = detect(&["one/__init__.py", "one/tests/test_a.py"], &[]);
+        assert_eq!(got, ["one"]);
+    }
+
+    #[test]
+    fn a_stub_package_is_not_code() {
+        // wrapt lists its PEP 561 stubs as a package.
+        let pyproject = "[tool.setuptools]\npackage-dir = {\"\" = \"src\"}\npackages = [\"wrapt\", \"wrapt-stubs\"]\n";
+        let got = detect(
+            &[
+                "src/wrapt/__init__.py",
+                "src/wrapt/wrappers.py",
+                "src/wrapt-stubs/__init__.pyi",
+            ],
+            &[("pyproject.toml", pyproject)],
+        );
+        assert_eq!(got, ["src/wrapt"]);
+        let got = detect(
+            &["pkg/__init__.py", "pkg_stubs/__init__.pyi"],
+            &[(
+                "pyproject.toml",
+                "[tool.setuptools]\npackages = [\"pkg\", \"pkg_stubs\"]\n",
+            )],
+        );
+        assert_eq!(got, ["pkg"]);
     }
 
     #[test]
