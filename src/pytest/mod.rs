@@ -31,7 +31,8 @@ pub struct TestCommand {
     pub words: Vec<String>,
     pub coverage: Option<CoverageSpec>,
     pub timeout: Duration,
-    /// The folders, relative to the worktree, that hold the packages (`""`, `src`). They go
+    /// The folders, relative to the worktree, that hold the packages (`""`, `src`, a declared
+    /// source root such as pypng's `code`: see [`crate::project::import_root`]). They go
     /// first on PYTHONPATH so an editable install of the user's checkout cannot make the tests
     /// import the user's working tree instead of the worktree under test.
     pub import_roots: Vec<String>,
