@@ -209,16 +209,20 @@ EOF
 # project's venv, and coverage.py over the packages improve saved (state.json settings.packages),
 # passed as improve passes them (src/pytest/mod.rs, CoverageSpec::for_packages: folders as they
 # are, a single-module file by its import name; the tests inside the packages omitted as
-# project::tests_inside does; the import roots first on PYTHONPATH, as improve puts them, since
-# the venv's editable install points at the checkout, not at the worktree). The project's own
-# coverage configuration applies, as it does to improve's. Writes user-coverage.json.
+# project::tests_inside does; the import roots (the saved source_roots, then src and lib) first
+# on PYTHONPATH, as improve puts them, since the venv's editable install points at the checkout,
+# not at the worktree). The project's own coverage configuration applies, as it does to
+# improve's. Writes user-coverage.json.
 user_coverage() {
-  local name=$1 repo=$2 out=$3 ignored=$4 branch packages wt
+  local name=$1 repo=$2 out=$3 ignored=$4 branch packages source_roots wt
   branch=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("run_branch") or "")' "$out/state.json")
   packages=$("$PYTHON" -c '
 import json, sys
 s = json.load(open(sys.argv[1])).get("settings") or {}
 print("\n".join(s.get("packages") or ([s["package"]] if s.get("package") else [])))' "$out/state.json")
+  source_roots=$("$PYTHON" -c '
+import json, sys
+print("\n".join((json.load(open(sys.argv[1])).get("settings") or {}).get("source_roots") or []))' "$out/state.json")
   [ -n "$branch" ] || { echo "no run_branch in state.json" >"$out/user-coverage.err"; return; }
   wt=$(mktemp -d "${TMPDIR:-/tmp}/realworld-wt-XXXXXX")
   if ! git -C "$repo" worktree add -q --detach "$wt/tree" "$branch" >"$out/user-coverage.err" 2>&1; then
@@ -246,11 +250,13 @@ import sys
 packages = [l for l in sys.argv[1].splitlines() if l]
 tree = sys.argv[2]
 files = sorted(l.strip() for l in sys.stdin if l.strip())
-ROOTS, TEST_DIRS = ("src", "lib"), ("tests", "test", "testing")
+# The source roots improve saved (setuptools package_dir, ...), then the built-in ones.
+ROOTS = [l for l in sys.argv[3].splitlines() if l] + ["src", "lib"]
+TEST_DIRS = ("tests", "test", "testing")
 
 def root(p):
-    first = p.split("/", 1)[0]
-    return first if "/" in p and first in ROOTS else ""
+    held = [r for r in ROOTS if p.startswith(r + "/")]
+    return max(held, key=len) if held else ""
 
 def import_name(p):
     r = root(p)
@@ -285,7 +291,7 @@ if omit:
     print("--omit=" + ",".join(omit))
 roots = dict.fromkeys(root(p) for p in packages) or {"": None}
 print("PYTHONPATH=" + ":".join(tree + ("/" + r if r else "") for r in roots))
-' "$packages" "$wt/tree")
+' "$packages" "$wt/tree" "$source_roots")
   printf '%s\n' "${cov_args[@]}" "PYTHONPATH=$pythonpath" >"$out/user-coverage.args"
   log "$name: the user's coverage on $branch: coverage run --branch ${cov_args[*]} -m pytest"
   (

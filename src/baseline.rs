@@ -154,7 +154,9 @@ async fn discover(
     let mut left_out = Vec::new();
     for (name, check) in &found.imports {
         let packages = &state.settings.packages;
-        let Some(problem) = crate::layout::import_problem(name, check, path, packages) else {
+        let roots = &state.settings.source_roots;
+        let Some(problem) = crate::layout::import_problem(name, check, path, packages, roots)
+        else {
             continue;
         };
         match &check.error {

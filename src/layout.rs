@@ -287,33 +287,52 @@ pub fn unfixable_files(
 
 /// Why the code under test cannot be tested from `worktree`, if it cannot: it does not import
 /// there, or it is imported from somewhere else (an installed copy, the user's own checkout).
+/// `source_roots`: the run's declared source roots (see [`project::import_root`]).
 pub fn import_problem(
     name: &str,
     check: &crate::pytest::ImportCheck,
     worktree: &std::path::Path,
     packages: &[String],
+    source_roots: &[String],
 ) -> Option<String> {
     if let Some(error) = &check.error {
+        // The package that failed, not whichever comes first.
+        let package = packages
+            .iter()
+            .find(|p| project::import_name(p, source_roots) == name)
+            .or(packages.first());
         let hint = match missing_module(error) {
             Some(m) if m.starts_with(&format!("{}.", name.split('.').next().unwrap_or(name))) => {
                 let rel = m.replace('.', "/");
-                // The root of the package that failed, not of whichever comes first.
-                let root = packages
-                    .iter()
-                    .find(|p| project::import_name(p) == name)
-                    .or(packages.first())
-                    .map(|p| project::import_root(p))
+                let root = package
+                    .map(|p| project::import_root(p, source_roots))
                     .unwrap_or_default();
-                let file = if root.is_empty() {
-                    format!("{rel}.py")
+                let folder = if root.is_empty() {
+                    rel
                 } else {
-                    format!("{root}/{rel}.py")
+                    format!("{root}/{rel}")
                 };
-                format!(
-                    "`{file}` is not committed (generated at install or build time?) and not in \
-                     your checkout either: pass --setup-cmd with the command that makes it, \
-                     e.g. --setup-cmd 'pip install -e .'"
-                )
+                let file = format!("{folder}.py");
+                // The package itself is there: it is the name made from its path that is
+                // wrong (a folder the packaging imports from that the metadata did not say).
+                let parent = package
+                    .filter(|p| **p == file || **p == folder)
+                    .filter(|p| worktree.join(p).exists())
+                    .and_then(|p| p.rsplit_once('/'))
+                    .map(|(dir, _)| dir);
+                match parent {
+                    Some(dir) => {
+                        format!(
+                            "`{file}` is there, but not importable as `{m}`: if it is imported \
+                             from `{dir}/` (setuptools' package_dir), pass --source-root {dir}"
+                        )
+                    }
+                    _ => format!(
+                        "`{file}` is not committed (generated at install or build time?) and \
+                         not in your checkout either: pass --setup-cmd with the command that \
+                         makes it, e.g. --setup-cmd 'pip install -e .'"
+                    ),
+                }
             }
             Some(m) => format!(
                 "install {} in the test command's Python",
@@ -417,12 +436,15 @@ mod tests {
             ),
             ..Default::default()
         };
-        assert_eq!(import_problem("humanize", &inside, wt.path(), &pkgs), None);
+        assert_eq!(
+            import_problem("humanize", &inside, wt.path(), &pkgs, &[]),
+            None
+        );
         let outside = crate::pytest::ImportCheck {
             file: Some("/home/u/humanize/src/humanize/__init__.py".into()),
             ..Default::default()
         };
-        let msg = import_problem("humanize", &outside, wt.path(), &pkgs).unwrap();
+        let msg = import_problem("humanize", &outside, wt.path(), &pkgs, &[]).unwrap();
         assert!(
             msg.contains("/home/u/humanize") && msg.contains("--package"),
             "{msg}"
@@ -431,11 +453,24 @@ mod tests {
             error: Some("ModuleNotFoundError: No module named 'humanize._version'".into()),
             ..Default::default()
         };
-        let msg = import_problem("humanize", &failing, wt.path(), &pkgs).unwrap();
+        let msg = import_problem("humanize", &failing, wt.path(), &pkgs, &[]).unwrap();
         assert!(
             msg.contains("src/humanize/_version.py") && msg.contains("--setup-cmd"),
             "{msg}"
         );
+        // A module in a folder the metadata did not declare: it is there, named wrong.
+        std::fs::create_dir_all(wt.path().join("code")).unwrap();
+        std::fs::write(wt.path().join("code/png.py"), "").unwrap();
+        let clash = crate::pytest::ImportCheck {
+            error: Some(
+                "ModuleNotFoundError: No module named 'code.png'; 'code' is not a package".into(),
+            ),
+            ..Default::default()
+        };
+        let pkgs = vec!["code/png.py".to_string()];
+        let msg = import_problem("code.png", &clash, wt.path(), &pkgs, &[]).unwrap();
+        assert!(msg.contains("--source-root code"), "{msg}");
+        assert!(!msg.contains("not committed"), "{msg}");
     }
 
     #[test]

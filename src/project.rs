@@ -1,8 +1,10 @@
 //! What the project's code is: the top-level packages and modules that its coverage and
 //! packaging configuration declare (`[tool.coverage.run] source`, setuptools, hatch, flit,
 //! poetry, pdm), else what its tree holds at the root or under `src/` (regular packages, PEP 420
-//! namespace packages, single modules), leaving out tests, docs, examples, build output and the
-//! project's own tooling. Read from the committed tree, which is what the worktrees test.
+//! namespace packages, single modules), leaving out tests (a package of nothing but tests too),
+//! stub-only packages, docs, examples, build output and the project's own tooling; and the
+//! folders those are imported from ([`source_roots`], [`import_name`]). Read from the committed
+//! tree, which is what the worktrees test.
 //!
 //! Where tests live is pytest's to say: see [`crate::layout`].
 
@@ -139,7 +141,8 @@ const NOT_CODE_MODULES: &[&str] = &[
     "__main__",
 ];
 
-/// Folders that hold top-level code without being a package themselves.
+/// Folders that hold top-level code without being a package themselves, whatever the packaging
+/// metadata says: the ones it declares come on top (see [`source_roots`]).
 const SOURCE_ROOTS: &[&str] = &["src", "lib"];
 
 fn is_identifier(name: &str) -> bool {
@@ -156,25 +159,104 @@ fn normalize(name: &str) -> String {
 }
 
 /// The folder on `sys.path` from which `path` (a package folder or a module file) is imported:
-/// `src` for `src/pkg`, `` for `pkg` and for a namespace portion such as `jaraco/functools`.
-pub fn import_root(path: &str) -> String {
-    match path.split_once('/') {
-        Some((first, _)) if SOURCE_ROOTS.contains(&first) => first.to_string(),
-        _ => String::new(),
-    }
+/// the deepest of `roots` (the folders the packaging metadata imports packages from, see
+/// [`source_roots`]) and `src` and `lib` that holds it, else the repository's root (``):
+/// `code` for `code/png.py` when setup.cfg says `package_dir = =code`, `src` for `src/pkg`, ``
+/// for `pkg` and for a namespace portion such as `jaraco/functools`.
+pub fn import_root(path: &str, roots: &[String]) -> String {
+    roots
+        .iter()
+        .map(String::as_str)
+        .chain(SOURCE_ROOTS.iter().copied())
+        .filter(|r| {
+            !r.is_empty()
+                && path
+                    .strip_prefix(*r)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+        .max_by_key(|r| r.len())
+        .unwrap_or("")
+        .to_string()
 }
 
-/// `src/pkg/sub/mod.py` -> `pkg.sub.mod`; `pkg/__init__.py` -> `pkg`; `six.py` -> `six`.
-pub fn import_name(module_path: &str) -> String {
-    let root = import_root(module_path);
+/// `src/pkg/sub/mod.py` -> `pkg.sub.mod`; `pkg/__init__.py` -> `pkg`; `six.py` -> `six`;
+/// `code/png.py` -> `png` when `roots` holds `code`. `roots` as in [`import_root`].
+pub fn import_name(module_path: &str, roots: &[String]) -> String {
+    let root = import_root(module_path, roots);
     let rel = if root.is_empty() {
         module_path
     } else {
         &module_path[root.len() + 1..]
     };
+    dotted(rel)
+}
+
+/// A path relative to its import root as a dotted name.
+fn dotted(rel: &str) -> String {
     let rel = rel.strip_suffix(".py").unwrap_or(rel);
     let rel = rel.strip_suffix("/__init__").unwrap_or(rel);
     rel.replace('/', ".")
+}
+
+/// The folders the packaging metadata says packages are imported from, besides the
+/// repository's root: setuptools' `package_dir` for the empty name (setup.cfg, setup.py,
+/// `[tool.setuptools] package-dir`) and the `where` of its package finder, poetry's `from`,
+/// pdm's `package-dir`, hatch's `sources` and the folders its `packages` are in. Only folders
+/// the tree has, each once, in the order declared. `src` and `lib` count without a
+/// declaration (see [`import_root`]).
+pub fn source_roots(tree: &ProjectTree) -> Vec<String> {
+    let mut declared = setuptools_finder(tree).roots;
+    if let Some(tool) = tree.pyproject().and_then(|t| t.get("tool")) {
+        let at = |keys: &[&str]| keys.iter().try_fold(tool, |v, k| v.get(*k));
+        if let Some(toml::Value::Array(list)) = at(&["poetry", "packages"]) {
+            declared.extend(
+                list.iter()
+                    .filter_map(|p| p.get("from").and_then(|v| v.as_str()))
+                    .map(str::to_string),
+            );
+        }
+        declared.extend(strings(at(&["pdm", "build", "package-dir"])));
+        for keys in [
+            &["hatch", "build", "targets", "wheel", "sources"][..],
+            &["hatch", "build", "sources"],
+        ] {
+            match at(keys) {
+                Some(toml::Value::Array(_)) => declared.extend(strings(at(keys))),
+                // `{"src" = ""}`: the prefix that is cut off the import path.
+                Some(toml::Value::Table(t)) => declared.extend(
+                    t.iter()
+                        .filter(|(_, to)| to.as_str() == Some(""))
+                        .map(|(from, _)| from.clone()),
+                ),
+                _ => {}
+            }
+        }
+        for keys in [
+            &["hatch", "build", "targets", "wheel", "packages"][..],
+            &["hatch", "build", "packages"],
+        ] {
+            declared.extend(
+                strings(at(keys))
+                    .iter()
+                    .filter_map(|p| p.trim_matches('/').rsplit_once('/'))
+                    .map(|(parent, _)| parent.to_string()),
+            );
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for root in declared {
+        let root = clean_dir(&root);
+        if !root.is_empty() && tree.is_dir(&root) && !out.contains(&root) {
+            out.push(root);
+        }
+    }
+    out
+}
+
+/// `./code/` -> `code`; `.` -> `` (the repository's root).
+fn clean_dir(dir: &str) -> String {
+    let dir = dir.trim().trim_start_matches("./").trim_matches('/');
+    if dir == "." { "" } else { dir }.to_string()
 }
 
 /// Whether `path` is one of `packages` (folders or module files) or lies inside one.
@@ -190,7 +272,7 @@ pub fn detect_packages(tree: &ProjectTree) -> Result<Vec<String>, String> {
     let project = project_name(tree);
     let declared = declared_packages(tree, project.as_deref());
     let found = if declared.is_empty() {
-        from_tree(tree, project.as_deref())
+        from_tree(tree, project.as_deref(), &source_roots(tree))
     } else {
         declared
     };
@@ -230,7 +312,9 @@ fn declared_packages(tree: &ProjectTree, project: Option<&str>) -> Vec<String> {
             .into_iter()
             .filter(|p| tree.is_dir(p) || tree.has_file(p))
             // A project may measure its tests too (`source = ["slugify", "test"]`).
-            .filter(|p| !is_tests_path(p))
+            .filter(|p| !is_tests_path(p) && !is_tests_package(tree, p, project))
+            // A PEP 561 stub package (`wrapt-stubs`): nothing runs there.
+            .filter(|p| is_python_code(tree, p))
             .collect();
         paths.sort();
         paths.dedup();
@@ -321,6 +405,11 @@ fn coverage_source(tree: &ProjectTree) -> Vec<String> {
 /// setuptools: `[tool.setuptools]` in pyproject.toml, `[options]` in setup.cfg, or the literal
 /// lists of a setup.py; `find:` searches the tree with the declared `where`/include/exclude.
 fn setuptools_packages(tree: &ProjectTree, project: Option<&str>) -> Vec<String> {
+    setuptools_finder(tree).resolve(tree, project)
+}
+
+/// What setuptools' configuration says, unresolved.
+fn setuptools_finder(tree: &ProjectTree) -> Finder {
     let mut spec = Finder::default();
     if let Some(st) = tree
         .pyproject()
@@ -376,7 +465,7 @@ fn setuptools_packages(tree: &ProjectTree, project: Option<&str>) -> Vec<String>
             spec.roots.push(dir);
         }
     }
-    spec.resolve(tree, project)
+    spec
 }
 
 #[derive(Default)]
@@ -410,17 +499,20 @@ impl Finder {
                 self.roots.clone()
             };
             for root in roots {
-                let root = root.trim_matches('/').trim_start_matches("./");
-                let root = if root == "." { "" } else { root };
-                for path in walk(tree, root) {
-                    let dotted = import_name(&path);
+                let root = clean_dir(&root);
+                for path in walk(tree, &root) {
+                    // Named from the folder searched, as setuptools names what it finds.
+                    let rel = path
+                        .strip_prefix(&root)
+                        .map_or(path.as_str(), |r| r.trim_start_matches('/'));
+                    let dotted = dotted(rel);
                     let included = self.include.is_empty()
                         || self.include.iter().any(|p| glob_match(p, &dotted));
                     let excluded = self.exclude.iter().any(|p| {
                         glob_match(p, &dotted)
                             || glob_match(p, dotted.split('.').next().unwrap_or(""))
                     });
-                    if included && !excluded && !is_test_helper(&path, project) {
+                    if included && !excluded && !is_test_helper(&path, project, &self.roots) {
                         out.push(path);
                     }
                 }
@@ -557,7 +649,8 @@ fn is_package_dir(tree: &ProjectTree, dir: &str) -> bool {
 }
 
 /// A folder without `__init__.py` and without modules of its own whose sub-folders are
-/// packages: a PEP 420 namespace (`jaraco/` holding `jaraco/functools/`).
+/// packages: a PEP 420 namespace (`jaraco/` holding `jaraco/functools/`). `src` and `lib` are
+/// source roots, not namespaces.
 fn is_namespace(tree: &ProjectTree, dir: &str) -> bool {
     let children = tree.children(dir);
     !SOURCE_ROOTS.contains(&dir)
@@ -615,14 +708,61 @@ fn is_tests_path(path: &str) -> bool {
     TEST_DIR_NAMES.contains(&stem) || is_test_module_name(stem) || stem == "conftest"
 }
 
+/// A package of tests under a name of its own (vine's `t/`, holding `t/unit/test_*.py`): it
+/// has test modules outside any `tests` folder, and every other module in it is a conftest, an
+/// `__init__` or in a `tests` folder. A package named like the project is its code whatever it
+/// holds.
+fn is_tests_package(tree: &ProjectTree, dir: &str, project: Option<&str>) -> bool {
+    let last = dir.rsplit('/').next().unwrap_or(dir);
+    if dir.ends_with(".py") || project.is_some_and(|p| normalize(p) == normalize(last)) {
+        return false;
+    }
+    let prefix = format!("{dir}/");
+    let mut tests = false;
+    for f in tree.files.range(prefix.clone()..) {
+        let Some(rest) = f.strip_prefix(&prefix) else {
+            break;
+        };
+        let Some(rest) = rest.strip_suffix(".py") else {
+            continue;
+        };
+        let (folders, stem) = rest.rsplit_once('/').unwrap_or(("", rest));
+        if folders.split('/').any(|d| TEST_DIR_NAMES.contains(&d)) {
+            continue;
+        }
+        if is_test_module_name(stem) {
+            tests = true;
+        } else if stem != "__init__" && stem != "conftest" {
+            return false;
+        }
+    }
+    tests
+}
+
+/// Code Python can import and run: a module or a folder named like an identifier, holding at
+/// least one `.py` file (not only `.pyi` stubs).
+fn is_python_code(tree: &ProjectTree, path: &str) -> bool {
+    let last = path.rsplit('/').next().unwrap_or(path);
+    if let Some(stem) = last.strip_suffix(".py") {
+        return is_identifier(stem);
+    }
+    let prefix = format!("{path}/");
+    is_identifier(last)
+        && tree
+            .files
+            .range(prefix.clone()..)
+            .take_while(|f| f.starts_with(&prefix))
+            .any(|f| f.ends_with(".py"))
+}
+
 fn is_test_module_name(stem: &str) -> bool {
     stem == "tests" || stem == "test" || stem.starts_with("test_") || stem.ends_with("_test")
 }
 
 /// A package for the tests only (`testers/`, `testing/`, `test_utils/`): never a target, unless
 /// it is the project itself (a pytest plugin, say).
-fn is_test_helper(path: &str, project: Option<&str>) -> bool {
-    let name = import_name(path);
+fn is_test_helper(path: &str, project: Option<&str>, roots: &[String]) -> bool {
+    let name = import_name(path, roots);
     let top = name
         .rsplit('.')
         .next()
@@ -631,18 +771,21 @@ fn is_test_helper(path: &str, project: Option<&str>) -> bool {
     top.contains("test") && project.is_none_or(|p| normalize(p) != normalize(&name))
 }
 
-/// The project's code as the tree shows it: under `src/` (or `lib/`) when it holds any, else at
-/// the root.
-fn from_tree(tree: &ProjectTree, project: Option<&str>) -> Vec<String> {
-    let roots = SOURCE_ROOTS
+/// The project's code as the tree shows it: under the source roots the packaging metadata
+/// declares, else `src/` (or `lib/`), when one holds any, else at the root.
+fn from_tree(tree: &ProjectTree, project: Option<&str>, declared: &[String]) -> Vec<String> {
+    let roots = declared
         .iter()
-        .copied()
+        .map(String::as_str)
+        .chain(SOURCE_ROOTS.iter().copied())
         .filter(|r| tree.is_dir(r) && !is_package_dir(tree, r))
         .chain(std::iter::once(""));
     for root in roots {
         let found: Vec<String> = walk(tree, root)
             .into_iter()
-            .filter(|p| !is_test_helper(p, project))
+            .filter(|p| {
+                !is_test_helper(p, project, declared) && !is_tests_package(tree, p, project)
+            })
             .collect();
         // Beside packages, a loose module is mostly a script (`release.py`, `docs_build.py`)
         // that may run on import: it counts only when named like the project.
@@ -652,7 +795,7 @@ fn from_tree(tree: &ProjectTree, project: Option<&str>) -> Vec<String> {
             .filter(|p| {
                 !has_package
                     || !p.ends_with(".py")
-                    || project.is_some_and(|n| normalize(n) == normalize(&import_name(p)))
+                    || project.is_some_and(|n| normalize(n) == normalize(&import_name(p, declared)))
             })
             .collect();
         if !found.is_empty() {
@@ -841,10 +984,10 @@ mod tests {
         );
         assert_eq!(got, ["jaraco/functools"]);
         assert_eq!(
-            import_name("jaraco/functools/__init__.py"),
+            import_name("jaraco/functools/__init__.py", &[]),
             "jaraco.functools"
         );
-        assert_eq!(import_root("jaraco/functools"), "");
+        assert_eq!(import_root("jaraco/functools", &[]), "");
     }
 
     #[test]
@@ -859,6 +1002,59 @@ mod tests {
             &[],
         );
         assert_eq!(got, ["pymonet"]);
+    }
+
+    #[test]
+    fn a_tests_package_under_a_name_of_its_own_is_not_code() {
+        // vine: `t/` is a package of tests only.
+        let got = detect(
+            &[
+                "vine/__init__.py",
+                "vine/promises.py",
+                "t/__init__.py",
+                "t/unit/__init__.py",
+                "t/unit/test_promises.py",
+                "setup.py",
+            ],
+            &[],
+        );
+        assert_eq!(got, ["vine"]);
+        // A package with its tests inside stays.
+        let got = detect(
+            &[
+                "toolz/__init__.py",
+                "toolz/tests/test_a.py",
+                "toolz/itertoolz.py",
+            ],
+            &[],
+        );
+        assert_eq!(got, ["toolz"]);
+        // Its code all in `__init__.py`, its tests in a tests folder.
+        let got = detect(&["one/__init__.py", "one/tests/test_a.py"], &[]);
+        assert_eq!(got, ["one"]);
+    }
+
+    #[test]
+    fn a_stub_package_is_not_code() {
+        // wrapt lists its PEP 561 stubs as a package.
+        let pyproject = "[tool.setuptools]\npackage-dir = {\"\" = \"src\"}\npackages = [\"wrapt\", \"wrapt-stubs\"]\n";
+        let got = detect(
+            &[
+                "src/wrapt/__init__.py",
+                "src/wrapt/wrappers.py",
+                "src/wrapt-stubs/__init__.pyi",
+            ],
+            &[("pyproject.toml", pyproject)],
+        );
+        assert_eq!(got, ["src/wrapt"]);
+        let got = detect(
+            &["pkg/__init__.py", "pkg_stubs/__init__.pyi"],
+            &[(
+                "pyproject.toml",
+                "[tool.setuptools]\npackages = [\"pkg\", \"pkg_stubs\"]\n",
+            )],
+        );
+        assert_eq!(got, ["pkg"]);
     }
 
     #[test]
@@ -1012,12 +1208,69 @@ mod tests {
 
     #[test]
     fn import_names() {
-        assert_eq!(import_name("pkg/a.py"), "pkg.a");
-        assert_eq!(import_name("src/pkg/sub/b.py"), "pkg.sub.b");
-        assert_eq!(import_name("pkg/__init__.py"), "pkg");
-        assert_eq!(import_name("six.py"), "six");
-        assert_eq!(import_root("src/pkg"), "src");
-        assert_eq!(import_root("six.py"), "");
+        assert_eq!(import_name("pkg/a.py", &[]), "pkg.a");
+        assert_eq!(import_name("src/pkg/sub/b.py", &[]), "pkg.sub.b");
+        assert_eq!(import_name("pkg/__init__.py", &[]), "pkg");
+        assert_eq!(import_name("six.py", &[]), "six");
+        assert_eq!(import_root("src/pkg", &[]), "src");
+        assert_eq!(import_root("six.py", &[]), "");
+        // A declared root; the deepest one holding the path wins; a name that only starts
+        // like a root is not in it.
+        let roots = ["code".to_string(), "src/python".to_string()];
+        assert_eq!(import_name("code/png.py", &roots), "png");
+        assert_eq!(import_root("code/png.py", &roots), "code");
+        assert_eq!(import_name("src/python/pkg/__init__.py", &roots), "pkg");
+        assert_eq!(import_name("src/other/a.py", &roots), "other.a");
+        assert_eq!(import_name("codec/x.py", &roots), "codec.x");
+        assert_eq!(import_name("code/png.py", &[]), "code.png");
+    }
+
+    #[test]
+    fn source_roots_come_from_the_packaging_metadata() {
+        // pypng: setup.cfg `package_dir = =code`, one module, its tests beside it.
+        let files = [
+            "code/png.py",
+            "code/test_png.py",
+            "code/pngsuite.py",
+            "code/prichunkpng",
+            "man/x.rst",
+        ];
+        let cfg =
+            "[metadata]\nname = pypng\n\n[options]\npackage_dir =\n\t= code\npy_modules =\n\tpng\n";
+        let t = tree(&files, &[("setup.cfg", cfg)]);
+        assert_eq!(source_roots(&t), ["code"]);
+        assert_eq!(detect_packages(&t).unwrap(), ["code/png.py"]);
+        let roots = source_roots(&t);
+        assert_eq!(import_name("code/png.py", &roots), "png");
+
+        let lib = ["Lib/fontMath/__init__.py", "Lib/fontMath/mathGlyph.py"];
+        let setup_py =
+            "setup(\n    package_dir={\"\": \"Lib\"},\n    packages=find_packages(\"Lib\"),\n)\n";
+        let t = tree(&lib, &[("setup.py", setup_py)]);
+        assert_eq!(source_roots(&t), ["Lib"]);
+        assert_eq!(detect_packages(&t).unwrap(), ["Lib/fontMath"]);
+
+        let py = ["python/pkg/__init__.py", "python/pkg/a.py"];
+        let pyproject = "[tool.setuptools.packages.find]\nwhere = [\"python\"]\n[tool.setuptools]\npackage-dir = {\"\" = \"./python/\"}\n";
+        let t = tree(&py, &[("pyproject.toml", pyproject)]);
+        assert_eq!(source_roots(&t), ["python"]);
+        assert_eq!(detect_packages(&t).unwrap(), ["python/pkg"]);
+        let poetry =
+            "[tool.poetry]\nname = \"p\"\npackages = [{include = \"pkg\", from = \"python\"}]\n";
+        assert_eq!(
+            source_roots(&tree(&py, &[("pyproject.toml", poetry)])),
+            ["python"]
+        );
+        let hatch = "[tool.hatch.build.targets.wheel]\npackages = [\"python/pkg\"]\n";
+        assert_eq!(
+            source_roots(&tree(&py, &[("pyproject.toml", hatch)])),
+            ["python"]
+        );
+        // A folder the tree does not have, and the root itself, are no source roots.
+        let cfg = "[options]\npackage_dir =\n    =gone\npackages = find:\n[options.packages.find]\nwhere = .\n";
+        assert!(source_roots(&tree(&py, &[("setup.cfg", cfg)])).is_empty());
+        // Without metadata, the tree decides: `code/` is then a folder like any other.
+        assert!(source_roots(&tree(&files, &[])).is_empty());
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn modules_at(
 ) -> Result<Vec<String>, crate::git::GitError> {
     let side = test_side(state);
     let left_out = |package: &str| {
-        let name = crate::project::import_name(package);
+        let name = crate::project::import_name(package, &state.settings.source_roots);
         state
             .baseline
             .iter()
@@ -121,7 +121,8 @@ pub fn tests_dir_for(module: &str, state: &RunState, test_files: &[(String, Stri
         return dir.clone();
     }
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
-    for (path, _) in tests_importing(test_files, &crate::project::import_name(module), usize::MAX) {
+    let name = crate::project::import_name(module, &state.settings.source_roots);
+    for (path, _) in tests_importing(test_files, &name, usize::MAX) {
         let dir = path.rsplit_once('/').map_or("", |(d, _)| d).to_string();
         *counts.entry(dir).or_default() += 1;
     }

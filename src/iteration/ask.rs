@@ -361,7 +361,7 @@ fn shrink_module(data: &mut PromptData, missing: Option<&Missing>, over: usize) 
 
 fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<(PromptData, Option<Missing>), StepError> {
     let (repo, state, it) = (&cx.ctx.repo, &cx.state, cx.it());
-    let import_name = crate::project::import_name(&it.target);
+    let import_name = crate::project::import_name(&it.target, &state.settings.source_roots);
     let source = read_at_tip(repo, tip, &it.target).unwrap_or_default();
     // The tests at the run branch's tip: the project's own plus those kept earlier in the run,
     // so the model sees what is already covered.
@@ -538,7 +538,7 @@ fn build_fix_request(cx: &StepCx<'_>, max_chars: usize) -> Result<ChatRequest, S
     })?
     .into_iter()
     .filter(|(path, _)| {
-        let name = crate::project::import_name(path);
+        let name = crate::project::import_name(path, &cx.state.settings.source_roots);
         !target::tests_importing(&this_file, &name, 1).is_empty()
     })
     .take(3)

@@ -31,7 +31,8 @@ pub struct TestCommand {
     pub words: Vec<String>,
     pub coverage: Option<CoverageSpec>,
     pub timeout: Duration,
-    /// The folders, relative to the worktree, that hold the packages (`""`, `src`). They go
+    /// The folders, relative to the worktree, that hold the packages (`""`, `src`, a declared
+    /// source root such as pypng's `code`: see [`crate::project::import_root`]). They go
     /// first on PYTHONPATH so an editable install of the user's checkout cannot make the tests
     /// import the user's working tree instead of the worktree under test.
     pub import_roots: Vec<String>,
@@ -109,14 +110,15 @@ fn absolute_sources(source: &[String], cwd: &Path) -> Vec<String> {
 
 impl CoverageSpec {
     /// The `--source` of coverage.py for `packages`: folders as they are, single-module
-    /// projects by import name (coverage takes a file path for a package name).
-    pub fn for_packages(packages: &[String], omit: Vec<String>) -> Self {
+    /// projects by import name (coverage takes a file path for a package name), named from
+    /// their source root (`source_roots`, see [`crate::project::import_name`]).
+    pub fn for_packages(packages: &[String], source_roots: &[String], omit: Vec<String>) -> Self {
         CoverageSpec {
             source: packages
                 .iter()
                 .map(|p| {
                     if p.ends_with(".py") {
-                        crate::project::import_name(p)
+                        crate::project::import_name(p, source_roots)
                     } else {
                         p.clone()
                     }

@@ -146,11 +146,11 @@ pub(crate) async fn test_command(
         words: settings.test_cmd.clone(),
         coverage: None,
         timeout: settings.test_timeout,
-        import_roots: import_roots(&settings.packages),
+        import_roots: import_roots(&settings.packages, &settings.source_roots),
         import_names: settings
             .packages
             .iter()
-            .map(|p| crate::project::import_name(p))
+            .map(|p| crate::project::import_name(p, &settings.source_roots))
             .collect(),
         extra_args: Vec::new(),
         sandbox: settings.sandbox,
@@ -178,6 +178,7 @@ pub(crate) async fn test_command(
     if found.coverage {
         test_cmd.coverage = Some(CoverageSpec::for_packages(
             &settings.packages,
+            &settings.source_roots,
             crate::project::tests_inside(tree, &settings.packages),
         ));
     } else {
@@ -308,10 +309,13 @@ pub(crate) fn run_context(
     ))
 }
 
-/// The folders the packages are imported from (`""`, `src`), each once.
-pub(crate) fn import_roots(packages: &[String]) -> Vec<String> {
+/// The folders the packages are imported from (`""`, `src`, a declared source root), each once.
+pub(crate) fn import_roots(packages: &[String], source_roots: &[String]) -> Vec<String> {
     let mut roots: Vec<String> = Vec::new();
-    for root in packages.iter().map(|p| crate::project::import_root(p)) {
+    for root in packages
+        .iter()
+        .map(|p| crate::project::import_root(p, source_roots))
+    {
         if !roots.contains(&root) {
             roots.push(root);
         }

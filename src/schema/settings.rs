@@ -294,6 +294,17 @@ macro_rules! run_settings {
                     default: Some(0.2),
                     hook: temperature,
                 }
+                /// Folders, relative to the repo, that packages are imported from (as setuptools'
+                /// package_dir), comma-separated: `code` makes code/png.py the module `png`. The
+                /// root, src and lib always are. Default: what the packaging metadata declares
+                /// (package_dir, the package finder's where, poetry's from, hatch's sources).
+                source_roots: Vec<String> => Vec<String> {
+                    arg: [long = "source-root", value_name = "DIR[,DIR...]", value_delimiter = ','],
+                    file: [rename = "source-root", alias = "source_root", alias = "source-roots", alias = "source_roots", deserialize_with = "de::one_or_many"],
+                    saved: [deserialize_with = "one_or_many"],
+                    default: None,
+                    hook: source_roots,
+                }
             }
             invocation {
                 /// Iterations in this run; on resume, a larger N extends the run.

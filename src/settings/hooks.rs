@@ -167,6 +167,31 @@ pub fn packages(l: &Layer<Vec<String>>, cx: &Cx<'_>) -> Hooked<Vec<String>> {
     }
 }
 
+/// The folders packages are imported from besides the root, `src` and `lib`: as given
+/// (checked; an empty value turns detection off), else as the resumed run had them, else what
+/// the packaging metadata declares.
+pub fn source_roots(l: &Layer<Vec<String>>, cx: &Cx<'_>) -> Hooked<Vec<String>> {
+    match (&l.given, &l.saved) {
+        (Some(g), _) => {
+            let mut roots: Vec<String> = Vec::new();
+            for item in g.value.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+                let root = check_dir(cx.repo_root, item, "--source-root", true)?;
+                if !cx.repo_root.join(&root).is_dir() {
+                    return Err(UsageError(format!(
+                        "--source-root `{item}` is a file: name the folder packages are imported from"
+                    )));
+                }
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
+            Ok((roots, g.source.clone()))
+        }
+        (None, Some(s)) => Ok((s.clone(), Source::Saved)),
+        (None, None) => Ok((project::source_roots(cx.tree), Source::Default)),
+    }
+}
+
 /// Where new tests go, when the user said so (checked).
 pub fn tests_dir(l: &Layer<String>, cx: &Cx<'_>) -> Hooked<Option<String>> {
     Ok(match (&l.given, &l.saved) {

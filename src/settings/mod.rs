@@ -674,14 +674,18 @@ mod tests {
             let value = match *name {
                 "provider" => "\"openai\"".to_string(),
                 "test_timeout" | "llm_timeout" | "max_duration" => "\"5m\"".to_string(),
-                "focus" | "pass_env" | "packages" => "[\"a\"]".to_string(),
+                "focus" | "pass_env" | "packages" | "source_roots" => "[\"a\"]".to_string(),
                 "sandbox" | "require_coverage_gain" | "require_mutation_kill" => "true".into(),
                 "llm_url" | "model" | "test_cmd" | "tests_dir" | "setup_cmd" | "base" => {
                     "\"x\"".into()
                 }
                 _ => "3".into(),
             };
-            let key = if *name == "packages" { "package" } else { name };
+            let key = match *name {
+                "packages" => "package",
+                "source_roots" => "source_root",
+                _ => name,
+            };
             for spelt in [key.replace('_', "-"), key.to_string()] {
                 let parsed = toml::from_str::<FileConfig>(&format!("{spelt} = {value}"));
                 assert!(parsed.is_ok(), "{spelt}: {parsed:?}");
@@ -746,6 +750,7 @@ mod tests {
     fn flag_of(name: &str) -> String {
         match name {
             "packages" => "package".into(),
+            "source_roots" => "source-root".into(),
             n => n.replace('_', "-"),
         }
     }

@@ -545,3 +545,93 @@ async fn test_ids_built_from_a_set_do_not_break_a_run() {
     let log = improve_json(fx.path(), &["log", "--json"]);
     assert_eq!(log[0]["outcome"], "kept", "{log}");
 }
+
+/// pypng's shape: setup.cfg imports the code from `code/` (`package_dir = =code`), the one
+/// module `code/png.py` is `png` (`code` is a standard-library module, so `code.png` does not
+/// import at all), and its tests beside it import `png`.
+#[tokio::test]
+async fn a_source_root_declared_by_package_dir_gives_the_import_name() {
+    let test_png = "from png import double\n\n\ndef test_double():\n    assert double(2) == 4\n";
+    let answer = "import pytest\n\nfrom png import double\n\n\ndef test_negative():\n    with pytest.raises(ValueError):\n        double(-3)\n";
+    let fx = project(&[
+        (
+            "setup.cfg",
+            "[metadata]\nname = pypng\n\n[options]\npackage_dir =\n\t= code\npy_modules =\n\tpng\n",
+        ),
+        ("code/png.py", ALPHA),
+        ("code/test_png.py", test_png),
+        ("code/prichunkpng", "#!/usr/bin/env python\nimport png\n"),
+    ]);
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(answer)]).await;
+    let mut cmd = improve(fx.path());
+    cmd.args(["-n", "1", "--llm-url", &llm.url(), "--model", "m"]);
+    let out = output(cmd).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let status = improve_json(fx.path(), &["status", "--json"]);
+    assert_eq!(
+        status["tests_baseline"],
+        own_pytest_count(fx.path()),
+        "{err}"
+    );
+    assert_eq!(status["kept"], 1, "{err}");
+    let log = improve_json(fx.path(), &["log", "--json"]);
+    assert_eq!(log[0]["target"], "code/png.py", "{log}");
+    assert!(
+        log[0]["files"][0].as_str().unwrap().starts_with("code/"),
+        "{log}"
+    );
+    let st = state(fx.path());
+    assert_eq!(
+        st["settings"]["packages"],
+        serde_json::json!(["code/png.py"])
+    );
+    assert_eq!(st["settings"]["source_roots"], serde_json::json!(["code"]));
+    // The prompt names the module as the tests import it; coverage measured it.
+    let body = String::from_utf8_lossy(&llm.requests().await[0].body).to_string();
+    assert!(body.contains("import it as `png`"), "{body}");
+    assert!(
+        st["baseline"]["coverage"]["percent"].as_f64().unwrap() > 0.0,
+        "{st}"
+    );
+
+    // Without the metadata, `--package code/png.py` alone names it `code.png`: the run stops
+    // saying which flag makes it `png`, not that the file is missing.
+    let bare = project(&[("code/png.py", ALPHA), ("code/test_png.py", test_png)]);
+    let (out, llm) = run_plain(bare.path(), vec![], &["--package", "code/png.py"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--source-root code") && !err.contains("not committed"),
+        "{err}"
+    );
+    assert!(llm.requests().await.is_empty());
+
+    // With `--source-root code` it runs, and a resume without flags keeps the root.
+    let bare = project(&[("code/png.py", ALPHA), ("code/test_png.py", test_png)]);
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(answer), code_answer(answer)]).await;
+    let mut cmd = improve(bare.path());
+    cmd.args([
+        "-n",
+        "2",
+        "--max-tokens",
+        "1",
+        "--llm-url",
+        &llm.url(),
+        "--model",
+        "m",
+    ]);
+    cmd.args(["--package", "code/png.py", "--source-root", "code"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(improve_json(bare.path(), &["status", "--json"])["kept"], 1);
+    let mut cmd = improve(bare.path());
+    cmd.args(["--llm-url", &llm.url()]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let status = improve_json(bare.path(), &["status", "--json"]);
+    assert_eq!(status["iterations_done"], 2, "{}", stderr(&out));
+    let requests = llm.requests().await;
+    let body = String::from_utf8_lossy(&requests[requests.len() - 1].body).to_string();
+    assert!(body.contains("import it as `png`"), "{body}");
+}
