@@ -170,25 +170,8 @@ impl SetupCommand {
         pass_env: &[String],
         timeout: Duration,
     ) -> Self {
-        let mut env = crate::process::test_environment(pass_env);
-        if let Some(bin) = python
-            .map(Path::new)
-            .and_then(Path::parent)
-            .filter(|b| b.is_absolute())
-        {
-            let old = env
-                .iter()
-                .find(|(k, _)| k == "PATH")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            let mut path = bin.as_os_str().to_owned();
-            if !old.is_empty() {
-                path.push(":");
-                path.push(old);
-            }
-            env.retain(|(k, _)| k != "PATH");
-            env.push(("PATH".into(), path));
-        }
+        let env =
+            crate::process::with_python_bin(crate::process::test_environment(pass_env), python);
         SetupCommand {
             command,
             env,

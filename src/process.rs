@@ -344,6 +344,35 @@ pub fn test_environment(pass_env: &[String]) -> Vec<(std::ffi::OsString, std::ff
     vars
 }
 
+/// `env` with the folder of `python` (an absolute path, a venv's `bin/python`) first on PATH,
+/// as an activated venv has it: tests that run the project's scripts or console entry points
+/// find the venv's, not whatever else PATH holds.
+pub fn with_python_bin(
+    mut env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    python: Option<&str>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let Some(bin) = python
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::parent)
+        .filter(|b| b.is_absolute())
+    else {
+        return env;
+    };
+    let old = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let mut path = bin.as_os_str().to_owned();
+    if !old.is_empty() {
+        path.push(":");
+        path.push(old);
+    }
+    env.retain(|(k, _)| k != "PATH");
+    env.push(("PATH".into(), path));
+    env
+}
+
 fn filter_environment(
     vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
     pass_env: &[String],
@@ -377,6 +406,28 @@ pub fn is_secret_var(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_test_pythons_folder_goes_first_on_path_as_in_an_activated_venv() {
+        let env = vec![("PATH".into(), "/usr/bin:/bin".into())];
+        let path = |env: &[(std::ffi::OsString, std::ffi::OsString)]| {
+            env.iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.to_string_lossy().to_string())
+        };
+        let with = with_python_bin(env.clone(), Some("/p/.venv/bin/python"));
+        assert_eq!(path(&with).as_deref(), Some("/p/.venv/bin:/usr/bin:/bin"));
+        assert_eq!(with.len(), 1, "one PATH");
+        // `python3` from PATH: nothing to put first.
+        assert_eq!(
+            path(&with_python_bin(env.clone(), Some("python3"))),
+            path(&env)
+        );
+        assert_eq!(
+            path(&with_python_bin(Vec::new(), Some("/p/bin/python"))).as_deref(),
+            Some("/p/bin")
+        );
+    }
 
     #[test]
     fn the_test_environment_is_an_allow_list() {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::PytestFiles;
 use crate::coverage::{self, Coverage, Gain};
-use crate::process::{run_helper, spawn_and_wait, test_environment};
+use crate::process::{run_helper, spawn_and_wait, test_environment, with_python_bin};
 use crate::state::Stopper;
 
 mod junit;
@@ -367,7 +367,7 @@ fn environment(
     measure: &Measure,
     coverage: bool,
 ) -> Env {
-    let mut env: Env = test_environment(&cmd.pass_env)
+    let mut env: Env = with_python_bin(test_environment(&cmd.pass_env), cmd.python())
         .into_iter()
         .filter(|(k, _)| k != "PYTHONPATH")
         .collect();
