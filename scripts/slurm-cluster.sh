@@ -48,6 +48,9 @@ write_config() {
     cpus=$(nproc)
     ((cpus < 4)) && cpus=4
   fi
+  # Memory as the node has it, less a tenth, so a job's --mem is checked against something real.
+  local mem_mb
+  mem_mb=$(awk '/^MemTotal:/ { print int($2 / 1024 * 0.9) }' /proc/meminfo)
   mkdir -p /etc/slurm "$DIR"/{state,spool,log}
   cat >"$CONF" <<EOF
 $MARKER: a one-node cluster
@@ -83,7 +86,7 @@ InactiveLimit=0
 MinJobAge=300
 KillWait=10
 Waittime=0
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 }
