@@ -11,6 +11,16 @@ cargo clippy --all-targets --locked -- -D warnings
 # own tests.
 .venv/bin/ruff check python/
 .venv/bin/python -m pytest -q -p no:cacheprovider python/tests scripts/tests
+# The distributed-run scripts and the GitHub workflows among the examples
+# (examples/**/github-*.yml; scripts/tests/test_examples.py makes sure no workflow is named
+# otherwise): actionlint, which also runs ShellCheck on their run: steps, and the workflow schema
+# bundled with check-jsonschema. The Kubernetes manifest is checked by scripts/tests.
+PATH=$PWD/.venv/bin:$PATH shellcheck scripts/slurm-*.sh examples/distributed/*.sbatch
+shopt -s globstar nullglob
+workflows=(examples/**/github-*.yml examples/**/github-*.yaml)
+shopt -u globstar nullglob
+PATH=$PWD/.venv/bin:$PATH actionlint "${workflows[@]}"
+.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows "${workflows[@]}"
 skip=()
 # The --sandbox tests need bubblewrap able to make its namespaces; where it cannot, they are
 # skipped, and this says so (CI installs bubblewrap, so they always run there).
