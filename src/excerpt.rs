@@ -1,14 +1,17 @@
 //! What the prompt shows of a module: its source with line numbers, marking the lines
-//! coverage.py saw never run (`!`) and the lines with a branch never taken (`?`). A small
-//! module is shown whole; a large one as its imports plus the whole functions around the
-//! missing lines, so the model sees what to test without the rest of the file.
+//! coverage.py saw never run (`!`) and the lines with a branch never taken (`?`). A short
+//! module is shown whole; a longer one as what the iteration aims at: its imports plus the whole
+//! functions around the missing lines, each with the class it is in (its header and its
+//! `__init__`), so the model sees what to test without the rest of the file. A small model on a
+//! slow server reads every prompt token at tens of tokens a second: the rest of the module is
+//! minutes of reading for nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::coverage::Missing;
 
-/// Modules up to this many lines are shown whole.
-pub const WHOLE_FILE_LINES: usize = 250;
+/// Modules up to this many lines are shown whole: their excerpt would be nearly as long.
+pub const WHOLE_FILE_LINES: usize = 60;
 
 fn indent(line: &str) -> usize {
     line.len() - line.trim_start().len()
@@ -81,6 +84,84 @@ fn imports(lines: &[&str]) -> BTreeSet<usize> {
         .collect()
 }
 
+/// What a block at `start` (1-based) needs around it to read: the header lines of the classes
+/// and functions it is inside, and the `__init__` of each class (how its objects are made).
+fn context_of(lines: &[&str], start: usize) -> BTreeSet<usize> {
+    let mut shown = BTreeSet::new();
+    let Some(first) = lines.get(start.saturating_sub(1)) else {
+        return shown;
+    };
+    let mut level = indent(first);
+    let mut i = start.saturating_sub(1);
+    while level > 0 && i > 0 {
+        i -= 1;
+        let l = lines[i];
+        if l.trim().is_empty() || indent(l) >= level || !opens_block(l) {
+            continue;
+        }
+        level = indent(l);
+        shown.insert(i + 1);
+        if l.trim_start().starts_with("class ") {
+            shown.extend(init_of(lines, i));
+        }
+    }
+    shown
+}
+
+/// `shown` with the module's one-line top-level assignments (`EMPTY = "empty name"`) whose
+/// name a shown line uses: a test about that code needs their values.
+fn with_constants(lines: &[&str], mut shown: BTreeSet<usize>) -> BTreeSet<usize> {
+    let text: String = shown
+        .iter()
+        .filter_map(|n| lines.get(n - 1))
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n");
+    let used = |name: &str| {
+        text.match_indices(name).any(|(i, _)| {
+            let before = text[..i].chars().next_back();
+            let after = text[i + name.len()..].chars().next();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            !word(before) && !word(after)
+        })
+    };
+    for (i, l) in lines.iter().enumerate() {
+        let Some((name, _)) = l.split_once('=') else {
+            continue;
+        };
+        let name = name.trim().split(':').next().unwrap_or("").trim();
+        let one_line = lines
+            .get(i + 1)
+            .is_none_or(|n| indent(n) == 0 || n.trim().is_empty());
+        if indent(l) == 0
+            && one_line
+            && !name.is_empty()
+            && name.chars().all(|c| c.is_alphanumeric() || c == '_')
+            && !l.trim_start().starts_with('#')
+            && used(name)
+        {
+            shown.insert(i + 1);
+        }
+    }
+    shown
+}
+
+/// The lines of the `__init__` of the class whose header is at `header` (0-based), if any.
+fn init_of(lines: &[&str], header: usize) -> Vec<usize> {
+    let base = indent(lines[header]);
+    lines
+        .iter()
+        .enumerate()
+        .skip(header + 1)
+        .take_while(|(_, l)| l.trim().is_empty() || indent(l) > base)
+        .find(|(_, l)| l.trim_start().starts_with("def __init__("))
+        .map(|(i, _)| {
+            let (a, b) = enclosing_block(lines, i + 1);
+            (a..=b).collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The blocks around marked lines, each with how many marked lines it holds.
 fn marked_blocks(lines: &[&str], marks: &BTreeMap<usize, char>) -> BTreeMap<(usize, usize), usize> {
     let mut blocks = BTreeMap::new();
@@ -114,8 +195,9 @@ pub fn excerpt(source: &str, missing: &Missing) -> String {
         let mut s = imports(&lines);
         for (a, b) in marked_blocks(&lines, &marks).into_keys() {
             s.extend(a..=b);
+            s.extend(context_of(&lines, a));
         }
-        s
+        with_constants(&lines, s)
     };
     render(&lines, &shown, &marks)
 }
@@ -142,6 +224,8 @@ pub fn excerpt_within(
     for ((a, b), _) in &ranked {
         let mut trial = shown.clone();
         trial.extend(*a..=*b);
+        trial.extend(context_of(&lines, *a));
+        let trial = with_constants(&lines, trial);
         if taken > 0 && render(&lines, &trial, &marks).len() > max_chars {
             break;
         }
@@ -228,6 +312,55 @@ mod tests {
         );
         assert!(!e.contains("def f49") && !e.contains("def f51"), "{e}");
         assert!(e.contains("     ...\n"));
+    }
+
+    #[test]
+    fn a_method_comes_with_its_class_header_and_init() {
+        let mut src = String::from(
+            "import os\n\n\nclass Shelf:\n    def __init__(self, n):\n        self.n = n\n\n",
+        );
+        for i in 0..30 {
+            src.push_str(&format!(
+                "    def m{i}(self, a):\n        if a:\n            return {i}\n        return -1\n\n"
+            ));
+        }
+        // m20 starts at line 8 + 20*5 = 108; its `return 20` is line 110.
+        let m = Missing {
+            lines: vec![110],
+            branches: vec![],
+        };
+        let e = excerpt(&src, &m);
+        assert!(e.contains("   4  class Shelf:"), "{e}");
+        assert!(
+            e.contains("   5      def __init__(self, n):")
+                && e.contains("   6          self.n = n"),
+            "{e}"
+        );
+        assert!(
+            e.contains(" 108      def m20(self, a):") && e.contains(" 110!             return 20"),
+            "{e}"
+        );
+        assert!(!e.contains("def m19") && !e.contains("def m21"), "{e}");
+    }
+
+    #[test]
+    fn the_constants_a_shown_function_uses_are_shown_too() {
+        let mut src = String::from("LIMIT = 3\nOTHER = 4\nLIMITS = 5\n\n");
+        for i in 0..30 {
+            src.push_str(&format!(
+                "def f{i}(a):\n    if a > LIMIT:\n        return {i}\n    return -1\n\n"
+            ));
+        }
+        // f20 starts at line 5 + 20*5 = 105; its `return 20` is line 107.
+        let e = excerpt(
+            &src,
+            &Missing {
+                lines: vec![107],
+                branches: vec![],
+            },
+        );
+        assert!(e.contains("   1  LIMIT = 3"), "{e}");
+        assert!(!e.contains("OTHER") && !e.contains("LIMITS"), "{e}");
     }
 
     #[test]

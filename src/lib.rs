@@ -10,6 +10,7 @@ pub mod config;
 pub mod coverage;
 pub mod demo;
 pub mod error;
+pub mod examples;
 pub mod excerpt;
 pub mod fsutil;
 pub mod git;

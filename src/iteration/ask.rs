@@ -139,8 +139,25 @@ pub async fn saved_or_asked(
     let Some(request) = build(cx)? else {
         return Ok(Answer::Unavailable);
     };
+    if let Some(deadline) = cx.ctx.deadline
+        && expected_call(&cx.run_now()).is_some_and(|e| Instant::now() + e > deadline)
+    {
+        return Err(StepError::Deadline);
+    }
     let started = Instant::now();
-    let result = cx.ctx.llm.complete(&request, &cx.ctx.cancel).await;
+    let call = cx.ctx.llm.complete(&request, &cx.ctx.cancel);
+    // A local server's call is stopped at the deadline: nobody pays for it, and the run's
+    // budget is the user's night. A paid call runs on: its answer is paid for anyway.
+    let result = match cx.ctx.deadline.filter(|_| cx.ctx.llm.is_local()) {
+        Some(deadline) => tokio::select! {
+            r = call => r,
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                cx.it_mut().seconds.llm += started.elapsed().as_secs_f64();
+                return Err(StepError::Deadline);
+            }
+        },
+        None => call.await,
+    };
     cx.it_mut().seconds.llm += started.elapsed().as_secs_f64();
     match result {
         Ok(response) => {
@@ -155,6 +172,15 @@ pub async fn saved_or_asked(
             Ok(Answer::Failed(e))
         }
     }
+}
+
+/// How long an LLM call takes on this run's server, as measured so far: the mean of the calls
+/// made (None before the first).
+fn expected_call(state: &RunState) -> Option<std::time::Duration> {
+    let (seconds, calls) = state.iterations.iter().fold((0.0, 0u32), |(s, c), it| {
+        (s + it.seconds.llm, c + it.llm_calls)
+    });
+    (calls > 0).then(|| std::time::Duration::from_secs_f64(seconds / f64::from(calls)))
 }
 
 fn count_call(cx: &mut StepCx<'_>, response: Option<&ChatResponse>) {
@@ -367,10 +393,7 @@ fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<(PromptData, Option<Missing>
     // so the model sees what is already covered.
     let test_files = target::test_files_at(repo, tip, state)?;
     let tests_dir = target::tests_dir_for(&it.target, state, &test_files);
-    let existing_tests = target::tests_importing(&test_files, &import_name, 2)
-        .into_iter()
-        .map(|(path, text)| NamedText::new(path, &text, MAX_EXAMPLE_CHARS))
-        .collect();
+    let existing_tests = example_tests(&test_files, &import_name);
     let guidelines = GUIDELINE_FILES
         .iter()
         .filter_map(|name| {
@@ -412,6 +435,24 @@ fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<(PromptData, Option<Missing>
         full_source: source.clone(),
     };
     Ok((data, missing))
+}
+
+/// The shortest test functions of the files that import the module, else (when those hold
+/// only test classes) the first two such files, cut.
+fn example_tests(test_files: &[(String, String)], import_name: &str) -> Vec<NamedText> {
+    let importing = target::tests_importing(test_files, import_name, usize::MAX);
+    let shortest = crate::examples::shortest_tests(&importing, crate::examples::SHOWN);
+    if shortest.is_empty() {
+        return importing
+            .into_iter()
+            .take(2)
+            .map(|(path, text)| NamedText::new(path, &text, MAX_EXAMPLE_CHARS))
+            .collect();
+    }
+    shortest
+        .into_iter()
+        .map(|e| NamedText::new(e.path, &e.text, MAX_EXAMPLE_CHARS))
+        .collect()
 }
 
 /// How many survivors of the last mutation check of a module the next prompt for it shows.

@@ -28,6 +28,9 @@ use crate::state::{
 pub enum StepError {
     #[error("interrupted")]
     Cancelled,
+    /// `--max-duration` came: an LLM call would not finish before it, or was stopped at it.
+    #[error("--max-duration reached")]
+    Deadline,
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -80,6 +83,9 @@ pub struct RunContext {
     pub helper: crate::pyhelper::PyHelper,
     /// The worktrees iterations work in, reused from one to the next.
     pub worktrees: crate::worktrees::WorktreePool,
+    /// When `--max-duration` ends this invocation: no LLM call starts that would not finish by
+    /// then, and one to a local server still running then is stopped.
+    pub deadline: Option<Instant>,
 }
 
 impl RunContext {

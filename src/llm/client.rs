@@ -55,6 +55,21 @@ struct Http {
     key: Option<ApiKey>,
 }
 
+/// Whether `url` names this machine (`localhost`, `127.0.0.0/8`, `::1`).
+pub fn is_loopback(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl LlmClient {
     pub fn new(settings: LlmSettings, key: Option<ApiKey>) -> Result<LlmClient, LlmError> {
         // An empty env var is "no key": sending `Bearer ` would only earn a 401 from a local
@@ -91,6 +106,15 @@ impl LlmClient {
 
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// Whether the answers come from this machine (a server on a loopback address, or a
+    /// recording): a call cut short there wastes nothing anybody pays for.
+    pub fn is_local(&self) -> bool {
+        match &self.backend {
+            Backend::Replay(_) => true,
+            Backend::Http(http) => is_loopback(&http.endpoint),
+        }
     }
 
     /// One answer, after as many attempts as the policy allows. Only retryable failures are
@@ -742,6 +766,26 @@ mod tests {
         let answer = complete(&client).await.unwrap();
         assert_eq!(answer.text, "x");
         assert!(std::fs::read_to_string(&folder).unwrap().is_empty());
+    }
+
+    #[test]
+    fn loopback_urls_are_this_machine() {
+        for url in [
+            "http://127.0.0.1:18080/v1",
+            "http://localhost:8080/v1",
+            "http://[::1]:1/v1",
+            "http://127.1.2.3/",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in [
+            "https://api.openai.com/v1",
+            "http://10.0.0.1/v1",
+            "not a url",
+            "http://localhost.example.com/",
+        ] {
+            assert!(!is_loopback(url), "{url}");
+        }
     }
 
     #[test]

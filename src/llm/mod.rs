@@ -12,7 +12,7 @@ mod record;
 mod retry;
 mod wire;
 
-pub use client::LlmClient;
+pub use client::{LlmClient, is_loopback};
 pub use record::{Exchange, RecordedResponse, Recording};
 pub use retry::RetryPolicy;
 

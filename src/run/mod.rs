@@ -71,12 +71,13 @@ pub(crate) struct Locks {
 /// Runs the iterations and ends the run: its status saved, the report written when complete,
 /// the summary printed.
 pub(crate) async fn go(
-    (ctx, locks): (RunContext, Locks),
+    (mut ctx, locks): (RunContext, Locks),
     mut state: RunState,
     resolved: &Resolved,
     printer: &Printer,
     after_keep: Option<AfterKeep<'_>>,
 ) -> Result<RunEnd> {
+    ctx.deadline = resolved.max_duration.map(|d| ctx.session_start + d);
     // The state is saved before the run branch exists, so a crash in between leaves a run
     // whose branch is simply created on resume, never an orphan branch and a second run.
     ctx.save(&mut state)?;

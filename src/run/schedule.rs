@@ -192,6 +192,15 @@ impl Schedule {
                 self.stop.get_or_insert(RunEnd::Interrupted);
                 return;
             }
+            // The iteration resumes from its last step next time, as after a signal.
+            Err(StepError::Deadline) => {
+                self.stop.get_or_insert(RunEnd::Stopped(
+                    "--max-duration reached (the LLM call of an iteration in flight would not \
+                     have finished before it)"
+                        .into(),
+                ));
+                return;
+            }
             Err(e) => return self.fail(ctx, step_failure(e)),
         }
         let Some(it) = state.index_of(n).map(|i| &state.iterations[i]) else {
@@ -279,6 +288,7 @@ pub(super) fn limit_reached(state: &RunState, plan: &Plan<'_>) -> Option<String>
 pub(super) fn step_end(e: StepError) -> Result<RunEnd> {
     match e {
         StepError::Cancelled => Ok(RunEnd::Interrupted),
+        StepError::Deadline => Ok(RunEnd::Stopped("--max-duration reached".into())),
         other => Err(step_failure(other)),
     }
 }

@@ -298,6 +298,7 @@ pub(crate) fn run_context(
         keep_lock: tokio::sync::Mutex::new(()),
         helper,
         worktrees,
+        deadline: None,
     };
     Ok((
         ctx,

@@ -697,3 +697,75 @@ async fn a_state_saved_before_reasons_had_kinds_resumes() {
     // The verdict was taken as saved: nothing was asked again.
     assert_eq!(llm.requests().await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_servers_call_in_flight_at_the_deadline_is_stopped_and_the_run_resumes() {
+    let fx = Fixture::new();
+    // A slow local model: every answer takes 40 s.
+    let llm = StandIn::with_latency(
+        Wire::OpenAi,
+        vec![code_answer(GOOD_TEXT), code_answer(GOOD_OPS)],
+        std::time::Duration::from_secs(40),
+    )
+    .await;
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1", "--max-duration", "4s"]);
+    llm.args(&mut cmd);
+    let started = std::time::Instant::now();
+    let out = output(cmd).await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--max-duration reached"),
+        "{}",
+        stderr(&out)
+    );
+    // Ended at the deadline, not when the answer would have come (40 s).
+    assert!(took < std::time::Duration::from_secs(25), "took {took:?}");
+    let status = improve_json(fx.root(), &["status", "--json"]);
+    assert_eq!(status["iterations_done"], 0, "{status}");
+
+    // The same command resumes the iteration and, given the time, finishes it.
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "1", "--max-duration", "5m"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let status = improve_json(fx.root(), &["status", "--json"]);
+    assert_eq!(status["iterations_done"], 1, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_cannot_finish_before_the_deadline_is_not_started() {
+    let fx = Fixture::new();
+    let llm = StandIn::with_latency(
+        Wire::OpenAi,
+        vec![
+            code_answer(GOOD_TEXT),
+            code_answer(GOOD_OPS),
+            code_answer(GOOD_TEXT),
+        ],
+        std::time::Duration::from_secs(3),
+    )
+    .await;
+    // One iteration measures the server (a call takes about 3 s); the token budget stops the
+    // run after it.
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2", "--max-tokens", "1"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(llm.requests().await.len(), 1);
+    // With 2 s left, the next call (3 s) is not started at all.
+    let mut cmd = improve(fx.root());
+    cmd.args(["-n", "2", "--max-duration", "2s"]);
+    llm.args(&mut cmd);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--max-duration reached"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(llm.requests().await.len(), 1, "no call was made");
+}
