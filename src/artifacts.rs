@@ -21,6 +21,15 @@ pub struct StateFiles {
     dir: PathBuf,
 }
 
+/// The files of the commits a shard pushes (`improve work`): its run's state, and its claim.
+pub mod shard {
+    /// The same name as the state dir's own state file: it is that file.
+    pub const STATE: &str = super::STATE_FILE;
+    pub const CLAIM: &str = "claim.json";
+}
+
+const STATE_FILE: &str = "state.json";
+
 impl StateFiles {
     pub fn new(dir: PathBuf) -> Self {
         StateFiles { dir }
@@ -29,7 +38,7 @@ impl StateFiles {
         &self.dir
     }
     pub fn state(&self) -> PathBuf {
-        self.dir.join("state.json")
+        self.dir.join(STATE_FILE)
     }
     pub fn lock(&self) -> PathBuf {
         self.dir.join("lock")

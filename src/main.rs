@@ -82,12 +82,32 @@ async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<u8> {
             ];
             improve::views::status_settings(&cli.global, &lines, *json).map(|_| 0)
         }
-        Some(Command::Plan {
+        Some(command @ (Command::Plan { .. } | Command::Work { .. } | Command::Gather { .. })) => {
+            shard_command(&cli.global, command, &matches, printer).await
+        }
+        Some(Command::Status { json, .. }) => improve::views::status(&cli.global, *json).map(|_| 0),
+        Some(Command::Log { json }) => improve::views::log(&cli.global, *json).map(|_| 0),
+        Some(Command::Show { n, json }) => improve::show::show(&cli.global, *n, *json).map(|_| 0),
+        Some(Command::Report { out, format }) => {
+            improve::views::report(&cli.global, out.as_deref(), *format).map(|_| 0)
+        }
+    }
+}
+
+/// `plan`, `work` and `gather`: one run over many machines.
+async fn shard_command(
+    global: &improve::cli::GlobalArgs,
+    command: &Command,
+    matches: &ArgMatches,
+    printer: Printer,
+) -> anyhow::Result<u8> {
+    match command {
+        Command::Plan {
             shards,
             out,
             matrix,
             run,
-        }) => {
+        } => {
             let request = improve::shard::plan::PlanRequest {
                 shards: *shards,
                 out: out.clone(),
@@ -97,17 +117,17 @@ async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<u8> {
                 args: run,
                 matches: matches.subcommand_matches("plan"),
             };
-            improve::shard::plan::plan(&cli.global, &request, line, printer)
+            improve::shard::plan::plan(global, &request, line, printer)
                 .await
                 .map(|_| 0)
         }
-        Some(Command::Work {
+        Command::Work {
             plan,
             shard,
             push,
             take_over,
             run,
-        }) => {
+        } => {
             let request = improve::shard::work::WorkRequest {
                 plan: plan.clone(),
                 shard: *shard,
@@ -118,18 +138,16 @@ async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<u8> {
                 args: run,
                 matches: matches.subcommand_matches("work"),
             };
-            Ok(
-                improve::shard::work::work(&cli.global, &request, line, printer)
-                    .await?
-                    .exit_code(),
-            )
+            Ok(improve::shard::work::work(global, &request, line, printer)
+                .await?
+                .exit_code())
         }
-        Some(Command::Gather {
+        Command::Gather {
             plan,
             from,
             push,
             run,
-        }) => {
+        } => {
             let request = improve::shard::gather::GatherRequest {
                 plan: plan.clone(),
                 from: from.clone(),
@@ -140,17 +158,12 @@ async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<u8> {
                 matches: matches.subcommand_matches("gather"),
             };
             Ok(
-                improve::shard::gather::gather(&cli.global, &request, line, printer)
+                improve::shard::gather::gather(global, &request, line, printer)
                     .await?
                     .exit_code(),
             )
         }
-        Some(Command::Status { json, .. }) => improve::views::status(&cli.global, *json).map(|_| 0),
-        Some(Command::Log { json }) => improve::views::log(&cli.global, *json).map(|_| 0),
-        Some(Command::Show { n, json }) => improve::show::show(&cli.global, *n, *json).map(|_| 0),
-        Some(Command::Report { out, format }) => {
-            improve::views::report(&cli.global, out.as_deref(), *format).map(|_| 0)
-        }
+        _ => Ok(2),
     }
 }
 

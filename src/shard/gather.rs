@@ -74,31 +74,10 @@ pub async fn gather(
     let _ = git::delete_branch(&ctx.repo, &wip_branch(&state));
     combined?;
     let rows = shard_rows(&state, &plan, &arrived);
-    let waiting: Vec<String> = rows
-        .iter()
-        .filter(|r| r.missing || r.status.as_deref() != Some(RunStatus::Complete.as_str()))
-        .map(|r| format!("{} ({})", r.index, r.status.as_deref().unwrap_or("missing")))
-        .collect();
     for r in &rows {
         printer.line(&shard_line(r));
     }
-    state.gathered = Some(Gathered {
-        shards: rows,
-        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-        suite_runs,
-    });
-    let end = if waiting.is_empty() {
-        state.status = RunStatus::Complete;
-        state.stop_reason = None;
-        RunEnd::Complete
-    } else {
-        let reason = format!("shards not done yet: {}", waiting.join(", "));
-        state.status = RunStatus::Interrupted;
-        state.stop_reason = Some(reason.clone());
-        RunEnd::Stopped(format!(
-            "{reason}; run `improve gather` again when they have pushed"
-        ))
-    };
+    let end = settle(&mut state, rows, started, suite_runs);
     ctx.save(&mut state)?;
     if end == RunEnd::Complete {
         crate::report::write(
@@ -123,6 +102,37 @@ pub async fn gather(
         printer.line(&format!("pushed {} to {to}", state.run_branch));
     }
     Ok(end)
+}
+
+/// Records the shards as found, and ends the gathered run: complete once every shard is,
+/// else stopped until the rest have pushed.
+fn settle(
+    state: &mut RunState,
+    rows: Vec<GatheredShard>,
+    started: Instant,
+    suite_runs: u32,
+) -> RunEnd {
+    let waiting: Vec<String> = rows
+        .iter()
+        .filter(|r| r.missing || r.status.as_deref() != Some(RunStatus::Complete.as_str()))
+        .map(|r| format!("{} ({})", r.index, r.status.as_deref().unwrap_or("missing")))
+        .collect();
+    state.gathered = Some(Gathered {
+        shards: rows,
+        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        suite_runs,
+    });
+    if waiting.is_empty() {
+        state.status = RunStatus::Complete;
+        state.stop_reason = None;
+        return RunEnd::Complete;
+    }
+    let reason = format!("shards not done yet: {}", waiting.join(", "));
+    state.status = RunStatus::Interrupted;
+    state.stop_reason = Some(reason.clone());
+    RunEnd::Stopped(format!(
+        "{reason}; run `improve gather` again when they have pushed"
+    ))
 }
 
 /// Each shard's pushed run, fetched (None: nothing pushed yet).
@@ -154,7 +164,7 @@ fn fetch_shards(
             out.push(None);
             continue;
         };
-        let bytes = read_data(repo, oid, "state.json")?;
+        let bytes = read_data(repo, oid, crate::artifacts::shard::STATE)?;
         let source = format!("{state_ref} from {}", remote.name);
         out.push(Some(parse_state(
             &String::from_utf8_lossy(&bytes),
@@ -376,18 +386,7 @@ async fn check_combined(
             }
             return Ok(());
         }
-        // The base passes and the whole chain fails: find the first prefix that fails.
-        let (mut good, mut bad, mut why) = (0, chain.len(), broken);
-        while bad - good > 1 {
-            let mid = (good + bad) / 2;
-            let probe = suite_at(ctx, state, shard, chain[mid - 1].1, suite_runs).await?;
-            let failing = breaking(state, &probe);
-            if failing.is_empty() {
-                good = mid;
-            } else {
-                (bad, why) = (mid, failing);
-            }
-        }
+        let (bad, why) = first_breaking(ctx, state, shard, &chain, broken, suite_runs).await?;
         let culprit = bad - 1;
         leave_out(
             &mut state.iterations[chain[culprit].0],
@@ -428,6 +427,30 @@ async fn check_combined(
         chain = rebuilt;
     }
     Ok(())
+}
+
+/// The base passes and the whole `chain` fails (with `broken`): bisects to the shortest prefix
+/// that fails, and returns its length and what fails there.
+async fn first_breaking(
+    ctx: &RunContext,
+    state: &RunState,
+    shard: u32,
+    chain: &[(usize, Oid)],
+    broken: Vec<String>,
+    suite_runs: &mut u32,
+) -> Result<(usize, Vec<String>)> {
+    let (mut good, mut bad, mut why) = (0, chain.len(), broken);
+    while bad - good > 1 {
+        let mid = (good + bad) / 2;
+        let probe = suite_at(ctx, state, shard, chain[mid - 1].1, suite_runs).await?;
+        let failing = breaking(state, &probe);
+        if failing.is_empty() {
+            good = mid;
+        } else {
+            (bad, why) = (mid, failing);
+        }
+    }
+    Ok((bad, why))
 }
 
 /// The whole suite at `commit`, in gather's one worktree.

@@ -252,7 +252,7 @@ impl Publisher {
         }
         remote.fetch(&pairs)?;
         let oid = repo.refname_to_id(&state_ref)?;
-        let bytes = read_data(repo, oid, "state.json")?;
+        let bytes = read_data(repo, oid, crate::artifacts::shard::STATE)?;
         let source = format!("{state_ref} on {}", remote.name);
         let mut state = parse_state(&String::from_utf8_lossy(&bytes), &source)?;
         for it in state.iterations.iter_mut().filter(|i| !i.is_finished()) {
@@ -297,7 +297,7 @@ impl Publisher {
             Some(r) if Some(*r) == held => return Ok(()),
             Some(r) => {
                 remote.fetch(&[(claim_ref.clone(), claim_ref.clone())])?;
-                let note: Option<ClaimNote> = read_data(repo, *r, "claim.json")
+                let note: Option<ClaimNote> = read_data(repo, *r, crate::artifacts::shard::CLAIM)
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
                 match note {
@@ -359,7 +359,12 @@ impl Publisher {
             state.iterations_target,
             state.kept().count()
         );
-        let saved = data_commit(repo, &[("state.json", &json)], parent, &message)?;
+        let saved = data_commit(
+            repo,
+            &[(crate::artifacts::shard::STATE, &json)],
+            parent,
+            &message,
+        )?;
         repo.reference(&state_ref, saved, true, "improve: shard state")?;
         let Some(remote) = &self.remote else {
             return Ok(Pushed::No("no --push remote".into()));
@@ -423,7 +428,7 @@ fn claim_commit(repo: &Repository, shard: &ShardRun, parent: Option<Oid>) -> Res
     );
     Ok(data_commit(
         repo,
-        &[("claim.json", &json)],
+        &[(crate::artifacts::shard::CLAIM, &json)],
         parent,
         &message,
     )?)
