@@ -141,7 +141,7 @@ say "improve plan --shards $SHARDS -n $ITERATIONS"
   --provider openai --llm-url "$IMPROVE_LLM_URL" --model stand-in --test-cmd "$PY -m pytest" -q \
   || die "improve plan failed (exit $?)"
 RUN_ID=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["run_id"])' "$PLAN")
-say "run $RUN_ID: $("$PY" -c 'import json, sys; print(", ".join(f"shard {s["index"]}: {len(s["modules"])} modules, {s["iterations"]} iterations" for s in json.load(open(sys.argv[1]))["shards"]))' "$PLAN")"
+say "run $RUN_ID: $("$PY" -c 'import json, sys; print(", ".join("shard %d: %d modules, %d iterations" % (s["index"], len(s["modules"]), s["iterations"]) for s in json.load(open(sys.argv[1]))["shards"]))' "$PLAN")"
 
 # The work: examples/distributed/slurm-array.sbatch as a user would submit it (options given
 # here override its #SBATCH lines).
@@ -174,7 +174,7 @@ BASE=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["base_comm
     state=$(grep -oE 'JobState=[^ ]+' <<<"$line" | cut -d= -f2 || true)
     exit_code=$(grep -oE ' ExitCode=[^ ]+' <<<"$line" | cut -d= -f2 || true)
     secs=$(grep -oE 'RunTime=[^ ]+' <<<"$line" | cut -d= -f2 || true)
-    commits=$(git -C "$REMOTE" rev-list --count "$BASE..improve/$RUN_ID/shard-$task" 2>/dev/null || echo "none")
+    commits=$(git -C "$REMOTE" rev-list --count "$BASE..improve/$RUN_ID-shard-$task" 2>/dev/null || echo "none")
     printf '%s\t%s_%s\t%s\t%s\t%s\t%s\t%s\n' "$task" "$WORK_JOB" "$task" "$node" "$state" "$exit_code" "$secs" "$commits"
   done
 } | column -t -s $'\t'
