@@ -61,7 +61,7 @@ const MIN_PROMPT_TOKENS: u32 = 1_000;
 /// prompt the server refuses as too long for its context is asked again at half the budget.
 pub async fn ask(cx: &mut StepCx<'_>) -> Result<AskEnd, StepError> {
     let api = module_api(cx).await?;
-    let mut budget = cx.settings().max_prompt_tokens;
+    let mut budget = prompt_budget(cx);
     loop {
         let cuts = std::cell::RefCell::new(Vec::new());
         let answer = saved_or_asked(cx, 0, |cx| {
@@ -252,6 +252,11 @@ impl NamedText {
     }
 }
 
+/// `text` cut to at most `max` bytes (at a character boundary), saying so.
+pub fn cut_text(text: &str, max: usize) -> String {
+    cut(text, max)
+}
+
 fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
@@ -299,7 +304,23 @@ pub fn latest_coverage_json(cx: &StepCx<'_>) -> Option<PathBuf> {
 
 /// The first request of the iteration, from the run branch's tip, in the prompt budget.
 pub fn build_request(cx: &StepCx<'_>) -> Result<ChatRequest, StepError> {
-    Ok(build_request_within(cx, cx.settings().max_prompt_tokens, None)?.0)
+    Ok(build_request_within(cx, prompt_budget(cx), None)?.0)
+}
+
+/// The most a prompt may hold, in tokens: `--max-prompt-tokens`.
+pub fn prompt_budget(cx: &StepCx<'_>) -> u32 {
+    cx.settings().max_prompt_tokens
+}
+
+/// A request's size as the budget counts it (characters over [`CHARS_PER_TOKEN`]).
+pub fn request_tokens(request: &ChatRequest) -> usize {
+    let chars = request.system.len()
+        + request
+            .messages
+            .iter()
+            .map(|m| m.content.len())
+            .sum::<usize>();
+    chars / CHARS_PER_TOKEN
 }
 
 /// The first request in a prompt of about `budget` tokens, and what was cut to fit.
@@ -320,7 +341,7 @@ fn build_request_within(
 }
 
 /// A cheap, cautious estimate: code runs about three characters a token.
-const CHARS_PER_TOKEN: usize = 3;
+pub const CHARS_PER_TOKEN: usize = 3;
 
 /// Cuts `data` until its prompt fits `max_chars`, in reverse order of what matters most: the
 /// project's guidelines, then example tests, then the API summary, then the module itself

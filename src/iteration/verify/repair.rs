@@ -174,7 +174,7 @@ fn function_source(file: &str, id: &str) -> String {
     lines[start..end].join("\n").trim_end().to_string()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct RepairData<'a> {
     test_file: &'a str,
     failures: &'a [Failure],
@@ -227,7 +227,14 @@ async fn repair_round(
         max: cx.settings().max_repairs,
         names: missing_names(cx, worktree, round.failures).await,
     };
-    let response = match ask::saved_or_asked(cx, number, |cx| repair_request(cx, &data)).await? {
+    let mut cuts = Vec::new();
+    let asked = ask::saved_or_asked(cx, number, |cx| repair_request(cx, &data, &mut cuts)).await?;
+    for cut in cuts {
+        if !cx.it().prompt_cuts.contains(&cut) {
+            cx.it_mut().prompt_cuts.push(cut);
+        }
+    }
+    let response = match asked {
         Answer::Got(r) => r,
         Answer::Failed(e) => {
             tracing::warn!("iteration {n}: repair round {number} got no answer: {e}");
@@ -322,11 +329,70 @@ async fn missing_names(
 }
 
 /// The conversation so far (first request, its answer, earlier repair prompts and answers)
-/// and this round's prompt; None when an earlier turn's file is gone.
+/// and this round's prompt, in the prompt budget; None when an earlier turn's file is gone.
+/// Over the budget, the earlier repair rounds go first (the first request and its answer stay,
+/// byte for byte, so a server's prompt cache still serves them), then the failures' output is
+/// cut.
 fn repair_request(
     cx: &StepCx<'_>,
     data: &RepairData<'_>,
+    cuts: &mut Vec<String>,
 ) -> Result<Option<ChatRequest>, StepError> {
+    let budget = ask::prompt_budget(cx) as usize;
+    let Some(mut request) = conversation(cx, data.round)? else {
+        return Ok(None);
+    };
+    let round = data.round;
+    if ask::request_tokens(&request) + prompt_tokens(cx, data)? > budget && round > 1 {
+        request.messages.truncate(2);
+        cuts.push(format!(
+            "repair round {round}: the earlier repair rounds left out"
+        ));
+    }
+    let room = budget.saturating_sub(ask::request_tokens(&request));
+    let mut failures: Vec<Failure> = data.failures.to_vec();
+    let mut detail = MAX_DETAIL_CHARS;
+    loop {
+        let trial = RepairData {
+            failures: &failures,
+            ..data.clone()
+        };
+        if detail <= MIN_DETAIL_CHARS || prompt_tokens(cx, &trial)? <= room {
+            break;
+        }
+        detail /= 2;
+        for f in &mut failures {
+            f.detail = ask::cut_text(&f.detail, detail);
+        }
+        if detail <= MAX_DETAIL_CHARS / 2 && !cuts.iter().any(|c| c.contains("output cut")) {
+            cuts.push(format!(
+                "repair round {round}: the failures' output cut short"
+            ));
+        }
+    }
+    let shown = RepairData {
+        failures: &failures,
+        ..data.clone()
+    };
+    let prompt_text = cx.ctx.templates.render(prompt::REPAIR, &shown)?;
+    write_artifact(&cx.files().repair_prompt(round), prompt_text.as_bytes())?;
+    request.messages.push(ChatMessage {
+        role: Role::User,
+        content: prompt_text,
+    });
+    Ok(Some(request))
+}
+
+/// A failure's output is shown up to this many characters, and cut no shorter than the other.
+const MAX_DETAIL_CHARS: usize = 8_000;
+const MIN_DETAIL_CHARS: usize = 250;
+
+fn prompt_tokens(cx: &StepCx<'_>, data: &RepairData<'_>) -> Result<usize, StepError> {
+    Ok(cx.ctx.templates.render(prompt::REPAIR, data)?.len() / ask::CHARS_PER_TOKEN)
+}
+
+/// The first request and the turns after it, up to this round's prompt.
+fn conversation(cx: &StepCx<'_>, round: u32) -> Result<Option<ChatRequest>, StepError> {
     let files = cx.files();
     let mut request = match read_json::<ChatRequest>(&files.request()) {
         Some(r) => r,
@@ -335,7 +401,7 @@ fn repair_request(
     request.tag = format!("repair:{}", cx.it().target);
     let answer = |k: u32| read_json::<ChatResponse>(&files.response(k)).map(|r| r.text);
     let mut turns = vec![answer(0)];
-    for k in 1..data.round {
+    for k in 1..round {
         turns.push(std::fs::read_to_string(files.repair_prompt(k)).ok());
         turns.push(answer(k));
     }
@@ -350,11 +416,5 @@ fn repair_request(
         };
         request.messages.push(ChatMessage { role, content });
     }
-    let prompt_text = cx.ctx.templates.render(prompt::REPAIR, data)?;
-    write_artifact(&files.repair_prompt(data.round), prompt_text.as_bytes())?;
-    request.messages.push(ChatMessage {
-        role: Role::User,
-        content: prompt_text,
-    });
     Ok(Some(request))
 }
