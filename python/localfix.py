@@ -3,7 +3,8 @@ right, fixed before pytest runs it (and before a repair is asked for).
 
   - a name used and bound nowhere in the file: `pytest`, a name the module under test (or, when
     only one defines it, another module of the package) defines, the module itself used as
-    `ops.divide`, or a module the module under test imports itself -> its import added;
+    `ops.divide`, a name the module under test imports itself, or one of a few modules of the
+    standard library tests often use (`os`, `re`, `Path`, `mock`, ...) -> its import added;
   - an import of a module of the package under a wrong path (`from src.calc.ops import x`,
     `from ops import x`), or of a name from a module of the package that does not have it when
     only one module does -> rewritten to the right import name;
@@ -79,6 +80,8 @@ class Module:
         # Bound name -> the import statement that binds it, as the module would write it
         # absolutely.
         self.imports = {}
+        # A star import or a module `__getattr__`: the module may have any name.
+        self.open = False
         try:
             tree = ast.parse(read(path))
         except (OSError, SyntaxError, ValueError):
@@ -104,12 +107,18 @@ class Module:
                     parts = package[: len(package) - (node.level - 1)]
                     base = ".".join(parts + ([base] if base else []))
                 for a in node.names:
-                    if a.name != "*" and base:
+                    if a.name == "*":
+                        self.open = True
+                    elif base:
                         self.imports[a.asname or a.name] = import_text(base, a.name, a.asname)
+        self.open = self.open or "__getattr__" in self.defines
 
     def provides(self, name, modules):
         return (
-            name in self.defines or name in self.imports or f"{self.name}.{name}" in modules
+            self.open
+            or name in self.defines
+            or name in self.imports
+            or f"{self.name}.{name}" in modules
         )
 
 
@@ -283,6 +292,30 @@ def undefined_names(tree):
     return seen
 
 
+# What a test file often uses and forgets to import, when the module under test does not say
+# otherwise (its own imports come first).
+COMMON = {
+    "os": "import os",
+    "re": "import re",
+    "sys": "import sys",
+    "io": "import io",
+    "json": "import json",
+    "math": "import math",
+    "time": "import time",
+    "random": "import random",
+    "string": "import string",
+    "tempfile": "import tempfile",
+    "itertools": "import itertools",
+    "functools": "import functools",
+    "collections": "import collections",
+    "warnings": "import warnings",
+    "Path": "from pathlib import Path",
+    "mock": "from unittest import mock",
+    "MagicMock": "from unittest.mock import MagicMock",
+    "patch": "from unittest.mock import patch",
+}
+
+
 def import_for(name, package):
     """The import statement that gives the file `name`, else None."""
     if name == "pytest":
@@ -301,6 +334,8 @@ def import_for(name, package):
     owner = package.defining(name)
     if owner is not None:
         return import_text(owner, name)
+    if name in COMMON:
+        return COMMON[name]
     leaf = package.only(m for m in package.modules if m.rsplit(".", 1)[-1] == name)
     if leaf is not None and "." in leaf:
         return import_text(leaf.rsplit(".", 1)[0], name)

@@ -82,17 +82,20 @@ def test_names_of_the_module_and_the_module_itself_get_imported(write):
             assert math.floor(2.5) == 2
             assert only_here() == 1
             assert not_anywhere() == 1
+            assert os.sep and Path(".")
         """,
     )
     assert answer["fixes"] == [
         "added `import math`",
+        "added `import os`",
         "added `from calc import ops`",
         "added `from calc.ops import LIMIT`",
         "added `from calc.ops import clamp`",
         "added `from calc.util import only_here`",
+        "added `from pathlib import Path`",
     ]
     # The comment of the path stays first; the imports go before the first statement.
-    assert text.startswith("# tests/test_ops.py\nimport math\nfrom calc import ops\n")
+    assert text.startswith("# tests/test_ops.py\nimport math\nimport os\nfrom calc import ops\n")
     assert "not_anywhere" not in text.split("def ")[0]
 
 
@@ -218,3 +221,14 @@ def test_a_fix_iteration_has_no_module_under_test(write):
     )
     assert answer["fixes"] == ["added `import pytest`", "added `from calc.util import scale`"]
     assert text.startswith("import pytest\nfrom calc.util import scale\ndef test_a")
+
+
+def test_a_name_imported_from_a_module_that_may_have_any_name_stays(write):
+    text = "from calc.lazy import only_here\n\n\ndef test_a():\n    assert only_here()\n"
+    path = write("test_new.py", text)
+    modules = package(write)
+    modules["calc.lazy"] = write("calc/lazy.py", "def __getattr__(name):\n    return 1\n")
+    answer = helper.answer(
+        {"op": "fix", "file": path, "modules": modules, "target": "calc.ops", "examples": {}}
+    )
+    assert answer["fixes"] == []
