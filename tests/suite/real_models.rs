@@ -401,3 +401,35 @@ async fn imports_are_fixed_and_a_copied_example_test_dropped_without_a_repair_ca
         "{show:#?}"
     );
 }
+
+/// A repair answer that fixes the failing test and, as small models do, leaves out `import
+/// pytest` it still needs.
+const REPAIR_WITHOUT_IMPORT: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n\n\ndef test_clamp_reversed():\n    with pytest.raises(ValueError):\n        clamp(1, 3, 0)\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_answer_is_fixed_locally_too_and_the_report_counts_the_repair_avoided() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(HALF_RIGHT), code_answer(REPAIR_WITHOUT_IMPORT)],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(llm.requests().await.len(), 2, "{log:#?}");
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["repairs"], 1, "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 3, "{log:#?}");
+    assert_eq!(
+        log[0]["local_fixes"],
+        serde_json::json!(["repair 1: added `import pytest`"]),
+        "{log:#?}"
+    );
+    // A second round was left: the missing import would have cost it.
+    assert_eq!(log[0]["answers"]["repairs_avoided"], 1, "{log:#?}");
+    let report = stdout(&output(improve_cmd(fx.root(), &["report"])).await);
+    assert!(
+        report.contains("1 repairs avoided by local fixes"),
+        "{report}"
+    );
+}
