@@ -184,7 +184,17 @@ def own_lines(node, lines):
 
 def fix_import_from(node, package):
     """The statements `node` (a `from M import ...` of the package) should be, else None."""
-    module = package.correct(node.module) or node.module
+    module = node.module
+    right = package.correct(module)
+    # Only to a module that has the names: `from helpers import x` may be a module of the
+    # tests' own that shares a name with one of the package.
+    if right is not None and all(
+        a.name == "*"
+        or package.modules[right].provides(a.name, package.modules)
+        or package.defining(a.name) is not None
+        for a in node.names
+    ):
+        module = right
     groups = {}
     for a in node.names:
         target = module

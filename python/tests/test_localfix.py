@@ -131,6 +131,7 @@ def test_imports_under_a_wrong_path_are_rewritten(write):
         """
         import pytest
         from src.calc.ops import add
+        from ops import only_here as oh
         from ops import clamp as c
         import ops
         from calc.ops import only_here, scale
@@ -147,12 +148,13 @@ def test_imports_under_a_wrong_path_are_rewritten(write):
     )
     assert "from calc.ops import add\n" in text
     assert "from calc.ops import clamp as c\n" in text
+    assert "from calc.util import only_here as oh\n" in text
     assert "from calc import ops\n" in text
     # `scale` is imported by ops, so it may come from there; only_here is only in util.
     assert "from calc.util import only_here\nfrom calc.ops import scale\n" in text
     assert "        from calc.util import scale\n" in text
     assert "import os.path\n" in text
-    assert answer["imports"] == 5, answer["fixes"]
+    assert answer["imports"] == 6, answer["fixes"]
     assert "rewrote `from ops import clamp as c` as `from calc.ops import clamp as c`" in answer["fixes"]
 
 
@@ -232,3 +234,10 @@ def test_a_name_imported_from_a_module_that_may_have_any_name_stays(write):
         {"op": "fix", "file": path, "modules": modules, "target": "calc.ops", "examples": {}}
     )
     assert answer["fixes"] == []
+
+
+def test_a_module_of_the_tests_sharing_a_name_with_one_of_the_package_stays(write):
+    text = "from util import make_thing\n\n\ndef test_a():\n    assert make_thing()\n"
+    answer, new = fix(write, text)
+    assert answer["fixes"] == []
+    assert new == text
