@@ -30,6 +30,12 @@ never imports or runs the files it reads.
       `assert`, `pytest.raises`/`warns`/`approx`/`fail`, an `assert*` method (unittest, mock).
       `pytest.raises(Exception)` (or BaseException, without `match=`) does not count: it
       passes whatever goes wrong. -> {"ok": true, "tests": {"test_a": true, ...}}
+  {"op": "fix", "file": F, "modules": {import name: source file}, "target": T or null,
+   "examples": {source file: path shown}}
+      The local fixes of F (see localfix.py, a module beside this script): missing imports
+      added, imports of the package under a wrong path rewritten, copies of example tests
+      dropped. -> {"ok": true, "fixes": [what was done], "imports": N, "dropped": [tests],
+      "tests": N}
   {"op": "mutants", ...}: see mutants.py, a module beside this script.
 """
 import ast
@@ -37,6 +43,7 @@ import json
 import re
 import sys
 
+import localfix
 import mutants
 
 FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -471,6 +478,14 @@ def answer(request):
         return api(request["file"])
     if op == "asserting":
         return asserting(request["file"])
+    if op == "fix":
+        return localfix.fix(
+            request["file"],
+            request.get("modules", {}),
+            request.get("target"),
+            request.get("examples", {}),
+            prune,
+        )
     if op == "mutants":
         return mutants.mutants(request["file"], request.get("tests"), int(request.get("cap", 20)))
     return {"ok": False, "error": f"unknown op {op!r}"}

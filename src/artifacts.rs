@@ -131,6 +131,10 @@ pub mod scratch {
     pub fn helper_mutants(helper_dir: &Path) -> PathBuf {
         helper_dir.join("mutants.py")
     }
+    /// The local fixes of proposed test files the helper imports, beside its script.
+    pub fn helper_localfix(helper_dir: &Path) -> PathBuf {
+        helper_dir.join("localfix.py")
+    }
 }
 
 /// The lock every run takes in the repository's git folder, whatever its state dir.

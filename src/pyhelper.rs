@@ -26,6 +26,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The helper's program: its script and the module it imports from the script's folder.
 const HELPER_PY: &str = include_str!("../python/helper.py");
 const MUTANTS_PY: &str = include_str!("../python/mutants.py");
+const LOCALFIX_PY: &str = include_str!("../python/localfix.py");
 
 /// Why a request to the helper got no answer of use.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,15 @@ pub enum Request<'a> {
     },
     Asserting {
         file: String,
+    },
+    Fix {
+        file: String,
+        /// Import name -> source file of each module of the package.
+        modules: &'a BTreeMap<String, String>,
+        /// The import name of the module under test (None: a fix iteration).
+        target: Option<&'a str>,
+        /// Source file -> the path the prompt showed, of each example test file.
+        examples: &'a BTreeMap<String, String>,
     },
     Mutants {
         file: String,
@@ -148,6 +158,29 @@ struct Asserting {
     tests: BTreeMap<String, bool>,
 }
 
+/// The answer to [`Request::Fix`]: what [`PyHelper::fix`] put right in a test file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct LocalFixes {
+    /// What was done, one line each (`added \`import pytest\``).
+    pub fixes: Vec<String>,
+    /// Imports added or rewritten: each would have failed the tests that need it.
+    pub imports: u32,
+    /// Tests dropped as copies of example tests.
+    pub dropped: Vec<String>,
+    /// Test functions left in the file.
+    pub tests: u32,
+}
+
+/// What the local fixes of a test file know of the project.
+pub struct FixContext<'a> {
+    /// Import name -> source file of each module of the package.
+    pub modules: &'a BTreeMap<String, String>,
+    /// The import name of the module under test (None: a fix iteration).
+    pub target: Option<&'a str>,
+    /// Source file -> the path the prompt showed, of each example test file.
+    pub examples: &'a BTreeMap<String, String>,
+}
+
 /// The answer to [`Request::Mutants`].
 #[derive(Debug, Clone, Deserialize)]
 struct Mutants {
@@ -198,7 +231,7 @@ impl PyHelper {
     }
 
     /// Writes the helper's files (the binary's copies, whatever the checkout) and starts it:
-    /// `python helper.py` finds `mutants.py` beside it, first on its path.
+    /// `python helper.py` finds `mutants.py` and `localfix.py` beside it, first on its path.
     fn start(&self) -> Result<Running, HelperError> {
         let dir = scratch::helper_dir(&self.scratch);
         let write = |file: &Path, text: &str| {
@@ -210,6 +243,7 @@ impl PyHelper {
                 })
         };
         write(&scratch::helper_mutants(&dir), MUTANTS_PY)?;
+        write(&scratch::helper_localfix(&dir), LOCALFIX_PY)?;
         let script = scratch::helper_script(&dir);
         write(&script, HELPER_PY)?;
         let stderr_path = scratch::helper_stderr(&self.scratch);
@@ -333,6 +367,22 @@ impl PyHelper {
         Ok(answer.tests)
     }
 
+    /// Fixes in `file` what needs no model: missing imports (`pytest`, names of the package),
+    /// imports of the package under a wrong path; and drops copies of example tests.
+    pub async fn fix(
+        &self,
+        file: &Path,
+        project: &FixContext<'_>,
+    ) -> Result<LocalFixes, HelperError> {
+        self.call(Request::Fix {
+            file: path(file),
+            modules: project.modules,
+            target: project.target,
+            examples: project.examples,
+        })
+        .await
+    }
+
     /// Up to `cap` mutants of the module `file`, on the lines each test in `tests` covers
     /// (`None`: on any line inside a function), with the number of changes possible there.
     pub async fn mutants(
@@ -382,6 +432,7 @@ mod tests {
             "merge",
             "api",
             "asserting",
+            "fix",
             "mutants",
         ] {
             assert!(

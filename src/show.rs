@@ -54,6 +54,8 @@ pub struct ShowView {
     pub answer: Option<String>,
     /// What the answers needed before pytest saw them.
     pub answers: AnswerNotes,
+    /// What was fixed in the answers without the model.
+    pub local_fixes: Vec<String>,
     /// The kept commit's patch, or the rejected proposal's; null when it never became a file.
     pub diff: Option<String>,
 }
@@ -140,6 +142,7 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
         prompt_cuts: it.prompt_cuts.clone(),
         answer: path_of(files.response(0)),
         answers: it.answers,
+        local_fixes: it.local_fixes.clone(),
         diff: diff(repo_root, files, it),
     }
 }
@@ -282,9 +285,17 @@ fn cost_and_files(v: &ShowView, out: &mut String) {
     if !a.is_empty() {
         let _ = writeln!(
             out,
-            "answers:  {} cut off ({} complete tests kept), {} repeating, {} repairs changing nothing, {} prompts refused as too long",
-            a.salvaged, a.salvaged_tests, a.repeating, a.unchanged_repairs, a.context_refusals
+            "answers:  {} cut off ({} complete tests kept), {} repeating, {} repairs changing nothing, {} prompts refused as too long, {} repairs avoided by local fixes",
+            a.salvaged,
+            a.salvaged_tests,
+            a.repeating,
+            a.unchanged_repairs,
+            a.context_refusals,
+            a.repairs_avoided
         );
+    }
+    for fix in &v.local_fixes {
+        let _ = writeln!(out, "fixed:    {fix}");
     }
     match &v.diff {
         Some(d) => {

@@ -219,6 +219,9 @@ pub fn log_json(it: &Iteration) -> Value {
     if !it.prompt_cuts.is_empty() {
         row["prompt_cuts"] = json!(it.prompt_cuts);
     }
+    if !it.local_fixes.is_empty() {
+        row["local_fixes"] = json!(it.local_fixes);
+    }
     row
 }
 

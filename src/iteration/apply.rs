@@ -2,13 +2,16 @@
 //! written into the worktree and committed. The first answer gets a file of its own (a fix
 //! rewrites its test file); a repair answer replaces the file and amends the commit.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::context::{StepCx, StepError};
 use crate::fsutil::{read_json, write_artifact};
 use crate::git;
 use crate::llm::ChatResponse;
+use crate::project::import_name;
 use crate::proposal::{self, Proposal, ProposalError};
+use crate::pyhelper::{FixContext, LocalFixes};
 use crate::state::{Kind, Outcome, RejectReason, Rejection, Step};
 use crate::target;
 
@@ -27,14 +30,14 @@ pub async fn apply(cx: &mut StepCx<'_>) -> Result<Step, StepError> {
         // The artifact vanished (removed by hand): ask again rather than guess.
         return Ok(Step::Planned);
     };
-    let tidied = match tidy_answer(cx, &response, 0).await? {
+    let tip = cx.tip()?;
+    let worktree = cx.worktree_at(tip)?;
+    let tidied = match tidy_answer(cx, &worktree, &response, 0).await? {
         Ok(t) => t,
         Err(why) => {
             return Ok(cx.finish(Outcome::Rejected, why));
         }
     };
-    let tip = cx.tip()?;
-    let worktree = cx.worktree_at(tip)?;
     let rel = match test_path(cx, &worktree, tip, tidied.path_hint.as_deref())? {
         Ok(rel) => rel,
         Err(why) => {
@@ -57,10 +60,12 @@ pub async fn apply(cx: &mut StepCx<'_>) -> Result<Step, StepError> {
     Ok(Step::Applied)
 }
 
-/// The test file of answer `round`, parsed and tidied (non-test `Test*` classes marked); saved
-/// as the round's proposal artifact. Err says why the answer holds no usable file.
+/// The test file of answer `round`, parsed, tidied (non-test `Test*` classes marked) and fixed
+/// locally (see [`local_fixes`]); saved as the round's proposal artifact. Err says why the
+/// answer holds no usable file. `worktree` holds the package at the run branch's tip.
 pub async fn tidy_answer(
     cx: &mut StepCx<'_>,
+    worktree: &Path,
     response: &ChatResponse,
     round: u32,
 ) -> Result<Result<Tidied, Rejection>, StepError> {
@@ -85,7 +90,7 @@ pub async fn tidy_answer(
     let file = cx.files().proposal(round);
     write_artifact(&file, proposal.code.as_bytes())?;
     let ctx = cx.ctx;
-    let tests = match cx.in_helper(ctx.helper.tidy(&file)).await {
+    let mut tests = match cx.in_helper(ctx.helper.tidy(&file)).await {
         Ok(tidy) => tidy.tests,
         Err(msg) => {
             return Ok(Err(Rejection::new(
@@ -94,11 +99,82 @@ pub async fn tidy_answer(
             )));
         }
     };
+    if let Some(fixed) = local_fixes(cx, worktree, &file, round).await? {
+        if fixed.tests == 0 {
+            return Ok(Err(Rejection::new(
+                RejectReason::NoTestFunction,
+                "every test of the answer is a copy of an example test",
+            )));
+        }
+        tests = fixed.tests;
+    }
     Ok(Ok(Tidied {
         code: std::fs::read_to_string(&file).unwrap_or(proposal.code),
         tests,
         path_hint: proposal.path_hint,
     }))
+}
+
+/// Fixes in the answer file what needs no model, before pytest runs it (so no repair round
+/// is spent on it): missing imports, imports of the package under a wrong path, copies of
+/// the example tests the prompt showed. What was done is recorded in the iteration; an
+/// answer whose imports were fixed while a repair round was left counts as a repair avoided.
+/// None when nothing was done (or the helper failed: the file stays as it was).
+async fn local_fixes(
+    cx: &mut StepCx<'_>,
+    worktree: &Path,
+    file: &Path,
+    round: u32,
+) -> Result<Option<LocalFixes>, StepError> {
+    let tip = cx.tip()?;
+    let (repo, state, it) = (&cx.ctx.repo, &cx.state, cx.it());
+    let roots = &state.settings.source_roots;
+    let modules: BTreeMap<String, String> = target::modules_at(repo, tip, state)?
+        .into_iter()
+        .map(|m| {
+            (
+                import_name(&m, roots),
+                worktree.join(&m).display().to_string(),
+            )
+        })
+        .collect();
+    let target = (it.kind == Kind::Add).then(|| import_name(&it.target, roots));
+    let examples: BTreeMap<String, String> = match &target {
+        Some(name) => target::tests_importing(&target::test_files_at(repo, tip, state)?, name, 2)
+            .into_iter()
+            .map(|(path, _)| (worktree.join(&path).display().to_string(), path))
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    let project = FixContext {
+        modules: &modules,
+        target: target.as_deref(),
+        examples: &examples,
+    };
+    let ctx = cx.ctx;
+    let fixed = match cx.in_helper(ctx.helper.fix(file, &project)).await {
+        Ok(f) if !f.fixes.is_empty() => f,
+        Ok(_) => return Ok(None),
+        Err(e) => {
+            tracing::info!("iteration {}: no local fixes: {e}", cx.it().n);
+            return Ok(None);
+        }
+    };
+    let max_repairs = cx.settings().max_repairs;
+    let it = cx.it_mut();
+    for fix in &fixed.fixes {
+        let line = match round {
+            0 => fix.clone(),
+            k => format!("repair {k}: {fix}"),
+        };
+        if !it.local_fixes.contains(&line) {
+            it.local_fixes.push(line);
+        }
+    }
+    if fixed.imports > 0 && round < max_repairs {
+        it.answers.repairs_avoided += 1;
+    }
+    Ok(Some(fixed))
 }
 
 /// What a cut-off answer (its code block never closed) got right: its complete tests, after

@@ -152,6 +152,11 @@ pub struct Iteration {
     /// What the model's answers needed: salvage, cut repetitions, unchanged repairs.
     #[serde(default, skip_serializing_if = "AnswerNotes::is_empty")]
     pub answers: AnswerNotes,
+    /// What was fixed in the answers without the model (`added \`import pytest\``, `dropped
+    /// test_x: a copy of the example test tests/test_a.py::test_y`), a repair answer's prefixed
+    /// `repair N: `.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_fixes: Vec<String>,
     /// What was left out of the first prompt to fit the budget (`--max-prompt-tokens`, halved
     /// after each refusal of the server).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -180,6 +185,10 @@ pub struct AnswerNotes {
     /// Prompts the server refused as longer than its context (each retried at half the size).
     #[serde(default)]
     pub context_refusals: u32,
+    /// Answers whose imports were fixed locally while a repair round was left: a repair call
+    /// each that the missing or wrong import would have cost.
+    #[serde(default)]
+    pub repairs_avoided: u32,
 }
 
 impl AnswerNotes {
@@ -193,6 +202,7 @@ impl AnswerNotes {
         self.repeating += other.repeating;
         self.unchanged_repairs += other.unchanged_repairs;
         self.context_refusals += other.context_refusals;
+        self.repairs_avoided += other.repairs_avoided;
     }
 }
 
@@ -231,6 +241,7 @@ impl Iteration {
             keep_seq: None,
             timeline: Vec::new(),
             answers: AnswerNotes::default(),
+            local_fixes: Vec::new(),
             prompt_cuts: Vec::new(),
             origin: None,
         }

@@ -318,3 +318,118 @@ async fn a_failing_new_test_is_not_run_again_for_flakiness() {
         "{summary}"
     );
 }
+
+/// `GOOD_TEXT` as a small model writes it: `pytest.raises` without `import pytest`.
+const NO_IMPORT_PYTEST: &str = "from calc.text import initials, slug\n\n\ndef test_slug():\n    assert slug(\"Hello  World\") == \"hello-world\"\n\n\ndef test_initials_empty():\n    with pytest.raises(ValueError):\n        initials(\"   \")\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_import_pytest_is_added_without_a_repair_call() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(NO_IMPORT_PYTEST)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(llm.requests().await.len(), 1, "{log:#?}");
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["repairs"], 0, "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    assert_eq!(log[0]["answers"]["repairs_avoided"], 1, "{log:#?}");
+    assert_eq!(
+        log[0]["local_fixes"],
+        serde_json::json!(["added `import pytest`"])
+    );
+    assert!(kept_file(&fx, &log[0]).contains("import pytest\n"));
+    let show = improve_json(fx.root(), &["show", "1", "--json"]);
+    assert_eq!(show["local_fixes"], log[0]["local_fixes"], "{show:#?}");
+    let text = stdout(&output(improve_cmd(fx.root(), &["show", "1"])).await);
+    assert!(text.contains("fixed:    added `import pytest`"), "{text}");
+    assert!(text.contains("1 repairs avoided by local fixes"), "{text}");
+}
+
+fn improve_cmd(repo: &Path, args: &[&str]) -> Command {
+    let mut c = improve(repo);
+    c.args(args);
+    c
+}
+
+/// For `calc/ops.py`: `clamp` used without an import, `divide` imported from a wrong path, and
+/// the example test the prompt shows (tests/test_ops.py) written again under a new name.
+const SLOPPY_OPS: &str = "from ops import divide\n\n\ndef test_divide():\n    assert divide(6, 3) == 2\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n\n\ndef test_add_again():\n    # as the example does\n    assert add(2, 3) == 5\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imports_are_fixed_and_a_copied_example_test_dropped_without_a_repair_call() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(SLOPPY_OPS)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1", "--package", "calc/ops.py"]).await;
+    let log = log_of(&fx);
+    let requests = bodies(&llm).await;
+    assert_eq!(requests.len(), 1, "{log:#?}");
+    // The prompt showed the example that the answer copied.
+    assert!(
+        prompt_of(&requests[0]).contains("def test_add():\n    assert add(2, 3) == 5"),
+        "{}",
+        prompt_of(&requests[0])
+    );
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["repairs"], 0, "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    let fixes: Vec<&str> = log[0]["local_fixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fixes,
+        [
+            "rewrote `from ops import divide` as `from calc.ops import divide`",
+            "dropped test_add_again: a copy of the example test tests/test_ops.py::test_add",
+            // Not `add`: only the copy used it.
+            "added `from calc.ops import clamp`",
+        ],
+        "{log:#?}"
+    );
+    let kept = kept_file(&fx, &log[0]);
+    assert!(
+        kept.starts_with("from calc.ops import divide\nfrom calc.ops import clamp\n"),
+        "{kept}"
+    );
+    assert!(!kept.contains("test_add_again"), "{kept}");
+    let show = improve_json(fx.root(), &["show", "1", "--json"]);
+    assert_eq!(
+        show["local_fixes"].as_array().unwrap().len(),
+        3,
+        "{show:#?}"
+    );
+}
+
+/// A repair answer that fixes the failing test and, as small models do, leaves out `import
+/// pytest` it still needs.
+const REPAIR_WITHOUT_IMPORT: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n\n\ndef test_clamp_reversed():\n    with pytest.raises(ValueError):\n        clamp(1, 3, 0)\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_answer_is_fixed_locally_too_and_the_report_counts_the_repair_avoided() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(HALF_RIGHT), code_answer(REPAIR_WITHOUT_IMPORT)],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(llm.requests().await.len(), 2, "{log:#?}");
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["repairs"], 1, "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 3, "{log:#?}");
+    assert_eq!(
+        log[0]["local_fixes"],
+        serde_json::json!(["repair 1: added `import pytest`"]),
+        "{log:#?}"
+    );
+    // A second round was left: the missing import would have cost it.
+    assert_eq!(log[0]["answers"]["repairs_avoided"], 1, "{log:#?}");
+    let report = stdout(&output(improve_cmd(fx.root(), &["report"])).await);
+    assert!(
+        report.contains("1 repairs avoided by local fixes"),
+        "{report}"
+    );
+}

@@ -242,7 +242,7 @@ async fn repair_round(
         }
         Answer::Unavailable => return Ok(RoundEnd::Unusable),
     };
-    if tidy_answer(cx, &response, number).await?.is_err() {
+    if tidy_answer(cx, worktree, &response, number).await?.is_err() {
         return Ok(RoundEnd::Unusable);
     }
     match merge_answer(cx, worktree, test_file, &round).await {
