@@ -61,7 +61,7 @@ const MIN_PROMPT_TOKENS: u32 = 1_000;
 /// prompt the server refuses as too long for its context is asked again at half the budget.
 pub async fn ask(cx: &mut StepCx<'_>) -> Result<AskEnd, StepError> {
     let api = module_api(cx).await?;
-    let mut budget = prompt_budget(cx);
+    let mut budget = first_prompt_budget(cx);
     loop {
         let cuts = std::cell::RefCell::new(Vec::new());
         let answer = saved_or_asked(cx, 0, |cx| {
@@ -304,13 +304,28 @@ pub fn latest_coverage_json(cx: &StepCx<'_>) -> Option<PathBuf> {
 
 /// The first request of the iteration, from the run branch's tip, in the prompt budget.
 pub fn build_request(cx: &StepCx<'_>) -> Result<ChatRequest, StepError> {
-    Ok(build_request_within(cx, prompt_budget(cx), None)?.0)
+    Ok(build_request_within(cx, first_prompt_budget(cx), None)?.0)
 }
 
 /// The most a prompt may hold, in tokens: `--max-prompt-tokens`.
 pub fn prompt_budget(cx: &StepCx<'_>) -> u32 {
     cx.settings().max_prompt_tokens
 }
+
+/// The first prompt's share of the budget: a repair round sends it again with the answer and
+/// the failures after it, so when repairs may follow, room for those is kept (at least half
+/// the budget stays the first prompt's).
+fn first_prompt_budget(cx: &StepCx<'_>) -> u32 {
+    let (budget, settings) = (prompt_budget(cx), cx.settings());
+    if settings.max_repairs == 0 {
+        return budget;
+    }
+    let repair_turns = 2 * settings.max_answer_tokens + REPAIR_NOTE_TOKENS;
+    budget.saturating_sub(repair_turns).max(budget / 2)
+}
+
+/// What a repair prompt holds besides the file: the failures, cut to fit, and the instructions.
+const REPAIR_NOTE_TOKENS: u32 = 500;
 
 /// A request's size as the budget counts it (characters over [`CHARS_PER_TOKEN`]).
 pub fn request_tokens(request: &ChatRequest) -> usize {

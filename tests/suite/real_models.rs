@@ -143,7 +143,16 @@ async fn a_prompt_refused_as_too_long_is_asked_again_at_half_the_size() {
         vec![context_refusal(), code_answer(GOOD_TEXT)],
     )
     .await;
-    run_ok(fx.root(), &llm, &["-n", "1", "--max-prompt-tokens", "2400"]).await;
+    // No repairs: the first prompt has the whole budget (none kept for repair turns).
+    let args = [
+        "-n",
+        "1",
+        "--max-prompt-tokens",
+        "2400",
+        "--max-repairs",
+        "0",
+    ];
+    run_ok(fx.root(), &llm, &args).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
     assert_eq!(log[0]["llm_calls"], 2, "{log:#?}");
@@ -180,6 +189,8 @@ async fn a_model_that_cannot_take_even_a_small_prompt_is_not_an_outage() {
         "2000",
         "--max-llm-failures",
         "1",
+        "--max-repairs",
+        "0",
     ];
     run_ok(fx.root(), &llm, &args).await;
     let log = log_of(&fx);
@@ -431,5 +442,58 @@ async fn a_repair_answer_is_fixed_locally_too_and_the_report_counts_the_repair_a
     assert!(
         report.contains("1 repairs avoided by local fixes"),
         "{report}"
+    );
+}
+
+/// One test passes; the other fails with a very long message, as a test printing a large value
+/// does: its output alone would overflow the prompt budget of the repair.
+const FAILS_AT_LENGTH: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\ndef test_clamp_high():\n    raise AssertionError('clamp gave ' + 'much too much output ' * 2000)\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_prompt_leaves_room_for_repairs_and_a_repair_prompt_stays_in_the_budget() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(FAILS_AT_LENGTH), code_answer(ONLY_THE_FIX)],
+    )
+    .await;
+    let budget = 2000;
+    let args = [
+        "-n",
+        "1",
+        "--max-prompt-tokens",
+        "2000",
+        "--max-answer-tokens",
+        "500",
+        "--max-repairs",
+        "1",
+    ];
+    run_ok(fx.root(), &llm, &args).await;
+    let bodies = bodies(&llm).await;
+    assert_eq!(bodies.len(), 2, "one repair");
+    let size = |b: &serde_json::Value| prompt_of(b).len();
+    // The first prompt keeps room for the answer and the repair turn...
+    assert!(size(&bodies[0]) <= budget / 2 * 3, "{}", size(&bodies[0]));
+    // ...and the repair, with a long failure output, stays in the budget.
+    assert!(
+        size(&bodies[1]) <= budget * 3,
+        "{} characters",
+        size(&bodies[1])
+    );
+    let repair = prompt_of(&bodies[1]);
+    assert!(
+        repair.contains("much too much output") && repair.contains("test_clamp_high"),
+        "{repair}"
+    );
+    let log = log_of(&fx);
+    let cuts = log[0]["prompt_cuts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{} {:#?}", repair.len(), log[0]));
+    assert!(
+        cuts.iter().any(|c| c
+            .as_str()
+            .unwrap()
+            .contains("repair round 1: the failures' output cut short")),
+        "{cuts:?}"
     );
 }
