@@ -48,14 +48,16 @@ for n in $SHARDS; do
   "$IMPROVE_BIN" --repo "$d/planner" plan --shards "$n" -n "$n" --out "$d/plan.json" "${LLM[@]}" -q
   t1=$EPOCHREALTIME
   before=$(du -sk "$d/remote.git" | cut -f1)
+  pids=()
   for ((k = 0; k < n; k++)); do
     git clone -q "$d/remote.git" "$d/w$k"
     "$IMPROVE_BIN" --repo "$d/w$k" work --plan "$d/plan.json" --shard "$k" --push origin \
       "${LLM[@]}" -q >"$d/w$k.out" 2>&1 &
-    # Two at a time.
-    if ((k % 2 == 1)); then wait; fi
+    pids+=($!)
+    # Two at a time (not `wait` alone: the stand-in is a background job too).
+    if ((${#pids[@]} == 2)); then wait "${pids[@]}"; pids=(); fi
   done
-  wait
+  ((${#pids[@]} == 0)) || wait "${pids[@]}"
   t2=$EPOCHREALTIME
   after=$(du -sk "$d/remote.git" | cut -f1)
   git clone -q "$d/remote.git" "$d/gather"
