@@ -168,10 +168,9 @@ impl RunFiles {
     pub fn baseline_suite(&self) -> PytestFiles {
         PytestFiles::new(self.baseline(), Label::Suite)
     }
-    /// Gather's whole-suite run `probe` on the branch with shard `shard`'s commits.
-    pub fn gather_suite(&self, shard: u32, probe: u32) -> PytestFiles {
-        let dir = self.dir.join("gather").join(format!("shard-{shard}"));
-        PytestFiles::new(dir, Label::Bisect(probe))
+    /// Gather's whole-suite run `probe` on the combined branch (the first, then bisection's).
+    pub fn gather_suite(&self, probe: u32) -> PytestFiles {
+        PytestFiles::new(self.dir.join("gather"), Label::Bisect(probe))
     }
     pub fn iteration(&self, n: u32) -> IterationFiles {
         IterationFiles {

@@ -1,7 +1,7 @@
 //! `improve gather`: every shard's pushed results fetched, their kept commits replayed in plan
-//! order onto the run branch, and the whole suite run on the combined branch after each
-//! shard's commits. A commit that breaks it (pollution across shards exists only here) is
-//! found by bisection and left out with its reason. Idempotent: a second gather adds what
+//! order onto the run branch, and the whole suite run once on the combined branch. A commit
+//! that breaks it (pollution across shards exists only here) is found by bisection and left
+//! out with its reason. Idempotent: a second gather adds what
 //! arrived since.
 
 use std::path::PathBuf;
@@ -217,8 +217,10 @@ fn gathered_state(
     })
 }
 
-/// Every shard in plan order: its new iterations taken in, its new kept commits replayed and
-/// checked with the whole suite.
+/// Every shard in plan order: its new iterations taken in and its new kept commits replayed;
+/// then the whole suite runs once on the combined branch. Only when it fails does gather
+/// bisect (over every new commit, whichever shard it came from): a run of 100 shards costs
+/// one suite run, not 100, unless something breaks.
 async fn combine(
     ctx: &RunContext,
     state: &mut RunState,
@@ -226,13 +228,15 @@ async fn combine(
     arrived: &[Option<RunState>],
     suite_runs: &mut u32,
 ) -> Result<()> {
+    let before = git::run_tip(&ctx.repo, &state.run_branch)?;
+    let mut replayed = Vec::new();
     for (planned, shard) in plan.shards.iter().zip(arrived) {
         let Some(shard) = shard else { continue };
-        let before = git::run_tip(&ctx.repo, &state.run_branch)?;
-        let replayed = take_in(ctx, state, planned.index, shard)?;
-        if !replayed.is_empty() {
-            check_combined(ctx, state, planned.index, before, replayed, suite_runs).await?;
-        }
+        replayed.extend(take_in(ctx, state, planned.index, shard)?);
+    }
+    ctx.save(state)?;
+    if !replayed.is_empty() {
+        check_combined(ctx, state, before, replayed, suite_runs).await?;
         ctx.save(state)?;
     }
     Ok(())
@@ -337,6 +341,11 @@ fn gathered_message(ctx: &RunContext, state: &RunState, i: usize, commit: Oid) -
     )
 }
 
+/// The shard iteration `i` of the gathered run came from.
+fn shard_of(state: &RunState, i: usize) -> u32 {
+    state.iterations[i].origin.as_ref().map_or(0, |o| o.shard)
+}
+
 fn leave_out(it: &mut crate::state::Iteration, why: Rejection) {
     it.outcome = Some(Outcome::Rejected);
     it.reason = Some(why.text.clone());
@@ -358,7 +367,6 @@ fn wip_branch(state: &RunState) -> String {
 async fn check_combined(
     ctx: &RunContext,
     state: &mut RunState,
-    shard: u32,
     before: Oid,
     replayed: Vec<usize>,
     suite_runs: &mut u32,
@@ -374,7 +382,7 @@ async fn check_combined(
         .filter_map(|&i| commit_of(state, i).map(|c| (i, c)))
         .collect();
     while let Some(&(last, tip)) = chain.last() {
-        let run = suite_at(ctx, state, shard, tip, suite_runs).await?;
+        let run = suite_at(ctx, state, tip, suite_runs).await?;
         let broken = breaking(state, &run);
         if broken.is_empty() {
             // The figures after the last of them are the combined branch's own.
@@ -386,8 +394,9 @@ async fn check_combined(
             }
             return Ok(());
         }
-        let (bad, why) = first_breaking(ctx, state, shard, &chain, broken, suite_runs).await?;
+        let (bad, why) = first_breaking(ctx, state, &chain, broken, suite_runs).await?;
         let culprit = bad - 1;
+        let shard = shard_of(state, chain[culprit].0);
         leave_out(
             &mut state.iterations[chain[culprit].0],
             Rejection::new(
@@ -406,6 +415,7 @@ async fn check_combined(
         };
         let mut rebuilt: Vec<(usize, Oid)> = chain[..culprit].to_vec();
         for &(i, c) in &chain[culprit + 1..] {
+            let shard = shard_of(state, i);
             match git::replay_as(&ctx.repo, c, onto, None)? {
                 Some(n) => {
                     state.iterations[i].commit = Some(n.to_string());
@@ -434,7 +444,6 @@ async fn check_combined(
 async fn first_breaking(
     ctx: &RunContext,
     state: &RunState,
-    shard: u32,
     chain: &[(usize, Oid)],
     broken: Vec<String>,
     suite_runs: &mut u32,
@@ -442,7 +451,7 @@ async fn first_breaking(
     let (mut good, mut bad, mut why) = (0, chain.len(), broken);
     while bad - good > 1 {
         let mid = (good + bad) / 2;
-        let probe = suite_at(ctx, state, shard, chain[mid - 1].1, suite_runs).await?;
+        let probe = suite_at(ctx, state, chain[mid - 1].1, suite_runs).await?;
         let failing = breaking(state, &probe);
         if failing.is_empty() {
             good = mid;
@@ -457,7 +466,6 @@ async fn first_breaking(
 async fn suite_at(
     ctx: &RunContext,
     state: &RunState,
-    shard: u32,
     commit: Oid,
     suite_runs: &mut u32,
 ) -> Result<PytestRun> {
@@ -470,10 +478,7 @@ async fn suite_at(
         .map_err(crate::iteration::StepError::from)
         .map_err(crate::run::step_failure)?;
     *suite_runs += 1;
-    let files = ctx
-        .store
-        .run(&state.run_id)
-        .gather_suite(shard, *suite_runs);
+    let files = ctx.store.run(&state.run_id).gather_suite(*suite_runs);
     let run = pytest::run(
         &ctx.test_cmd,
         &path,

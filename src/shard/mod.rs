@@ -1,7 +1,7 @@
 //! One run spread over many machines. `improve plan` measures the baseline once and splits the
 //! modules into shards; `improve work` runs one shard as an ordinary durable run and pushes its
 //! results to a git remote; `improve gather` replays every shard's kept commits onto the run
-//! branch and checks the combined suite. Results travel through git only: a shard's branch, a
+//! branch and checks the combined suite (once; bisecting only when it fails). Results travel through git only: a shard's branch, a
 //! ref holding its `state.json`, and a ref that says which worker holds the shard.
 
 use std::path::Path;
