@@ -10,6 +10,7 @@ mod client;
 mod openai;
 mod record;
 mod retry;
+mod runaway;
 mod wire;
 
 pub use client::LlmClient;
