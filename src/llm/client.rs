@@ -547,7 +547,13 @@ fn stopped(req: &ChatRequest, acc: Streamed, stop: Stop, clock: &Clock) -> ChatR
         .tokens_out
         .unwrap_or(0)
         .max(acc.deltas.max(estimate_tokens(&acc.text)));
-    let saved = u64::from(req.max_tokens).saturating_sub(received);
+    // After a closed code block only prose would have followed, of a length no one knows:
+    // nothing is claimed for it. A runaway would have gone on to the cap.
+    let saved = if stop.reason.is_runaway() {
+        u64::from(req.max_tokens).saturating_sub(received)
+    } else {
+        0
+    };
     tracing::info!(
         tag = %req.tag,
         reason = stop.reason.as_str(),

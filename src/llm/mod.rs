@@ -80,8 +80,9 @@ pub struct EarlyStop {
     pub reason: StopReason,
     /// Answer tokens received before the stop (estimated when the server had not said yet).
     pub tokens_received: u64,
-    /// Answer tokens not paid for: the request's `max_tokens` less those received. An upper
-    /// bound: the model might have ended sooner by itself.
+    /// Answer tokens not paid for, for a runaway: the request's `max_tokens` less those
+    /// received (an upper bound: the model might have ended sooner by itself). 0 for a stop
+    /// after the code block closed: only prose of unknown length would have followed.
     pub tokens_saved: u64,
 }
 

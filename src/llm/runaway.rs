@@ -405,60 +405,19 @@ impl Lexer {
         let chars: Vec<char> = raw.chars().collect();
         let mut i = 0;
         // A statement going on to this line: one space between its raw lines.
-        if !norm.is_empty() && !norm.ends_with(' ') {
-            norm.push(' ');
-        }
-        if !shape.is_empty() && !shape.ends_with(' ') {
-            shape.push(' ');
-        }
+        space(norm);
+        space(shape);
         while i < chars.len() {
             let c = chars[i];
-            if let Some((quote, triple)) = self.string {
-                norm.push(c);
-                if c == '\\' {
-                    if let Some(&next) = chars.get(i + 1) {
-                        norm.push(next);
-                    }
-                    i += 2;
-                    continue;
-                }
-                if c == quote {
-                    if !triple {
-                        self.string = None;
-                    } else if chars.get(i + 1) == Some(&quote) && chars.get(i + 2) == Some(&quote) {
-                        norm.push(quote);
-                        norm.push(quote);
-                        i += 2;
-                        self.string = None;
-                    }
-                }
-                i += 1;
+            if self.string.is_some() {
+                i = self.in_string(&chars, i, norm);
                 continue;
             }
             match c {
                 '#' => break,
                 '\'' | '"' => {
-                    // A prefix (r, b, f, rb...) is part of the literal.
-                    let prefix = shape
-                        .chars()
-                        .rev()
-                        .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '_')
-                        .collect::<String>();
-                    if !prefix.is_empty()
-                        && prefix.len() <= 2
-                        && prefix.chars().all(|ch| "rRbBuUfF".contains(ch))
-                    {
-                        shape.truncate(shape.len() - prefix.len());
-                    }
-                    let triple = chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c);
-                    shape.push('S');
-                    norm.push(c);
-                    if triple {
-                        norm.push(c);
-                        norm.push(c);
-                        i += 2;
-                    }
-                    self.string = Some((c, triple));
+                    i = self.open_string(&chars, i, norm, shape);
+                    continue;
                 }
                 '0'..='9'
                     if !shape
@@ -466,44 +425,19 @@ impl Lexer {
                         .last()
                         .is_some_and(|p| p.is_ascii_alphanumeric() || p == '_') =>
                 {
-                    // `-1` is a literal too: a unary minus right before it goes with it.
-                    if shape.ends_with('-') {
-                        let before = shape[..shape.len() - 1].trim_end();
-                        if before.is_empty() || before.ends_with(['(', '[', ',', '=', ' ']) {
-                            shape.pop();
-                        }
-                    }
-                    while i < chars.len()
-                        && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '.')
-                    {
-                        norm.push(chars[i]);
-                        i += 1;
-                    }
-                    shape.push('N');
+                    i = number(&chars, i, norm, shape);
                     continue;
                 }
-                '(' | '[' | '{' => {
-                    self.depth += 1;
-                    norm.push(c);
-                    shape.push(c);
-                }
-                ')' | ']' | '}' => {
-                    self.depth = self.depth.saturating_sub(1);
-                    norm.push(c);
-                    shape.push(c);
-                }
-                c if c.is_whitespace() => {
-                    if !norm.ends_with(' ') && !norm.is_empty() {
-                        norm.push(' ');
-                    }
-                    if !shape.ends_with(' ') && !shape.is_empty() {
-                        shape.push(' ');
-                    }
-                }
-                c => {
-                    norm.push(c);
-                    shape.push(c);
-                }
+                '(' | '[' | '{' => self.depth += 1,
+                ')' | ']' | '}' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+            if c.is_whitespace() {
+                space(norm);
+                space(shape);
+            } else {
+                norm.push(c);
+                shape.push(c);
             }
             i += 1;
         }
@@ -520,6 +454,89 @@ impl Lexer {
         }
         self.depth > 0 || self.string.is_some() || backslash
     }
+
+    /// A string's character at `i` (an escape takes two); where to go on.
+    fn in_string(&mut self, chars: &[char], i: usize, norm: &mut String) -> usize {
+        let Some((quote, triple)) = self.string else {
+            return i + 1;
+        };
+        let c = chars[i];
+        norm.push(c);
+        if c == '\\' {
+            if let Some(&next) = chars.get(i + 1) {
+                norm.push(next);
+            }
+            return i + 2;
+        }
+        if c == quote {
+            if !triple {
+                self.string = None;
+            } else if chars.get(i + 1) == Some(&quote) && chars.get(i + 2) == Some(&quote) {
+                norm.push(quote);
+                norm.push(quote);
+                self.string = None;
+                return i + 3;
+            }
+        }
+        i + 1
+    }
+
+    /// A string's opening quote(s) at `i`, its prefix (r, b, f, rb...) taken into the literal.
+    fn open_string(
+        &mut self,
+        chars: &[char],
+        i: usize,
+        norm: &mut String,
+        shape: &mut String,
+    ) -> usize {
+        let c = chars[i];
+        let prefix = shape
+            .chars()
+            .rev()
+            .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '_')
+            .collect::<String>();
+        if !prefix.is_empty()
+            && prefix.len() <= 2
+            && prefix.chars().all(|ch| "rRbBuUfF".contains(ch))
+        {
+            shape.truncate(shape.len() - prefix.len());
+        }
+        let triple = chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c);
+        shape.push('S');
+        norm.push(c);
+        self.string = Some((c, triple));
+        if triple {
+            norm.push(c);
+            norm.push(c);
+            return i + 3;
+        }
+        i + 1
+    }
+}
+
+/// One space at the end, unless there is one or nothing yet.
+fn space(s: &mut String) {
+    if !s.is_empty() && !s.ends_with(' ') {
+        s.push(' ');
+    }
+}
+
+/// A number at `i` (with a unary minus right before it: `-1` is a literal too); where to go on.
+fn number(chars: &[char], mut i: usize, norm: &mut String, shape: &mut String) -> usize {
+    if shape.ends_with('-') {
+        let before = shape[..shape.len() - 1].trim_end();
+        if before.is_empty() || before.ends_with(['(', '[', ',', '=', ' ']) {
+            shape.pop();
+        }
+    }
+    while i < chars.len()
+        && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '.')
+    {
+        norm.push(chars[i]);
+        i += 1;
+    }
+    shape.push('N');
+    i
 }
 
 /// Tokens in `text`, estimated (about four characters a token, as the prompt budget counts).
