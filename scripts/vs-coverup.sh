@@ -17,6 +17,7 @@
 # Environment:
 #   IMPROVE_BIN         improve binary (default: /work/main/target/release/improve)
 #   IMPROVE_ITERATIONS  -n for improve, high so that the time is the limit (default: 1000)
+#   IMPROVE_ARGS        more improve flags, word-split (default: none), e.g. '--max-prompt-tokens 4000'
 #   COVERUP_VENV        venv of CoverUp 0.6.3; created when missing (default: /work/vs/coverup-venv)
 #   VS_OUT              where the clones, logs and measurements go (default: a new dir in /tmp)
 #   VS_PACKAGE_DIR, VS_TESTS_DIR   CoverUp's --package-dir / --tests-dir (default: what improve
@@ -75,6 +76,17 @@ else
   started_server=1
 fi
 SERVER_LOG="$LLM_DIR/server-$PORT.log"
+# A request cut off by SIGINT is cancelled, but llama.cpp finishes the prompt batch it is in:
+# wait until no slot is busy before the next tool's clock starts (at most 10 minutes).
+wait_idle() {
+  local i
+  for i in $(seq 1 600); do
+    curl -fs "http://127.0.0.1:$PORT/slots" | python3 -c 'import json,sys; sys.exit(any(s.get("is_processing") for s in json.load(sys.stdin)))' 2>/dev/null && return 0
+    [ "$i" = 1 ] && say "waiting for the server to be idle"
+    sleep 1
+  done
+  say "warning: the server is still busy"
+}
 log_size() { if [ -f "$SERVER_LOG" ]; then wc -c < "$SERVER_LOG"; else echo 0; fi; }
 
 # --- three clones of HEAD
@@ -87,11 +99,14 @@ ln -s "$PROJECT/.venv" "$OUT/improve/.venv"
 say "work dir $OUT; $MINUTES min each, improve first"
 
 # --- improve
+wait_idle
 log0=$(log_size)
 t0=$(date +%s)
+read -ra improve_extra <<< "${IMPROVE_ARGS:-}"
 imp_rc=0
 timeout -s INT -k 60 "$SECS" "$IMPROVE_BIN" --repo "$OUT/improve" -n "$IMPROVE_ITERATIONS" \
   --provider openai --llm-url "$URL" --model local --llm-timeout 20m --max-duration "${MINUTES}m" \
+  ${improve_extra[@]+"${improve_extra[@]}"} \
   > "$OUT/improve.out" 2> "$OUT/improve.err" || imp_rc=$?
 imp_secs=$(( $(date +%s) - t0 ))
 log1=$(log_size)
@@ -125,6 +140,7 @@ case "$package_dir" in
   *.py) coverup_args+=("$package_dir") ;;
   *) coverup_args+=(--package-dir "$package_dir") ;;
 esac
+wait_idle
 log2=$(log_size)
 t0=$(date +%s)
 cov_rc=0
@@ -261,6 +277,9 @@ def srv(s):
         return "–"
     return f"{s['requests']} requests ({s['cancelled']} cancelled), {s['prompt']} prompt tokens evaluated, {s['gen']} generated"
 
+def how(rc):
+    return "stopped by SIGINT at the time limit" if rc == "124" else f"exit {rc}"
+
 def num(v):
     return "–" if v is None else f"{v:,}".replace(",", " ")
 
@@ -268,7 +287,7 @@ rows = [
     ("coverage (branch, package only)", pct(b_cov), pct(i_cov) + delta(i_cov, b_cov), pct(c_cov) + delta(c_cov, b_cov)),
     ("tests collected", tests(b_n, None), tests(i_n, b_n), tests(c_n, b_n)),
     ("pytest", summary("baseline"), summary("improve") if i_cov is not None else "–", summary("coverup")),
-    ("wall time, exit code", "–", f"{imp_secs} s, exit {imp_rc}", f"{cov_secs} s, exit {cov_rc}"),
+    ("wall time, exit code", "–", f"{imp_secs} s, {how(imp_rc)}", f"{cov_secs} s, {how(cov_rc)}"),
     ("LLM calls answered", "–", num(imp_calls), f"{cu_calls} ({cu_sent} sent)"),
     ("prompt tokens", "–", num(st.get("tokens_in")), num(cu_in)),
     ("completion tokens", "–", num(st.get("tokens_out")), num(cu_out)),
