@@ -109,6 +109,7 @@ timeout -s INT -k 60 "$SECS" "$IMPROVE_BIN" --repo "$OUT/improve" -n "$IMPROVE_I
   ${improve_extra[@]+"${improve_extra[@]}"} \
   > "$OUT/improve.out" 2> "$OUT/improve.err" || imp_rc=$?
 imp_secs=$(( $(date +%s) - t0 ))
+wait_idle
 log1=$(log_size)
 say "improve exited $imp_rc after ${imp_secs}s"
 "$IMPROVE_BIN" status --json --repo "$OUT/improve" > "$OUT/improve-status.json" 2>> "$OUT/improve.err" || echo '{}' > "$OUT/improve-status.json"
@@ -140,8 +141,7 @@ case "$package_dir" in
   *.py) coverup_args+=("$package_dir") ;;
   *) coverup_args+=(--package-dir "$package_dir") ;;
 esac
-wait_idle
-log2=$(log_size)
+log2=$log1
 t0=$(date +%s)
 cov_rc=0
 ( cd "$OUT/coverup" &&
@@ -149,6 +149,7 @@ cov_rc=0
   timeout -s INT -k 60 "$SECS" "$COVERUP_VENV/bin/coverup" "${coverup_args[@]}" ) \
   > "$OUT/coverup.out" 2>&1 || cov_rc=$?
 cov_secs=$(( $(date +%s) - t0 ))
+wait_idle
 log3=$(log_size)
 say "CoverUp exited $cov_rc after ${cov_secs}s"
 find "$OUT/coverup/$tests_dir" -maxdepth 1 -name 'tmp_test_*.py' -delete  # its candidate in flight, if killed

@@ -185,6 +185,7 @@ fn expected_call(state: &RunState) -> Option<std::time::Duration> {
 
 /// One call on the iteration's books: its tokens, and what stopping it early saved.
 fn count_call(cx: &mut StepCx<'_>, round: u32, response: Option<&ChatResponse>) {
+    cx.ctx.saw_speed(response.and_then(|r| r.speed));
     let it = cx.it_mut();
     it.llm_calls += 1;
     if let Some(r) = response {
@@ -324,7 +325,51 @@ pub fn build_request(cx: &StepCx<'_>) -> Result<ChatRequest, StepError> {
 
 /// The most a prompt may hold, in tokens: `--max-prompt-tokens`.
 pub fn prompt_budget(cx: &StepCx<'_>) -> u32 {
-    cx.settings().max_prompt_tokens
+    let ceiling = cx.settings().max_prompt_tokens;
+    let answer = typical_answer_tokens(&cx.state).unwrap_or(cx.settings().max_answer_tokens / 2);
+    let call = cx.settings().call_budget.as_secs_f64();
+    let local = cx.ctx.llm.is_local() && cx.ctx.llm.provider() != crate::llm::Provider::Replay;
+    cx.ctx
+        .speed()
+        .or(local.then_some(ASSUMED_LOCAL_SPEED))
+        .and_then(|speed| tokens_in_time(speed, call, answer))
+        .map_or(ceiling, |fit| fit.clamp(MIN_PROMPT_TOKENS, ceiling))
+}
+
+/// A server on this machine before its first answer says how fast it is: a CPU-only
+/// workstation running a small model (40 tokens/s read, 6 written). A paid API is fast enough
+/// that only `--max-prompt-tokens` binds.
+const ASSUMED_LOCAL_SPEED: crate::llm::ServerSpeed = crate::llm::ServerSpeed {
+    prompt_per_second: Some(40.0),
+    generated_per_second: Some(6.0),
+    source: crate::llm::SpeedSource::Measured,
+};
+
+/// The prompt tokens the server reads in what `call` seconds leave after writing an answer of
+/// `answer` tokens (reading keeps at least a quarter of the time); None when its reading speed
+/// is unknown.
+fn tokens_in_time(speed: crate::llm::ServerSpeed, call: f64, answer: u32) -> Option<u32> {
+    let read = speed.prompt_per_second.filter(|r| *r > 0.0)?;
+    let writing = speed
+        .generated_per_second
+        .filter(|w| *w > 0.0)
+        .map_or(0.0, |w| f64::from(answer) / w);
+    let reading = (call - writing).max(call / 4.0);
+    Some((reading * read).min(f64::from(u32::MAX)) as u32)
+}
+
+/// The median answer length of this run's iterations so far, in tokens per call.
+fn typical_answer_tokens(state: &RunState) -> Option<u32> {
+    let mut per_call: Vec<u64> = state
+        .iterations
+        .iter()
+        .filter(|i| i.llm_calls > 0 && i.tokens_out > 0)
+        .map(|i| i.tokens_out / u64::from(i.llm_calls))
+        .collect();
+    per_call.sort_unstable();
+    per_call
+        .get(per_call.len() / 2)
+        .map(|t| u32::try_from(*t).unwrap_or(u32::MAX))
 }
 
 /// The first prompt's share of the budget: a repair round sends it again with the answer and
@@ -643,4 +688,30 @@ fn build_fix_request(cx: &StepCx<'_>, max_chars: usize) -> Result<ChatRequest, S
         sources,
     };
     first_request(cx, format!("fix:{}", it.target), prompt::FIX, &data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_server_gets_prompts_it_reads_within_the_call_budget() {
+        let speed = |read, write| crate::llm::ServerSpeed {
+            prompt_per_second: read,
+            generated_per_second: write,
+            source: crate::llm::SpeedSource::Server,
+        };
+        // 40 tokens/s read, 6 written: a 600-token answer takes 100 s of a 240 s budget, and
+        // the 140 s left read 5600 tokens.
+        assert_eq!(
+            tokens_in_time(speed(Some(40.0), Some(6.0)), 240.0, 600),
+            Some(5600)
+        );
+        // Writing alone would overrun the budget: reading keeps a quarter of it.
+        assert_eq!(
+            tokens_in_time(speed(Some(40.0), Some(1.0)), 240.0, 600),
+            Some(2400)
+        );
+        assert_eq!(tokens_in_time(speed(None, Some(6.0)), 240.0, 600), None);
+    }
 }

@@ -86,6 +86,9 @@ pub struct RunContext {
     /// When `--max-duration` ends this invocation: no LLM call starts that would not finish by
     /// then, and one to a local server still running then is stopped.
     pub deadline: Option<Instant>,
+    /// How fast the server last said (or was seen) to read and write: what prompts are sized
+    /// by (`--call-budget`). Unknown until the first answer of this session.
+    pub server_speed: std::sync::Mutex<Option<crate::llm::ServerSpeed>>,
 }
 
 impl RunContext {
@@ -93,6 +96,18 @@ impl RunContext {
     pub fn save(&self, state: &mut RunState) -> Result<(), StateError> {
         state.elapsed_s = self.elapsed_before + self.session_start.elapsed().as_secs_f64();
         self.store.save(state)
+    }
+
+    /// The server's speed as the latest answer gave it.
+    pub fn speed(&self) -> Option<crate::llm::ServerSpeed> {
+        *self.server_speed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers the speed an answer gave, when it gave one.
+    pub fn saw_speed(&self, speed: Option<crate::llm::ServerSpeed>) {
+        if let Some(speed) = speed {
+            *self.server_speed.lock().unwrap_or_else(|p| p.into_inner()) = Some(speed);
+        }
     }
 
     /// Removes what Python compiled from `source` (a file improve just wrote in a worktree).

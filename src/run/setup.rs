@@ -299,6 +299,7 @@ pub(crate) fn run_context(
         helper,
         worktrees,
         deadline: None,
+        server_speed: Default::default(),
     };
     Ok((
         ctx,

@@ -266,6 +266,18 @@ macro_rules! run_settings {
                     default: Some(2_000),
                     hook: answer_tokens,
                 }
+                /// How long one LLM call should take at the server's speed. Once an answer has
+                /// said how fast the server reads and writes (llama.cpp's timings, else
+                /// measured), prompts are cut so that reading one and writing a typical answer
+                /// fit in it; `--max-prompt-tokens` stays the ceiling. A fast server never
+                /// reaches it.
+                call_budget: Duration => Duration {
+                    arg: [long, value_name = "DUR", value_parser = parse_duration],
+                    file: [alias = "call_budget", deserialize_with = "de::duration"],
+                    saved: [with = "secs"],
+                    default: Some(Duration::from_secs(240)),
+                    hook: value,
+                }
                 /// Mutants of the target made per iteration, on the lines the new tests cover,
                 /// to see whether the tests notice them (0 turns the check off).
                 mutants: u32 => u32 {

@@ -497,3 +497,50 @@ async fn the_first_prompt_leaves_room_for_repairs_and_a_repair_prompt_stays_in_t
         "{cuts:?}"
     );
 }
+
+/// A llama.cpp answer (non-streamed) with its `timings`: a server reading `read` prompt tokens
+/// a second and writing `write`.
+fn timed_answer(code: &str, read: f64, write: f64) -> Answer {
+    Answer::Raw(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("```python\n{code}```\n")}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1500, "completion_tokens": 200},
+        "timings": {"prompt_n": 1500, "prompt_per_second": read, "predicted_n": 200, "predicted_per_second": write}
+    })))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_the_server_says_it_is_slow_prompts_are_sized_to_the_call_budget() {
+    let fx = with_long_guidelines();
+    // 5 tokens/s read, 4 written: in a 60 s call, a 200-token answer takes 50 s and leaves
+    // 10 s of reading, less than a quarter of the budget: 15 s, 75 tokens, so the floor of
+    // 1000 tokens (3000 characters).
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![
+            timed_answer(GOOD_TEXT, 5.0, 4.0),
+            timed_answer(GOOD_OPS, 5.0, 4.0),
+        ],
+    )
+    .await;
+    let args = [
+        "-n",
+        "2",
+        "--call-budget",
+        "60s",
+        "--require-coverage-gain=false",
+    ];
+    run_ok(fx.root(), &llm, &args).await;
+    let bodies = bodies(&llm).await;
+    assert_eq!(bodies.len(), 2);
+    let (first, second) = (prompt_of(&bodies[0]), prompt_of(&bodies[1]));
+    // The first call assumed a modest local server: the whole guidelines fit its budget.
+    assert_eq!(first.matches("checks one thing").count(), 50, "{first}");
+    assert!(second.len() <= 1000 * 3, "{} characters", second.len());
+    let log = log_of(&fx);
+    let cuts = log[1]["prompt_cuts"].as_array().unwrap();
+    assert!(
+        cuts.iter()
+            .any(|c| c.as_str().unwrap().contains("CONTRIBUTING.md")),
+        "{cuts:?}"
+    );
+}
