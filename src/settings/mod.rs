@@ -673,7 +673,9 @@ mod tests {
             }
             let value = match *name {
                 "provider" => "\"openai\"".to_string(),
-                "test_timeout" | "llm_timeout" | "max_duration" => "\"5m\"".to_string(),
+                "test_timeout" | "llm_timeout" | "max_duration" | "call_budget" => {
+                    "\"5m\"".to_string()
+                }
                 "focus" | "pass_env" | "packages" | "source_roots" => "[\"a\"]".to_string(),
                 "sandbox" | "require_coverage_gain" | "require_mutation_kill" => "true".into(),
                 "llm_url" | "model" | "test_cmd" | "tests_dir" | "setup_cmd" | "base" => {

@@ -533,8 +533,19 @@ async fn once_the_server_says_it_is_slow_prompts_are_sized_to_the_call_budget() 
     let bodies = bodies(&llm).await;
     assert_eq!(bodies.len(), 2);
     let (first, second) = (prompt_of(&bodies[0]), prompt_of(&bodies[1]));
-    // The first call assumed a modest local server: the whole guidelines fit its budget.
-    assert_eq!(first.matches("checks one thing").count(), 50, "{first}");
+    // The first call assumed a modest local server (40 read, 6 written a second): about
+    // 2900 tokens, half of them kept for a repair; the second knows the server is slower.
+    assert!(
+        first.len() > second.len(),
+        "{} vs {}",
+        first.len(),
+        second.len()
+    );
+    assert!(
+        first.len() <= 2934 / 2 * 3 + 1000,
+        "{} characters",
+        first.len()
+    );
     assert!(second.len() <= 1000 * 3, "{} characters", second.len());
     let log = log_of(&fx);
     let cuts = log[1]["prompt_cuts"].as_array().unwrap();
