@@ -141,7 +141,7 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
         prompt: path_of(files.prompt()),
         prompt_cuts: it.prompt_cuts.clone(),
         answer: path_of(files.response(0)),
-        answers: it.answers,
+        answers: it.answers.clone(),
         local_fixes: it.local_fixes.clone(),
         diff: diff(repo_root, files, it),
     }
@@ -296,6 +296,19 @@ fn cost_and_files(v: &ShowView, out: &mut String) {
     }
     for fix in &v.local_fixes {
         let _ = writeln!(out, "fixed:    {fix}");
+    }
+    for stop in &a.stops {
+        let which = match stop.round {
+            0 => "the first answer".to_string(),
+            k => format!("repair {k}"),
+        };
+        let _ = writeln!(
+            out,
+            "stopped:  {which} while streaming ({}): {} tokens received, about {} saved",
+            stop.reason.replace('_', " "),
+            stop.tokens_received,
+            stop.tokens_saved
+        );
     }
     match &v.diff {
         Some(d) => {

@@ -14,7 +14,7 @@ use crate::fsutil::{read_json, write_artifact, write_durable};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, LlmError, Role};
 use crate::prompt;
 use crate::pytest::{self, CaseOutcome};
-use crate::state::{Kind, Outcome, RejectReason, Rejection, RunState, Step};
+use crate::state::{AnswerStop, Kind, Outcome, RejectReason, Rejection, RunState, Step};
 use crate::target;
 use crate::testid::TestId;
 
@@ -133,7 +133,7 @@ pub async fn saved_or_asked(
     let path = cx.files().response(round);
     // A crash after the answer was saved: reuse it, never pay for it twice.
     if let Some(saved) = read_json::<ChatResponse>(&path) {
-        count_call(cx, Some(&saved));
+        count_call(cx, round, Some(&saved));
         return Ok(Answer::Got(saved));
     }
     let Some(request) = build(cx)? else {
@@ -163,12 +163,12 @@ pub async fn saved_or_asked(
         Ok(response) => {
             let json = serde_json::to_vec_pretty(&response).unwrap_or_default();
             write_durable(&path, &json)?;
-            count_call(cx, Some(&response));
+            count_call(cx, round, Some(&response));
             Ok(Answer::Got(response))
         }
         Err(LlmError::Cancelled) => Err(StepError::Cancelled),
         Err(e) => {
-            count_call(cx, None);
+            count_call(cx, round, None);
             Ok(Answer::Failed(e))
         }
     }
@@ -183,12 +183,27 @@ fn expected_call(state: &RunState) -> Option<std::time::Duration> {
     (calls > 0).then(|| std::time::Duration::from_secs_f64(seconds / f64::from(calls)))
 }
 
-fn count_call(cx: &mut StepCx<'_>, response: Option<&ChatResponse>) {
+/// One call on the iteration's books: its tokens, and what stopping it early saved.
+fn count_call(cx: &mut StepCx<'_>, round: u32, response: Option<&ChatResponse>) {
     let it = cx.it_mut();
     it.llm_calls += 1;
     if let Some(r) = response {
         it.tokens_in += r.tokens_in;
         it.tokens_out += r.tokens_out;
+        if let Some(stop) = r.stopped {
+            let notes = &mut it.answers;
+            notes.stopped += 1;
+            if stop.reason.is_runaway() {
+                notes.runaways += 1;
+            }
+            notes.tokens_saved += stop.tokens_saved;
+            notes.stops.push(AnswerStop {
+                round,
+                reason: stop.reason.as_str().to_string(),
+                tokens_received: stop.tokens_received,
+                tokens_saved: stop.tokens_saved,
+            });
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use reqwest::header::HeaderName;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::wire::WireFormat;
+use super::wire::{Event, Streamed, WireFormat, count, cut, event_json, llama_timings};
 use super::{ChatRequest, ChatResponse, LlmError, Role};
 
 /// The `anthropic-version` header: the API shape this file was written against.
@@ -27,12 +27,16 @@ impl WireFormat for Anthropic {
         (HeaderName::from_static("x-api-key"), key.to_string())
     }
 
-    fn body(&self, model: &str, req: &ChatRequest) -> serde_json::Result<Vec<u8>> {
-        serde_json::to_vec(&body(model, req))
+    fn body(&self, model: &str, req: &ChatRequest, stream: bool) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&body(model, req, stream))
     }
 
     fn parse(&self, answer: &Value) -> Result<ChatResponse, LlmError> {
         parse(answer)
+    }
+
+    fn event(&self, name: Option<&str>, data: &str, acc: &mut Streamed) -> Result<Event, LlmError> {
+        event(name, data, acc)
     }
 }
 
@@ -44,6 +48,8 @@ struct Body<'a> {
     messages: Vec<Message<'a>>,
     max_tokens: u32,
     temperature: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,7 +58,7 @@ struct Message<'a> {
     content: &'a str,
 }
 
-fn body<'a>(model: &'a str, req: &'a ChatRequest) -> Body<'a> {
+fn body<'a>(model: &'a str, req: &'a ChatRequest, stream: bool) -> Body<'a> {
     Body {
         model,
         system: &req.system,
@@ -69,6 +75,7 @@ fn body<'a>(model: &'a str, req: &'a ChatRequest) -> Body<'a> {
             .collect(),
         max_tokens: req.max_tokens,
         temperature: req.temperature,
+        stream: stream.then_some(true),
     }
 }
 
@@ -91,22 +98,95 @@ fn parse(value: &Value) -> Result<ChatResponse, LlmError> {
         text.push_str(part);
     }
     let usage = value.get("usage");
-    let count = |k: &str| {
-        usage
-            .and_then(|u| u.get(k))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
+    let (speed, cache_n) = llama_timings(value);
     Ok(ChatResponse {
         text,
-        tokens_in: count("input_tokens"),
-        tokens_out: count("output_tokens"),
+        tokens_in: count(usage, "input_tokens").unwrap_or(0),
+        tokens_out: count(usage, "output_tokens").unwrap_or(0),
         finish_reason: value
             .get("stop_reason")
             .and_then(Value::as_str)
             .map(str::to_string),
         attempts: 1,
+        stopped: None,
+        speed,
+        cached_tokens: count(usage, "cache_read_input_tokens").or(cache_n),
     })
+}
+
+/// One event of a streamed answer: `message_start` (the input tokens), `content_block_delta`
+/// (a `text_delta`), `message_delta` (the stop reason, the output tokens), `message_stop`;
+/// `ping` and the block starts and stops say nothing we need. An `error` event is the error
+/// the same failure would have been as an HTTP status.
+fn event(name: Option<&str>, data: &str, acc: &mut Streamed) -> Result<Event, LlmError> {
+    let value = event_json(data)?;
+    let kind = value
+        .get("type")
+        .and_then(Value::as_str)
+        .or(name)
+        .unwrap_or("");
+    match kind {
+        "message_start" => {
+            let usage = value.get("message").and_then(|m| m.get("usage"));
+            acc.tokens_in = count(usage, "input_tokens").or(acc.tokens_in);
+            acc.cached_tokens = count(usage, "cache_read_input_tokens").or(acc.cached_tokens);
+        }
+        "content_block_delta" => {
+            let delta = value.get("delta");
+            if delta.and_then(|d| d.get("type")).and_then(Value::as_str) == Some("text_delta")
+                && let Some(text) = delta.and_then(|d| d.get("text")).and_then(Value::as_str)
+            {
+                acc.text.push_str(text);
+                acc.deltas += 1;
+            }
+        }
+        "message_delta" => {
+            if let Some(reason) = value
+                .get("delta")
+                .and_then(|d| d.get("stop_reason"))
+                .and_then(Value::as_str)
+            {
+                acc.finish_reason = Some(reason.to_string());
+            }
+            acc.tokens_out = count(value.get("usage"), "output_tokens").or(acc.tokens_out);
+        }
+        "message_stop" => {
+            let (speed, cache_n) = llama_timings(&value);
+            acc.speed = speed.or(acc.speed.take());
+            acc.cached_tokens = acc.cached_tokens.or(cache_n);
+            return Ok(Event::Done);
+        }
+        "error" => {
+            let error = value.get("error");
+            let what = error
+                .and_then(|e| e.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let message = error
+                .and_then(|e| e.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or(what);
+            let body = cut(&format!("{what}: {message}"), 200);
+            let status = match what {
+                "overloaded_error" => 529,
+                "rate_limit_error" => 429,
+                "api_error" => 500,
+                "timeout_error" => 504,
+                _ => {
+                    return Err(LlmError::Malformed(format!(
+                        "the stream reported an error: {body}"
+                    )));
+                }
+            };
+            return Err(LlmError::Http {
+                status,
+                retry_after: None,
+                body,
+            });
+        }
+        _ => {}
+    }
+    Ok(Event::More)
 }
 
 #[cfg(test)]
@@ -195,8 +275,108 @@ mod tests {
                 "messages": [{"role": "user", "content": "write tests"}],
                 "max_tokens": 2048,
                 "temperature": 0.2,
+                "stream": true,
             })
         );
+    }
+
+    fn sse(events: &[(&str, Value)]) -> ResponseTemplate {
+        let body: String = events
+            .iter()
+            .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+            .collect();
+        ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")
+    }
+
+    fn text_delta(t: &str) -> (&'static str, Value) {
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_is_read_event_by_event() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(sse(&[
+                ("message_start", json!({"type": "message_start", "message": {"usage": {"input_tokens": 120, "output_tokens": 1, "cache_read_input_tokens": 100}}})),
+                ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+                ("ping", json!({"type": "ping"})),
+                text_delta("first "),
+                ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "no"}})),
+                text_delta("second"),
+                ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+                ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 45}})),
+                ("message_stop", json!({"type": "message_stop"})),
+            ]))
+            .mount(&server)
+            .await;
+        let r = client(server.uri(), None)
+            .complete(&request(), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(r.text, "first second");
+        assert_eq!((r.tokens_in, r.tokens_out), (120, 45));
+        assert_eq!(r.finish_reason.as_deref(), Some("end_turn"));
+        assert_eq!(r.cached_tokens, Some(100));
+        assert_eq!(
+            r.speed.map(|s| s.source),
+            Some(crate::llm::SpeedSource::Measured)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_overloaded_error_event_is_retried_like_a_529() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(sse(&[
+                ("message_start", json!({"type": "message_start", "message": {"usage": {"input_tokens": 1}}})),
+                ("error", json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})),
+            ]))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let err = client(server.uri(), None)
+            .complete(&request(), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, LlmError::Http { status: 529, body, .. } if body.contains("Overloaded")),
+            "{err:?}"
+        );
+        assert!(err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_repeated_test_is_stopped_in_the_event_format_too() {
+        let server = MockServer::start().await;
+        let test = |name: &str| format!("def test_{name}():\n    assert f(1) == 2\n\n");
+        let mut events = vec![
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"usage": {"input_tokens": 7}}}),
+            ),
+            text_delta("```python\n"),
+        ];
+        let pieces: Vec<String> = ["a", "b", "c", "d"].iter().map(|n| test(n)).collect();
+        for p in &pieces {
+            events.push(text_delta(p));
+        }
+        events.push(("message_stop", json!({"type": "message_stop"})));
+        Mock::given(method("POST"))
+            .respond_with(sse(&events))
+            .mount(&server)
+            .await;
+        let r = client(server.uri(), None)
+            .complete(&request(), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(r.text, format!("```python\n{}```\n", test("a")));
+        let stop = r.stopped.unwrap();
+        assert_eq!(stop.reason, crate::llm::StopReason::RepeatedTest);
+        assert_eq!(r.tokens_in, 7);
+        assert_eq!(stop.tokens_saved, 2048 - stop.tokens_received);
     }
 
     #[tokio::test]

@@ -3,15 +3,18 @@
 //! format, and holds the only retry loop, so the retry decision is made on types, not strings.
 //! It never asks which wire format it speaks: that is all behind [`WireFormat`].
 
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use super::record::{Recorder, Replayer};
-use super::wire::{WireFormat, cut};
+use super::runaway::{Stop, Watcher, estimate_tokens};
+use super::wire::{Event, Streamed, WireFormat, cut};
 use super::{
-    ApiKey, ChatRequest, ChatResponse, LlmError, LlmSettings, Provider, RetryPolicy, wire_format,
+    ApiKey, ChatRequest, ChatResponse, EarlyStop, LlmError, LlmSettings, Provider, RetryPolicy,
+    ServerSpeed, SpeedSource, sse, wire_format,
 };
 
 /// Longest error body kept in an [`LlmError::Http`]: enough for the server's explanation,
@@ -53,6 +56,16 @@ struct Http {
     timeout: Duration,
     /// Kept only to scrub it from error bodies a server may echo it in.
     key: Option<ApiKey>,
+    /// Answers are asked for as a stream until the server shows it cannot stream (a whole
+    /// answer to a streamed request, or a 4xx that names `stream`): from then on, for the rest
+    /// of the run, they are asked for whole.
+    streams: AtomicBool,
+}
+
+/// The request body both ways, serialised once per call and resent as is on every attempt.
+struct Bodies {
+    streamed: Vec<u8>,
+    whole: Vec<u8>,
 }
 
 /// Whether `url` names this machine (`localhost`, `127.0.0.0/8`, `::1`).
@@ -131,7 +144,7 @@ impl LlmClient {
             Backend::Replay(replayer) => return replayer.answer(req),
             Backend::Http(http) => http,
         };
-        let body = http.body(&self.model, req)?;
+        let bodies = http.bodies(&self.model, req)?;
         let max_attempts = self.retry.attempts();
         let mut attempt = 1;
         loop {
@@ -139,7 +152,7 @@ impl LlmClient {
             let result = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(LlmError::Cancelled),
-                r = http.send(body.clone()) => r,
+                r = http.send(&bodies, req) => r,
             };
             match result {
                 Ok(mut response) => {
@@ -150,6 +163,7 @@ impl LlmClient {
                         tokens_in = response.tokens_in,
                         tokens_out = response.tokens_out,
                         finish_reason = response.finish_reason.as_deref().unwrap_or(""),
+                        stopped = response.stopped.map_or("", |s| s.reason.as_str()),
                         "LLM answer"
                     );
                     // A recording that cannot be written must not cost the answer we paid for.
@@ -248,26 +262,169 @@ impl Http {
             headers,
             timeout: settings.request_timeout,
             key,
+            streams: AtomicBool::new(true),
         })
     }
 
-    /// Serialised once per call and resent as is on every attempt.
-    fn body(&self, model: &str, req: &ChatRequest) -> Result<Vec<u8>, LlmError> {
-        self.wire
-            .body(model, req)
-            .map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))
+    fn bodies(&self, model: &str, req: &ChatRequest) -> Result<Bodies, LlmError> {
+        let encode = |stream| {
+            self.wire
+                .body(model, req, stream)
+                .map_err(|e| LlmError::Config(format!("cannot encode the request: {e}")))
+        };
+        Ok(Bodies {
+            streamed: encode(true)?,
+            whole: encode(false)?,
+        })
     }
 
-    /// One attempt: send, classify, parse.
-    async fn send(&self, body: Vec<u8>) -> Result<ChatResponse, LlmError> {
-        let value = self.post(body).await?;
+    /// One attempt: streamed while the server streams, else whole.
+    async fn send(&self, bodies: &Bodies, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        if self.streams.load(Ordering::Relaxed) {
+            match self.stream(bodies.streamed.clone(), req).await {
+                Err(e) if refuses_streaming(&e) => {
+                    self.no_streaming(&format!("it refused a streamed request: {e}"));
+                }
+                other => return other,
+            }
+        }
+        let value = self.post(bodies.whole.clone()).await?;
         self.wire.parse(&value)
     }
 
-    /// The HTTP exchange every wire format shares. Non-2xx is [`LlmError::Http`] with the
-    /// server's Retry-After and a cut, key-scrubbed body; a 2xx that is not whole JSON is
-    /// [`LlmError::Malformed`]; transport failures are `Timeout` or `Connect`.
+    fn no_streaming(&self, why: &str) {
+        if self.streams.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                "the LLM server does not stream ({why}); answers are asked for whole from now on"
+            );
+        }
+    }
+
+    /// A streamed answer, read event by event and stopped as soon as the watcher says it can
+    /// give no new test: dropping the response closes the connection, and the server stops
+    /// writing. A server that answers whole instead is read as before (and not asked to
+    /// stream again).
+    async fn stream(&self, body: Vec<u8>, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let started = Instant::now();
+        let mut response = self.request(body).await?;
+        let said_sse = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        let first = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let looks_sse = first.as_ref().is_some_and(|c| {
+            let head = String::from_utf8_lossy(&c[..c.len().min(16)]);
+            let head = head.trim_start();
+            head.starts_with("data:") || head.starts_with("event:") || head.starts_with(':')
+        });
+        if !said_sse && !looks_sse {
+            self.no_streaming("it answered a streamed request whole");
+            let mut bytes = first.map(|c| c.to_vec()).unwrap_or_default();
+            bytes.extend(self.read_rest(&mut response, bytes.len()).await?);
+            return self.wire.parse(&self.json(&bytes)?);
+        }
+        let mut parser = sse::Parser::default();
+        let mut acc = Streamed::default();
+        let mut watcher = Watcher::new();
+        let mut clock = Clock {
+            started,
+            first_text: None,
+            last_text: None,
+        };
+        let mut read = 0usize;
+        let mut next = first;
+        while let Some(chunk) = next {
+            read += chunk.len();
+            if read > MAX_ANSWER_BYTES {
+                return Err(too_large());
+            }
+            for event in parser.push(&chunk) {
+                match self.take(&event, &mut acc, &mut watcher, &mut clock)? {
+                    None => {}
+                    Some(End::Done) => return Ok(finished(req, acc, &clock)),
+                    Some(End::Stop(stop)) => {
+                        // Closes the connection: the server stops writing the answer.
+                        drop(response);
+                        return Ok(stopped(req, acc, stop, &clock));
+                    }
+                }
+            }
+            next = response
+                .chunk()
+                .await
+                .map_err(|e| self.transport_error(e))?;
+        }
+        // The body is over: an event not followed by its blank line is one still.
+        if let Some(event) = parser.finish() {
+            match self.take(&event, &mut acc, &mut watcher, &mut clock)? {
+                None | Some(End::Done) => {}
+                Some(End::Stop(stop)) => return Ok(stopped(req, acc, stop, &clock)),
+            }
+        }
+        // Ended without the format's last event: whole only if the server said why it ended
+        // (some servers close after their last chunk without `[DONE]`).
+        if acc.finish_reason.is_some() {
+            return Ok(finished(req, acc, &clock));
+        }
+        Err(LlmError::Malformed(
+            "the stream ended before the answer did".into(),
+        ))
+    }
+
+    /// One event into the answer; how it ends, when this event ends it.
+    fn take(
+        &self,
+        event: &sse::Event,
+        acc: &mut Streamed,
+        watcher: &mut Watcher,
+        clock: &mut Clock,
+    ) -> Result<Option<End>, LlmError> {
+        let before = acc.text.len();
+        let step = self.wire.event(event.name.as_deref(), &event.data, acc)?;
+        if acc.text.len() > before {
+            let now = Instant::now();
+            clock.first_text.get_or_insert(now);
+            clock.last_text = Some(now);
+            if let Some(stop) = watcher.push(&acc.text[before..]) {
+                return Ok(Some(End::Stop(stop)));
+            }
+        }
+        Ok((step == Event::Done).then_some(End::Done))
+    }
+
+    /// A whole answer as JSON.
     async fn post(&self, body: Vec<u8>) -> Result<serde_json::Value, LlmError> {
+        let mut response = self.request(body).await?;
+        let bytes = self.read_rest(&mut response, 0).await?;
+        self.json(&bytes)
+    }
+
+    fn json(&self, bytes: &[u8]) -> Result<serde_json::Value, LlmError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            LlmError::Malformed(format!("not JSON ({e}): {}", self.snippet(bytes, 120)))
+        })
+    }
+
+    /// The rest of a 2xx body, `already` bytes of it read.
+    async fn read_rest(
+        &self,
+        response: &mut reqwest::Response,
+        already: usize,
+    ) -> Result<Vec<u8>, LlmError> {
+        read_capped(response, already).await.map_err(|e| match e {
+            ReadError::Transport(e) => self.transport_error(e),
+            ReadError::TooLarge => too_large(),
+        })
+    }
+
+    /// The HTTP exchange every wire format shares, up to the body. Non-2xx is
+    /// [`LlmError::Http`] with the server's Retry-After and a cut, key-scrubbed body; transport
+    /// failures are `Timeout` or `Connect`.
+    async fn request(&self, body: Vec<u8>) -> Result<reqwest::Response, LlmError> {
         let mut response = self
             .client
             .post(&self.endpoint)
@@ -280,22 +437,14 @@ impl Http {
         let retry_after = retry_after(response.headers(), SystemTime::now());
         if !status.is_success() {
             // The status is the news; an error body that fails to arrive should not hide it.
-            let bytes = read_capped(&mut response).await.unwrap_or_default();
+            let bytes = read_capped(&mut response, 0).await.unwrap_or_default();
             return Err(LlmError::Http {
                 status: status.as_u16(),
                 retry_after,
                 body: self.snippet(&bytes, ERROR_BODY_CHARS),
             });
         }
-        let bytes = read_capped(&mut response).await.map_err(|e| match e {
-            ReadError::Transport(e) => self.transport_error(e),
-            ReadError::TooLarge => LlmError::Malformed(format!(
-                "the answer is larger than {MAX_ANSWER_BYTES} bytes"
-            )),
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            LlmError::Malformed(format!("not JSON ({e}): {}", self.snippet(&bytes, 120)))
-        })
+        Ok(response)
     }
 
     fn transport_error(&self, e: reqwest::Error) -> LlmError {
@@ -331,10 +480,134 @@ enum ReadError {
     TooLarge,
 }
 
-async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, ReadError> {
+fn too_large() -> LlmError {
+    LlmError::Malformed(format!(
+        "the answer is larger than {MAX_ANSWER_BYTES} bytes"
+    ))
+}
+
+/// A server that cannot stream says so with a 4xx naming the parameter (`stream` unknown or
+/// unsupported); asked without it, the same request can succeed.
+fn refuses_streaming(e: &LlmError) -> bool {
+    match e {
+        LlmError::Http { status, body, .. } => {
+            (400..500).contains(status)
+                && !matches!(status, 408 | 429)
+                && !e.is_context_length()
+                && body.to_ascii_lowercase().contains("stream")
+        }
+        _ => false,
+    }
+}
+
+/// How a stream ends before its body does.
+enum End {
+    /// The format's last event.
+    Done,
+    /// The watcher's stop.
+    Stop(Stop),
+}
+
+/// When a streamed answer's text began and last grew, for the speed the client measures.
+struct Clock {
+    started: Instant,
+    first_text: Option<Instant>,
+    last_text: Option<Instant>,
+}
+
+impl Clock {
+    /// Prompt tokens over the seconds to the first text; answer tokens over the seconds from
+    /// the first text to the last.
+    fn speed(&self, tokens_in: u64, tokens_out: u64) -> Option<ServerSpeed> {
+        let first = self.first_text?;
+        let per_second =
+            |tokens: u64, secs: f64| (tokens > 0 && secs > 0.0).then(|| tokens as f64 / secs);
+        let reading = first.duration_since(self.started).as_secs_f64();
+        let writing = self
+            .last_text
+            .map_or(0.0, |last| last.duration_since(first).as_secs_f64());
+        Some(ServerSpeed {
+            prompt_per_second: per_second(tokens_in, reading),
+            // The first token came with the first text: the seconds after it wrote the rest.
+            generated_per_second: per_second(tokens_out.saturating_sub(1), writing),
+            source: SpeedSource::Measured,
+        })
+    }
+}
+
+/// The prompt's tokens, estimated, for a server that has not said (a stream stopped early).
+fn prompt_estimate(req: &ChatRequest) -> u64 {
+    estimate_tokens(&req.system)
+        + req
+            .messages
+            .iter()
+            .map(|m| estimate_tokens(&m.content))
+            .sum::<u64>()
+}
+
+/// A stream read to its end.
+fn finished(req: &ChatRequest, acc: Streamed, clock: &Clock) -> ChatResponse {
+    let tokens_in = acc.tokens_in.unwrap_or_else(|| prompt_estimate(req));
+    let tokens_out = acc
+        .tokens_out
+        .unwrap_or_else(|| acc.deltas.max(estimate_tokens(&acc.text)));
+    ChatResponse {
+        speed: acc.speed.or_else(|| clock.speed(tokens_in, tokens_out)),
+        text: acc.text,
+        tokens_in,
+        tokens_out,
+        finish_reason: acc.finish_reason,
+        attempts: 1,
+        stopped: None,
+        cached_tokens: acc.cached_tokens,
+    }
+}
+
+/// A stream stopped by the watcher: the text it kept, the tokens received so far (the server
+/// has not counted them yet), and those the stop saved against the request's cap.
+fn stopped(req: &ChatRequest, acc: Streamed, stop: Stop, clock: &Clock) -> ChatResponse {
+    let tokens_in = acc.tokens_in.unwrap_or_else(|| prompt_estimate(req));
+    let received = acc
+        .tokens_out
+        .unwrap_or(0)
+        .max(acc.deltas.max(estimate_tokens(&acc.text)));
+    // After a closed code block only prose would have followed, of a length no one knows:
+    // nothing is claimed for it. A runaway would have gone on to the cap.
+    let saved = if stop.reason.is_runaway() {
+        u64::from(req.max_tokens).saturating_sub(received)
+    } else {
+        0
+    };
+    tracing::info!(
+        tag = %req.tag,
+        reason = stop.reason.as_str(),
+        tokens_received = received,
+        tokens_saved = saved,
+        "stopped the answer: it can give no new test"
+    );
+    ChatResponse {
+        speed: acc.speed.or_else(|| clock.speed(tokens_in, received)),
+        text: stop.text,
+        tokens_in,
+        tokens_out: received,
+        finish_reason: None,
+        attempts: 1,
+        stopped: Some(EarlyStop {
+            reason: stop.reason,
+            tokens_received: received,
+            tokens_saved: saved,
+        }),
+        cached_tokens: acc.cached_tokens,
+    }
+}
+
+async fn read_capped(
+    response: &mut reqwest::Response,
+    already: usize,
+) -> Result<Vec<u8>, ReadError> {
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
-        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+        if already + bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(ReadError::TooLarge);
         }
         bytes.extend_from_slice(&chunk);

@@ -10,11 +10,14 @@ mod client;
 mod openai;
 mod record;
 mod retry;
+mod runaway;
+mod sse;
 mod wire;
 
 pub use client::{LlmClient, is_loopback};
 pub use record::{Exchange, RecordedResponse, Recording};
 pub use retry::RetryPolicy;
+pub use runaway::StopReason;
 
 /// Which wire format the client speaks (saved with the run, so declared with the settings).
 pub use crate::schema::Provider;
@@ -58,6 +61,52 @@ pub struct ChatResponse {
     /// How many HTTP attempts this answer took (1 when the first one succeeded).
     #[serde(default = "one")]
     pub attempts: u32,
+    /// Set when the answer was stopped while streaming, because it could give no new test
+    /// (`text` is then what was kept, its code block closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<EarlyStop>,
+    /// How fast the server read the prompt and wrote the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<ServerSpeed>,
+    /// Prompt tokens the server's cache served (llama.cpp `cache_n`, OpenAI
+    /// `prompt_tokens_details.cached_tokens`, Anthropic `cache_read_input_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
+}
+
+/// An answer stopped early: why, and what it cost against what it would have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlyStop {
+    pub reason: StopReason,
+    /// Answer tokens received before the stop (estimated when the server had not said yet).
+    pub tokens_received: u64,
+    /// Answer tokens not paid for, for a runaway: the request's `max_tokens` less those
+    /// received (an upper bound: the model might have ended sooner by itself). 0 for a stop
+    /// after the code block closed: only prose of unknown length would have followed.
+    pub tokens_saved: u64,
+}
+
+/// Tokens per second, each side when known.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ServerSpeed {
+    /// Prompt tokens read per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_per_second: Option<f64>,
+    /// Answer tokens written per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_per_second: Option<f64>,
+    pub source: SpeedSource,
+}
+
+/// Where a [`ServerSpeed`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpeedSource {
+    /// The server's own measure (llama.cpp's `timings`).
+    Server,
+    /// Tokens over the seconds to the first byte of the answer (prompt) and from its first to
+    /// its last byte (answer), as the client saw them.
+    Measured,
 }
 
 fn one() -> u32 {
@@ -245,8 +294,20 @@ mod tests {
     fn bodies_are_byte_for_byte_stable() {
         let body = |p| {
             let wire = wire_format(p).unwrap();
-            String::from_utf8(wire.body("m", &request()).unwrap()).unwrap()
+            String::from_utf8(wire.body("m", &request(), false).unwrap()).unwrap()
         };
+        let streamed = |p| {
+            let wire = wire_format(p).unwrap();
+            String::from_utf8(wire.body("m", &request(), true).unwrap()).unwrap()
+        };
+        assert_eq!(
+            streamed(Provider::OpenAi),
+            r#"{"model":"m","messages":[{"role":"system","content":"sys"},{"role":"user","content":"hi"}],"temperature":0.2,"max_tokens":64,"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            streamed(Provider::Anthropic),
+            r#"{"model":"m","system":"sys","messages":[{"role":"user","content":"hi"}],"max_tokens":64,"temperature":0.2,"stream":true}"#
+        );
         assert_eq!(
             body(Provider::OpenAi),
             r#"{"model":"m","messages":[{"role":"system","content":"sys"},{"role":"user","content":"hi"}],"temperature":0.2,"max_tokens":64}"#

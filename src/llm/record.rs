@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChatMessage, ChatRequest, ChatResponse, LlmError, Provider};
+use super::{ChatMessage, ChatRequest, ChatResponse, EarlyStop, LlmError, Provider, ServerSpeed};
 
 /// The only file format this build reads and writes.
 pub const VERSION: u32 = 1;
@@ -40,6 +40,13 @@ pub struct RecordedResponse {
     pub tokens_out: u64,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// The answer was stopped while streaming: `text` is what was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<EarlyStop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<ServerSpeed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
 }
 
 impl From<&ChatResponse> for RecordedResponse {
@@ -49,6 +56,9 @@ impl From<&ChatResponse> for RecordedResponse {
             tokens_in: r.tokens_in,
             tokens_out: r.tokens_out,
             finish_reason: r.finish_reason.clone(),
+            stopped: r.stopped,
+            speed: r.speed,
+            cached_tokens: r.cached_tokens,
         }
     }
 }
@@ -61,6 +71,9 @@ impl From<&RecordedResponse> for ChatResponse {
             tokens_out: r.tokens_out,
             finish_reason: r.finish_reason.clone(),
             attempts: 1,
+            stopped: r.stopped,
+            speed: r.speed,
+            cached_tokens: r.cached_tokens,
         }
     }
 }
@@ -250,6 +263,9 @@ mod tests {
                 tokens_in: 10,
                 tokens_out: 20,
                 finish_reason: Some("stop".into()),
+                stopped: None,
+                speed: None,
+                cached_tokens: None,
             },
         }
     }
@@ -388,6 +404,17 @@ mod tests {
             tokens_out: 2,
             finish_reason: None,
             attempts: 3,
+            stopped: Some(EarlyStop {
+                reason: crate::llm::StopReason::Enumeration,
+                tokens_received: 2,
+                tokens_saved: 62,
+            }),
+            speed: Some(ServerSpeed {
+                prompt_per_second: Some(40.5),
+                generated_per_second: None,
+                source: crate::llm::SpeedSource::Server,
+            }),
+            cached_tokens: Some(7),
         };
         recorder
             .append(Provider::Anthropic, "claude", &request("new"), &resp)
@@ -401,6 +428,15 @@ mod tests {
         assert_eq!(texts, ["before", "after"]);
         assert_eq!(rec.exchanges[1].provider, Provider::Anthropic);
         assert!(!std::fs::read_to_string(&path).unwrap().contains("attempts"));
+        // What a stream's stop saved, the server's speed and its cache come back on replay.
+        let replayed = ChatResponse::from(&rec.exchanges[1].response);
+        assert_eq!(
+            replayed,
+            ChatResponse {
+                attempts: 1,
+                ..resp
+            }
+        );
     }
 
     #[test]
@@ -424,6 +460,9 @@ mod tests {
             tokens_out: 0,
             finish_reason: None,
             attempts: 1,
+            stopped: None,
+            speed: None,
+            cached_tokens: None,
         };
         let err = recorder
             .append(Provider::OpenAi, "m", &request("t"), &resp)

@@ -167,7 +167,7 @@ pub struct Iteration {
 }
 
 /// How the model's answers fared before pytest saw them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnswerNotes {
     /// Answers cut off (at the token limit, or a code block never closed) whose complete tests
     /// were kept.
@@ -189,6 +189,31 @@ pub struct AnswerNotes {
     /// each that the missing or wrong import would have cost.
     #[serde(default)]
     pub repairs_avoided: u32,
+    /// Answers stopped while streaming because they could give no new test (any reason).
+    #[serde(default)]
+    pub stopped: u32,
+    /// Those of them stopped as runaways (a block repeated, a test again under a new name, an
+    /// enumeration), not only after their code block closed.
+    #[serde(default)]
+    pub runaways: u32,
+    /// Answer tokens those stops saved, estimated: each runaway call's `max_tokens` less the
+    /// tokens received when it was stopped (an upper bound; 0 for a stop after the code block).
+    #[serde(default)]
+    pub tokens_saved: u64,
+    /// Each stopped call: which answer, why, and the tokens received and saved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stops: Vec<AnswerStop>,
+}
+
+/// One answer stopped while streaming.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerStop {
+    /// 0: the first answer; k: repair round k.
+    pub round: u32,
+    /// `code_closed`, `repeated_block`, `repeated_test` or `enumeration`.
+    pub reason: String,
+    pub tokens_received: u64,
+    pub tokens_saved: u64,
 }
 
 impl AnswerNotes {
@@ -203,6 +228,10 @@ impl AnswerNotes {
         self.unchanged_repairs += other.unchanged_repairs;
         self.context_refusals += other.context_refusals;
         self.repairs_avoided += other.repairs_avoided;
+        self.stopped += other.stopped;
+        self.runaways += other.runaways;
+        self.tokens_saved += other.tokens_saved;
+        self.stops.extend(other.stops.iter().cloned());
     }
 }
 

@@ -15,6 +15,7 @@ mod resume;
 mod sandbox;
 mod settings;
 mod stops_coverage;
+mod streaming;
 mod wire;
 mod yield_stages;
 
@@ -300,12 +301,66 @@ pub struct Queue {
     answers: Mutex<VecDeque<Answer>>,
     /// How long every answer takes, as a real model's would.
     latency: std::time::Duration,
+    /// Text answers to a request that asks to stream come as server-sent events.
+    streams: bool,
+}
+
+/// The server-sent events that stream `pieces` in `wire`'s format, usage included.
+pub fn sse_events(wire: Wire, pieces: &[String]) -> Vec<String> {
+    let event = |name: &str, data: serde_json::Value| match wire {
+        Wire::OpenAi => format!("data: {data}\n\n"),
+        Wire::Anthropic => format!("event: {name}\ndata: {data}\n\n"),
+    };
+    let mut out = Vec::new();
+    match wire {
+        Wire::OpenAi => {
+            out.push(event(
+                "",
+                serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}),
+            ));
+            for p in pieces {
+                out.push(event(
+                    "",
+                    serde_json::json!({"choices": [{"index": 0, "delta": {"content": p}}]}),
+                ));
+            }
+            out.push(event("", serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
+            out.push(event("", serde_json::json!({"choices": [], "usage": {"prompt_tokens": 120, "completion_tokens": 45}})));
+            out.push("data: [DONE]\n\n".into());
+        }
+        Wire::Anthropic => {
+            out.push(event("message_start", serde_json::json!({"type": "message_start", "message": {"usage": {"input_tokens": 120, "output_tokens": 1}}})));
+            out.push(event("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+            for p in pieces {
+                out.push(event("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})));
+            }
+            out.push(event(
+                "content_block_stop",
+                serde_json::json!({"type": "content_block_stop", "index": 0}),
+            ));
+            out.push(event("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 45}})));
+            out.push(event(
+                "message_stop",
+                serde_json::json!({"type": "message_stop"}),
+            ));
+        }
+    }
+    out
+}
+
+/// An answer's text in the pieces a model streams it in: here one line each.
+pub fn lines_of(text: &str) -> Vec<String> {
+    text.split_inclusive('\n').map(str::to_string).collect()
 }
 
 impl Respond for Queue {
-    fn respond(&self, _req: &Request) -> ResponseTemplate {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
         let next = self.answers.lock().unwrap().pop_front();
+        let asks_stream = serde_json::from_slice::<serde_json::Value>(&req.body)
+            .is_ok_and(|b| b["stream"] == true);
         let template = match next {
+            Some(Answer::Text(text)) if self.streams && asks_stream => ResponseTemplate::new(200)
+                .set_body_raw(sse_events(self.wire, &lines_of(&text)).concat(), "text/event-stream"),
             Some(Answer::Text(text)) => ResponseTemplate::new(200).set_body_json(match self.wire {
                 Wire::OpenAi => serde_json::json!({
                     "id": "chatcmpl-1", "object": "chat.completion", "model": "stand-in",
@@ -347,6 +402,20 @@ impl StandIn {
         answers: Vec<Answer>,
         latency: std::time::Duration,
     ) -> StandIn {
+        StandIn::serve(wire, answers, latency, false).await
+    }
+
+    /// A stand-in that streams its text answers (server-sent events) when asked to.
+    pub async fn streaming(wire: Wire, answers: Vec<Answer>) -> StandIn {
+        StandIn::serve(wire, answers, std::time::Duration::ZERO, true).await
+    }
+
+    async fn serve(
+        wire: Wire,
+        answers: Vec<Answer>,
+        latency: std::time::Duration,
+        streams: bool,
+    ) -> StandIn {
         let server = MockServer::start().await;
         let route = match wire {
             Wire::OpenAi => "/v1/chat/completions",
@@ -358,6 +427,7 @@ impl StandIn {
                 wire,
                 answers: Mutex::new(answers.into()),
                 latency,
+                streams,
             })
             .mount(&server)
             .await;
@@ -415,4 +485,123 @@ pub fn log_of(fx: &Fixture) -> Vec<serde_json::Value> {
 pub fn kept_file(fx: &Fixture, row: &serde_json::Value) -> String {
     let file = row["files"][0].as_str().unwrap();
     git(fx.root(), &["show", &format!("{}:{file}", fx.run_branch())])
+}
+
+/// A stand-in that streams slowly, event by event, over a real socket (wiremock sends a body in
+/// one piece), and notes whether the client closed the connection before the last event.
+pub struct SlowStream {
+    pub wire: Wire,
+    addr: std::net::SocketAddr,
+    /// Per request served: (events written, whether the client closed before the end).
+    pub served: Shared<Vec<(usize, bool)>>,
+    /// The bodies of the requests received.
+    pub bodies: Shared<Vec<serde_json::Value>>,
+}
+
+impl SlowStream {
+    /// Serves each answer's text as one event per line, `pause` after each; answers 500 once
+    /// the queue is empty.
+    pub async fn start(wire: Wire, answers: Vec<String>, pause: std::time::Duration) -> SlowStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queue = Arc::new(Mutex::new(VecDeque::from(answers)));
+        let served: Shared<Vec<(usize, bool)>> = Arc::default();
+        let bodies: Shared<Vec<serde_json::Value>> = Arc::default();
+        let (served2, bodies2) = (served.clone(), bodies.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let queue = queue.clone();
+                let served = served2.clone();
+                let bodies = bodies2.clone();
+                tokio::spawn(async move {
+                    // The request: headers, then as many bytes as content-length says.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let body_start = loop {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..body_start]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < body_start + length {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&buf[body_start..body_start + length])
+                            .unwrap_or_default();
+                    let streams = body["stream"] == true;
+                    bodies.lock().unwrap().push(body);
+                    let Some(text) = queue.lock().unwrap().pop_front() else {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 9\r\nconnection: close\r\n\r\nno answer")
+                            .await;
+                        return;
+                    };
+                    assert!(streams, "the client asked for a whole answer");
+                    let events = sse_events(wire, &lines_of(&text));
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n")
+                        .await;
+                    let mut written = 0;
+                    let mut closed = false;
+                    for event in &events {
+                        if socket.write_all(event.as_bytes()).await.is_err()
+                            || socket.flush().await.is_err()
+                        {
+                            closed = true;
+                            break;
+                        }
+                        written += 1;
+                        tokio::time::sleep(pause).await;
+                    }
+                    served.lock().unwrap().push((written, closed));
+                });
+            }
+        });
+        SlowStream {
+            wire,
+            addr,
+            served,
+            bodies,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self.wire {
+            Wire::OpenAi => format!("http://{}/v1", self.addr),
+            Wire::Anthropic => format!("http://{}", self.addr),
+        }
+    }
+
+    pub fn args(&self, cmd: &mut Command) {
+        cmd.arg("--provider")
+            .arg(match self.wire {
+                Wire::OpenAi => "openai",
+                Wire::Anthropic => "anthropic",
+            })
+            .arg("--llm-url")
+            .arg(self.url())
+            .arg("--model")
+            .arg("stand-in-model")
+            .arg("--test-cmd")
+            .arg(test_cmd());
+    }
 }
