@@ -72,6 +72,10 @@ pub struct ChatResponse {
     /// `prompt_tokens_details.cached_tokens`, Anthropic `cache_read_input_tokens`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to the server's cache (Anthropic `cache_creation_input_tokens`).
+    /// Like `cached_tokens`, counted in `tokens_in` too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u64>,
 }
 
 /// An answer stopped early: why, and what it cost against what it would have.
@@ -306,7 +310,7 @@ mod tests {
         );
         assert_eq!(
             streamed(Provider::Anthropic),
-            r#"{"model":"m","system":"sys","messages":[{"role":"user","content":"hi"}],"max_tokens":64,"temperature":0.2,"stream":true}"#
+            r#"{"model":"m","system":[{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],"max_tokens":64,"temperature":0.2,"stream":true}"#
         );
         assert_eq!(
             body(Provider::OpenAi),
@@ -314,7 +318,7 @@ mod tests {
         );
         assert_eq!(
             body(Provider::Anthropic),
-            r#"{"model":"m","system":"sys","messages":[{"role":"user","content":"hi"}],"max_tokens":64,"temperature":0.2}"#
+            r#"{"model":"m","system":[{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],"max_tokens":64,"temperature":0.2}"#
         );
     }
 }

@@ -136,6 +136,7 @@ fn parse(value: &Value) -> Result<ChatResponse, LlmError> {
         stopped: None,
         speed,
         cached_tokens: cached(usage).or(cache_n),
+        cache_write_tokens: None,
     })
 }
 
