@@ -298,12 +298,13 @@ pub fn check_cap(pricing: &Pricing, max_cost: Option<f64>) -> Result<(), UsageEr
     }
 }
 
-/// Dollars as the summaries show them: cents, or a tenth of a cent below a dollar.
+/// Dollars as the summaries show them: cents from a dollar, a tenth of a cent from a cent,
+/// a hundredth of a cent below.
 pub fn usd(x: f64) -> String {
-    if x != 0.0 && x.abs() < 1.0 {
-        format!("${x:.3}")
-    } else {
-        format!("${x:.2}")
+    match x.abs() {
+        a if a == 0.0 || a >= 1.0 => format!("${x:.2}"),
+        a if a >= 0.01 => format!("${x:.3}"),
+        _ => format!("${x:.4}"),
     }
 }
 
@@ -402,6 +403,8 @@ pub fn cents4(x: f64) -> f64 {
 pub struct Budget {
     cap: f64,
     book: Mutex<Book>,
+    /// Told when a reservation is settled or released: a call waiting for room looks again.
+    freed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -425,6 +428,7 @@ impl Budget {
         Budget {
             cap,
             book: Mutex::new(Book::default()),
+            freed: tokio::sync::Notify::new(),
         }
     }
 
@@ -450,6 +454,24 @@ impl Budget {
         })
     }
 
+    /// [`Budget::reserve`], waiting while calls in flight hold the room `worst` needs: they
+    /// may cost less than their worst case. None once the settled cost alone leaves no room.
+    pub async fn reserve_waiting(&self, worst: f64) -> Option<Reservation<'_>> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(r) = self.reserve(worst) {
+                return Some(r);
+            }
+            let book = *self.book();
+            if book.spent + worst > self.cap || book.reserved <= 0.0 {
+                return None;
+            }
+            freed.await;
+        }
+    }
+
     /// What this invocation's answered calls cost.
     pub fn spent(&self) -> f64 {
         self.book().spent
@@ -466,13 +488,17 @@ impl Reservation<'_> {
     /// The call answered and cost `actual`.
     pub fn settle(self, actual: f64) {
         self.budget.book().spent += actual;
+        // Dropped here: the reservation is released and the waiting calls told.
     }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut book = self.budget.book();
-        book.reserved = (book.reserved - self.amount).max(0.0);
+        {
+            let mut book = self.budget.book();
+            book.reserved = (book.reserved - self.amount).max(0.0);
+        }
+        self.budget.freed.notify_waiters();
     }
 }
 
@@ -600,6 +626,24 @@ mod tests {
         assert!((budget.spent() - 0.4).abs() < 1e-12);
         assert!(budget.room_for(0.6));
         assert!(!budget.room_for(0.61));
+    }
+
+    /// A call that fits once the calls in flight settle waits for them; one that the settled
+    /// cost alone leaves no room for is refused at once.
+    #[tokio::test]
+    async fn a_call_waits_for_calls_in_flight_to_settle() {
+        let budget = Budget::new(1.0);
+        let a = budget.reserve(0.7).unwrap();
+        let waiting = budget.reserve_waiting(0.5);
+        let settle = async {
+            tokio::task::yield_now().await;
+            a.settle(0.2);
+        };
+        let (got, ()) = tokio::join!(waiting, settle);
+        let got = got.expect("room once the first settled");
+        got.settle(0.5);
+        assert!((budget.spent() - 0.7).abs() < 1e-12);
+        assert!(budget.reserve_waiting(0.4).await.is_none());
     }
 
     #[test]

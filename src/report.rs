@@ -614,7 +614,9 @@ fn cost_summary(state: &RunState) -> ReportCost {
     let counts = state.counts();
     let kept_tests = counts.tests_added + counts.tests_fixed;
     let calls: u32 = state.iterations.iter().map(|i| i.llm_calls).sum();
-    let per = |n: u32| match (view.cost_usd, n) {
+    // Unrounded: the view's dollars are rounded for JSON.
+    let total = crate::cost::run_total(state);
+    let per = |n: u32| match (total, n) {
         (Some(c), n) if n > 0 => crate::cost::usd(c / f64::from(n)),
         (Some(_), _) => "n/a".into(),
         (None, _) => "unknown".into(),

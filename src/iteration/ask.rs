@@ -147,7 +147,10 @@ pub async fn saved_or_asked(
     // `--max-cost`: the call's worst case is held against the cap until it answers.
     let ctx = cx.ctx;
     let reservation = match (&ctx.budget, ctx.pricing.worst_case(&request)) {
-        (Some(budget), Some(worst)) => Some(budget.reserve(worst).ok_or(StepError::Budget)?),
+        (Some(budget), Some(worst)) => Some(tokio::select! {
+            r = budget.reserve_waiting(worst) => r.ok_or(StepError::Budget)?,
+            _ = ctx.cancel.cancelled() => return Err(StepError::Cancelled),
+        }),
         _ => None,
     };
     let started = Instant::now();

@@ -299,9 +299,8 @@ fn budget_stop(ctx: &RunContext) -> RunEnd {
         .as_ref()
         .map_or((0.0, 0.0), |b| (b.spent(), b.cap()));
     RunEnd::Stopped(format!(
-        "--max-cost {} reached: this invocation spent {}, and the next call's worst case \
+        "--max-cost {cap} reached: this invocation spent {}, and the next call's worst case \
          would pass the cap",
-        crate::cost::usd(cap),
         crate::cost::usd(spent)
     ))
 }
