@@ -372,12 +372,14 @@ impl CostView {
         };
         let source = self.price.as_ref().map(|p| match (&p.price, &p.entry) {
             (Some(price), Some(entry)) => format!(
-                " at {} ({} {entry}, table {})",
+                " at {} $/M tokens ({} {entry}, table {})",
                 shown(price),
                 p.source.as_str(),
                 p.table_hash
             ),
-            (Some(price), None) => format!(" at {} ({})", shown(price), p.source.as_str()),
+            (Some(price), None) => {
+                format!(" at {} $/M tokens ({})", shown(price), p.source.as_str())
+            }
             (None, _) => String::new(),
         });
         let cached = self
@@ -658,6 +660,7 @@ mod tests {
             }],
             max_tokens: 500,
             temperature: 0.2,
+            cache_prefix: false,
         };
         let worst = p.worst_case(&req).unwrap();
         let prompt = 4_000.0 + 16.0 * 3.0;

@@ -569,6 +569,9 @@ fn first_request<T: Serialize>(
         }],
         max_tokens: cx.settings().max_answer_tokens,
         temperature: cx.settings().temperature,
+        // Repair rounds send this prefix again: worth a cache write (1.25 times the input
+        // price on Anthropic) only when one may follow.
+        cache_prefix: cx.settings().max_repairs > 0,
     })
 }
 

@@ -94,8 +94,10 @@ fn cached_block(text: &str) -> Block<'_> {
 }
 
 /// The stable prefix carries cache marks: the system prompt (the same for every request of
-/// the run) and the first user turn (the module excerpt and the examples, which every repair
-/// round of the conversation sends again). Later turns are plain strings.
+/// the run) always, and the first user turn (the module excerpt and the examples, which every
+/// repair round of the conversation sends again) when the request says repairs may follow:
+/// writing it costs a quarter more than reading it plainly, reading it a tenth. Later turns
+/// are plain strings.
 fn body<'a>(model: &'a str, req: &'a ChatRequest, stream: bool) -> Body<'a> {
     Body {
         model,
@@ -110,7 +112,9 @@ fn body<'a>(model: &'a str, req: &'a ChatRequest, stream: bool) -> Body<'a> {
                     Role::Assistant => "assistant",
                 },
                 content: match (i, m.role) {
-                    (0, Role::User) => Content::Blocks(vec![cached_block(&m.content)]),
+                    (0, Role::User) if req.cache_prefix => {
+                        Content::Blocks(vec![cached_block(&m.content)])
+                    }
                     _ => Content::Text(&m.content),
                 },
             })
@@ -282,6 +286,7 @@ mod tests {
             }],
             max_tokens: 2048,
             temperature: 0.2,
+            cache_prefix: false,
         }
     }
 
@@ -328,7 +333,7 @@ mod tests {
             json!({
                 "model": "claude-x",
                 "system": [{"type": "text", "text": "be terse", "cache_control": {"type": "ephemeral"}}],
-                "messages": [{"role": "user", "content": [{"type": "text", "text": "write tests", "cache_control": {"type": "ephemeral"}}]}],
+                "messages": [{"role": "user", "content": "write tests"}],
                 "max_tokens": 2048,
                 "temperature": 0.2,
                 "stream": true,
@@ -483,7 +488,11 @@ mod tests {
     /// marked prefix is the same bytes in every round.
     #[test]
     fn only_the_stable_prefix_carries_cache_marks() {
-        let mut req = request();
+        let first = ChatRequest {
+            cache_prefix: true,
+            ..request()
+        };
+        let mut req = first.clone();
         req.messages.push(ChatMessage {
             role: Role::Assistant,
             content: "the answer".into(),
@@ -492,8 +501,12 @@ mod tests {
             role: Role::User,
             content: "these failed".into(),
         });
-        let first = serde_json::to_value(body("m", &request(), false)).unwrap();
+        let first = serde_json::to_value(body("m", &first, false)).unwrap();
         let repair = serde_json::to_value(body("m", &req, false)).unwrap();
+        // Without repairs to come, only the system prompt is marked: no write for nothing.
+        let alone = serde_json::to_value(body("m", &request(), false)).unwrap();
+        assert_eq!(alone["system"][0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(alone["messages"][0]["content"], "write tests");
         assert_eq!(repair["system"][0]["cache_control"]["type"], "ephemeral");
         assert_eq!(repair["messages"][0], first["messages"][0]);
         assert_eq!(

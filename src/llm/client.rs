@@ -673,6 +673,7 @@ mod tests {
             }],
             max_tokens: 64,
             temperature: 0.0,
+            cache_prefix: false,
         }
     }
 

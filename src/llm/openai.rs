@@ -220,6 +220,7 @@ mod tests {
             ],
             max_tokens: 1234,
             temperature: 0.2,
+            cache_prefix: false,
         }
     }
 

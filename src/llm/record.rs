@@ -253,6 +253,7 @@ mod tests {
             }],
             max_tokens: 10,
             temperature: 0.0,
+            cache_prefix: false,
         }
     }
 
