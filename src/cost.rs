@@ -648,6 +648,44 @@ mod tests {
         assert!(budget.reserve_waiting(0.4).await.is_none());
     }
 
+    /// A run's dollars are unknown when a call had no price, or an iteration was saved before
+    /// calls were priced; a free local model's are known (zero).
+    #[test]
+    fn the_run_total_is_unknown_rather_than_zero() {
+        let mut state = crate::state::tests::sample_state();
+        let p = Pricing::resolve("gpt-4o", None, false);
+        let answer = ChatResponse {
+            text: String::new(),
+            tokens_in: 1_000,
+            tokens_out: 100,
+            finish_reason: None,
+            attempts: 1,
+            stopped: None,
+            speed: None,
+            cached_tokens: Some(500),
+            cache_write_tokens: None,
+        };
+        let call = p.call(0, &answer);
+        let expected = (500.0 * 2.5 + 500.0 * 1.25 + 100.0 * 10.0) / 1e6;
+        assert!((call.cost_usd.unwrap() - expected).abs() < 1e-12);
+        for it in &mut state.iterations {
+            it.tokens_in = call.tokens_in;
+            it.cost_usd = expected;
+            it.calls = vec![call];
+        }
+        state.pricing = Some(p.info.clone());
+        let n = state.iterations.len() as f64;
+        assert!(run_total(&state).is_some_and(|t| (t - n * expected).abs() < 1e-12));
+        // Saved before prices: tokens without calls on the books.
+        state.iterations[0].calls.clear();
+        assert_eq!(run_total(&state), None);
+        assert_eq!(state.iterations[0].cost(), None);
+        state.iterations[0].calls = vec![call];
+        // A model with no price: unknown even before its first call.
+        state.pricing = Some(Pricing::resolve("mine", None, false).info);
+        assert_eq!(run_total(&state), None);
+    }
+
     #[test]
     fn worst_case_bounds_the_prompt_by_its_bytes_and_a_full_answer() {
         let p = Pricing::resolve("x", parse_price("1,10").ok(), false);

@@ -303,9 +303,11 @@ impl Iteration {
         self.step == Step::Finished
     }
 
-    /// The iteration's dollars; None when a call had no price.
+    /// The iteration's dollars; None when a call had no price, or the iteration was saved
+    /// before calls were priced (tokens, but no calls on the books).
     pub fn cost(&self) -> Option<f64> {
-        (self.calls_unpriced == 0).then_some(self.cost_usd)
+        let unpriced_before = self.tokens_in > 0 && self.calls.is_empty();
+        (self.calls_unpriced == 0 && !unpriced_before).then_some(self.cost_usd)
     }
 }
 
@@ -364,11 +366,11 @@ impl RunState {
             .iter()
             .fold((0, 0), |(a, b), i| (a + i.tokens_in, b + i.tokens_out))
     }
-    /// Every iteration's dollars (priced calls), and the answered calls with no price.
+    /// Every iteration's dollars (priced calls), and the iterations whose cost is unknown.
     pub fn cost(&self) -> (f64, u32) {
-        self.iterations
-            .iter()
-            .fold((0.0, 0), |(c, u), i| (c + i.cost_usd, u + i.calls_unpriced))
+        self.iterations.iter().fold((0.0, 0), |(c, u), i| {
+            (c + i.cost_usd, u + u32::from(i.cost().is_none()))
+        })
     }
     /// Prompt tokens read from the cache, over the run.
     pub fn tokens_cached(&self) -> u64 {
