@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(r.text, "abcdefghij");
         assert!(r.truncated());
         // Three characters, or one chunk, a token: the larger.
-        assert_eq!(r.tokens_out, 3);
+        assert_eq!(r.tokens_out, 4);
         assert!(r.tokens_in > 0, "estimated from the prompt");
         assert_eq!(
             r.speed.map(|s| s.source),

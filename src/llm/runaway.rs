@@ -539,9 +539,9 @@ fn number(chars: &[char], mut i: usize, norm: &mut String, shape: &mut String) -
     i
 }
 
-/// Tokens in `text`, estimated (about four characters a token, as the prompt budget counts).
+/// Tokens in `text`, estimated at three characters a token, as the prompt budget counts.
 pub fn estimate_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(4)
+    (text.chars().count() as u64).div_ceil(3)
 }
 
 #[cfg(test)]
@@ -721,9 +721,9 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_estimated_at_four_characters() {
+    fn tokens_are_estimated_at_three_characters() {
         assert_eq!(estimate_tokens(""), 0);
-        assert_eq!(estimate_tokens("abcde"), 2);
-        assert_eq!(estimate_tokens("éééé"), 1);
+        assert_eq!(estimate_tokens("abcd"), 2);
+        assert_eq!(estimate_tokens("ééé"), 1);
     }
 }

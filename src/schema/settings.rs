@@ -259,8 +259,8 @@ macro_rules! run_settings {
                     hook: prompt_tokens,
                 }
                 /// The most tokens an answer may take (`max_tokens` of each request). A model
-                /// repeating itself stops there; the complete tests before the cut are kept. At
-                /// least 200.
+                /// repeating itself is stopped while its answer streams, else stops there; the
+                /// complete tests before the cut are kept. At least 200.
                 max_answer_tokens: u32 => u32 {
                     arg: [long, value_name = "N"],
                     file: [alias = "max_answer_tokens"],
