@@ -74,6 +74,15 @@ fn init_repo(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The price the demo's recorded calls are costed at: gpt-4o-mini's in the built-in table
+/// (dollars per million tokens in, out, cached in).
+const DEMO_PRICE: crate::schema::Price = crate::schema::Price {
+    input: 0.15,
+    output: 0.60,
+    cached_input: Some(0.075),
+    cache_write: None,
+};
+
 pub async fn run(global: &GlobalArgs, args: &DemoArgs, printer: Printer) -> Result<RunEnd> {
     let root = match &global.repo {
         Some(p) => {
@@ -122,6 +131,9 @@ pub async fn run(global: &GlobalArgs, args: &DemoArgs, printer: Printer) -> Resu
     let run_args = RunArgs {
         iterations: Some(args.iterations),
         replay: Some(recording),
+        // The recording's model is a stand-in: its calls are costed at a declared price
+        // (gpt-4o-mini's list price), so the report shows what such a run would cost.
+        price: Some(DEMO_PRICE),
         test_cmd: Some(crate::config::parse_test_cmd(
             &args.test_cmd.clone().unwrap_or_else(demo_test_cmd),
         )?),

@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod chart;
 pub mod cli;
 pub mod config;
+pub mod cost;
 pub mod coverage;
 pub mod demo;
 pub mod error;

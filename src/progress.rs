@@ -55,11 +55,20 @@ impl Printer {
         }
     }
 
-    pub fn counts(&self, done: u32, total: u32, kept: u32, rejected: u32, errors: u32) {
+    /// The bar's counts; `spent`: the run's dollars so far, when its price is known.
+    pub fn counts(
+        &self,
+        (done, total): (u32, u32),
+        [kept, rejected, errors]: [u32; 3],
+        spent: Option<String>,
+    ) {
         if let Some(bar) = &self.bar {
             bar.set_length(u64::from(total));
             bar.set_position(u64::from(done));
-            bar.set_prefix(format!("{kept} kept, {rejected} rejected, {errors} errors"));
+            let spent = spent.map(|s| format!(", {s}")).unwrap_or_default();
+            bar.set_prefix(format!(
+                "{kept} kept, {rejected} rejected, {errors} errors{spent}"
+            ));
         }
     }
 

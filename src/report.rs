@@ -48,6 +48,8 @@ pub struct ReportModel {
     pub rejection_reasons: Vec<ReasonCount>,
     pub kept_iterations: Vec<KeptRow>,
     pub file_rows: Vec<FileRow>,
+    /// What the run cost, and what a kept test cost.
+    pub cost: ReportCost,
     /// The chart's file name beside the report, when one was drawn.
     pub chart: Option<String>,
     /// The funnel summed over every verified iteration, by stage key (`funnel.gain`).
@@ -164,6 +166,8 @@ pub struct KeptRow {
     pub commit: String,
     pub commit_short: String,
     pub subject: String,
+    /// The iteration's dollars (`$0.012`), or `unknown`.
+    pub cost: String,
     /// Overall coverage before and after this commit (percent, formatted), when measured.
     pub coverage_before: Option<String>,
     pub coverage_after: Option<String>,
@@ -297,6 +301,7 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         rejection_reasons: rejection_reasons(&finished),
         kept_iterations: kept_rows(repo, state),
         file_rows,
+        cost: cost_summary(state),
         chart: None,
         gathered: state.gathered.clone(),
     }
@@ -345,6 +350,7 @@ fn kept_rows(repo: &Repository, state: &RunState) -> Vec<KeptRow> {
                 commit_short: git::short(&commit).to_string(),
                 commit,
                 subject,
+                cost: it.cost().map_or_else(|| "unknown".into(), crate::cost::usd),
             }
         })
         .collect()
@@ -579,5 +585,76 @@ mod tests {
                 ("unsafe path", 1),
             ]
         );
+    }
+}
+
+/// The run's dollars beside its yield: total, per kept iteration, per kept test, and kept tests
+/// per hour and per 100 calls. Figures in dollars are `unknown` when a call had no price.
+#[derive(Debug, Serialize)]
+pub struct ReportCost {
+    /// The figures `status --json` carries (`cost_usd`, `cached_share`, `price`, ...).
+    #[serde(flatten)]
+    pub view: crate::cost::CostView,
+    pub known: bool,
+    pub total: String,
+    pub this_invocation: String,
+    pub per_kept_iteration: String,
+    pub per_kept_test: String,
+    pub kept_tests: u32,
+    pub kept_tests_per_hour: Option<String>,
+    pub kept_tests_per_100_calls: Option<String>,
+    /// `table gpt-4o: 2.5,10,1.25 per million tokens`, or why there is none.
+    pub price: String,
+    pub table_hash: String,
+    pub table_date: String,
+}
+
+fn cost_summary(state: &RunState) -> ReportCost {
+    let view = crate::cost::CostView::of(state);
+    let counts = state.counts();
+    let kept_tests = counts.tests_added + counts.tests_fixed;
+    let calls: u32 = state.iterations.iter().map(|i| i.llm_calls).sum();
+    // Unrounded: the view's dollars are rounded for JSON.
+    let total = crate::cost::run_total(state);
+    let per = |n: u32| match (total, n) {
+        (Some(c), n) if n > 0 => crate::cost::usd(c / f64::from(n)),
+        (Some(_), _) => "n/a".into(),
+        (None, _) => "unknown".into(),
+    };
+    let dollars = |c: Option<f64>| c.map_or_else(|| "unknown".into(), crate::cost::usd);
+    let hours = state.elapsed_s / 3600.0;
+    let price = match &view.price {
+        Some(p) => match &p.price {
+            Some(price) => format!(
+                "{} price of `{}`{}: {} dollars per million tokens (in, out, cached in)",
+                p.source.as_str(),
+                p.model,
+                p.entry
+                    .as_ref()
+                    .map(|e| format!(" (entry `{e}`)"))
+                    .unwrap_or_default(),
+                crate::cost::shown(&crate::cost::with_cached(price))
+            ),
+            None => format!(
+                "unknown: improve's table has no price for `{}` and it was not served locally; pass --price IN,OUT[,CACHED_IN]",
+                p.model
+            ),
+        },
+        None => "not recorded (a run from before prices were kept)".into(),
+    };
+    ReportCost {
+        known: view.cost_usd.is_some(),
+        total: dollars(view.cost_usd),
+        this_invocation: dollars(view.cost_usd_invocation),
+        per_kept_iteration: per(counts.kept),
+        per_kept_test: per(kept_tests),
+        kept_tests,
+        kept_tests_per_hour: (hours > 0.0).then(|| format!("{:.1}", f64::from(kept_tests) / hours)),
+        kept_tests_per_100_calls: (calls > 0)
+            .then(|| format!("{:.1}", f64::from(kept_tests) * 100.0 / f64::from(calls))),
+        price,
+        table_hash: crate::cost::table_hash(),
+        table_date: crate::cost::table_date(),
+        view,
     }
 }

@@ -46,6 +46,15 @@ pub struct ShowView {
     pub llm_calls: u32,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Of `tokens_in`, read from the server's cache and written to it.
+    pub tokens_cached: u64,
+    pub tokens_cache_write: u64,
+    /// Percent of the prompt tokens read from the cache (null before any call).
+    pub cached_share: Option<f64>,
+    /// The iteration's dollars; null when a call had no price.
+    pub cost_usd: Option<f64>,
+    /// Each answered call: round, token classes and dollars.
+    pub calls: Vec<crate::state::CallCost>,
     /// When each step ended, in seconds from the iteration's start.
     pub steps: Vec<(&'static str, f64)>,
     pub prompt: Option<String>,
@@ -130,6 +139,11 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
         llm_calls: it.llm_calls,
         tokens_in: it.tokens_in,
         tokens_out: it.tokens_out,
+        tokens_cached: it.tokens_cached,
+        tokens_cache_write: it.tokens_cache_write,
+        cached_share: crate::cost::share(it.tokens_cached, it.tokens_in),
+        cost_usd: it.cost().map(crate::cost::cents4),
+        calls: it.calls.clone(),
         steps: it
             .timeline
             .iter()
@@ -265,6 +279,7 @@ fn cost_and_files(v: &ShowView, out: &mut String) {
         v.tokens_in,
         v.tokens_out
     );
+    calls_text(v, out);
     if !v.steps.is_empty() {
         let steps: Vec<String> = v
             .steps
@@ -335,5 +350,32 @@ pub fn show(global: &GlobalArgs, n: u32, as_json: bool) -> Result<()> {
         print_out(&format!("{}\n", serde_json::to_string_pretty(&v)?))
     } else {
         print_out(&render_text(&v))
+    }
+}
+
+/// Each call's tokens and dollars, and the iteration's, with the share the cache served.
+fn calls_text(v: &ShowView, out: &mut String) {
+    let dollars = |c: Option<f64>| c.map_or_else(|| "unknown".into(), crate::cost::usd);
+    for c in &v.calls {
+        let which = match c.round {
+            0 => "first".to_string(),
+            k => format!("repair {k}"),
+        };
+        let _ = writeln!(
+            out,
+            "call:     {which}: {} tokens in ({} cached, {} written to cache), {} out, {}",
+            c.tokens_in,
+            c.tokens_cached,
+            c.tokens_cache_write,
+            c.tokens_out,
+            dollars(c.cost_usd)
+        );
+    }
+    if !v.calls.is_empty() {
+        let share = v
+            .cached_share
+            .map(|s| format!("; {s:.1}% of prompt tokens read from cache"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "cost:     {}{share}", dollars(v.cost_usd));
     }
 }

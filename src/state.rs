@@ -265,6 +265,8 @@ pub(crate) mod tests {
             consecutive_llm_failures: 0,
             shard: None,
             gathered: None,
+            pricing: None,
+            invocation_start_cost_usd: 0.0,
         }
     }
 

@@ -87,6 +87,9 @@ pub struct StatusView {
     pub coverage_now: Option<f64>,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Dollars (`cost_usd`, `cost_usd_invocation`), cached tokens and the price.
+    #[serde(flatten)]
+    pub cost: crate::cost::CostView,
     pub elapsed_s: f64,
     pub stop_reason: Option<String>,
     pub packages: Vec<String>,
@@ -110,6 +113,7 @@ impl StatusView {
             coverage_now: state.coverage_now().map(|c| c.percent),
             tokens_in,
             tokens_out,
+            cost: crate::cost::CostView::of(state),
             elapsed_s: (state.elapsed_s * 10.0).round() / 10.0,
             stop_reason: state.stop_reason.clone(),
             packages: state.settings.packages.clone(),
@@ -161,6 +165,7 @@ impl StatusView {
                 state.elapsed_s.round() as u64
             ))
         );
+        let _ = writeln!(out, "{}", self.cost.text());
         out
     }
 }
@@ -240,6 +245,10 @@ fn log_row(it: &Iteration) -> Value {
         "llm_calls": it.llm_calls,
         "tokens_in": it.tokens_in,
         "tokens_out": it.tokens_out,
+        "tokens_cached": it.tokens_cached,
+        "tokens_cache_write": it.tokens_cache_write,
+        // Null when a call of the iteration had no price.
+        "cost_usd": it.cost().map(crate::cost::cents4),
         "seconds": {
             "llm": round1(it.seconds.llm),
             "tests": round1(it.seconds.tests),
@@ -328,8 +337,8 @@ fn log_text(state: &RunState) -> String {
     let target_w = width(|i| i.target.len(), 6);
     let focus_w = width(|i| i.focus.len(), 5);
     let mut out = format!(
-        "{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  commit / reason\n",
-        "#", "outcome", "target", "focus", "tests"
+        "{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  {:>8}  commit / reason\n",
+        "#", "outcome", "target", "focus", "tests", "cost"
     );
     for it in state.finished() {
         let detail = match (&it.commit, &it.reason) {
@@ -339,12 +348,13 @@ fn log_text(state: &RunState) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  {detail}",
+            "{:>4}  {:<8}  {:<target_w$}  {:<focus_w$}  {:>5}  {:>8}  {detail}",
             it.n,
             it.outcome.map_or("", Outcome::as_str),
             it.target,
             it.focus,
-            it.tests_added
+            it.tests_added,
+            it.cost().map_or_else(|| "unknown".into(), crate::cost::usd)
         );
     }
     out

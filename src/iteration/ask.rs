@@ -144,6 +144,15 @@ pub async fn saved_or_asked(
     {
         return Err(StepError::Deadline);
     }
+    // `--max-cost`: the call's worst case is held against the cap until it answers.
+    let ctx = cx.ctx;
+    let reservation = match (&ctx.budget, ctx.pricing.worst_case(&request)) {
+        (Some(budget), Some(worst)) => Some(tokio::select! {
+            r = budget.reserve_waiting(worst) => r.ok_or(StepError::Budget)?,
+            _ = ctx.cancel.cancelled() => return Err(StepError::Cancelled),
+        }),
+        _ => None,
+    };
     let started = Instant::now();
     let call = cx.ctx.llm.complete(&request, &cx.ctx.cancel);
     // A local server's call is stopped at the deadline: nobody pays for it, and the run's
@@ -163,7 +172,10 @@ pub async fn saved_or_asked(
         Ok(response) => {
             let json = serde_json::to_vec_pretty(&response).unwrap_or_default();
             write_durable(&path, &json)?;
-            count_call(cx, round, Some(&response));
+            let cost = count_call(cx, round, Some(&response));
+            if let Some(r) = reservation {
+                r.settle(cost.unwrap_or(0.0));
+            }
             Ok(Answer::Got(response))
         }
         Err(LlmError::Cancelled) => Err(StepError::Cancelled),
@@ -183,11 +195,22 @@ fn expected_call(state: &RunState) -> Option<std::time::Duration> {
     (calls > 0).then(|| std::time::Duration::from_secs_f64(seconds / f64::from(calls)))
 }
 
-/// One call on the iteration's books: its tokens, and what stopping it early saved.
-fn count_call(cx: &mut StepCx<'_>, round: u32, response: Option<&ChatResponse>) {
+/// One call on the iteration's books: its tokens by class, its dollars (returned; None when
+/// unpriced or unanswered), and what stopping it early saved.
+fn count_call(cx: &mut StepCx<'_>, round: u32, response: Option<&ChatResponse>) -> Option<f64> {
     cx.ctx.saw_speed(response.and_then(|r| r.speed));
+    let call = response.map(|r| cx.ctx.pricing.call(round, r));
     let it = cx.it_mut();
     it.llm_calls += 1;
+    if let Some(call) = call {
+        it.tokens_cached += call.tokens_cached;
+        it.tokens_cache_write += call.tokens_cache_write;
+        match call.cost_usd {
+            Some(usd) => it.cost_usd += usd,
+            None => it.calls_unpriced += 1,
+        }
+        it.calls.push(call);
+    }
     if let Some(r) = response {
         it.tokens_in += r.tokens_in;
         it.tokens_out += r.tokens_out;
@@ -206,6 +229,7 @@ fn count_call(cx: &mut StepCx<'_>, round: u32, response: Option<&ChatResponse>) 
             });
         }
     }
+    call.and_then(|c| c.cost_usd)
 }
 
 /// The request as the review shows it.
@@ -590,6 +614,9 @@ fn first_request<T: Serialize>(
         }],
         max_tokens: cx.settings().max_answer_tokens,
         temperature: cx.settings().temperature,
+        // Repair rounds send this prefix again: worth a cache write (1.25 times the input
+        // price on Anthropic) only when one may follow.
+        cache_prefix: cx.settings().max_repairs > 0,
     })
 }
 

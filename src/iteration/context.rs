@@ -31,6 +31,9 @@ pub enum StepError {
     /// `--max-duration` came: an LLM call would not finish before it, or was stopped at it.
     #[error("--max-duration reached")]
     Deadline,
+    /// `--max-cost`: the next call's worst case would pass the cap; it was not made.
+    #[error("--max-cost reached")]
+    Budget,
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -89,6 +92,10 @@ pub struct RunContext {
     /// How fast the server last said (or was seen) to read and write: what prompts are sized
     /// by (`--call-budget`). Unknown until the first answer of this session.
     pub server_speed: std::sync::Mutex<Option<crate::llm::ServerSpeed>>,
+    /// The price of the run's model: every answered call is costed at it.
+    pub pricing: crate::cost::Pricing,
+    /// `--max-cost`: the ledger every call reserves its worst case in before it is made.
+    pub budget: Option<crate::cost::Budget>,
 }
 
 impl RunContext {

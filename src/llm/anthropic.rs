@@ -44,7 +44,7 @@ impl WireFormat for Anthropic {
 #[derive(Debug, Serialize)]
 struct Body<'a> {
     model: &'a str,
-    system: &'a str,
+    system: Vec<Block<'a>>,
     messages: Vec<Message<'a>>,
     max_tokens: u32,
     temperature: f32,
@@ -55,28 +55,84 @@ struct Body<'a> {
 #[derive(Debug, Serialize)]
 struct Message<'a> {
     role: &'static str,
-    content: &'a str,
+    content: Content<'a>,
 }
 
+/// A turn's text: a plain string, or blocks when it carries a cache mark.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    Text(&'a str),
+    Blocks(Vec<Block<'a>>),
+}
+
+#[derive(Debug, Serialize)]
+struct Block<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<CacheControl>,
+}
+
+/// `{"type": "ephemeral"}`: the prompt up to and including this block is cached (five minutes,
+/// renewed by each read), so later requests with the same prefix read it at a tenth of the
+/// input price. Prefixes shorter than the model's minimum (1024 or 2048 tokens) are simply
+/// not cached.
+#[derive(Debug, Serialize)]
+struct CacheControl {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+fn cached_block(text: &str) -> Block<'_> {
+    Block {
+        kind: "text",
+        text,
+        cache_control: Some(CacheControl { kind: "ephemeral" }),
+    }
+}
+
+/// The stable prefix carries cache marks: the system prompt (the same for every request of
+/// the run) always, and the first user turn (the module excerpt and the examples, which every
+/// repair round of the conversation sends again) when the request says repairs may follow:
+/// writing it costs a quarter more than reading it plainly, reading it a tenth. Later turns
+/// are plain strings.
 fn body<'a>(model: &'a str, req: &'a ChatRequest, stream: bool) -> Body<'a> {
     Body {
         model,
-        system: &req.system,
+        system: vec![cached_block(&req.system)],
         messages: req
             .messages
             .iter()
-            .map(|m| Message {
+            .enumerate()
+            .map(|(i, m)| Message {
                 role: match m.role {
                     Role::User => "user",
                     Role::Assistant => "assistant",
                 },
-                content: &m.content,
+                content: match (i, m.role) {
+                    (0, Role::User) if req.cache_prefix => {
+                        Content::Blocks(vec![cached_block(&m.content)])
+                    }
+                    _ => Content::Text(&m.content),
+                },
             })
             .collect(),
         max_tokens: req.max_tokens,
         temperature: req.temperature,
         stream: stream.then_some(true),
     }
+}
+
+/// Anthropic's `input_tokens` leaves out the tokens read from and written to the cache; ours
+/// count every prompt token, as OpenAI's `prompt_tokens` does: (all, read, written).
+fn prompt_tokens(usage: Option<&Value>) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let read = count(usage, "cache_read_input_tokens");
+    let written = count(usage, "cache_creation_input_tokens");
+    let all =
+        count(usage, "input_tokens").map(|plain| plain + read.unwrap_or(0) + written.unwrap_or(0));
+    (all, read, written)
 }
 
 /// Reads a 2xx answer: the text is every `text` block joined; other blocks (thinking,
@@ -97,11 +153,12 @@ fn parse(value: &Value) -> Result<ChatResponse, LlmError> {
             .ok_or_else(|| LlmError::Malformed("a text block has no text".into()))?;
         text.push_str(part);
     }
+    let (tokens_in, read, written) = prompt_tokens(value.get("usage"));
     let usage = value.get("usage");
     let (speed, cache_n) = llama_timings(value);
     Ok(ChatResponse {
         text,
-        tokens_in: count(usage, "input_tokens").unwrap_or(0),
+        tokens_in: tokens_in.unwrap_or(0),
         tokens_out: count(usage, "output_tokens").unwrap_or(0),
         finish_reason: value
             .get("stop_reason")
@@ -110,7 +167,8 @@ fn parse(value: &Value) -> Result<ChatResponse, LlmError> {
         attempts: 1,
         stopped: None,
         speed,
-        cached_tokens: count(usage, "cache_read_input_tokens").or(cache_n),
+        cached_tokens: read.or(cache_n),
+        cache_write_tokens: written,
     })
 }
 
@@ -128,8 +186,10 @@ fn event(name: Option<&str>, data: &str, acc: &mut Streamed) -> Result<Event, Ll
     match kind {
         "message_start" => {
             let usage = value.get("message").and_then(|m| m.get("usage"));
-            acc.tokens_in = count(usage, "input_tokens").or(acc.tokens_in);
-            acc.cached_tokens = count(usage, "cache_read_input_tokens").or(acc.cached_tokens);
+            let (all, read, written) = prompt_tokens(usage);
+            acc.tokens_in = all.or(acc.tokens_in);
+            acc.cached_tokens = read.or(acc.cached_tokens);
+            acc.cache_write_tokens = written.or(acc.cache_write_tokens);
         }
         "content_block_delta" => {
             let delta = value.get("delta");
@@ -226,6 +286,7 @@ mod tests {
             }],
             max_tokens: 2048,
             temperature: 0.2,
+            cache_prefix: false,
         }
     }
 
@@ -271,7 +332,7 @@ mod tests {
             body,
             json!({
                 "model": "claude-x",
-                "system": "be terse",
+                "system": [{"type": "text", "text": "be terse", "cache_control": {"type": "ephemeral"}}],
                 "messages": [{"role": "user", "content": "write tests"}],
                 "max_tokens": 2048,
                 "temperature": 0.2,
@@ -317,7 +378,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.text, "first second");
-        assert_eq!((r.tokens_in, r.tokens_out), (120, 45));
+        // Anthropic's input_tokens leaves the cache reads out: ours counts every prompt token.
+        assert_eq!((r.tokens_in, r.tokens_out), (220, 45));
         assert_eq!(r.finish_reason.as_deref(), Some("end_turn"));
         assert_eq!(r.cached_tokens, Some(100));
         assert_eq!(
@@ -419,5 +481,55 @@ mod tests {
         ] {
             assert!(matches!(parse(&v), Err(LlmError::Malformed(_))), "{v}");
         }
+    }
+
+    /// A repair conversation: the system prompt and the first user turn (the module and the
+    /// examples) carry the cache marks; the answer and the failures after them do not, so the
+    /// marked prefix is the same bytes in every round.
+    #[test]
+    fn only_the_stable_prefix_carries_cache_marks() {
+        let first = ChatRequest {
+            cache_prefix: true,
+            ..request()
+        };
+        let mut req = first.clone();
+        req.messages.push(ChatMessage {
+            role: Role::Assistant,
+            content: "the answer".into(),
+        });
+        req.messages.push(ChatMessage {
+            role: Role::User,
+            content: "these failed".into(),
+        });
+        let first = serde_json::to_value(body("m", &first, false)).unwrap();
+        let repair = serde_json::to_value(body("m", &req, false)).unwrap();
+        // Without repairs to come, only the system prompt is marked: no write for nothing.
+        let alone = serde_json::to_value(body("m", &request(), false)).unwrap();
+        assert_eq!(alone["system"][0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(alone["messages"][0]["content"], "write tests");
+        assert_eq!(repair["system"][0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(repair["messages"][0], first["messages"][0]);
+        assert_eq!(
+            repair["messages"][0]["content"][0]["cache_control"]["type"],
+            "ephemeral"
+        );
+        assert_eq!(repair["messages"][1]["content"], "the answer");
+        assert_eq!(repair["messages"][2]["content"], "these failed");
+    }
+
+    #[test]
+    fn cache_reads_and_writes_count_as_prompt_tokens() {
+        let answer = json!({
+            "content": [{"type": "text", "text": "ok"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 50, "cache_read_input_tokens": 3000,
+                      "cache_creation_input_tokens": 400, "output_tokens": 45}
+        });
+        let r = parse(&answer).unwrap();
+        assert_eq!(r.tokens_in, 3450);
+        assert_eq!(
+            (r.cached_tokens, r.cache_write_tokens),
+            (Some(3000), Some(400))
+        );
     }
 }

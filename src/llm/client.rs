@@ -560,6 +560,7 @@ fn finished(req: &ChatRequest, acc: Streamed, clock: &Clock) -> ChatResponse {
         attempts: 1,
         stopped: None,
         cached_tokens: acc.cached_tokens,
+        cache_write_tokens: acc.cache_write_tokens,
     }
 }
 
@@ -598,6 +599,7 @@ fn stopped(req: &ChatRequest, acc: Streamed, stop: Stop, clock: &Clock) -> ChatR
             tokens_saved: saved,
         }),
         cached_tokens: acc.cached_tokens,
+        cache_write_tokens: acc.cache_write_tokens,
     }
 }
 
@@ -671,6 +673,7 @@ mod tests {
             }],
             max_tokens: 64,
             temperature: 0.0,
+            cache_prefix: false,
         }
     }
 

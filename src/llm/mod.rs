@@ -49,6 +49,11 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     pub max_tokens: u32,
     pub temperature: f32,
+    /// Not sent as such: the first user turn (the module and the examples) will be sent again
+    /// (repair rounds may follow), so a server with an explicit prompt cache (Anthropic) is
+    /// asked to keep it. Requests saved before it was recorded have it false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_prefix: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +77,10 @@ pub struct ChatResponse {
     /// `prompt_tokens_details.cached_tokens`, Anthropic `cache_read_input_tokens`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to the server's cache (Anthropic `cache_creation_input_tokens`).
+    /// Like `cached_tokens`, counted in `tokens_in` too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u64>,
 }
 
 /// An answer stopped early: why, and what it cost against what it would have.
@@ -272,6 +281,7 @@ mod tests {
             }],
             max_tokens: 64,
             temperature: 0.2,
+            cache_prefix: false,
         }
     }
 
@@ -306,7 +316,7 @@ mod tests {
         );
         assert_eq!(
             streamed(Provider::Anthropic),
-            r#"{"model":"m","system":"sys","messages":[{"role":"user","content":"hi"}],"max_tokens":64,"temperature":0.2,"stream":true}"#
+            r#"{"model":"m","system":[{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":"hi"}],"max_tokens":64,"temperature":0.2,"stream":true}"#
         );
         assert_eq!(
             body(Provider::OpenAi),
@@ -314,7 +324,7 @@ mod tests {
         );
         assert_eq!(
             body(Provider::Anthropic),
-            r#"{"model":"m","system":"sys","messages":[{"role":"user","content":"hi"}],"max_tokens":64,"temperature":0.2}"#
+            r#"{"model":"m","system":[{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":"hi"}],"max_tokens":64,"temperature":0.2}"#
         );
     }
 }

@@ -136,6 +136,7 @@ fn parse(value: &Value) -> Result<ChatResponse, LlmError> {
         stopped: None,
         speed,
         cached_tokens: cached(usage).or(cache_n),
+        cache_write_tokens: None,
     })
 }
 
@@ -219,6 +220,7 @@ mod tests {
             ],
             max_tokens: 1234,
             temperature: 0.2,
+            cache_prefix: false,
         }
     }
 

@@ -47,6 +47,9 @@ pub struct RecordedResponse {
     pub speed: Option<ServerSpeed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to the cache: with `cached_tokens`, what a cost is recomputed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u64>,
 }
 
 impl From<&ChatResponse> for RecordedResponse {
@@ -59,6 +62,7 @@ impl From<&ChatResponse> for RecordedResponse {
             stopped: r.stopped,
             speed: r.speed,
             cached_tokens: r.cached_tokens,
+            cache_write_tokens: r.cache_write_tokens,
         }
     }
 }
@@ -74,6 +78,7 @@ impl From<&RecordedResponse> for ChatResponse {
             stopped: r.stopped,
             speed: r.speed,
             cached_tokens: r.cached_tokens,
+            cache_write_tokens: r.cache_write_tokens,
         }
     }
 }
@@ -248,6 +253,7 @@ mod tests {
             }],
             max_tokens: 10,
             temperature: 0.0,
+            cache_prefix: false,
         }
     }
 
@@ -266,6 +272,7 @@ mod tests {
                 stopped: None,
                 speed: None,
                 cached_tokens: None,
+                cache_write_tokens: None,
             },
         }
     }
@@ -415,6 +422,7 @@ mod tests {
                 source: crate::llm::SpeedSource::Server,
             }),
             cached_tokens: Some(7),
+            cache_write_tokens: Some(3),
         };
         recorder
             .append(Provider::Anthropic, "claude", &request("new"), &resp)
@@ -463,6 +471,7 @@ mod tests {
             stopped: None,
             speed: None,
             cached_tokens: None,
+            cache_write_tokens: None,
         };
         let err = recorder
             .append(Provider::OpenAi, "m", &request("t"), &resp)

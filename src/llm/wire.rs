@@ -50,6 +50,7 @@ pub struct Streamed {
     pub tokens_out: Option<u64>,
     pub finish_reason: Option<String>,
     pub cached_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
     /// llama.cpp's `timings`, when the last chunk carried them.
     pub speed: Option<ServerSpeed>,
 }

@@ -78,6 +78,9 @@ pub(crate) async fn go(
     after_keep: Option<AfterKeep<'_>>,
 ) -> Result<RunEnd> {
     ctx.deadline = resolved.max_duration.map(|d| ctx.session_start + d);
+    ctx.budget = state.settings.max_cost.map(crate::cost::Budget::new);
+    state.pricing = Some(ctx.pricing.info.clone());
+    state.invocation_start_cost_usd = state.cost().0;
     // The state is saved before the run branch exists, so a crash in between leaves a run
     // whose branch is simply created on resume, never an orphan branch and a second run.
     ctx.save(&mut state)?;

@@ -9,15 +9,18 @@ use crate::state::{Iteration, Outcome, RunState};
 
 pub(super) fn print_counts(state: &RunState, printer: &Printer) {
     printer.counts(
-        state.iterations_done(),
-        state.iterations_target,
-        state.count(Outcome::Kept),
-        state.count(Outcome::Rejected),
-        state.count(Outcome::Error),
+        (state.iterations_done(), state.iterations_target),
+        [
+            state.count(Outcome::Kept),
+            state.count(Outcome::Rejected),
+            state.count(Outcome::Error),
+        ],
+        crate::cost::running_total(state),
     );
 }
 
-pub(super) fn print_iteration(it: &Iteration, target: u32, printer: &Printer) {
+pub(super) fn print_iteration(state: &RunState, it: &Iteration, printer: &Printer) {
+    let target = state.iterations_target;
     tracing::info!(
         n = it.n,
         target = %it.target,
@@ -42,8 +45,12 @@ pub(super) fn print_iteration(it: &Iteration, target: u32, printer: &Printer) {
         (None, Some(r)) => r.clone(),
         _ => String::new(),
     };
+    // The run's running total, beside the iteration's time, when the price is known.
+    let spent = crate::cost::running_total(state)
+        .map(|total| format!(", {} so far", total))
+        .unwrap_or_default();
     printer.line(&format!(
-        "[{:>3}/{target}] {outcome:<8} {} ({}) {detail} [{:.1}s]",
+        "[{:>3}/{target}] {outcome:<8} {} ({}) {detail} [{:.1}s{spent}]",
         it.n, it.target, it.focus, it.seconds.total
     ));
 }
@@ -82,6 +89,9 @@ pub(super) fn print_summary(state: &RunState, end: &RunEnd, report: &Path, repo_
             state.count(Outcome::Error),
         ),
     ];
+    if let Some(cost) = cost_line(state) {
+        lines.push(cost);
+    }
     if *end == RunEnd::Complete {
         lines.push(format!("report:  {}", report.display()));
     }
@@ -96,4 +106,22 @@ pub(super) fn print_summary(state: &RunState, end: &RunEnd, report: &Path, repo_
         ));
     }
     eprintln!("{}", lines.join("\n"));
+}
+
+/// What the run cost, this invocation and in all, or why that is not known.
+fn cost_line(state: &RunState) -> Option<String> {
+    let pricing = state.pricing.as_ref()?;
+    Some(match crate::cost::run_total(state) {
+        Some(total) => format!(
+            "cost:    {} this invocation, {} for the run ({} price of {})",
+            crate::cost::usd(total - state.invocation_start_cost_usd),
+            crate::cost::usd(total),
+            pricing.source.as_str(),
+            pricing.model
+        ),
+        None => format!(
+            "cost:    unknown: improve has no price for {}; pass --price IN,OUT[,CACHED_IN]",
+            pricing.model
+        ),
+    })
 }

@@ -201,12 +201,16 @@ impl Schedule {
                 ));
                 return;
             }
+            Err(StepError::Budget) => {
+                self.stop.get_or_insert(budget_stop(ctx));
+                return;
+            }
             Err(e) => return self.fail(ctx, step_failure(e)),
         }
         let Some(it) = state.index_of(n).map(|i| &state.iterations[i]) else {
             return;
         };
-        print_iteration(it, state.iterations_target, printer);
+        print_iteration(state, it, printer);
         if self.stop.is_none()
             && state.consecutive_llm_failures >= state.settings.max_llm_failures
             && state.iterations.len() < state.iterations_target as usize
@@ -242,6 +246,11 @@ pub(super) fn plan_next(
     }
     if let Some(reason) = limit_reached(&state, plan) {
         return Ok(Planned::Stop(Some(RunEnd::Stopped(reason))));
+    }
+    if let Some(budget) = &ctx.budget
+        && !budget.room_for(ctx.pricing.least_call(state.settings.max_answer_tokens))
+    {
+        return Ok(Planned::Stop(Some(budget_stop(ctx))));
     }
     let n = state.iterations.len() as u32 + 1;
     let coverage = state.coverage_now().cloned();
@@ -283,12 +292,26 @@ pub(super) fn limit_reached(state: &RunState, plan: &Plan<'_>) -> Option<String>
     None
 }
 
+/// `--max-cost` stops the run: no further call fits in what is left of the cap.
+fn budget_stop(ctx: &RunContext) -> RunEnd {
+    let (spent, cap) = ctx
+        .budget
+        .as_ref()
+        .map_or((0.0, 0.0), |b| (b.spent(), b.cap()));
+    RunEnd::Stopped(format!(
+        "--max-cost {cap} reached: this invocation spent {}, and the next call's worst case \
+         would pass the cap",
+        crate::cost::usd(spent)
+    ))
+}
+
 /// What the driver does with an iteration's error: a signal ends the run resumably, a test
 /// command that cannot run is the user's to fix, anything else is a fault.
 pub(super) fn step_end(e: StepError) -> Result<RunEnd> {
     match e {
         StepError::Cancelled => Ok(RunEnd::Interrupted),
         StepError::Deadline => Ok(RunEnd::Stopped("--max-duration reached".into())),
+        StepError::Budget => Ok(RunEnd::Stopped("--max-cost reached".into())),
         other => Err(step_failure(other)),
     }
 }

@@ -118,8 +118,10 @@ pub(crate) fn load_existing(
     }
 }
 
+/// The client for the run's LLM. `--max-cost` with a model that has no price is refused here,
+/// before anything else starts.
 pub(crate) fn llm_client(settings: &RunSettings) -> Result<LlmClient> {
-    Ok(LlmClient::new(
+    let client = LlmClient::new(
         LlmSettings {
             provider: settings.provider,
             url: settings.llm_url.clone(),
@@ -131,7 +133,13 @@ pub(crate) fn llm_client(settings: &RunSettings) -> Result<LlmClient> {
         },
         api_key(settings.provider),
     )
-    .map_err(|e| UserError(e.to_string()))?)
+    .map_err(|e| UserError(e.to_string()))?;
+    crate::cost::check_cap(&pricing(settings, &client), settings.max_cost)?;
+    Ok(client)
+}
+
+pub(crate) fn pricing(settings: &RunSettings, llm: &LlmClient) -> crate::cost::Pricing {
+    crate::cost::Pricing::resolve(&settings.model, settings.price, llm.is_local())
 }
 
 /// How pytest is run for this project: the user's command, checked to have pytest, with what
@@ -285,6 +293,10 @@ pub(crate) fn run_context(
         .filter(|_| !test_cmd.sandbox);
     let worktrees = WorktreePool::new(store.files().worktrees(), &state.run_id, cache, prep);
     worktrees.detach_leftovers(&repo);
+    let pricing = pricing(settings, &llm);
+    if let Some(note) = pricing.shadow_note() {
+        printer.line(&note);
+    }
     let ctx = RunContext {
         repo,
         store,
@@ -300,6 +312,8 @@ pub(crate) fn run_context(
         worktrees,
         deadline: None,
         server_speed: Default::default(),
+        pricing,
+        budget: None,
     };
     Ok((
         ctx,
@@ -397,6 +411,8 @@ pub(crate) fn new_run(repo: &git2::Repository, resolved: &Resolved) -> Result<Ru
         consecutive_llm_failures: 0,
         shard: None,
         gathered: None,
+        pricing: None,
+        invocation_start_cost_usd: 0.0,
     })
 }
 

@@ -4,12 +4,14 @@
 //! `state/README.md` documents each one (a test checks it). Behaviour lives elsewhere:
 //! [`crate::state`] loads and saves, the iteration's steps fill these in.
 
+mod cost;
 mod measure;
 mod run;
 mod settings;
 mod shard;
 mod verdict;
 
+pub use cost::*;
 pub use measure::*;
 pub use run::*;
 pub use settings::*;

@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Baseline, Coverage, Gathered, Origin, RejectReason, RunSettings, ShardRun, Verdict};
+use super::{
+    Baseline, CallCost, Coverage, Gathered, Origin, PriceInForce, RejectReason, RunSettings,
+    ShardRun, Verdict,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,6 +126,21 @@ pub struct Iteration {
     pub llm_calls: u32,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Of `tokens_in`, those read from the server's prompt cache, and those written to it.
+    #[serde(default)]
+    pub tokens_cached: u64,
+    #[serde(default)]
+    pub tokens_cache_write: u64,
+    /// Dollars the priced calls cost, at the prices in force when each was made.
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// Answered calls with no price (an unknown model served elsewhere): `cost_usd` leaves
+    /// them out, so the iteration's cost is unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub calls_unpriced: u32,
+    /// Each answered call's token classes and cost (`show N`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallCost>,
     /// Who answered (`openai gpt-4o-mini`): a resumed run may have switched.
     #[serde(default)]
     pub llm: Option<String>,
@@ -257,6 +275,11 @@ impl Iteration {
             llm_calls: 0,
             tokens_in: 0,
             tokens_out: 0,
+            tokens_cached: 0,
+            tokens_cache_write: 0,
+            cost_usd: 0.0,
+            calls_unpriced: 0,
+            calls: Vec::new(),
             llm: None,
             test_file: None,
             iteration_commit: None,
@@ -279,6 +302,17 @@ impl Iteration {
     pub fn is_finished(&self) -> bool {
         self.step == Step::Finished
     }
+
+    /// The iteration's dollars; None when a call had no price, or the iteration was saved
+    /// before calls were priced (tokens, but no calls on the books).
+    pub fn cost(&self) -> Option<f64> {
+        let unpriced_before = self.tokens_in > 0 && self.calls.is_empty();
+        (self.calls_unpriced == 0 && !unpriced_before).then_some(self.cost_usd)
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -306,6 +340,13 @@ pub struct RunState {
     /// Set when this run was put together from a plan's shards (`improve gather`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gathered: Option<Gathered>,
+    /// The price the latest invocation costed its calls at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<PriceInForce>,
+    /// What the run had cost (priced calls) when the latest invocation started: `status`
+    /// shows the difference as this invocation's.
+    #[serde(default)]
+    pub invocation_start_cost_usd: f64,
 }
 
 impl RunState {
@@ -324,6 +365,16 @@ impl RunState {
         self.iterations
             .iter()
             .fold((0, 0), |(a, b), i| (a + i.tokens_in, b + i.tokens_out))
+    }
+    /// Every iteration's dollars (priced calls), and the iterations whose cost is unknown.
+    pub fn cost(&self) -> (f64, u32) {
+        self.iterations.iter().fold((0.0, 0), |(c, u), i| {
+            (c + i.cost_usd, u + u32::from(i.cost().is_none()))
+        })
+    }
+    /// Prompt tokens read from the cache, over the run.
+    pub fn tokens_cached(&self) -> u64 {
+        self.iterations.iter().map(|i| i.tokens_cached).sum()
     }
     /// Kept iterations in the order they landed on the run branch.
     pub fn kept(&self) -> impl Iterator<Item = &Iteration> {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::cost::Price;
+
 /// Which wire format the client speaks. Saved as `openai`, `anthropic` or `replay`, and typed
 /// the same way on the command line and in the config file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -316,6 +318,27 @@ macro_rules! run_settings {
                     saved: [deserialize_with = "one_or_many"],
                     default: None,
                     hook: source_roots,
+                }
+                /// The model's price in dollars per million tokens: IN,OUT[,CACHED_IN] (e.g.
+                /// 3,15,0.3). Wins over improve's price table; needed to cap the cost of a model
+                /// the table does not know on a server that is not local.
+                price: Price => Option<Price> {
+                    arg: [long, value_name = "IN,OUT[,CACHED_IN]", value_parser = parse_price],
+                    file: [deserialize_with = "de::price"],
+                    saved: [],
+                    default: None,
+                    hook: optional,
+                }
+                /// Stop cleanly (resumable) before this invocation's LLM calls would cost more
+                /// than this many dollars: each call reserves its worst case (the prompt and a
+                /// full answer) first, so calls in flight together cannot pass it. Saved, but a
+                /// resume starts with a fresh budget.
+                max_cost: f64 => Option<f64> {
+                    arg: [long, value_name = "USD", allow_negative_numbers = true],
+                    file: [alias = "max_cost"],
+                    saved: [],
+                    default: None,
+                    hook: max_cost,
                 }
             }
             invocation {

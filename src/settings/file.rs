@@ -96,6 +96,25 @@ pub(super) mod de {
             .map_err(serde::de::Error::custom)
     }
 
+    /// `price = "3,15,0.3"` or `price = [3, 15, 0.3]`.
+    pub fn price<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<crate::schema::Price>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Spelt {
+            Text(String),
+            Numbers(Vec<f64>),
+        }
+        let text = match Spelt::deserialize(d)? {
+            Spelt::Text(t) => t,
+            Spelt::Numbers(n) => n.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
+        };
+        crate::cost::parse_price(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+
     pub fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
         Ok(Some(OneOrMany::deserialize(d)?.items()))
     }

@@ -33,6 +33,17 @@ pub fn this_invocation<T: Clone>(l: &Layer<T>, _: &Cx<'_>) -> Hooked<Option<T>> 
     })
 }
 
+/// `--max-cost`: a limit of this invocation, more than zero dollars.
+pub fn max_cost(l: &Layer<f64>, cx: &Cx<'_>) -> Hooked<Option<f64>> {
+    let (cap, source) = this_invocation(l, cx)?;
+    if let Some(c) = cap.filter(|c| !(c.is_finite() && *c > 0.0)) {
+        return Err(UsageError(format!(
+            "--max-cost {c}: a cap must be more than 0 dollars (e.g. --max-cost 5)"
+        )));
+    }
+    Ok((cap, source))
+}
+
 /// `--jobs`: at least one (the file is not range-checked as the flag is).
 pub fn jobs(l: &Layer<u32>, cx: &Cx<'_>) -> Hooked<u32> {
     at_least_one(l, cx, "jobs")

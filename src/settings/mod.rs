@@ -21,7 +21,9 @@ pub use file::{LoadedFile, load_file_config};
 
 use crate::error::UsageError;
 use crate::project::ProjectTree;
-use crate::schema::{Provider, RunSettings, default_focus, run_settings};
+use crate::schema::{Price, Provider, RunSettings, default_focus, run_settings};
+
+pub use crate::cost::parse_price;
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -342,7 +344,13 @@ macro_rules! shown_by_display {
     };
 }
 
-shown_by_display!(u32, u64, f32, bool, String);
+shown_by_display!(u32, u64, f32, f64, bool, String);
+
+impl Shown for crate::schema::Price {
+    fn shown(&self) -> Option<String> {
+        Some(crate::cost::shown(self))
+    }
+}
 
 impl Shown for Duration {
     fn shown(&self) -> Option<String> {
@@ -673,6 +681,8 @@ mod tests {
             }
             let value = match *name {
                 "provider" => "\"openai\"".to_string(),
+                "price" => "\"3,15\"".to_string(),
+                "max_cost" => "2.5".to_string(),
                 "test_timeout" | "llm_timeout" | "max_duration" | "call_budget" => {
                     "\"5m\"".to_string()
                 }

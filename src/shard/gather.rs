@@ -214,6 +214,8 @@ fn gathered_state(
         consecutive_llm_failures: 0,
         shard: None,
         gathered: Some(Gathered::default()),
+        pricing: None,
+        invocation_start_cost_usd: 0.0,
     })
 }
 

@@ -176,6 +176,8 @@ fn new_shard_run(plan: &Plan, planned: &PlannedShard) -> RunState {
             pushed_at: None,
         }),
         gathered: None,
+        pricing: None,
+        invocation_start_cost_usd: 0.0,
     }
 }
 

@@ -572,6 +572,7 @@ fn the_rendered_report_of_a_recorded_run() {
         (r" in [0-9.]+ s\b", " in [s]"),
         (r#""(seconds|uncapped_seconds|test_timeout|llm_timeout)": [0-9.]+"#, r#""$1": [s]"#),
         (r"elapsed (\d+h )?(\d+m )?\d+s", "elapsed [s]"),
+        (r"[0-9.]+ per hour", "[n] per hour"),
     ]}, {
         insta::assert_snapshot!("demo_report", report);
         for (name, text) in views {

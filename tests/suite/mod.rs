@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod bad_input;
+mod cost;
 mod distributed;
 mod first_minutes;
 mod jobs;

@@ -18,9 +18,16 @@ async fn anthropic_wire_format_end_to_end() {
     assert_eq!(r.headers.get("anthropic-version").unwrap(), "2023-06-01");
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(body["model"], "stand-in-model");
-    assert!(body["system"].as_str().unwrap().contains("pytest"));
+    // The stable prefix as blocks marked for the prompt cache.
     assert!(
-        body["messages"][0]["content"]
+        body["system"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("pytest")
+    );
+    assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
+    assert!(
+        body["messages"][0]["content"][0]["text"]
             .as_str()
             .unwrap()
             .contains("calc/text.py")
