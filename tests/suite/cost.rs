@@ -330,7 +330,7 @@ async fn openai_repair_rounds_keep_the_prefix_first_and_read_it_from_the_cache()
     assert_eq!(body(1)["messages"][1], body(0)["messages"][1]);
 }
 
-/// `--max-cost` with three calls in flight that answer late: the run stops (exit 3) without
+/// `--max-cost` with four calls in flight that answer late: the run stops (exit 3) without
 /// passing the cap, by the stand-in's own count, and the same command resumes and adds to
 /// the run's total without passing the cap again.
 #[tokio::test(flavor = "multi_thread")]
@@ -350,7 +350,7 @@ async fn max_cost_holds_with_jobs_and_the_same_command_resumes() {
         "-n",
         "12",
         "--jobs",
-        "3",
+        "4",
         "--max-repairs",
         "0",
         "--require-coverage-gain=false",

@@ -35,9 +35,7 @@ fn timeline(state: &serde_json::Value) -> Vec<(u64, String, DateTime<Utc>, DateT
 #[tokio::test(flavor = "multi_thread")]
 async fn two_jobs_overlap_never_share_a_target_and_keep_one_commit_each() {
     let fx = Fixture::new();
-    let answers = (0..4)
-        .map(|i| code_answer(if i % 2 == 0 { GOOD_OPS } else { GOOD_TEXT }))
-        .collect();
+    let answers = (0..4).map(|i| good_answer(i + 1)).collect();
     // A slow model, so that two iterations are surely waiting on it at once.
     let llm = StandIn::with_latency(Wire::OpenAi, answers, Duration::from_millis(1500)).await;
     run_ok(
@@ -238,9 +236,7 @@ async fn a_proposal_that_clashes_with_one_kept_meanwhile_is_rejected_after_repla
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_killed_with_two_iterations_in_flight_resumes_both() {
     let fx = Fixture::new();
-    let answers = (0..4)
-        .map(|i| code_answer(if i % 2 == 0 { GOOD_OPS } else { GOOD_TEXT }))
-        .collect();
+    let answers = (0..4).map(|i| good_answer(i + 1)).collect();
     let llm = StandIn::with_latency(Wire::OpenAi, answers, Duration::from_millis(300)).await;
     // Killed right after iteration 2 saved its answer; iteration 1 is then mid-way too.
     let mut cmd = improve(fx.root());

@@ -467,6 +467,23 @@ pub type Shared<T> = Arc<Mutex<T>>;
 
 pub const GOOD_OPS: &str = "import pytest\n\nfrom calc.ops import clamp, divide\n\n\ndef test_divide():\n    assert divide(6, 3) == 2\n\n\ndef test_divide_by_zero():\n    with pytest.raises(ZeroDivisionError):\n        divide(1, 0)\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n";
 pub const GOOD_TEXT: &str = "import pytest\n\nfrom calc.text import initials, slug\n\n\ndef test_slug():\n    assert slug(\"Hello  World\") == \"hello-world\"\n\n\ndef test_initials():\n    assert initials(\"ada lovelace\") == \"AL\"\n\n\ndef test_initials_empty():\n    with pytest.raises(ValueError):\n        initials(\"   \")\n";
+/// Good answer number `i`: `GOOD_TEXT` for even `i`, `GOOD_OPS` for odd, each with a literal
+/// of its own. A queue of answers meets its iterations in any order with `--jobs` or kills, so
+/// a module may get the same answer twice, and a test that is a copy of one kept before (shown
+/// as an example) is dropped: variants keep every answer worth keeping.
+pub fn good_answer(i: usize) -> Answer {
+    code_answer(&if i % 2 == 0 {
+        GOOD_TEXT
+            .replace("World\")", &format!("World{i}\")"))
+            .replace("\"hello-world\"", &format!("\"hello-world{i}\""))
+    } else {
+        GOOD_OPS.replace(
+            "divide(6, 3) == 2",
+            &format!("divide(6 * {i}, 3) == 2 * {i}"),
+        )
+    })
+}
+
 /// Every test in it fails: nothing to keep.
 pub const FAILING: &str = "from calc.ops import add\n\n\ndef test_add_wrong():\n    assert add(1, 1) == 3\n\n\ndef test_add_wrong_too():\n    assert add(2, 2) == 5\n";
 /// Some tests pass, some fail (one parametrized case, one method): the failing ones go.
