@@ -472,7 +472,7 @@ pub const GOOD_TEXT: &str = "import pytest\n\nfrom calc.text import initials, sl
 /// a module may get the same answer twice, and a test that is a copy of one kept before (shown
 /// as an example) is dropped: variants keep every answer worth keeping.
 pub fn good_answer(i: usize) -> Answer {
-    code_answer(&if i % 2 == 0 {
+    code_answer(&if i.is_multiple_of(2) {
         GOOD_TEXT
             .replace("World\")", &format!("World{i}\")"))
             .replace("\"hello-world\"", &format!("\"hello-world{i}\""))
