@@ -104,7 +104,9 @@ log0=$(log_size)
 t0=$(date +%s)
 read -ra improve_extra <<< "${IMPROVE_ARGS:-}"
 imp_rc=0
-timeout -s INT -k 60 "$SECS" "$IMPROVE_BIN" --repo "$OUT/improve" -n "$IMPROVE_ITERATIONS" \
+# improve's own --max-duration ends it (a call to this local server still running then is
+# stopped); the timeout, 30 s later, is only a backstop.
+timeout -s INT -k 60 "$((SECS + 30))" "$IMPROVE_BIN" --repo "$OUT/improve" -n "$IMPROVE_ITERATIONS" \
   --provider openai --llm-url "$URL" --model local --llm-timeout 20m --max-duration "${MINUTES}m" \
   ${improve_extra[@]+"${improve_extra[@]}"} \
   > "$OUT/improve.out" 2> "$OUT/improve.err" || imp_rc=$?
