@@ -45,6 +45,7 @@ import sys
 
 import localfix
 import mutants
+from localfix import read, write
 
 FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -52,16 +53,6 @@ FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 def span(node):
     start = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
     return start, node.end_lineno
-
-
-def read(path):
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
-def write(path, text):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def tidy(path):

@@ -32,6 +32,7 @@ MODULE_DUNDERS = {
 }
 
 
+# The helper (helper.py) reads and writes files through these two as well.
 def read(path):
     with open(path, encoding="utf-8") as f:
         return f.read()

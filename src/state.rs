@@ -73,6 +73,40 @@ pub struct StateStore {
     files: StateFiles,
 }
 
+impl RunState {
+    /// A new run on `run_branch` from `base_commit`, nothing done yet: the one place a run
+    /// starts from (a run, a shard of a plan, a gathered run).
+    pub fn start(
+        run_id: String,
+        run_branch: String,
+        base_commit: String,
+        iterations_target: u32,
+        settings: RunSettings,
+    ) -> RunState {
+        let now = Utc::now();
+        RunState {
+            schema_version: SCHEMA_VERSION,
+            run_id,
+            run_branch,
+            base_commit,
+            created_at: now,
+            updated_at: now,
+            status: RunStatus::Running,
+            stop_reason: None,
+            iterations_target,
+            settings,
+            baseline: None,
+            iterations: Vec::new(),
+            elapsed_s: 0.0,
+            consecutive_llm_failures: 0,
+            shard: None,
+            gathered: None,
+            pricing: None,
+            invocation_start_cost_usd: 0.0,
+        }
+    }
+}
+
 impl StateStore {
     pub fn new(dir: PathBuf) -> Self {
         StateStore {

@@ -4,14 +4,13 @@
 
 use std::cell::RefCell;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::config::{self, Resolved};
 use crate::error::RunEnd;
 use crate::iteration::{self, RunContext};
 use crate::progress::Printer;
-use crate::prompt::Templates;
 use crate::report;
 use crate::settings::{self, CommandLine};
 use crate::state::{RunState, RunStatus};
@@ -44,16 +43,12 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         .map(|s| (&s.settings, s.base_commit.as_str()));
     let (resolved, tree) =
         settings::resolve_in_repo(&opened.repo, &opened.root, &lines, &file, saved)?;
-    let llm = llm_client(&resolved.settings)?;
-    let scratch = opened.store.files().scratch();
-    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
-    let test_cmd = test_command(&resolved.settings, &scratch, &tree, &printer).await?;
-    let templates = Templates::load(Some(opened.store.dir()))?;
+    let tools = tools(&opened, &resolved.settings, &tree, &printer).await?;
     let state = match resume {
         Some(s) => resume_run(&opened.repo, s, args, &resolved, &printer)?,
         None => start_run(&opened, &resolved, previous_id, &printer)?,
     };
-    let ctx = run_context(opened, &state, llm, test_cmd, templates, &printer)?;
+    let ctx = run_context(opened, &state, tools, &printer)?;
     go(ctx, state, &resolved, &printer, None).await
 }
 

@@ -20,7 +20,7 @@ use crate::progress::Printer;
 use crate::prompt::Templates;
 use crate::pyhelper::PyHelper;
 use crate::pytest::{self, CoverageSpec, TestCommand};
-use crate::state::{RunState, RunStatus, SCHEMA_VERSION, StateStore};
+use crate::state::{RunState, RunStatus, StateStore};
 use crate::testid::first_three;
 use crate::worktrees::WorktreePool;
 
@@ -252,12 +252,42 @@ pub(crate) fn start_run(
 
 /// What the iterations share: the repository, the LLM, pytest, the Python helper and the
 /// worktrees (prepared with what git ignores in the package folders).
+/// What a run's context is made of besides the repository and the state dir: the LLM client,
+/// the test command (checked to run pytest) and the templates. The same for a run, a plan, a
+/// shard and a gather.
+pub(crate) struct Tools {
+    pub(crate) llm: LlmClient,
+    pub(crate) test_cmd: TestCommand,
+    pub(crate) templates: Templates,
+}
+
+pub(crate) async fn tools(
+    opened: &Opened,
+    settings: &RunSettings,
+    tree: &crate::project::ProjectTree,
+    printer: &Printer,
+) -> Result<Tools> {
+    let llm = llm_client(settings)?;
+    let scratch = opened.store.files().scratch();
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| UserError(format!("cannot create {}: {e}", scratch.display())))?;
+    let test_cmd = test_command(settings, &scratch, tree, printer).await?;
+    let templates = Templates::load(Some(opened.store.dir()))?;
+    Ok(Tools {
+        llm,
+        test_cmd,
+        templates,
+    })
+}
+
 pub(crate) fn run_context(
     opened: Opened,
     state: &RunState,
-    llm: LlmClient,
-    test_cmd: TestCommand,
-    templates: Templates,
+    Tools {
+        llm,
+        test_cmd,
+        templates,
+    }: Tools,
     printer: &Printer,
 ) -> Result<(RunContext, Locks)> {
     let Opened {
@@ -394,26 +424,13 @@ pub(crate) fn new_run(repo: &git2::Repository, resolved: &Resolved) -> Result<Ru
     let base = git::resolve_commit(repo, &resolved.base).map_err(|e| UsageError(e.to_string()))?;
     let run_id = new_run_id();
     let run_branch = format!("improve/{run_id}");
-    Ok(RunState {
-        schema_version: SCHEMA_VERSION,
+    Ok(RunState::start(
         run_id,
         run_branch,
-        base_commit: base.to_string(),
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        status: RunStatus::Running,
-        stop_reason: None,
-        iterations_target: resolved.iterations,
-        settings: resolved.settings.clone(),
-        baseline: None,
-        iterations: Vec::new(),
-        elapsed_s: 0.0,
-        consecutive_llm_failures: 0,
-        shard: None,
-        gathered: None,
-        pricing: None,
-        invocation_start_cost_usd: 0.0,
-    })
+        base.to_string(),
+        resolved.iterations,
+        resolved.settings.clone(),
+    ))
 }
 
 /// Measures the baseline unless the run already has it; Some when a signal ended the run then.

@@ -7,8 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use chrono::Utc;
+use anyhow::Result;
 use git2::Oid;
 
 use super::remote::{Remote, read_data};
@@ -16,19 +15,16 @@ use super::work::relocate_test_cmd;
 use super::{check_base, read_plan, refs};
 use crate::cli::GlobalArgs;
 use crate::config;
-use crate::error::{RunEnd, UserError};
+use crate::error::RunEnd;
 use crate::git;
 use crate::iteration::{RunContext, SUITE_FLAG};
 use crate::progress::Printer;
-use crate::prompt::Templates;
 use crate::pytest::{self, Measure, PytestRun};
-use crate::run::setup::{
-    ensure_run_branch, llm_client, load_existing, open, run_context, test_command,
-};
+use crate::run::setup::{ensure_run_branch, open, run_context, tools};
 use crate::settings::{self, CommandLine};
 use crate::state::{
     Gathered, GatheredShard, Origin, Outcome, Plan, RejectReason, Rejection, RunState, RunStatus,
-    SCHEMA_VERSION, parse_state,
+    parse_state,
 };
 use crate::testid::first_three;
 use crate::worktrees::BASELINE;
@@ -60,12 +56,8 @@ pub async fn gather(
     let (resolved, tree) =
         settings::resolve_in_repo(&opened.repo, &opened.root, &[line], &file, saved)?;
     state.settings = resolved.settings.clone();
-    let llm = llm_client(&resolved.settings)?;
-    let scratch = opened.store.files().scratch();
-    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
-    let test_cmd = test_command(&resolved.settings, &scratch, &tree, &printer).await?;
-    let templates = Templates::load(Some(opened.store.dir()))?;
-    let (ctx, _locks) = run_context(opened, &state, llm, test_cmd, templates, &printer)?;
+    let tools = tools(&opened, &resolved.settings, &tree, &printer).await?;
+    let (ctx, _locks) = run_context(opened, &state, tools, &printer)?;
     ctx.save(&mut state)?;
     ensure_run_branch(&ctx.repo, &state)?;
     let mut suite_runs = 0;
@@ -180,43 +172,20 @@ fn gathered_state(
     plan: &Plan,
     printer: &Printer,
 ) -> Result<RunState> {
-    match load_existing(&opened.store, false, printer)? {
-        Some(s) if s.run_id == plan.run_id => return Ok(s),
-        Some(s) if s.status != RunStatus::Complete => {
-            return Err(UserError(format!(
-                "the state dir {} holds the unfinished run {}: finish it first, or gather into \
-                 another --state-dir",
-                opened.store.dir().display(),
-                s.run_id
-            ))
-            .into());
-        }
-        Some(s) => {
-            opened.store.archive_current(Some(&s.run_id))?;
-        }
-        None => {}
+    let other = "gather into another --state-dir";
+    if let Some(s) = super::saved_run(opened, &plan.run_id, other, printer)? {
+        return Ok(s);
     }
-    let now = Utc::now();
-    Ok(RunState {
-        schema_version: SCHEMA_VERSION,
-        run_id: plan.run_id.clone(),
-        run_branch: format!("improve/{}", plan.run_id),
-        base_commit: plan.base_commit.clone(),
-        created_at: now,
-        updated_at: now,
-        status: RunStatus::Running,
-        stop_reason: None,
-        iterations_target: plan.iterations,
-        settings: plan.settings.clone(),
-        baseline: Some(plan.baseline.clone()),
-        iterations: Vec::new(),
-        elapsed_s: 0.0,
-        consecutive_llm_failures: 0,
-        shard: None,
-        gathered: Some(Gathered::default()),
-        pricing: None,
-        invocation_start_cost_usd: 0.0,
-    })
+    let mut state = RunState::start(
+        plan.run_id.clone(),
+        format!("improve/{}", plan.run_id),
+        plan.base_commit.clone(),
+        plan.iterations,
+        plan.settings.clone(),
+    );
+    state.baseline = Some(plan.baseline.clone());
+    state.gathered = Some(Gathered::default());
+    Ok(state)
 }
 
 /// Every shard in plan order: its new iterations taken in and its new kept commits replayed;

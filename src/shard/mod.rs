@@ -43,6 +43,31 @@ pub mod refs {
     }
 }
 
+/// The run this state dir holds when it is `run_id`. Another unfinished run is refused (`other`
+/// says what to do instead), a finished one archived.
+fn saved_run(
+    opened: &crate::run::setup::Opened,
+    run_id: &str,
+    other: &str,
+    printer: &crate::progress::Printer,
+) -> anyhow::Result<Option<crate::state::RunState>> {
+    use crate::state::RunStatus;
+    match crate::run::setup::load_existing(&opened.store, false, printer)? {
+        Some(s) if s.run_id == run_id => Ok(Some(s)),
+        Some(s) if s.status != RunStatus::Complete => Err(UserError(format!(
+            "the state dir {} holds the unfinished run {}: finish it first, or {other}",
+            opened.store.dir().display(),
+            s.run_id
+        ))
+        .into()),
+        Some(s) => {
+            opened.store.archive_current(Some(&s.run_id))?;
+            Ok(None)
+        }
+        None => Ok(None),
+    }
+}
+
 /// Reads a plan file, refusing one that is damaged or from a newer improve.
 pub fn read_plan(path: &Path) -> Result<Plan, UserError> {
     let text = std::fs::read_to_string(path)

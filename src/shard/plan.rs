@@ -11,8 +11,7 @@ use crate::config;
 use crate::error::{UsageError, UserError};
 use crate::git;
 use crate::progress::Printer;
-use crate::prompt::Templates;
-use crate::run::setup::{llm_client, new_run, open, run_context, test_command};
+use crate::run::setup::{new_run, open, run_context, tools};
 use crate::settings::{self, CommandLine};
 use crate::state::{PLAN_FORMAT, Plan, PlannedShard, RunState};
 use crate::target;
@@ -36,14 +35,10 @@ pub async fn plan(
     let file = config::load_file_config(&opened.root)?;
     let (resolved, tree) =
         settings::resolve_in_repo(&opened.repo, &opened.root, &[line], &file, None)?;
-    let llm = llm_client(&resolved.settings)?;
-    let scratch = opened.store.files().scratch();
-    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
-    let test_cmd = test_command(&resolved.settings, &scratch, &tree, &printer).await?;
-    let templates = Templates::load(Some(opened.store.dir()))?;
+    let tools = tools(&opened, &resolved.settings, &tree, &printer).await?;
     let planned_in = opened.root.display().to_string();
     let mut state = new_run(&opened.repo, &resolved)?;
-    let (ctx, _locks) = run_context(opened, &state, llm, test_cmd, templates, &printer)?;
+    let (ctx, _locks) = run_context(opened, &state, tools, &printer)?;
     let measured = crate::baseline::measure_baseline(&ctx, &mut state, &printer).await;
     ctx.worktrees.remove_all(&ctx.repo);
     measured.map_err(crate::run::step_failure)?;

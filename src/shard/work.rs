@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::Utc;
 use git2::{Oid, Repository};
 use serde::{Deserialize, Serialize};
@@ -18,14 +18,10 @@ use crate::error::{RunEnd, UserError};
 use crate::git;
 use crate::iteration::RunContext;
 use crate::progress::Printer;
-use crate::prompt::Templates;
-use crate::run::setup::{
-    check_kept_commits_on_branch, llm_client, load_existing, open, run_context, test_command,
-};
+use crate::run::setup::{check_kept_commits_on_branch, open, run_context, tools};
 use crate::settings::{self, CommandLine};
 use crate::state::{
-    Iteration, Plan, PlannedShard, RunState, RunStatus, SCHEMA_VERSION, ShardRun, StateStore,
-    parse_state,
+    Iteration, Plan, PlannedShard, RunState, RunStatus, ShardRun, StateStore, parse_state,
 };
 
 /// What `improve work` was asked.
@@ -74,12 +70,8 @@ pub async fn work(
     state.status = RunStatus::Running;
     state.stop_reason = None;
     state.consecutive_llm_failures = 0;
-    let llm = llm_client(&resolved.settings)?;
-    let scratch = opened.store.files().scratch();
-    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
-    let test_cmd = test_command(&resolved.settings, &scratch, &tree, &printer).await?;
-    let templates = Templates::load(Some(opened.store.dir()))?;
-    let ctx = run_context(opened, &state, llm, test_cmd, templates, &printer)?;
+    let tools = tools(&opened, &resolved.settings, &tree, &printer).await?;
+    let ctx = run_context(opened, &state, tools, &printer)?;
     let after_keep = |ctx: &RunContext, state: &mut RunState| -> Result<()> {
         publisher.publish(&ctx.repo, state, &ctx.printer)?;
         ctx.save(state)?;
@@ -117,29 +109,15 @@ fn shard_state(
     printer: &Printer,
 ) -> Result<RunState> {
     let run_id = refs::shard_run_id(&plan.run_id, planned.index);
-    match load_existing(&opened.store, false, printer)? {
-        Some(s) if s.run_id == run_id => {
-            printer.line(&format!(
-                "resuming shard {} ({} of {} iterations done)",
-                planned.index,
-                s.iterations_done(),
-                s.iterations_target
-            ));
-            return Ok(s);
-        }
-        Some(s) if s.status != RunStatus::Complete => {
-            return Err(UserError(format!(
-                "the state dir {} holds the unfinished run {}: finish it first, or give this \
-                 shard its own --state-dir",
-                opened.store.dir().display(),
-                s.run_id
-            ))
-            .into());
-        }
-        Some(s) => {
-            opened.store.archive_current(Some(&s.run_id))?;
-        }
-        None => {}
+    let other = "give this shard its own --state-dir";
+    if let Some(s) = super::saved_run(opened, &run_id, other, printer)? {
+        printer.line(&format!(
+            "resuming shard {} ({} of {} iterations done)",
+            planned.index,
+            s.iterations_done(),
+            s.iterations_target
+        ));
+        return Ok(s);
     }
     if let Some(restored) = publisher.restore(&opened.repo, printer)? {
         return Ok(restored);
@@ -148,37 +126,26 @@ fn shard_state(
 }
 
 fn new_shard_run(plan: &Plan, planned: &PlannedShard) -> RunState {
-    let now = Utc::now();
-    RunState {
-        schema_version: SCHEMA_VERSION,
-        run_id: refs::shard_run_id(&plan.run_id, planned.index),
-        run_branch: refs::branch(&plan.run_id, planned.index),
-        base_commit: plan.base_commit.clone(),
-        created_at: now,
-        updated_at: now,
-        status: RunStatus::Running,
-        stop_reason: None,
-        iterations_target: planned.iterations,
-        settings: plan.settings.clone(),
-        baseline: Some(plan.baseline.clone()),
-        iterations: Vec::new(),
-        elapsed_s: 0.0,
-        consecutive_llm_failures: 0,
-        shard: Some(ShardRun {
-            plan_run_id: plan.run_id.clone(),
-            index: planned.index,
-            shards: plan.shards.len() as u32,
-            modules: planned.modules.clone(),
-            fix_files: planned.fix_files.clone(),
-            host: host_name(),
-            worker: new_worker_name(),
-            claim: None,
-            pushed_at: None,
-        }),
-        gathered: None,
-        pricing: None,
-        invocation_start_cost_usd: 0.0,
-    }
+    let mut state = RunState::start(
+        refs::shard_run_id(&plan.run_id, planned.index),
+        refs::branch(&plan.run_id, planned.index),
+        plan.base_commit.clone(),
+        planned.iterations,
+        plan.settings.clone(),
+    );
+    state.baseline = Some(plan.baseline.clone());
+    state.shard = Some(ShardRun {
+        plan_run_id: plan.run_id.clone(),
+        index: planned.index,
+        shards: plan.shards.len() as u32,
+        modules: planned.modules.clone(),
+        fix_files: planned.fix_files.clone(),
+        host: host_name(),
+        worker: new_worker_name(),
+        claim: None,
+        pushed_at: None,
+    });
+    state
 }
 
 fn new_worker_name() -> String {
