@@ -277,6 +277,20 @@ pub fn improve_json(repo: &Path, args: &[&str]) -> serde_json::Value {
     json(c)
 }
 
+/// The flags that point `improve` at a stand-in speaking `wire` at `url`.
+fn point_at(cmd: &mut Command, wire: Wire, url: &str) {
+    let provider = match wire {
+        Wire::OpenAi => "openai",
+        Wire::Anthropic => "anthropic",
+    };
+    cmd.args(["--provider", provider, "--llm-url", url]).args([
+        "--model",
+        "stand-in-model",
+        "--test-cmd",
+        &test_cmd(),
+    ]);
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
     OpenAi,
@@ -449,17 +463,7 @@ impl StandIn {
 
     /// Adds the flags that point `improve` at this stand-in.
     pub fn args(&self, cmd: &mut Command) {
-        cmd.arg("--provider")
-            .arg(match self.wire {
-                Wire::OpenAi => "openai",
-                Wire::Anthropic => "anthropic",
-            })
-            .arg("--llm-url")
-            .arg(self.url())
-            .arg("--model")
-            .arg("stand-in-model")
-            .arg("--test-cmd")
-            .arg(test_cmd());
+        point_at(cmd, self.wire, &self.url());
     }
 }
 
@@ -610,16 +614,6 @@ impl SlowStream {
     }
 
     pub fn args(&self, cmd: &mut Command) {
-        cmd.arg("--provider")
-            .arg(match self.wire {
-                Wire::OpenAi => "openai",
-                Wire::Anthropic => "anthropic",
-            })
-            .arg("--llm-url")
-            .arg(self.url())
-            .arg("--model")
-            .arg("stand-in-model")
-            .arg("--test-cmd")
-            .arg(test_cmd());
+        point_at(cmd, self.wire, &self.url());
     }
 }
