@@ -173,11 +173,16 @@ def same_tests(body):
 
 
 def salvage(path):
-    """What a cut-off answer got right: its repetition cut, then its longest prefix that parses,
-    without a last top-level statement the cut may have ended early (one that no top-level line
-    follows), and without tests that only repeat the one before them.
-    -> {"ok", "tests": complete tests kept, "repetition": lines cut}"""
-    lines, repeated = cut_repetition(read(path).splitlines(keepends=True))
+    """What a cut-off answer got right: its repetition cut, then its longest prefix of whole
+    lines that parses, without a last top-level statement the cut may have ended early (one that
+    no top-level line follows) unless that is a test, which keeps its whole statements, and
+    without tests that only repeat the one before them.
+    -> {"ok", "tests": tests kept, "repetition": lines cut}"""
+    lines = read(path).splitlines(keepends=True)
+    # A last line without its newline was cut inside (`assert x == 1` of `... == 12`).
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    lines, repeated = cut_repetition(lines)
     for k in range(len(lines), -1, -1):
         text = "".join(lines[:k])
         try:
@@ -191,7 +196,7 @@ def salvage(path):
     if body and not repeated:
         last = body[-1]
         after = [line for line in lines[last.end_lineno :] if line.strip()]
-        if not (after and not after[0][0].isspace()):
+        if not (after and not after[0][0].isspace()) and not is_test(last):
             body = body[:-1]
             text = "".join(lines[: span(last)[0] - 1])
     dupes = same_tests(body)

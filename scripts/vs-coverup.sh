@@ -134,10 +134,12 @@ packages=${VS_PACKAGE_DIR:-$packages}
 tests_dir=${tests_dir:-tests}
 [ "$packages" = "$package_dir" ] || say "warning: CoverUp gets only the first package, $package_dir (of $packages)"
 
-# --- CoverUp: gpt-v1 (gpt-v2 needs function calling, which litellm says openai/local lacks),
-# one request at a time, its default 3 attempts per segment, its tests written into the clone.
+# --- CoverUp: gpt-v1 (gpt-v2 needs function calling), one request at a time, its default 3
+# attempts per segment, its tests written into the clone. The model is named gpt-4o-mini because
+# litellm prices every answer and stops at a name it does not know (ModelNotMappedError for
+# openai/local, after the first answer); llama.cpp serves whatever it loaded, whatever the name.
 mkdir -p "$OUT/coverup/$tests_dir"
-coverup_args=(--model openai/local --prompt gpt-v1 --max-concurrency 1 --tests-dir "$tests_dir"
+coverup_args=(--model openai/gpt-4o-mini --prompt gpt-v1 --max-concurrency 1 --tests-dir "$tests_dir"
   --checkpoint "$OUT/coverup-checkpoint.json" --log-file "$OUT/coverup-log")
 case "$package_dir" in
   *.py) coverup_args+=("$package_dir") ;;

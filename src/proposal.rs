@@ -97,8 +97,13 @@ pub fn parse(answer: &str) -> Result<Proposal, ProposalError> {
                     .first()
                     .and_then(|first| first_line_hint(first))
                     .or(before_hint);
+                // A last line the answer did not end may be cut inside: salvage drops it.
+                let mut code = body.join("\n");
+                if !body.is_empty() && answer.ends_with('\n') {
+                    code.push('\n');
+                }
                 return Err(ProposalError::Unclosed(Proposal {
-                    code: body.join("\n") + "\n",
+                    code,
                     path_hint: hint,
                 }));
             }
@@ -335,11 +340,14 @@ mod tests {
         else {
             panic!("an unclosed block is not reported as such");
         };
-        assert_eq!(
-            partial.code,
-            "# tests/test_a.py\ndef test_a():\n    assert\n"
-        );
+        assert_eq!(partial.code, "# tests/test_a.py\ndef test_a():\n    assert");
         assert_eq!(partial.path_hint.as_deref(), Some("tests/test_a.py"));
+        // Cut after a whole line: the line keeps its end.
+        let Err(ProposalError::Unclosed(partial)) = parse("```python\ndef test_a():\n    f()\n")
+        else {
+            panic!("an unclosed block is not reported as such");
+        };
+        assert_eq!(partial.code, "def test_a():\n    f()\n");
         assert_eq!(parse("```python\nx = 1\n```"), Err(ProposalError::NoTests));
     }
 

@@ -1,4 +1,5 @@
 """The helper's ops, called as the JSON loop calls them, on files in a temp dir."""
+import ast
 import io
 import json
 
@@ -149,11 +150,33 @@ def test_salvage_keeps_complete_tests_of_a_cut_off_file(write):
             assert fo
         """,
     )
-    # The last test may have been cut early: no top-level line follows it.
-    assert helper.salvage(path) == {"ok": True, "tests": 2, "repetition": 0}
-    text = read(path)
-    assert "test_b" in text
-    assert "test_c" not in text
+    # The last test may have been cut early, but its whole lines are kept.
+    assert helper.salvage(path) == {"ok": True, "tests": 3, "repetition": 0}
+    assert "assert fo" in read(path)
+
+
+def test_salvage_keeps_a_cut_test_up_to_its_last_whole_statement(tmp_path):
+    path = tmp_path / "test_x.py"
+    path.write_text(
+        "import pytest\n\n\ndef test_a():\n    assert 1\n\n\n"
+        "def test_b():\n    with pytest.raises(TypeError):\n        f(None)\n"
+        "    with pytest.raises(TypeError):\n        f({1, 2, 3, 4,"
+    )
+    assert helper.salvage(str(path)) == {"ok": True, "tests": 2, "repetition": 0}
+    text = path.read_text()
+    assert text.endswith("def test_b():\n    with pytest.raises(TypeError):\n        f(None)\n")
+    ast.parse(text)
+    # A line cut inside is dropped even where the cut still parses: `== 1` of `== 12`.
+    path.write_text("def test_a():\n    assert g() == 3\n    assert f() == 1")
+    assert helper.salvage(str(path))["tests"] == 1
+    assert path.read_text() == "def test_a():\n    assert g() == 3\n"
+
+
+def test_salvage_still_drops_a_cut_helper_that_is_no_test(tmp_path):
+    path = tmp_path / "test_x.py"
+    path.write_text("def test_a():\n    assert 1\n\n\ndef make():\n    return 1\n")
+    assert helper.salvage(str(path)) == {"ok": True, "tests": 1, "repetition": 0}
+    assert "make" not in path.read_text()
 
 
 def test_salvage_drops_a_test_the_model_kept_writing(write):

@@ -172,6 +172,8 @@ pub async fn saved_or_asked(
         Ok(response) => {
             let json = serde_json::to_vec_pretty(&response).unwrap_or_default();
             write_durable(&path, &json)?;
+            cx.ctx
+                .saw_prompt_size(request_chars(&request), response.tokens_in);
             let cost = count_call(cx, round, Some(&response));
             if let Some(r) = reservation {
                 r.settle(cost.unwrap_or(0.0));
@@ -354,7 +356,7 @@ pub fn prompt_budget(cx: &StepCx<'_>) -> u32 {
     let call = cx.settings().call_budget.as_secs_f64();
     let local = cx.ctx.llm.is_local() && cx.ctx.llm.provider() != crate::llm::Provider::Replay;
     cx.ctx
-        .speed()
+        .speed_in_budget_tokens()
         .or(local.then_some(ASSUMED_LOCAL_SPEED))
         .and_then(|speed| tokens_in_time(speed, call, answer))
         .map_or(ceiling, |fit| fit.clamp(MIN_PROMPT_TOKENS, ceiling))
@@ -413,13 +415,17 @@ const REPAIR_NOTE_TOKENS: u32 = 500;
 
 /// A request's size as the budget counts it (characters over [`CHARS_PER_TOKEN`]).
 pub fn request_tokens(request: &ChatRequest) -> usize {
-    let chars = request.system.len()
+    request_chars(request) / CHARS_PER_TOKEN
+}
+
+/// The characters of a request's system prompt and messages.
+fn request_chars(request: &ChatRequest) -> usize {
+    request.system.len()
         + request
             .messages
             .iter()
             .map(|m| m.content.len())
-            .sum::<usize>();
-    chars / CHARS_PER_TOKEN
+            .sum::<usize>()
 }
 
 /// The first request in a prompt of about `budget` tokens, and what was cut to fit.

@@ -92,6 +92,9 @@ pub struct RunContext {
     /// How fast the server last said (or was seen) to read and write: what prompts are sized
     /// by (`--call-budget`). Unknown until the first answer of this session.
     pub server_speed: std::sync::Mutex<Option<crate::llm::ServerSpeed>>,
+    /// Characters of prompt a token of the server's tokenizer holds, as its latest answer
+    /// counted them: what turns a speed in its tokens into one in the budget's.
+    pub prompt_chars_per_token: std::sync::Mutex<Option<f64>>,
     /// The price of the run's model: every answered call is costed at it.
     pub pricing: crate::cost::Pricing,
     /// `--max-cost`: the ledger every call reserves its worst case in before it is made.
@@ -115,6 +118,29 @@ impl RunContext {
         if let Some(speed) = speed {
             *self.server_speed.lock().unwrap_or_else(|p| p.into_inner()) = Some(speed);
         }
+    }
+
+    /// Remembers how many characters of a prompt of `chars` the server read as `tokens`.
+    pub fn saw_prompt_size(&self, chars: usize, tokens: u64) {
+        if tokens > 0 && chars > 0 {
+            *self
+                .prompt_chars_per_token
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(chars as f64 / tokens as f64);
+        }
+    }
+
+    /// The server's speed with its reading counted in the budget's tokens
+    /// ([`crate::iteration::ask::CHARS_PER_TOKEN`] characters each).
+    pub fn speed_in_budget_tokens(&self) -> Option<crate::llm::ServerSpeed> {
+        let speed = self.speed()?;
+        let chars = *self
+            .prompt_chars_per_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Some(chars.map_or(speed, |chars| {
+            speed.in_budget_tokens(chars, crate::iteration::ask::CHARS_PER_TOKEN as f64)
+        }))
     }
 
     /// Removes what Python compiled from `source` (a file improve just wrote in a worktree).

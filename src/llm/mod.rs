@@ -107,6 +107,20 @@ pub struct ServerSpeed {
     pub source: SpeedSource,
 }
 
+impl ServerSpeed {
+    /// The reading speed in tokens of `budget_chars` characters, for a tokenizer whose tokens
+    /// hold `server_chars` characters of the prompt: Qwen's hold fewer characters of code than
+    /// the budget counts, so it reads fewer budget tokens a second than it says.
+    pub fn in_budget_tokens(self, server_chars: f64, budget_chars: f64) -> ServerSpeed {
+        ServerSpeed {
+            prompt_per_second: self
+                .prompt_per_second
+                .map(|r| r * server_chars / budget_chars),
+            ..self
+        }
+    }
+}
+
 /// Where a [`ServerSpeed`] comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -269,6 +283,18 @@ fn wire_format(provider: Provider) -> Option<&'static dyn WireFormat> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tokenizer_with_shorter_tokens_reads_fewer_budget_tokens() {
+        let speed = super::ServerSpeed {
+            prompt_per_second: Some(60.0),
+            generated_per_second: Some(6.0),
+            source: super::SpeedSource::Server,
+        };
+        let scaled = speed.in_budget_tokens(2.0, 3.0);
+        assert_eq!(scaled.prompt_per_second, Some(40.0));
+        assert_eq!(scaled.generated_per_second, Some(6.0));
+    }
+
     use super::*;
 
     fn request() -> ChatRequest {

@@ -1,14 +1,17 @@
 //! Watches an answer as it streams in and says when it can no longer give a new test, so the
 //! client can close the connection instead of paying for the rest. Pure: text in, a verdict out.
 //!
-//! Four stops, checked on each complete line of the first Python (or untagged) code block:
+//! Five stops, checked on each complete line of the first Python (or untagged) code block:
 //! - the code block closed and it defines a test: what follows is prose;
 //! - a block of lines written again, the same lines (the copies are dropped);
 //! - a test written again under a new name, with the same decorators, arguments and body (the
 //!   copy is dropped);
 //! - one function enumerating statements that differ only in their literals (more than
-//!   [`ENUMERATION`] in a row): its statements before the enumeration and the first
-//!   [`ENUMERATION_KEPT`] enumerated ones are kept.
+//!   [`ENUMERATION`] in a row), or blocks of statements that differ only in what their brackets
+//!   hold and the names they assign ([`COARSE_COPIES`] in a row): its statements before the
+//!   enumeration and the first [`ENUMERATION_KEPT`] enumerated ones are kept;
+//! - one statement that keeps growing (a line past [`LONG_LINE`] characters, or more than
+//!   [`MAX_LITERALS`] literals): the statements before it are kept.
 //!
 //! The same ideas as the helper's `salvage` (python/helper.py: `cut_repetition`, `same_tests`),
 //! which mends an answer cut at the token limit after the fact; here they stop the answer early.
@@ -25,6 +28,15 @@ const MAX_PERIOD: usize = 30;
 /// Longest block of statements whose shape is looked for as an enumeration (e.g. a
 /// `with pytest.raises(...)` and the call under it).
 const MAX_SHAPE_PERIOD: usize = 3;
+/// Blocks of two to this many statements with one coarse shape (bracket contents and assigned
+/// names aside) are an enumeration after [`COARSE_COPIES`] copies in a row: a model writing
+/// "Test case 7" with the object of case 6 nested once more.
+const MAX_COARSE_PERIOD: usize = 6;
+pub const COARSE_COPIES: usize = 6;
+/// A raw line this long is no line a person writes: a literal counting on (`{1, 2, ..., 377`).
+pub const LONG_LINE: usize = 1000;
+/// A statement with more literals than this is a table the model will not end.
+pub const MAX_LITERALS: usize = 100;
 
 /// Why an answer was stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +50,8 @@ pub enum StopReason {
     RepeatedTest,
     /// One function enumerating statements that differ only in literals.
     Enumeration,
+    /// One statement growing on (a literal counting on, a table with no end).
+    LongStatement,
 }
 
 impl StopReason {
@@ -47,6 +61,7 @@ impl StopReason {
             StopReason::RepeatedBlock => "repeated_block",
             StopReason::RepeatedTest => "repeated_test",
             StopReason::Enumeration => "enumeration",
+            StopReason::LongStatement => "long_statement",
         }
     }
 
@@ -96,6 +111,10 @@ struct Logical {
     norm: String,
     /// `norm` with every string and number literal replaced by a placeholder.
     shape: String,
+    /// String and number literals in it.
+    literals: usize,
+    /// One of its raw lines is longer than [`LONG_LINE`].
+    long_line: bool,
     /// Byte offsets in the answer: the first raw line's start, the last one's end.
     start: usize,
     end: usize,
@@ -112,6 +131,10 @@ impl Logical {
         ["def ", "async def ", "class "]
             .iter()
             .any(|p| self.norm.starts_with(p))
+    }
+    /// Grown past what a person writes in one statement.
+    fn runs_on(&self) -> bool {
+        self.literals > MAX_LITERALS || self.long_line
     }
     fn is_test_def(&self) -> bool {
         ["def test", "async def test", "class Test"]
@@ -151,7 +174,19 @@ impl Watcher {
                 return Some(stop);
             }
         }
-        None
+        let stop = self.long_tail();
+        self.done = stop.is_some();
+        stop
+    }
+
+    /// The line still being written is past [`LONG_LINE`] characters.
+    fn long_tail(&mut self) -> Option<Stop> {
+        let tail = self.text.len() - self.scanned;
+        let block = self.block.as_mut().filter(|b| !b.other_lang)?;
+        if tail <= LONG_LINE {
+            return None;
+        }
+        block.long_statement(&self.text)
     }
 
     /// One raw line, `text[start..end]` (with its newline).
@@ -193,10 +228,15 @@ impl Watcher {
                 stop
             }
             Some(block) if block.other_lang => None,
-            Some(block) => {
-                let logical = block.read(&raw, start, end)?;
-                block.statement(logical, &self.text)
-            }
+            Some(block) => match block.read(&raw, start, end) {
+                Some(logical) => block.statement(logical, &self.text),
+                None => block
+                    .pending
+                    .as_ref()
+                    .is_some_and(Logical::runs_on)
+                    .then(|| block.long_statement(&self.text))
+                    .flatten(),
+            },
         }
     }
 }
@@ -213,7 +253,8 @@ impl Block {
             start,
             ..Logical::default()
         });
-        let more = self.lexer.line(raw, &mut pending.norm, &mut pending.shape);
+        let more = self.lexer.line(raw, pending);
+        pending.long_line |= raw.len() > LONG_LINE;
         pending.end = end;
         if more {
             return None;
@@ -236,6 +277,9 @@ impl Block {
     fn statement(&mut self, logical: Logical, text: &str) -> Option<Stop> {
         if let Some(stop) = self.close_test(text, logical.indent) {
             return Some(stop);
+        }
+        if logical.runs_on() {
+            return self.long_statement(text);
         }
         let index = self.lines.len();
         if logical.is_test_def() {
@@ -261,7 +305,16 @@ impl Block {
             });
         }
         self.lines.push(logical);
-        self.repeated_block(text).or_else(|| self.enumeration(text))
+        self.repeated_block(text)
+            .or_else(|| self.enumeration(text))
+            .or_else(|| self.coarse_enumeration(text))
+    }
+
+    /// A statement that grows on: what came before it is kept.
+    fn long_statement(&mut self, text: &str) -> Option<Stop> {
+        self.pending = None;
+        let keep = self.kept_end()?;
+        Some(self.stop(StopReason::LongStatement, text, keep))
     }
 
     /// The open test ends before a statement at `indent` (`usize::MAX`: the block's end). A
@@ -367,6 +420,39 @@ impl Block {
         None
     }
 
+    /// The last blocks of 2 to [`MAX_COARSE_PERIOD`] statements have one coarse shape,
+    /// [`COARSE_COPIES`] of them: the first [`ENUMERATION_KEPT`] are kept.
+    fn coarse_enumeration(&mut self, text: &str) -> Option<Stop> {
+        let n = self.lines.len();
+        let coarse: Vec<(usize, String)> = self
+            .lines
+            .iter()
+            .map(|l| (l.indent, coarse_shape(&l.shape)))
+            .collect();
+        for p in 2..=MAX_COARSE_PERIOD {
+            if COARSE_COPIES * p > n {
+                break;
+            }
+            let block = &coarse[n - p..];
+            // One shape over and over is a one-statement enumeration, the fine check's to judge.
+            if block.iter().all(|c| *c == block[0])
+                || self.lines[n - p..]
+                    .iter()
+                    .any(|l| l.is_def() || l.is_decorator())
+            {
+                continue;
+            }
+            let same = (1..COARSE_COPIES).all(|k| coarse[n - (k + 1) * p..n - k * p] == *block);
+            if same {
+                let started = n - COARSE_COPIES * p;
+                self.lines.truncate(started + ENUMERATION_KEPT * p);
+                let keep = self.kept_end()?;
+                return Some(self.stop(StopReason::Enumeration, text, keep));
+            }
+        }
+        None
+    }
+
     /// Where the kept statements end, after dropping a last line that would open a block with
     /// no body (a `def`, a `with ...:`) or a decorator with nothing to decorate.
     fn kept_end(&mut self) -> Option<usize> {
@@ -397,11 +483,27 @@ struct Lexer {
     depth: u32,
     /// Inside a string: its quote character and whether it is triple-quoted.
     string: Option<(char, bool)>,
+    /// String and number literals read so far.
+    literals: usize,
 }
 
 impl Lexer {
-    /// Reads a raw line into `norm` and `shape`; whether the statement goes on to the next.
-    fn line(&mut self, raw: &str, norm: &mut String, shape: &mut String) -> bool {
+    /// Reads a raw line into the statement's `norm`, `shape` and `literals`; whether the
+    /// statement goes on to the next line.
+    fn line(&mut self, raw: &str, statement: &mut Logical) -> bool {
+        let Logical {
+            norm,
+            shape,
+            literals,
+            ..
+        } = statement;
+        let seen = self.literals;
+        let more = self.read_line(raw, norm, shape);
+        *literals += self.literals - seen;
+        more
+    }
+
+    fn read_line(&mut self, raw: &str, norm: &mut String, shape: &mut String) -> bool {
         let chars: Vec<char> = raw.chars().collect();
         let mut i = 0;
         // A statement going on to this line: one space between its raw lines.
@@ -425,6 +527,7 @@ impl Lexer {
                         .last()
                         .is_some_and(|p| p.is_ascii_alphanumeric() || p == '_') =>
                 {
+                    self.literals += 1;
                     i = number(&chars, i, norm, shape);
                     continue;
                 }
@@ -502,6 +605,7 @@ impl Lexer {
             shape.truncate(shape.len() - prefix.len());
         }
         let triple = chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c);
+        self.literals += 1;
         shape.push('S');
         norm.push(c);
         self.string = Some((c, triple));
@@ -512,6 +616,51 @@ impl Lexer {
         }
         i + 1
     }
+}
+
+/// A statement's shape with what its brackets hold collapsed to `…` and the names it assigns
+/// blanked: `d2 = OMD([(S, S)])` and `d3 = OMD([(S, {S: S})])` are both `_ = OMD(…)`.
+fn coarse_shape(shape: &str) -> String {
+    let mut out = String::with_capacity(shape.len());
+    let mut depth = 0u32;
+    for c in shape.chars() {
+        match c {
+            '(' | '[' | '{' => {
+                if depth == 0 {
+                    out.push(c);
+                    out.push('…');
+                }
+                depth += 1;
+            }
+            ')' | ']' | '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    out.push(c);
+                }
+            }
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    match assigned_names(&out) {
+        Some(rest) => format!("_ ={rest}"),
+        None => out,
+    }
+}
+
+/// What follows `=` in a plain assignment to names (`a = ...`, `a, b = ...`); None otherwise.
+fn assigned_names(shape: &str) -> Option<&str> {
+    let (targets, rest) = shape.split_once(" =")?;
+    if rest.starts_with('=') {
+        return None;
+    }
+    let is_name = |t: &str| {
+        let t = t.trim();
+        !t.is_empty()
+            && t.chars().all(|c| c.is_alphanumeric() || c == '_')
+            && !t.starts_with(|c: char| c.is_ascii_digit())
+    };
+    targets.split(',').all(is_name).then_some(rest)
 }
 
 /// One space at the end, unless there is one or nothing yet.
@@ -705,19 +854,109 @@ mod tests {
     #[test]
     fn the_lexer_finds_statements_and_shapes() {
         let mut lexer = Lexer::default();
-        let (mut norm, mut shape) = (String::new(), String::new());
+        let mut statement = Logical::default();
         assert!(!lexer.line(
             "assert f(r'a#b', -1.5e3, x2, 0x1F) == \"q\\\"\"  # note",
-            &mut norm,
-            &mut shape
+            &mut statement,
         ));
-        assert_eq!(norm, "assert f(r'a#b', -1.5e3, x2, 0x1F) == \"q\\\"\" ");
-        assert_eq!(shape, "assert f(S, N, x2, N) == S ");
-        let (mut norm, mut shape) = (String::new(), String::new());
-        assert!(lexer.line("x = [1,", &mut norm, &mut shape));
-        assert!(lexer.line("  2] + \\", &mut norm, &mut shape));
-        assert!(!lexer.line("  y", &mut norm, &mut shape));
-        assert_eq!(shape, "x = [N, N] + y");
+        assert_eq!(
+            statement.norm,
+            "assert f(r'a#b', -1.5e3, x2, 0x1F) == \"q\\\"\" "
+        );
+        assert_eq!(statement.shape, "assert f(S, N, x2, N) == S ");
+        assert_eq!(statement.literals, 4);
+        let mut statement = Logical::default();
+        assert!(lexer.line("x = [1,", &mut statement));
+        assert!(lexer.line("  2] + \\", &mut statement));
+        assert!(!lexer.line("  y", &mut statement));
+        assert_eq!(statement.shape, "x = [N, N] + y");
+        assert_eq!(statement.literals, 2);
+    }
+
+    #[test]
+    fn coarse_shapes_collapse_brackets_and_assigned_names() {
+        assert_eq!(
+            coarse_shape("d2 = OMD([(S, S), (S, {S: S})])"),
+            coarse_shape("nested = OMD([(S, S)])")
+        );
+        assert_eq!(coarse_shape("a, b = f(N)"), "_ = f(…)");
+        assert_eq!(coarse_shape("assert len(d) == N"), "assert len(…) == N");
+        assert_eq!(coarse_shape("x.y = f(N)"), "x.y = f(…)");
+        assert_eq!(coarse_shape("assert x == f(N)"), "assert x == f(…)");
+    }
+
+    /// Blocks like those Qwen2.5-Coder-1.5B wrote for boltons' OrderedMultiDict: each "test
+    /// case" a new name, its object nested once more.
+    fn test_case(k: usize) -> String {
+        let mut value = "'v'".to_string();
+        for _ in 0..k {
+            value = format!("{{'k': {value}}}");
+        }
+        format!(
+            "    # Test case {k}\n    d{k} = OMD([('key', {value})])\n    assert len(d{k}) == 1\n    assert list(d{k}.keys()) == ['key']\n    assert list(d{k}.values()) == [{value}]\n\n"
+        )
+    }
+
+    #[test]
+    fn blocks_that_differ_in_names_and_nesting_are_an_enumeration() {
+        let before = format!("{HEAD}def test_omd():\n    empty = OMD()\n    assert not empty\n\n");
+        let cases: Vec<String> = (1..=12).map(test_case).collect();
+        let answer = format!("{before}{}", cases.concat());
+        let stop = watch_all_ways(&answer).unwrap();
+        assert_eq!(stop.reason, StopReason::Enumeration);
+        let kept_cases = cases[..3].concat();
+        assert_eq!(
+            stop.text,
+            format!(
+                "{before}{}```\n",
+                kept_cases.trim_end_matches('\n').to_owned() + "\n"
+            )
+        );
+        // Five copies may be meant.
+        let five = format!("{before}{}```\n", cases[..5].concat());
+        assert_eq!(
+            watch_all_ways(&five).unwrap().reason,
+            StopReason::CodeClosed
+        );
+    }
+
+    #[test]
+    fn a_line_that_grows_on_is_stopped_before_it_ends() {
+        let before = format!(
+            "{HEAD}def test_bad_input():\n    with pytest.raises(TypeError):\n        IndexedSet(None)\n\n"
+        );
+        let mut answer =
+            format!("{before}    with pytest.raises(TypeError):\n        IndexedSet({{");
+        for k in 1..400 {
+            answer.push_str(&format!("{k}, "));
+        }
+        let stop = watch_all_ways(&answer).unwrap();
+        assert_eq!(stop.reason, StopReason::LongStatement);
+        assert!(stop.reason.is_runaway());
+        // The `with` left without its body goes too.
+        assert_eq!(stop.text, format!("{}\n```\n", before.trim_end()));
+    }
+
+    #[test]
+    fn a_statement_of_endless_lines_is_stopped_at_its_hundredth_literal() {
+        let before = format!("{HEAD}def test_table():\n    assert urlutils.quote('') == ''\n");
+        let mut answer = format!("{before}    table = [\n");
+        for k in 0..200 {
+            answer.push_str(&format!("        ('%{k:02X}', {k}),\n"));
+        }
+        let stop = watch_all_ways(&answer).unwrap();
+        assert_eq!(stop.reason, StopReason::LongStatement);
+        assert_eq!(stop.text, format!("{before}```\n"));
+        // Fifty pairs are a table a test may hold.
+        let mut answer = format!("{before}    table = [\n");
+        for k in 0..50 {
+            answer.push_str(&format!("        ('%{k:02X}', {k}),\n"));
+        }
+        answer.push_str("    ]\n    assert table\n```\n");
+        assert_eq!(
+            watch_all_ways(&answer).unwrap().reason,
+            StopReason::CodeClosed
+        );
     }
 
     #[test]

@@ -342,6 +342,7 @@ pub(crate) fn run_context(
         worktrees,
         deadline: None,
         server_speed: Default::default(),
+        prompt_chars_per_token: Default::default(),
         pricing,
         budget: None,
     };

@@ -217,18 +217,24 @@ fn cut_off(text: &str) -> Answer {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cut_off_answer_keeps_the_complete_tests_before_the_cut() {
+async fn a_cut_off_answer_keeps_its_tests_up_to_their_last_whole_statement() {
     let fx = Fixture::new();
-    let answer = "Here you go.\n\n```python\nfrom calc.text import initials, slug\n\n\ndef test_slug():\n    assert slug(\"A  B\") == \"a-b\"\n\n\ndef test_initials():\n    assert initials(\"ada lovelace\") == \"AL\"\n\n\ndef test_initials_of_one_word():\n    assert initials(\"ad";
+    let answer = "Here you go.\n\n```python\nfrom calc.text import initials, slug\n\n\ndef test_slug():\n    assert slug(\"A  B\") == \"a-b\"\n\n\ndef test_initials():\n    assert initials(\"ada lovelace\") == \"AL\"\n    assert initials(\"b";
     let llm = StandIn::start(Wire::OpenAi, vec![cut_off(answer)]).await;
     run_ok(fx.root(), &llm, &["-n", "1", "--max-answer-tokens", "777"]).await;
     let log = log_of(&fx);
     assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    // The test cut inside keeps its whole statements; the line cut inside goes.
     assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
     assert_eq!(log[0]["answers"]["salvaged"], 1, "{log:#?}");
     assert_eq!(log[0]["answers"]["salvaged_tests"], 2, "{log:#?}");
     let kept = kept_file(&fx, &log[0]);
-    assert!(!kept.contains("test_initials_of_one_word"), "{kept}");
+    assert!(
+        kept.trim_end()
+            .ends_with("def test_initials():\n    assert initials(\"ada lovelace\") == \"AL\""),
+        "{kept}"
+    );
+    assert!(!kept.contains("initials(\"b"), "{kept}");
     assert_eq!(bodies(&llm).await[0]["max_tokens"], 777);
 }
 
