@@ -45,7 +45,8 @@ impl Missing {
     }
 }
 
-fn ranges(lines: &[u32]) -> String {
+/// `16, 24, 54-58`
+pub fn ranges(lines: &[u32]) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut i = 0;
     while i < lines.len() {
@@ -121,6 +122,7 @@ pub fn parse_report(json: &str) -> Option<Coverage> {
         percent: round2(percent),
         modules,
         missing,
+        diff: None,
     })
 }
 

@@ -171,7 +171,14 @@ fn marked_blocks(lines: &[&str], marks: &BTreeMap<usize, char>) -> BTreeMap<(usi
     blocks
 }
 
-fn render(lines: &[&str], shown: &BTreeSet<usize>, marks: &BTreeMap<usize, char>) -> String {
+/// The shown lines, numbered and marked; with a second mark, `+`, on the lines of the change a
+/// `--since` run is about (none: one mark only, as without `--since`).
+fn render(
+    lines: &[&str],
+    shown: &BTreeSet<usize>,
+    marks: &BTreeMap<usize, char>,
+    changed: &[u32],
+) -> String {
     let mut out = String::new();
     let mut last = 0;
     for &n in shown {
@@ -179,14 +186,25 @@ fn render(lines: &[&str], shown: &BTreeSet<usize>, marks: &BTreeMap<usize, char>
             out.push_str("     ...\n");
         }
         let mark = marks.get(&n).copied().unwrap_or(' ');
-        out.push_str(&format!("{n:>4}{mark} {}\n", lines[n - 1]));
+        let line = lines[n - 1];
+        if changed.is_empty() {
+            out.push_str(&format!("{n:>4}{mark} {line}\n"));
+        } else {
+            let plus = if u32::try_from(n).is_ok_and(|n| changed.binary_search(&n).is_ok()) {
+                '+'
+            } else {
+                ' '
+            };
+            out.push_str(&format!("{n:>4}{mark}{plus} {line}\n"));
+        }
         last = n;
     }
     out
 }
 
-/// The numbered source or excerpt described in the module doc.
-pub fn excerpt(source: &str, missing: &Missing) -> String {
+/// The numbered source or excerpt described in the module doc; `changed` (sorted) are the
+/// lines of a `--since` change, marked `+`.
+pub fn excerpt(source: &str, missing: &Missing, changed: &[u32]) -> String {
     let lines: Vec<&str> = source.lines().collect();
     let marks = marks_of(missing);
     let shown: BTreeSet<usize> = if lines.len() <= WHOLE_FILE_LINES {
@@ -199,7 +217,7 @@ pub fn excerpt(source: &str, missing: &Missing) -> String {
         }
         with_constants(&lines, s)
     };
-    render(&lines, &shown, &marks)
+    render(&lines, &shown, &marks, changed)
 }
 
 /// [`excerpt`] in at most `max_chars`: when it is longer, the imports and the functions with
@@ -208,9 +226,10 @@ pub fn excerpt(source: &str, missing: &Missing) -> String {
 pub fn excerpt_within(
     source: &str,
     missing: &Missing,
+    changed: &[u32],
     max_chars: usize,
 ) -> (String, Option<String>) {
-    let whole = excerpt(source, missing);
+    let whole = excerpt(source, missing, changed);
     if whole.len() <= max_chars {
         return (whole, None);
     }
@@ -226,13 +245,13 @@ pub fn excerpt_within(
         trial.extend(*a..=*b);
         trial.extend(context_of(&lines, *a));
         let trial = with_constants(&lines, trial);
-        if taken > 0 && render(&lines, &trial, &marks).len() > max_chars {
+        if taken > 0 && render(&lines, &trial, &marks, changed).len() > max_chars {
             break;
         }
         shown = trial;
         taken += 1;
     }
-    let mut text = render(&lines, &shown, &marks);
+    let mut text = render(&lines, &shown, &marks, changed);
     if text.len() > max_chars {
         let end = text[..floor_boundary(&text, max_chars)]
             .rfind('\n')
@@ -278,7 +297,7 @@ mod tests {
             lines: vec![5],
             branches: vec![(4, 5)],
         };
-        let e = excerpt(src, &m);
+        let e = excerpt(src, &m, &[]);
         assert_eq!(e.lines().count(), 6);
         assert!(
             e.contains("   4? ") && e.contains("   5!         return 1"),
@@ -299,7 +318,7 @@ mod tests {
             lines: vec![256],
             branches: vec![],
         };
-        let e = excerpt(&src, &m);
+        let e = excerpt(&src, &m, &[]);
         assert!(
             e.contains("   1  import os") && e.contains("   2  from x import y"),
             "{e}"
@@ -329,7 +348,7 @@ mod tests {
             lines: vec![110],
             branches: vec![],
         };
-        let e = excerpt(&src, &m);
+        let e = excerpt(&src, &m, &[]);
         assert!(e.contains("   4  class Shelf:"), "{e}");
         assert!(
             e.contains("   5      def __init__(self, n):")
@@ -358,9 +377,23 @@ mod tests {
                 lines: vec![107],
                 branches: vec![],
             },
+            &[],
         );
         assert!(e.contains("   1  LIMIT = 3"), "{e}");
         assert!(!e.contains("OTHER") && !e.contains("LIMITS"), "{e}");
+    }
+
+    #[test]
+    fn the_lines_of_a_change_get_a_second_mark() {
+        let src = "import os\n\ndef f(x):\n    if x:\n        return 1\n    return 2\n";
+        let m = Missing {
+            lines: vec![5],
+            branches: vec![(4, 5)],
+        };
+        let e = excerpt(src, &m, &[4, 5]);
+        assert!(e.contains("   3   def f(x):\n"), "{e}");
+        assert!(e.contains("   4?+     if x:\n"), "{e}");
+        assert!(e.contains("   5!+         return 1\n"), "{e}");
     }
 
     #[test]
@@ -376,9 +409,9 @@ mod tests {
             lines: vec![55, 56, 455],
             branches: vec![],
         };
-        let (whole, note) = excerpt_within(&src, &m, 10_000);
+        let (whole, note) = excerpt_within(&src, &m, &[], 10_000);
         assert!(note.is_none() && whole.contains("def f90"), "{whole}");
-        let (tight, note) = excerpt_within(&src, &m, 120);
+        let (tight, note) = excerpt_within(&src, &m, &[], 120);
         assert!(
             tight.contains("def f10") && !tight.contains("def f90"),
             "{tight}"

@@ -4,6 +4,7 @@
 
 pub mod artifacts;
 pub mod baseline;
+pub mod change;
 pub mod chart;
 pub mod cli;
 pub mod config;

@@ -103,6 +103,7 @@ impl RunState {
             gathered: None,
             pricing: None,
             invocation_start_cost_usd: 0.0,
+            change: None,
         }
     }
 }
@@ -301,6 +302,7 @@ pub(crate) mod tests {
             gathered: None,
             pricing: None,
             invocation_start_cost_usd: 0.0,
+            change: None,
         }
     }
 

@@ -136,13 +136,21 @@ pub fn tests_dir_for(module: &str, state: &RunState, test_files: &[(String, Stri
         .unwrap_or_else(|| crate::layout::DEFAULT_TESTS_DIR.to_string())
 }
 
+/// What is left to cover of the change in `module`: changed lines no test runs plus branches
+/// from changed lines no test takes. None when diff coverage was not measured for it.
+fn change_gaps(coverage: &Coverage, module: &str) -> Option<u32> {
+    Some(coverage.diff.as_ref()?.files.get(module)?.gaps())
+}
+
 /// The next target. Each module's weight is what is left to cover in it (statements never run
 /// plus branches never taken, at the run branch's tip), divided by one plus the iterations that
 /// already targeted it and once more by one plus those that kept nothing; ties go to the lower
 /// coverage, then the name. A module whose last two iterations kept nothing rests while the
 /// run's last four iterations include one of them, unless every other module is out too.
 /// Fully covered modules come last. Without coverage figures the weight is 1 for every module,
-/// so the least targeted comes first. Modules in `busy` (targeted by an iteration in flight)
+/// so the least targeted comes first. In a `--since` run what is left to cover is the
+/// change's (its lines never run and branches never taken), and a module with none left is
+/// done: never chosen. Modules in `busy` (targeted by an iteration in flight)
 /// are never chosen; None when every module is.
 pub fn choose_target(
     modules: &[String],
@@ -163,9 +171,12 @@ pub fn choose_target(
             .iter()
             .filter(|i| i.is_finished() && i.outcome != Some(crate::state::Outcome::Kept))
             .count();
-        let gaps = match coverage.filter(|c| !c.missing.is_empty()) {
-            Some(c) => f64::from(c.missing.get(m).copied().unwrap_or(0)),
-            None => 1.0,
+        let gaps = match (coverage, &state.change) {
+            (Some(c), Some(_)) => f64::from(change_gaps(c, m).unwrap_or(1)),
+            (Some(c), None) if !c.missing.is_empty() => {
+                f64::from(c.missing.get(m).copied().unwrap_or(0))
+            }
+            _ => 1.0,
         };
         gaps / (1.0 + its.len() as f64) / (1.0 + misses as f64)
     };
@@ -195,8 +206,13 @@ pub fn choose_target(
             .cloned()
     };
     // Never two iterations on one module at once (`--jobs`): their tests would be written
-    // against the same gaps and the second would mostly repeat the first.
-    let free: Vec<&String> = modules.iter().filter(|m| !busy.contains(m)).collect();
+    // against the same gaps and the second would mostly repeat the first. In a `--since` run,
+    // a module whose changed lines all run is done.
+    let done = |m: &str| state.change.is_some() && coverage.and_then(|c| change_gaps(c, m)) == Some(0);
+    let free: Vec<&String> = modules
+        .iter()
+        .filter(|m| !busy.contains(m) && !done(m))
+        .collect();
     let awake: Vec<&String> = free.iter().copied().filter(|m| !rested(m)).collect();
     if awake.is_empty() {
         best(free)

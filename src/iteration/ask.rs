@@ -271,6 +271,20 @@ struct PromptData {
     /// The module's whole source, for narrowing the excerpt (not shown as such).
     #[serde(skip)]
     full_source: String,
+    /// The change a `--since` run is about, as far as this module goes.
+    change: Option<ChangeNote>,
+    /// Its lines (sorted), marked in the excerpt.
+    #[serde(skip)]
+    changed: Vec<u32>,
+}
+
+/// What the prompt says of the change in the module.
+#[derive(Serialize)]
+struct ChangeNote {
+    /// `--since` as given.
+    since: String,
+    /// `12-20, 31`
+    lines: String,
 }
 
 #[derive(Serialize)]
@@ -500,7 +514,8 @@ fn shrink_module(data: &mut PromptData, missing: Option<&Missing>, over: usize) 
     match (&data.numbered, missing) {
         (Some(numbered), Some(m)) => {
             let room = numbered.len().saturating_sub(over);
-            let (text, note) = crate::excerpt::excerpt_within(&data.full_source, m, room);
+            let (text, note) =
+                crate::excerpt::excerpt_within(&data.full_source, m, &data.changed, room);
             data.numbered = Some(text);
             note.unwrap_or_else(|| "the module excerpt cut short".into())
         }
@@ -527,12 +542,18 @@ fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<(PromptData, Option<Missing>
             Some(NamedText::new(name.to_string(), &text, MAX_GUIDELINE_CHARS))
         })
         .collect();
-    let missing =
-        latest_coverage_json(cx).and_then(|path| crate::coverage::read_missing(&path, &it.target));
+    let changed: Vec<u32> = state
+        .change
+        .as_ref()
+        .map(|c| c.lines(&it.target).to_vec())
+        .unwrap_or_default();
+    let missing = latest_coverage_json(cx)
+        .and_then(|path| crate::coverage::read_missing(&path, &it.target))
+        .map(|m| only_changed(m, &changed, state.change.is_some()));
     let data = PromptData {
         numbered: missing
             .as_ref()
-            .map(|m| crate::excerpt::excerpt(&source, m)),
+            .map(|m| crate::excerpt::excerpt(&source, m, &changed)),
         missing_summary: missing
             .as_ref()
             .filter(|m| !m.is_empty())
@@ -559,8 +580,24 @@ fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<(PromptData, Option<Missing>
         api: None,
         unnoticed: unnoticed(state, &it.target),
         full_source: source.clone(),
+        change: state.change.as_ref().map(|c| ChangeNote {
+            since: c.since.clone(),
+            lines: crate::coverage::ranges(&changed),
+        }),
+        changed,
     };
     Ok((data, missing))
+}
+
+/// In a `--since` run, what is missing of the change only: the excerpt and the summary aim at
+/// the changed lines no test runs, not at the rest of the module.
+fn only_changed(mut missing: Missing, changed: &[u32], scoped: bool) -> Missing {
+    if scoped {
+        let in_change = |line: i64| u32::try_from(line).is_ok_and(|l| changed.contains(&l));
+        missing.lines.retain(|l| changed.contains(l));
+        missing.branches.retain(|(from, _)| in_change(*from));
+    }
+    missing
 }
 
 /// The shortest test functions of the files that import the module, else (when those hold

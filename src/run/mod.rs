@@ -43,13 +43,55 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
         .map(|s| (&s.settings, s.base_commit.as_str()));
     let (resolved, tree) =
         settings::resolve_in_repo(&opened.repo, &opened.root, &lines, &file, saved)?;
+    let new = match &resume {
+        Some(_) => None,
+        None => Some(new_run(&opened.repo, &resolved)?),
+    };
+    if let Some(state) = new.as_ref().filter(|s| touches_no_code(s)) {
+        return end_without_change(&opened, state.clone(), previous_id, &printer);
+    }
     let tools = tools(&opened, &resolved.settings, &tree, &printer).await?;
-    let state = match resume {
-        Some(s) => resume_run(&opened.repo, s, args, &resolved, &printer)?,
-        None => start_run(&opened, &resolved, previous_id, &printer)?,
+    let state = match (resume, new) {
+        (Some(s), _) => resume_run(&opened.repo, s, args, &resolved, &printer)?,
+        (None, Some(state)) => start_run(&opened, state, previous_id, &printer)?,
+        (None, None) => unreachable!("a run is resumed or new"),
     };
     let ctx = run_context(opened, &state, tools, &printer)?;
     go(ctx, state, &resolved, &printer, None).await
+}
+
+/// A `--since` change that touches no line of the code under test: nothing to do.
+fn touches_no_code(state: &RunState) -> bool {
+    state.change.as_ref().is_some_and(|c| c.files.is_empty())
+}
+
+/// Ends a run whose change touches no code under test at once, complete, with a report that
+/// says why (no baseline, no LLM, no pytest: there is nothing to measure).
+fn end_without_change(
+    opened: &Opened,
+    state: RunState,
+    previous_id: Option<String>,
+    printer: &Printer,
+) -> Result<RunEnd> {
+    let mut state = start_run(opened, state, previous_id, printer)?;
+    let (since, others) = state
+        .change
+        .as_ref()
+        .map(|c| (c.since.clone(), c.other_files))
+        .unwrap_or_default();
+    let why = format!(
+        "the change since {since} touches no line of the code under test ({others} other files): nothing to do"
+    );
+    printer.line(&format!("--since {since}: {why}"));
+    state.status = RunStatus::Complete;
+    state.stop_reason = Some(why);
+    opened.store.save(&mut state)?;
+    ensure_run_branch(&opened.repo, &state)?;
+    let templates = crate::prompt::Templates::load(Some(opened.store.dir()))?;
+    let report_path = opened.store.files().report();
+    report::write(&opened.repo, &state, &templates, &report_path)?;
+    print_summary(&state, &RunEnd::Complete, &report_path, &opened.root);
+    Ok(RunEnd::Complete)
 }
 
 /// What a caller of [`go`] does after each kept iteration (a shard pushes its results). An

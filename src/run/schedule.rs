@@ -98,11 +98,15 @@ impl<'a> Plan<'a> {
         let state = run.borrow();
         let base = git::oid(&state.base_commit, "the base commit")?;
         let mut modules = target::modules_at(&ctx.repo, base, &state)?;
-        // A shard of a distributed run touches only its own share.
+        // A shard of a distributed run touches only its own share; a `--since` run, the
+        // modules its change touches.
         if let Some(shard) = &state.shard {
             modules.retain(|m| shard.modules.contains(m));
         }
-        if modules.is_empty() {
+        if let Some(change) = &state.change {
+            modules.retain(|m| change.files.contains_key(m));
+        }
+        if modules.is_empty() && state.change.is_none() {
             return Err(UserError(format!(
                 "{} holds no Python modules to write tests for: pass --package PATH",
                 state.settings.packages.join(", ")
@@ -118,6 +122,8 @@ impl<'a> Plan<'a> {
                     .as_ref()
                     .is_none_or(|s| s.fix_files.contains(path))
             })
+            // Tests that failed before the change are not the change's to fix.
+            .filter(|_| state.change.is_none())
             .collect();
         Ok(Plan {
             modules,

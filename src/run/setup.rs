@@ -226,13 +226,14 @@ pub(crate) fn resume_run(
     Ok(s)
 }
 
+/// Starts `state` (made by [`new_run`]) as the repository's run: the previous one, if any, is
+/// archived.
 pub(crate) fn start_run(
     opened: &Opened,
-    resolved: &Resolved,
+    state: RunState,
     previous_id: Option<String>,
     printer: &Printer,
 ) -> Result<RunState> {
-    let state = new_run(&opened.repo, resolved)?;
     // Only now, with every check passed, is the previous run moved aside.
     if let Some(old_id) = previous_id {
         let to = opened.store.archive_current(Some(&old_id))?;
@@ -425,13 +426,20 @@ pub(crate) fn new_run(repo: &git2::Repository, resolved: &Resolved) -> Result<Ru
     let base = git::resolve_commit(repo, &resolved.base).map_err(|e| UsageError(e.to_string()))?;
     let run_id = new_run_id();
     let run_branch = format!("improve/{run_id}");
-    Ok(RunState::start(
+    let mut state = RunState::start(
         run_id,
         run_branch,
         base.to_string(),
         resolved.iterations,
         resolved.settings.clone(),
-    ))
+    );
+    if let Some(since) = &resolved.settings.since {
+        let modules = crate::target::modules_at(repo, base, &state)?;
+        let change = crate::change::resolve(repo, since, base, &modules)
+            .map_err(|e| UsageError(e.to_string()))?;
+        state.change = Some(change);
+    }
+    Ok(state)
 }
 
 /// Measures the baseline unless the run already has it; Some when a signal ended the run then.

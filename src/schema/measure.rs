@@ -55,6 +55,9 @@ pub struct Coverage {
     /// Per module, statements never run plus branches never taken: what target choice weighs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub missing: BTreeMap<String, u32>,
+    /// Over the change of a `--since` run: diff coverage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<super::DiffCoverage>,
 }
 
 /// What pytest's collection at the base commit said about the project's tests.

@@ -4,6 +4,7 @@
 //! `state/README.md` documents each one (a test checks it). Behaviour lives elsewhere:
 //! [`crate::state`] loads and saves, the iteration's steps fill these in.
 
+mod change;
 mod cost;
 mod measure;
 mod run;
@@ -11,6 +12,7 @@ mod settings;
 mod shard;
 mod verdict;
 
+pub use change::*;
 pub use cost::*;
 pub use measure::*;
 pub use run::*;

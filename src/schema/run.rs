@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Baseline, CallCost, Coverage, Gathered, Origin, PriceInForce, RejectReason, RunSettings,
+    Baseline, CallCost, Change, Coverage, Gathered, Origin, PriceInForce, RejectReason, RunSettings,
     ShardRun, Verdict,
 };
 
@@ -347,6 +347,9 @@ pub struct RunState {
     /// shows the difference as this invocation's.
     #[serde(default)]
     pub invocation_start_cost_usd: f64,
+    /// What `--since` scopes the run to (None: the whole code under test).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
 }
 
 impl RunState {

@@ -340,6 +340,16 @@ macro_rules! run_settings {
                     default: None,
                     hook: max_cost,
                 }
+                /// Scope the run to a change: the diff from the merge base of REV and --base
+                /// to --base. Only modules with changed lines are targets, the prompt marks the
+                /// changed lines, and diff coverage is measured. A resumed run keeps its own.
+                since: String => Option<String> {
+                    arg: [long, value_name = "REV"],
+                    file: [],
+                    saved: [],
+                    default: None,
+                    hook: since,
+                }
             }
             invocation {
                 /// Iterations in this run; on resume, a larger N extends the run.

@@ -44,6 +44,23 @@ pub fn max_cost(l: &Layer<f64>, cx: &Cx<'_>) -> Hooked<Option<f64>> {
     Ok((cap, source))
 }
 
+/// `--since`: what the run was started with stays its scope; a resume asked for another one is
+/// refused rather than mixing two scopes in one run.
+pub fn since(l: &Layer<String>, cx: &Cx<'_>) -> Hooked<Option<String>> {
+    let resuming = cx.saved_base.is_some();
+    match (&l.given, &l.saved) {
+        (Some(g), saved) if resuming && saved.as_ref() != Some(&g.value) => Err(UsageError(format!(
+            "--since {}: this run was started {}; resume it without --since, or start a new \
+             run with --fresh",
+            g.value,
+            saved
+                .as_ref()
+                .map_or("without --since".into(), |s| format!("with --since {s}"))
+        ))),
+        _ => optional(l, cx),
+    }
+}
+
 /// `--jobs`: at least one (the file is not range-checked as the flag is).
 pub fn jobs(l: &Layer<u32>, cx: &Cx<'_>) -> Hooked<u32> {
     at_least_one(l, cx, "jobs")

@@ -688,7 +688,7 @@ mod tests {
                 }
                 "focus" | "pass_env" | "packages" | "source_roots" => "[\"a\"]".to_string(),
                 "sandbox" | "require_coverage_gain" | "require_mutation_kill" => "true".into(),
-                "llm_url" | "model" | "test_cmd" | "tests_dir" | "setup_cmd" | "base" => {
+                "llm_url" | "model" | "test_cmd" | "tests_dir" | "setup_cmd" | "base" | "since" => {
                     "\"x\"".into()
                 }
                 _ => "3".into(),

@@ -37,6 +37,12 @@ pub async fn plan(
         settings::resolve_in_repo(&opened.repo, &opened.root, &[line], &file, None)?;
     let tools = tools(&opened, &resolved.settings, &tree, &printer).await?;
     let planned_in = opened.root.display().to_string();
+    if resolved.settings.since.is_some() {
+        return Err(UsageError(
+            "--since is not supported by `improve plan` yet: run `improve --since REV` on one machine".into(),
+        )
+        .into());
+    }
     let mut state = new_run(&opened.repo, &resolved)?;
     let (ctx, _locks) = run_context(opened, &state, tools, &printer)?;
     let measured = crate::baseline::measure_baseline(&ctx, &mut state, &printer).await;
