@@ -111,8 +111,7 @@ async fn baseline_in(
             .coverage
             .clone()
             .or_else(|| {
-                (run.cases.is_empty() && ctx.test_cmd.coverage.is_some())
-                    .then(Coverage::default)
+                (run.cases.is_empty() && ctx.test_cmd.coverage.is_some()).then(Coverage::default)
             })
             .map(|c| with_diff(c, state, &files.baseline_suite().coverage_json())),
         seconds: run.duration.as_secs_f64(),

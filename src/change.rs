@@ -12,7 +12,9 @@ pub use crate::schema::{Change, DiffCoverage, FileDiffCoverage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
-    #[error("--since `{rev}` is not a commit in this repository: {detail} (fetch it first, e.g. `git fetch origin main`)")]
+    #[error(
+        "--since `{rev}` is not a commit in this repository: {detail} (fetch it first, e.g. `git fetch origin main`)"
+    )]
     UnknownRevision { rev: String, detail: String },
     #[error(
         "--since `{rev}` and the base commit {base} share no history (no merge base): pass a \

@@ -85,7 +85,8 @@ pub enum Command {
         /// Write the report to this file instead (`-`: standard output).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// markdown (from the report.md.hbs template) or json (one object).
+        /// markdown (from the report.md.hbs template), json (one object), or pr (a compact
+        /// Markdown body for a pull request, under 65,536 characters).
         #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
         format: ReportFormat,
     },
@@ -163,4 +164,5 @@ pub struct DemoArgs {
 pub enum ReportFormat {
     Markdown,
     Json,
+    Pr,
 }

@@ -45,7 +45,14 @@ fn parse() -> Result<(Cli, ArgMatches), ExitCode> {
         Err(e) if e.use_stderr() => {
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or("error: bad usage");
-            eprintln!("{first} (see --help)");
+            // A value clap does not know: the ones it does, on the same line.
+            let known = text
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("[possible values:"))
+                .map(|l| format!(" {l}"))
+                .unwrap_or_default();
+            eprintln!("{first}{known} (see --help)");
             Err(ExitCode::from(2))
         }
         Err(e) => {

@@ -41,6 +41,9 @@ pub struct ShowView {
     pub possible_bugs: Vec<PossibleBug>,
     pub coverage_before: Option<f64>,
     pub coverage_after: Option<f64>,
+    /// A kept iteration of a `--since` run: the change's diff coverage before and after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_coverage: Option<DiffShown>,
     pub commit: Option<String>,
     pub seconds: Seconds,
     pub llm_calls: u32,
@@ -67,6 +70,16 @@ pub struct ShowView {
     pub local_fixes: Vec<String>,
     /// The kept commit's patch, or the rejected proposal's; null when it never became a file.
     pub diff: Option<String>,
+}
+
+/// Diff coverage before and after a kept iteration, as `show` gives it.
+#[derive(Debug, Serialize)]
+pub struct DiffShown {
+    pub before: Option<f64>,
+    pub after: Option<f64>,
+    /// Changed executable lines run after it, of `lines`.
+    pub covered: u32,
+    pub lines: u32,
 }
 
 fn as_counts<S: serde::Serializer>(f: &Option<Funnel>, s: S) -> Result<S::Ok, S::Error> {
@@ -134,6 +147,15 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
             .unwrap_or_default(),
         coverage_before: kept_coverage.and_then(|v| v.coverage_before),
         coverage_after: kept_coverage.and_then(|v| v.coverage.as_ref().map(|c| c.percent)),
+        diff_coverage: kept_coverage.and_then(|v| {
+            let after = v.coverage.as_ref()?.diff.as_ref()?;
+            Some(DiffShown {
+                before: v.diff_coverage_before,
+                after: after.percent,
+                covered: after.covered,
+                lines: after.lines,
+            })
+        }),
         commit: it.commit.clone(),
         seconds: it.seconds,
         llm_calls: it.llm_calls,
@@ -257,6 +279,16 @@ fn verification(v: &ShowView, out: &mut String) {
     }
     if let (Some(b), Some(a)) = (v.coverage_before, v.coverage_after) {
         let _ = writeln!(out, "coverage: {b:.1}% -> {a:.1}%");
+    }
+    if let Some(d) = &v.diff_coverage {
+        let _ = writeln!(
+            out,
+            "diff coverage: {} -> {} ({} of {} changed lines run)",
+            crate::change::shown(d.before),
+            crate::change::shown(d.after),
+            d.covered,
+            d.lines
+        );
     }
     if let Some(c) = &v.commit {
         let _ = writeln!(out, "commit:   {c}");

@@ -208,7 +208,8 @@ pub fn choose_target(
     // Never two iterations on one module at once (`--jobs`): their tests would be written
     // against the same gaps and the second would mostly repeat the first. In a `--since` run,
     // a module whose changed lines all run is done.
-    let done = |m: &str| state.change.is_some() && coverage.and_then(|c| change_gaps(c, m)) == Some(0);
+    let done =
+        |m: &str| state.change.is_some() && coverage.and_then(|c| change_gaps(c, m)) == Some(0);
     let free: Vec<&String> = modules
         .iter()
         .filter(|m| !busy.contains(m) && !done(m))
@@ -313,6 +314,7 @@ mod tests {
             percent: 50.0,
             modules: missing.iter().map(|(m, _)| (m.to_string(), 50.0)).collect(),
             missing: missing.iter().map(|(m, k)| (m.to_string(), *k)).collect(),
+            diff: None,
         }
     }
 
@@ -351,6 +353,51 @@ mod tests {
             Some("pkg/c.py")
         );
         assert_eq!(choose_target(&modules, &state, Some(&cov), &modules), None);
+    }
+
+    #[test]
+    fn a_since_run_weighs_the_change_and_leaves_a_covered_change_alone() {
+        use crate::schema::{Change, DiffCoverage, FileDiffCoverage};
+        let modules: Vec<String> = ["pkg/a.py", "pkg/b.py"].map(String::from).to_vec();
+        let mut state = crate::state::tests::sample_state();
+        state.iterations.clear();
+        state.change = Some(Change {
+            files: [("pkg/a.py".into(), vec![1]), ("pkg/b.py".into(), vec![2])].into(),
+            ..Change::default()
+        });
+        let file = |missing: Vec<u32>, branches: u32| FileDiffCoverage {
+            missing,
+            missing_branches: branches,
+            ..FileDiffCoverage::default()
+        };
+        // pkg/a.py has more left to cover overall, pkg/b.py more of the change.
+        let mut cov = coverage(&[("pkg/a.py", 90), ("pkg/b.py", 5)]);
+        cov.diff = Some(DiffCoverage {
+            files: [
+                ("pkg/a.py".into(), file(vec![1], 0)),
+                ("pkg/b.py".into(), file(vec![2, 3], 1)),
+            ]
+            .into(),
+            ..DiffCoverage::default()
+        });
+        assert_eq!(
+            choose_target(&modules, &state, Some(&cov), &[]).as_deref(),
+            Some("pkg/b.py")
+        );
+        // Every changed line of pkg/b.py runs now: it is done, even when it is all that is left.
+        cov.diff
+            .as_mut()
+            .unwrap()
+            .files
+            .insert("pkg/b.py".into(), file(vec![], 0));
+        assert_eq!(
+            choose_target(&modules, &state, Some(&cov), &[]).as_deref(),
+            Some("pkg/a.py")
+        );
+        assert_eq!(
+            choose_target(&modules, &state, Some(&cov), &["pkg/a.py".into()]),
+            None
+        );
     }
 
     #[test]

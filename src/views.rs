@@ -94,6 +94,43 @@ pub struct StatusView {
     pub stop_reason: Option<String>,
     pub packages: Vec<String>,
     pub tests_dirs: Vec<String>,
+    /// A `--since` run's change and its diff coverage (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_coverage_baseline: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_coverage_now: Option<Option<f64>>,
+}
+
+/// What `status` says of a `--since` run's change.
+#[derive(Debug, Serialize)]
+pub struct ChangeView {
+    pub since: String,
+    pub since_commit: String,
+    pub merge_base: String,
+    /// The modules of the code under test it touches, with their changed lines.
+    pub files: std::collections::BTreeMap<String, Vec<u32>>,
+    pub other_files: u32,
+    /// Changed executable lines, and those a test runs now.
+    pub lines: Option<u32>,
+    pub covered: Option<u32>,
+}
+
+impl ChangeView {
+    fn of(state: &RunState) -> Option<ChangeView> {
+        let c = state.change.as_ref()?;
+        let now = state.diff_coverage_now();
+        Some(ChangeView {
+            since: c.since.clone(),
+            since_commit: c.since_commit.clone(),
+            merge_base: c.merge_base.clone(),
+            files: c.files.clone(),
+            other_files: c.other_files,
+            lines: now.map(|d| d.lines),
+            covered: now.map(|d| d.covered),
+        })
+    }
 }
 
 impl StatusView {
@@ -118,6 +155,15 @@ impl StatusView {
             stop_reason: state.stop_reason.clone(),
             packages: state.settings.packages.clone(),
             tests_dirs: tests_dirs(state),
+            change: ChangeView::of(state),
+            diff_coverage_baseline: state
+                .change
+                .as_ref()
+                .map(|_| state.diff_coverage_baseline().and_then(|d| d.percent)),
+            diff_coverage_now: state
+                .change
+                .as_ref()
+                .map(|_| state.diff_coverage_now().and_then(|d| d.percent)),
         }
     }
 
@@ -156,6 +202,18 @@ impl StatusView {
             pct(self.coverage_baseline),
             pct(self.coverage_now)
         );
+        if let Some(change) = &self.change {
+            let _ = writeln!(
+                out,
+                "diff coverage since {} {} -> {} ({} modules changed; {} of {} changed lines run now)",
+                change.since,
+                crate::change::shown(self.diff_coverage_baseline.flatten()),
+                crate::change::shown(self.diff_coverage_now.flatten()),
+                change.files.len(),
+                num(change.covered),
+                num(change.lines),
+            );
+        }
         let _ = writeln!(
             out,
             "tokens {} in / {} out, elapsed {}",
@@ -227,6 +285,20 @@ pub fn log_json(it: &Iteration) -> Value {
     if !it.local_fixes.is_empty() {
         row["local_fixes"] = json!(it.local_fixes);
     }
+    // A `--since` run's kept iterations: diff coverage of the change before and after.
+    let diff = it
+        .verdict
+        .as_ref()
+        .filter(|_| it.commit.is_some())
+        .and_then(|v| Some((v, v.coverage.as_ref()?.diff.as_ref()?)));
+    if let Some((v, d)) = diff {
+        row["diff_coverage"] = json!({
+            "before": v.diff_coverage_before,
+            "after": d.percent,
+            "covered": d.covered,
+            "lines": d.lines,
+        });
+    }
     row
 }
 
@@ -293,6 +365,7 @@ fn log_row(it: &Iteration) -> Value {
             "before": v.coverage_before,
             "after": v.coverage.as_ref().map(|c| c.percent),
         })),
+
         "repairs": it.verdict.as_ref().map(|v| v.repairs).unwrap_or(0),
         "findings": it.verdict.as_ref().map(|v| v.findings.clone()).unwrap_or_default(),
     })
@@ -381,15 +454,27 @@ pub fn report(global: &GlobalArgs, out: Option<&Path>, format: ReportFormat) -> 
         }
         (ReportFormat::Json, path) => {
             let text = serde_json::to_string_pretty(&report::model(&repo, &state))? + "\n";
-            match path {
-                Some(path) => {
-                    crate::fsutil::write_atomic(&path, text.as_bytes())
-                        .map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;
-                    eprintln!("report written to {}", path.display());
-                }
-                None => print_out(&text)?,
-            }
+            write_or_print(&text, path.as_deref())?;
+        }
+        (ReportFormat::Pr, path) => {
+            write_or_print(
+                &report::pr::body(&report::model(&repo, &state)),
+                path.as_deref(),
+            )?;
         }
     }
     Ok(())
+}
+
+/// `text` into the file at `path`, else on standard output.
+fn write_or_print(text: &str, path: Option<&Path>) -> Result<()> {
+    match path {
+        Some(path) => {
+            crate::fsutil::write_atomic(path, text.as_bytes())
+                .map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;
+            eprintln!("report written to {}", path.display());
+            Ok(())
+        }
+        None => print_out(text),
+    }
 }

@@ -25,6 +25,7 @@ pub async fn keep_or_reject(cx: &mut StepCx<'_>) -> Result<Step, StepError> {
         return Ok(cx.finish(Outcome::Rejected, why));
     }
     verdict.coverage_before = cx.state.coverage_now().map(|c| c.percent);
+    verdict.diff_coverage_before = cx.state.diff_coverage_now().and_then(|d| d.percent);
     let kept = verdict.new_tests.len() + verdict.fixed.len();
     verdict.funnel.record(StageId::Kept, kept as u32);
     cx.it_mut().verdict = Some(verdict.clone());
@@ -152,6 +153,19 @@ fn commit_message(cx: &StepCx<'_>, verdict: &Verdict) -> String {
         }
         _ => "not measured".to_string(),
     };
+    // In a `--since` run: the change's diff coverage.
+    let diff = match (
+        state.diff_coverage_now(),
+        verdict.coverage.as_ref().and_then(|c| c.diff.as_ref()),
+    ) {
+        (Some(before), Some(after)) => format!(
+            "\nDiff coverage: {} -> {} (since {})",
+            crate::change::shown(before.percent),
+            crate::change::shown(after.percent),
+            state.change.as_ref().map_or("", |c| c.since.as_str())
+        ),
+        _ => String::new(),
+    };
     let dropped: String = [
         (verdict.funnel.dropped(StageId::Passing).len(), "failing"),
         (verdict.funnel.dropped(StageId::Stable).len(), "flaky"),
@@ -168,7 +182,7 @@ fn commit_message(cx: &StepCx<'_>, verdict: &Verdict) -> String {
          Tests added: {added} ({file}){dropped}\n\
          Tests fixed: {fixed}\n\
          Pytest: {summary}\n\
-         Coverage: {coverage}\n\n\
+         Coverage: {coverage}{diff}\n\n\
          Improve-Run: {run}\n\
          Improve-Iteration: {n}\n",
         n = it.n,

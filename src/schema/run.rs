@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Baseline, CallCost, Change, Coverage, Gathered, Origin, PriceInForce, RejectReason, RunSettings,
-    ShardRun, Verdict,
+    Baseline, CallCost, Change, Coverage, Gathered, Origin, PriceInForce, RejectReason,
+    RunSettings, ShardRun, Verdict,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,6 +466,16 @@ impl RunState {
             .find(|i| i.commit.as_deref() == Some(commit))
             .and_then(|i| i.verdict.as_ref().and_then(|v| v.coverage.as_ref()))
             .or_else(|| self.coverage_now())
+    }
+
+    /// Diff coverage of the change (`--since`) at the run's start, as the baseline measured it.
+    pub fn diff_coverage_baseline(&self) -> Option<&super::DiffCoverage> {
+        self.baseline.as_ref()?.coverage.as_ref()?.diff.as_ref()
+    }
+
+    /// Diff coverage of the change at the run branch's tip.
+    pub fn diff_coverage_now(&self) -> Option<&super::DiffCoverage> {
+        self.coverage_now()?.diff.as_ref()
     }
 
     pub fn coverage_now(&self) -> Option<&Coverage> {

@@ -362,6 +362,9 @@ pub struct Verdict {
     /// Overall coverage at the tip this iteration was kept on (percent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage_before: Option<f64>,
+    /// In a `--since` run, diff coverage at that tip (percent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_coverage_before: Option<f64>,
     /// Rounds in which failing tests went back to the LLM.
     #[serde(default)]
     pub repairs: u32,

@@ -49,14 +49,16 @@ pub fn max_cost(l: &Layer<f64>, cx: &Cx<'_>) -> Hooked<Option<f64>> {
 pub fn since(l: &Layer<String>, cx: &Cx<'_>) -> Hooked<Option<String>> {
     let resuming = cx.saved_base.is_some();
     match (&l.given, &l.saved) {
-        (Some(g), saved) if resuming && saved.as_ref() != Some(&g.value) => Err(UsageError(format!(
-            "--since {}: this run was started {}; resume it without --since, or start a new \
+        (Some(g), saved) if resuming && saved.as_ref() != Some(&g.value) => {
+            Err(UsageError(format!(
+                "--since {}: this run was started {}; resume it without --since, or start a new \
              run with --fresh",
-            g.value,
-            saved
-                .as_ref()
-                .map_or("without --since".into(), |s| format!("with --since {s}"))
-        ))),
+                g.value,
+                saved
+                    .as_ref()
+                    .map_or("without --since".into(), |s| format!("with --since {s}"))
+            )))
+        }
         _ => optional(l, cx),
     }
 }

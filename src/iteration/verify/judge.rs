@@ -919,7 +919,7 @@ mod tests {
         let cov = |total: f64, ops: f64| Coverage {
             percent: total,
             modules: [("calc/ops.py".to_string(), ops)].into(),
-            missing: Default::default(),
+            ..Default::default()
         };
         let fall = |b, a| coverage_fall(Some(&b), Some(&a));
         assert_eq!(

@@ -15,6 +15,11 @@ use crate::state::{
 };
 use crate::testid::TestId;
 
+mod change;
+pub mod pr;
+
+pub use change::{ChangeReport, ChangedFile};
+
 #[derive(Debug, Serialize)]
 pub struct ReportModel {
     pub run_id: String,
@@ -70,6 +75,8 @@ pub struct ReportModel {
     pub findings: Vec<FindingRow>,
     /// For a run gathered from shards (`improve gather`): each shard as gather found it.
     pub gathered: Option<crate::state::Gathered>,
+    /// For a `--since` run: the change and its diff coverage.
+    pub change: Option<ChangeReport>,
 }
 
 /// The mutation check summed over the iterations that ran it, and over the kept ones.
@@ -298,6 +305,7 @@ pub fn model(repo: &Repository, state: &RunState) -> ReportModel {
         .to_string(),
         elapsed_s: (state.elapsed_s * 10.0).round() / 10.0,
         time: time_split(&finished),
+        change: change::change_report(state),
         rejection_reasons: rejection_reasons(&finished),
         kept_iterations: kept_rows(repo, state),
         file_rows,
