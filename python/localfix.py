@@ -9,7 +9,10 @@ right, fixed before pytest runs it (and before a repair is asked for).
     `from ops import x`), or of a name from a module of the package that does not have it when
     only one module does -> rewritten to the right import name;
   - a test whose code is that of an example test shown in the prompt (whatever its name,
-    comments and blank lines) -> dropped.
+    comments and blank lines) -> dropped;
+  - one test function checking several independent cases, each its own paragraph (a small
+    model's "# Test case 1", "# Test case 2", ...) -> one test per case, so that a case that
+    fails (a wrong expectation) is dropped alone instead of taking the others with it.
 
 Python's own parser reads everything; nothing is imported or run (but `importlib.util.find_spec`
 of a top-level name, to leave alone an import of a module that exists outside the package).
@@ -444,6 +447,91 @@ def copied_tests(tree, examples):
     ]
 
 
+def is_check(node):
+    """An assertion, or a `with pytest.raises(...)` / `pytest.warns(...)` block."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Assert):
+            return True
+        if isinstance(sub, (ast.With, ast.AsyncWith)):
+            for item in sub.items:
+                call = item.context_expr
+                func = getattr(call, "func", None)
+                if isinstance(call, ast.Call) and getattr(func, "attr", None) in ("raises", "warns"):
+                    return True
+    return False
+
+
+def names(node, ctx):
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ctx)}
+
+
+def paragraphs(fn, lines):
+    """The test's statements in groups, a new one after each blank line between statements."""
+    groups = []
+    for stmt in fn.body:
+        gap = lines[(groups[-1][-1].end_lineno if groups else stmt.lineno - 1) : stmt.lineno - 1]
+        if groups and not any(not line.strip() for line in gap):
+            groups[-1].append(stmt)
+        else:
+            groups.append([stmt])
+    return groups
+
+
+def independent_cases(fn, lines):
+    """The test's paragraphs merged until each checks something and uses no name an earlier one
+    binds: the cases it can be split into (one: it cannot)."""
+    cases = []
+    for group in paragraphs(fn, lines):
+        bound_before = set().union(*(names(s, ast.Store) for c in cases for s in c))
+        loads = set().union(*(names(s, ast.Load) for s in group))
+        if cases and (loads & bound_before or not any(is_check(s) for s in cases[-1])):
+            cases[-1].extend(group)
+        else:
+            cases.append(list(group))
+    if len(cases) > 1 and not any(is_check(s) for s in cases[-1]):
+        cases[-2].extend(cases.pop())
+    return cases
+
+
+def case_start(stmt, previous_end, lines):
+    """The first line of a case: its statement, or the comment lines right above it."""
+    start = stmt.lineno
+    while start - 1 > previous_end and lines[start - 2].strip().startswith("#"):
+        start -= 1
+    return start
+
+
+def split_cases(source, tree):
+    """Each top-level test of independent cases as one test per case."""
+    lines = source.splitlines(keepends=True)
+    taken = {n.name for n in tree.body if isinstance(n, (*FUNCS, ast.ClassDef))}
+    edits, fixes = [], []
+    for fn in tree.body:
+        if not (isinstance(fn, FUNCS) and fn.name.startswith("test")) or fn.decorator_list:
+            continue
+        if any(isinstance(n, (ast.Global, ast.Nonlocal, ast.Yield)) for n in ast.walk(fn)):
+            continue
+        cases = independent_cases(fn, lines)
+        if len(cases) < 2:
+            continue
+        head = "async def" if isinstance(fn, ast.AsyncFunctionDef) else "def"
+        parts, previous_end = [], fn.lineno
+        for k, case in enumerate(cases, start=1):
+            name = f"{fn.name}_{k}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            start = case_start(case[0], previous_end, lines)
+            body = "".join(lines[start - 1 : case[-1].end_lineno])
+            parts.append(f"{head} {name}({ast.unparse(fn.args)}):\n{body}")
+            previous_end = case[-1].end_lineno
+        edits.append((fn.lineno, fn.end_lineno, "\n\n".join(parts)))
+        fixes.append(f"split {fn.name} into {len(cases)} tests, one per independent case")
+    for first, last, text in sorted(edits, reverse=True):
+        lines[first - 1 : last] = [text if text.endswith("\n") else text + "\n"]
+    return "".join(lines), fixes
+
+
 def fix(path, modules, target, examples, prune):
     """The local fixes of test file `path`, made in place. `modules`: import name -> source
     file of each module of the package; `target`: the import name of the module under test
@@ -469,6 +557,9 @@ def fix(path, modules, target, examples, prune):
     write(path, source)
     fixes += added
     imports += len(added)
+    source, split = split_cases(source, ast.parse(source))
+    write(path, source)
+    fixes += split
     tests = sum(1 for _ in tests_of(ast.parse(read(path))))
     return {
         "ok": True,

@@ -148,8 +148,12 @@ esac
 log2=$log1
 t0=$(date +%s)
 cov_rc=0
+# tiktoken fetches gpt-4o-mini's encoding from the network unless it finds it in its cache: point
+# it at the copy litellm bundles (the registries are all this machine reaches).
+tokenizers=$("$COVERUP_VENV/bin/python" -c 'import litellm, os; print(os.path.join(os.path.dirname(litellm.__file__), "litellm_core_utils", "tokenizers"))' 2>/dev/null || true)
 ( cd "$OUT/coverup" &&
   OPENAI_API_BASE=$URL OPENAI_API_KEY=sk-local-dummy LITELLM_LOCAL_MODEL_COST_MAP=True \
+  TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$tokenizers} \
   timeout -s INT -k 60 "$SECS" "$COVERUP_VENV/bin/coverup" "${coverup_args[@]}" ) \
   > "$OUT/coverup.out" 2>&1 || cov_rc=$?
 cov_secs=$(( $(date +%s) - t0 ))

@@ -241,3 +241,66 @@ def test_a_module_of_the_tests_sharing_a_name_with_one_of_the_package_stays(writ
     answer, new = fix(write, text)
     assert answer["fixes"] == []
     assert new == text
+
+
+def test_a_test_of_independent_cases_is_split_one_test_per_case(write):
+    answer, text = fix(
+        write,
+        """
+        from calc.ops import add, clamp
+
+
+        def test_edge_cases():
+            # Test case 1: zero
+            assert add(0, 0) == 0
+
+            # Test case 2: a value the next case reuses
+            x = clamp(5, 0, 3)
+            assert x == 3
+
+            # Test case 3: needs x from case 2, so it stays with it
+            assert add(x, 1) == 4
+
+            # Test case 4: an error
+            with pytest.raises(TypeError):
+                add(1, None)
+
+
+        @pytest.mark.parametrize("a", [1, 2])
+        def test_decorated(a):
+            assert add(a, 0) == a
+
+            assert add(0, a) == a
+        """,
+    )
+    assert "split test_edge_cases into 3 tests, one per independent case" in answer["fixes"]
+    assert answer["tests"] == 4
+    assert "def test_edge_cases_1():\n    # Test case 1: zero\n    assert add(0, 0) == 0\n" in text
+    # Case 3 uses what case 2 bound: one test.
+    case2 = text[text.index("def test_edge_cases_2") : text.index("def test_edge_cases_3")]
+    assert "x = clamp(5, 0, 3)" in case2
+    assert "assert add(x, 1) == 4" in case2
+    assert "def test_edge_cases_3():\n    # Test case 4: an error\n    with pytest.raises" in text
+    # A parametrized test is left whole; so is the rest of the file.
+    assert text.count("def test_decorated(a):") == 1
+    assert "def test_edge_cases():" not in text
+    compile(text, "test_new.py", "exec")
+
+
+def test_a_test_whose_paragraphs_share_setup_or_check_nothing_alone_stays_whole(write):
+    answer, text = fix(
+        write,
+        """
+        from calc.ops import add
+
+
+        def test_setup_then_checks():
+            values = [1, 2]
+
+            assert add(*values) == 3
+
+            assert values == [1, 2]
+        """,
+    )
+    assert not any(f.startswith("split") for f in answer["fixes"]), answer
+    assert text.count("def test_") == 1
