@@ -12,7 +12,7 @@ const NUM: &str = "def is_even(n):\n    return n % 2 == 0\n\n\ndef sign(n):\n   
 const GOOD_NUM: &str = "from calc.num import is_even, sign\n\n\ndef test_is_even():\n    assert is_even(4)\n    assert not is_even(3)\n\n\ndef test_sign():\n    assert sign(5) == 1\n    assert sign(-2) == -1\n    assert sign(0) == 0\n";
 
 /// Answers each prompt with tests for the module it names (the workers ask in any order).
-struct ByTarget {
+pub(super) struct ByTarget {
     tests: Vec<(&'static str, String)>,
 }
 
@@ -32,7 +32,7 @@ impl Respond for ByTarget {
     }
 }
 
-async fn stand_in(tests: Vec<(&'static str, String)>) -> StandIn {
+pub(super) async fn stand_in(tests: Vec<(&'static str, String)>) -> StandIn {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))

@@ -15,6 +15,7 @@ mod real_models;
 mod resume;
 mod sandbox;
 mod settings;
+mod since;
 mod stops_coverage;
 mod streaming;
 mod wire;
