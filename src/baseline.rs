@@ -113,7 +113,7 @@ async fn baseline_in(
             .or_else(|| {
                 (run.cases.is_empty() && ctx.test_cmd.coverage.is_some()).then(Coverage::default)
             })
-            .map(|c| with_diff(c, state, &files.baseline_suite().coverage_json())),
+            .map(|c| crate::change::with_diff(c, state, &files.baseline_suite().coverage_json())),
         seconds: run.duration.as_secs_f64(),
         side_effects,
         layout,
@@ -121,14 +121,6 @@ async fn baseline_in(
         left_out,
         unstable_ids,
     })
-}
-
-/// `coverage` with the diff coverage of the run's change (`--since`) from the report at `json`.
-pub fn with_diff(mut coverage: Coverage, state: &RunState, json: &Path) -> Coverage {
-    if let Some(change) = &state.change {
-        coverage.diff = crate::change::diff_coverage(change, json);
-    }
-    coverage
 }
 
 /// Asks pytest, in the baseline's worktree, where the tests are (its config and collection),

@@ -165,6 +165,18 @@ fn percent(covered: u32, lines: u32) -> Option<f64> {
     (lines > 0).then(|| (10_000.0 * f64::from(covered) / f64::from(lines)).round() / 100.0)
 }
 
+/// `coverage` with the diff coverage of the run's change (`--since`) from the report at `json`.
+pub fn with_diff(
+    mut coverage: crate::schema::Coverage,
+    state: &crate::schema::RunState,
+    json: &Path,
+) -> crate::schema::Coverage {
+    if let Some(change) = &state.change {
+        coverage.diff = diff_coverage(change, json);
+    }
+    coverage
+}
+
 /// `12.5%`, or `n/a` for a change with no executable line.
 pub fn shown(percent: Option<f64>) -> String {
     percent.map_or_else(|| "n/a".into(), |p| format!("{p:.1}%"))

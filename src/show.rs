@@ -82,6 +82,18 @@ pub struct DiffShown {
     pub lines: u32,
 }
 
+impl DiffShown {
+    fn of(kept: &crate::state::Verdict) -> Option<DiffShown> {
+        let after = kept.coverage.as_ref()?.diff.as_ref()?;
+        Some(DiffShown {
+            before: kept.diff_coverage_before,
+            after: after.percent,
+            covered: after.covered,
+            lines: after.lines,
+        })
+    }
+}
+
 fn as_counts<S: serde::Serializer>(f: &Option<Funnel>, s: S) -> Result<S::Ok, S::Error> {
     f.as_ref().map(funnel_counts).serialize(s)
 }
@@ -147,15 +159,7 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
             .unwrap_or_default(),
         coverage_before: kept_coverage.and_then(|v| v.coverage_before),
         coverage_after: kept_coverage.and_then(|v| v.coverage.as_ref().map(|c| c.percent)),
-        diff_coverage: kept_coverage.and_then(|v| {
-            let after = v.coverage.as_ref()?.diff.as_ref()?;
-            Some(DiffShown {
-                before: v.diff_coverage_before,
-                after: after.percent,
-                covered: after.covered,
-                lines: after.lines,
-            })
-        }),
+        diff_coverage: kept_coverage.and_then(DiffShown::of),
         commit: it.commit.clone(),
         seconds: it.seconds,
         llm_calls: it.llm_calls,

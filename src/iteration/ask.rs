@@ -369,8 +369,16 @@ pub fn prompt_budget(cx: &StepCx<'_>) -> u32 {
     let answer = typical_answer_tokens(&cx.state).unwrap_or(cx.settings().max_answer_tokens / 2);
     let call = cx.settings().call_budget.as_secs_f64();
     let local = cx.ctx.llm.is_local() && cx.ctx.llm.provider() != crate::llm::Provider::Replay;
-    cx.ctx
-        .speed_in_budget_tokens()
+    // Its reading in the budget's tokens: a tokenizer that packs fewer characters into a
+    // token than the budget counts reads fewer budget tokens a second than it says.
+    let measured = cx
+        .ctx
+        .speed()
+        .map(|s| match cx.ctx.prompt_chars_per_token() {
+            Some(chars) => s.in_budget_tokens(chars, CHARS_PER_TOKEN as f64),
+            None => s,
+        });
+    measured
         .or(local.then_some(ASSUMED_LOCAL_SPEED))
         .and_then(|speed| tokens_in_time(speed, call, answer))
         .map_or(ceiling, |fit| fit.clamp(MIN_PROMPT_TOKENS, ceiling))

@@ -130,17 +130,12 @@ impl RunContext {
         }
     }
 
-    /// The server's speed with its reading counted in the budget's tokens
-    /// ([`crate::iteration::ask::CHARS_PER_TOKEN`] characters each).
-    pub fn speed_in_budget_tokens(&self) -> Option<crate::llm::ServerSpeed> {
-        let speed = self.speed()?;
-        let chars = *self
+    /// Characters of prompt per token of the server's tokenizer, as its latest answer counted.
+    pub fn prompt_chars_per_token(&self) -> Option<f64> {
+        *self
             .prompt_chars_per_token
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        Some(chars.map_or(speed, |chars| {
-            speed.in_budget_tokens(chars, crate::iteration::ask::CHARS_PER_TOKEN as f64)
-        }))
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Removes what Python compiled from `source` (a file improve just wrote in a worktree).

@@ -66,7 +66,7 @@ pub async fn run_suite(
     verdict.suite_passed = suite_passed.len() as u32;
     let report = cx.files().pytest(label).coverage_json();
     verdict.coverage =
-        (suite.coverage.clone()).map(|c| crate::baseline::with_diff(c, &cx.state, &report));
+        (suite.coverage.clone()).map(|c| crate::change::with_diff(c, &cx.state, &report));
     verdict.stoppers = suite.stoppers.clone();
     let failed_before = cx.state.baseline.as_ref().map_or(&[][..], |b| &b.failed);
     let new_file = cx.it().test_file.as_deref().unwrap_or_default();
