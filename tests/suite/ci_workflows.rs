@@ -803,6 +803,45 @@ async fn pull_request_workflow_improves_the_change_and_opens_a_follow_up_into_it
     );
     let body = creates[0]["body"].as_str().unwrap();
     assert_pr_body(body, &pr_report(&checkout), &commits);
+
+    // A new push to the pull request, its follow-up (#43) open: a new run from the new head
+    // replaces improve/pr-42 and the follow-up is edited, not opened again.
+    let code = std::fs::read_to_string(&module).unwrap();
+    let changed = code.replace(
+        "return on_hand + on_order <= point",
+        "return (on_hand + on_order) <= point",
+    );
+    assert_ne!(code, changed);
+    std::fs::write(&module, changed).unwrap();
+    git(&seed, &["commit", "-qam", "reorder: brackets"]);
+    git(&seed, &["push", "-q", "origin", "feature/reorder"]);
+    let head = git(&seed, &["rev-parse", "HEAD"]);
+    let (llm, _asked) = recorded_stand_in(usize::MAX).await;
+    let contexts = github_contexts(&format!("{}/v1", llm.uri()));
+    runner.answer_pr_list(r#"[{"number": 43}]"#);
+    let checkout = remote.checkout("pr-push", &head);
+    let ran = tokio::task::block_in_place(|| runner.run_job(&doc, "improve", &checkout, &contexts));
+    assert_eq!(ran, ["improve", "status", "push", "pull-request"]);
+    let commits = remote.commits(&head, "improve/pr-42");
+    assert_eq!(
+        commits.len(),
+        1,
+        "improve/pr-42 was replaced by the new run"
+    );
+    let new_calls = &runner.gh_calls()[calls.len()..];
+    let writes: Vec<&Value> = new_calls
+        .iter()
+        .filter(|c| matches!(argv(c)[..2], ["pr", "create"] | ["pr", "edit"]))
+        .collect();
+    assert_eq!(writes.len(), 1, "{new_calls:?}");
+    let args = argv(writes[0]);
+    assert_eq!(
+        args[..3],
+        ["pr", "edit", "43"],
+        "the open follow-up is updated"
+    );
+    let body = writes[0]["body"].as_str().unwrap();
+    assert_pr_body(body, &pr_report(&checkout), &commits);
 }
 
 #[tokio::test(flavor = "multi_thread")]
