@@ -845,6 +845,33 @@ async fn pull_request_workflow_improves_the_change_and_opens_a_follow_up_into_it
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pull_request_workflow_that_changes_no_code_opens_nothing() {
+    let doc = workflow(PULL_REQUEST);
+    let remote = Remote::new();
+    let seed = remote.seed();
+    git(&seed, &["checkout", "-q", "-b", "feature/reorder"]);
+    let readme = seed.join("README.md");
+    let text = std::fs::read_to_string(&readme).unwrap();
+    std::fs::write(&readme, format!("{text}\nA line of documentation.\n")).unwrap();
+    git(&seed, &["commit", "-qam", "docs only"]);
+    git(&seed, &["push", "-q", "origin", "feature/reorder"]);
+    let head = git(&seed, &["rev-parse", "HEAD"]);
+    let (llm, asked) = recorded_stand_in(usize::MAX).await;
+    let contexts = github_contexts(&format!("{}/v1", llm.uri()));
+    let runner = Runner::new();
+    let checkout = remote.checkout("pr", &head);
+    let ran = tokio::task::block_in_place(|| runner.run_job(&doc, "improve", &checkout, &contexts));
+    assert_eq!(
+        ran,
+        ["improve", "status"],
+        "nothing kept: no push, no pull request"
+    );
+    assert!(asked.lock().unwrap().is_empty(), "no LLM request");
+    assert!(runner.gh_calls().is_empty(), "{:?}", runner.gh_calls());
+    assert_eq!(remote.git(&["branch", "--list", "improve/*"]), "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn nightly_workflow_delivers_what_a_run_stopped_early_kept() {
     let doc = workflow(NIGHTLY);
     let remote = Remote::new();
