@@ -18,9 +18,13 @@ cargo clippy --all-targets --locked -- -D warnings
 PATH=$PWD/.venv/bin:$PATH shellcheck scripts/slurm-*.sh examples/distributed/*.sbatch
 shopt -s globstar nullglob
 workflows=(examples/**/github-*.yml examples/**/github-*.yaml)
+gitlab=(examples/**/gitlab-ci.yml)
 shopt -u globstar nullglob
 PATH=$PWD/.venv/bin:$PATH actionlint "${workflows[@]}"
 .venv/bin/check-jsonschema --builtin-schema vendor.github-workflows "${workflows[@]}"
+# The GitLab pipelines among the examples (examples/**/gitlab-ci.yml), against GitLab's CI schema
+# bundled with check-jsonschema.
+.venv/bin/check-jsonschema --builtin-schema vendor.gitlab-ci "${gitlab[@]}"
 skip=()
 # The --sandbox tests need bubblewrap able to make its namespaces; where it cannot, they are
 # skipped, and this says so (CI installs bubblewrap, so they always run there).

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod bad_input;
+mod ci_workflows;
 mod cost;
 mod distributed;
 mod first_minutes;
