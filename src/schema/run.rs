@@ -221,6 +221,10 @@ pub struct AnswerNotes {
     /// Each stopped call: which answer, why, and the tokens received and saved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stops: Vec<AnswerStop>,
+    /// Iterations whose failing tests were dropped without a repair call because every repair
+    /// the model was asked for in this run so far changed nothing.
+    #[serde(default)]
+    pub repairs_skipped: u32,
 }
 
 /// One answer stopped while streaming.
@@ -228,10 +232,26 @@ pub struct AnswerNotes {
 pub struct AnswerStop {
     /// 0: the first answer; k: repair round k.
     pub round: u32,
-    /// `code_closed`, `repeated_block`, `repeated_test` or `enumeration`.
+    /// `code_closed`, `repeated_block`, `repeated_test`, `enumeration` or `long_statement`.
     pub reason: String,
     pub tokens_received: u64,
     pub tokens_saved: u64,
+}
+
+/// Repairs asked for in a run, all of which changed nothing, after which none is asked any more:
+/// a model that stands by its failing tests this often will not mend the next ones either, and
+/// on a slow server each such call costs minutes.
+pub const FUTILE_REPAIRS: u32 = 3;
+
+impl RunState {
+    /// Every repair of the run so far changed nothing, and there were [`FUTILE_REPAIRS`] of them.
+    pub fn repairs_futile(&self) -> bool {
+        let (asked, unchanged) = self.iterations.iter().fold((0, 0), |(a, u), it| {
+            let rounds = it.verdict.as_ref().map_or(0, |v| v.repairs);
+            (a + rounds, u + it.answers.unchanged_repairs)
+        });
+        asked >= FUTILE_REPAIRS && unchanged == asked
+    }
 }
 
 impl AnswerNotes {
@@ -249,6 +269,7 @@ impl AnswerNotes {
         self.stopped += other.stopped;
         self.runaways += other.runaways;
         self.tokens_saved += other.tokens_saved;
+        self.repairs_skipped += other.repairs_skipped;
         self.stops.extend(other.stops.iter().cloned());
     }
 }

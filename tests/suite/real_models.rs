@@ -114,6 +114,23 @@ async fn a_repair_answer_that_changes_nothing_ends_the_repairs_without_another_c
     assert_eq!(log[0]["findings"].as_array().unwrap().len(), 1, "{log:#?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn after_three_repairs_that_changed_nothing_no_more_repairs_are_asked() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(INSISTS); 10]).await;
+    run_ok(fx.root(), &llm, &["-n", "4", "--max-repairs", "2"]).await;
+    let log = log_of(&fx);
+    // Three iterations asked for a repair once each (it changed nothing); the fourth did not.
+    for row in &log[..3] {
+        assert_eq!(row["llm_calls"], 2, "{log:#?}");
+        assert_eq!(row["answers"]["unchanged_repairs"], 1, "{log:#?}");
+    }
+    assert_eq!(log[3]["llm_calls"], 1, "{log:#?}");
+    assert_eq!(log[3]["repairs"], 0, "{log:#?}");
+    assert_eq!(log[3]["answers"]["repairs_skipped"], 1, "{log:#?}");
+    assert_eq!(llm.requests().await.len(), 7);
+}
+
 /// llama.cpp's answer to a prompt longer than its context.
 fn context_refusal() -> Answer {
     Answer::Raw(ResponseTemplate::new(400).set_body_json(serde_json::json!({

@@ -48,7 +48,15 @@ pub async fn run_and_repair(
     };
     let first_failing = first_failures(&new.run.cases, &new.tally.failing());
     let mut repairs = 0;
-    while repairs < cx.settings().max_repairs && new.touched.is_empty() && !new.run.timed_out {
+    let futile = cx.state.repairs_futile();
+    if futile && !new.tally.failing().is_empty() && cx.settings().max_repairs > 0 {
+        cx.it_mut().answers.repairs_skipped += 1;
+    }
+    while !futile
+        && repairs < cx.settings().max_repairs
+        && new.touched.is_empty()
+        && !new.run.timed_out
+    {
         let uncollectable = new.run.does_not_collect();
         let failures = failures_to_repair(&new, test_file, uncollectable, repairs);
         if failures.is_empty() {
