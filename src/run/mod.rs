@@ -54,7 +54,8 @@ pub async fn run(global: &GlobalArgs, args: &RunArgs, printer: Printer) -> Resul
     let state = match (resume, new) {
         (Some(s), _) => resume_run(&opened.repo, s, args, &resolved, &printer)?,
         (None, Some(state)) => start_run(&opened, state, previous_id, &printer)?,
-        (None, None) => unreachable!("a run is resumed or new"),
+        // `new` is made exactly when there is nothing to resume.
+        (None, None) => anyhow::bail!("no run to resume and none started"),
     };
     let ctx = run_context(opened, &state, tools, &printer)?;
     go(ctx, state, &resolved, &printer, None).await
