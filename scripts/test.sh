@@ -32,4 +32,10 @@ if ! bwrap --ro-bind / / --unshare-net --unshare-pid --die-with-parent true >/de
   echo "SKIPPED: the --sandbox tests (suite::sandbox::sandboxed_*): bubblewrap is not installed or cannot sandbox here; \`apt-get install bubblewrap\` runs them"
   skip=(--skip suite::sandbox::sandboxed_)
 fi
+# The workflow tests run the CI workflows' own steps, which read JSON with jq (GitHub's runners
+# have it); where it is missing they are skipped, and this says so (CI installs jq).
+if ! command -v jq >/dev/null 2>&1; then
+  echo "SKIPPED: the CI workflow tests (suite::ci_workflows): jq is not installed; \`apt-get install jq\` runs them"
+  skip+=(--skip suite::ci_workflows)
+fi
 IMPROVE_TEST_PYTHON="$PWD/.venv/bin/python" cargo test --locked -- "${skip[@]}"
