@@ -186,25 +186,7 @@ pub fn shown(percent: Option<f64>) -> String {
 mod tests {
     use super::*;
 
-    fn commit(repo: &Repository, files: &[(&str, &str)], parent: Option<Oid>) -> Oid {
-        let mut index = repo.index().unwrap();
-        for (path, text) in files {
-            let full = repo.workdir().unwrap().join(path);
-            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-            std::fs::write(&full, text).unwrap();
-            index.add_path(Path::new(path)).unwrap();
-        }
-        index.write().unwrap();
-        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("t", "t@example.com").unwrap();
-        let parents: Vec<git2::Commit> = parent
-            .map(|p| repo.find_commit(p).unwrap())
-            .into_iter()
-            .collect();
-        let refs: Vec<&git2::Commit> = parents.iter().collect();
-        repo.commit(Some("HEAD"), &sig, &sig, "c", &tree, &refs)
-            .unwrap()
-    }
+    use crate::git::tests_support::commit;
 
     #[test]
     fn the_change_is_the_lines_the_base_adds_since_the_merge_base() {
@@ -217,7 +199,6 @@ mod tests {
                 ("pkg/b.py", "b = 1\n"),
                 ("README.md", "hi\n"),
             ],
-            None,
         );
         let second = commit(
             &repo,
@@ -226,7 +207,6 @@ mod tests {
                 ("README.md", "hello\n"),
                 ("tests/test_a.py", "def test(): pass\n"),
             ],
-            Some(first),
         );
         let modules = vec!["pkg/a.py".to_string(), "pkg/b.py".to_string()];
         let change = resolve(&repo, &first.to_string(), second, &modules).unwrap();

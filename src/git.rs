@@ -677,3 +677,30 @@ pub fn python_files_where(
 pub fn short(oid: &str) -> &str {
     oid.get(..10).unwrap_or(oid)
 }
+
+/// Test fixtures shared by the modules' unit tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::path::Path;
+
+    use git2::{Oid, Repository};
+
+    /// Commits `files` (path, content) on top of HEAD in `repo` and returns the commit.
+    pub(crate) fn commit(repo: &Repository, files: &[(&str, &str)]) -> Oid {
+        let root = repo.workdir().unwrap().to_path_buf();
+        let mut index = repo.index().unwrap();
+        for (path, text) in files {
+            let full = root.join(path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(&full, text).unwrap();
+            index.add_path(Path::new(path)).unwrap();
+        }
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, "c", &tree, &parents)
+            .unwrap()
+    }
+}

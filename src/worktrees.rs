@@ -247,24 +247,7 @@ mod tests {
 
     use super::*;
 
-    /// Commits `files` (path, content) on top of HEAD in `repo` and returns the commit.
-    fn commit(repo: &Repository, files: &[(&str, &str)]) -> Oid {
-        let root = repo.workdir().unwrap().to_path_buf();
-        let mut index = repo.index().unwrap();
-        for (path, text) in files {
-            let full = root.join(path);
-            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-            std::fs::write(&full, text).unwrap();
-            index.add_path(Path::new(path)).unwrap();
-        }
-        index.write().unwrap();
-        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("t", "t@example.com").unwrap();
-        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
-        let parents: Vec<&git2::Commit> = parent.iter().collect();
-        repo.commit(Some("HEAD"), &sig, &sig, "c", &tree, &parents)
-            .unwrap()
-    }
+    use crate::git::tests_support::commit;
 
     fn fake_bytecode(cache: &Path, source: &Path) -> PathBuf {
         let dir = cache_dir(cache, source.parent().unwrap());

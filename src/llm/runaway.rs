@@ -111,6 +111,8 @@ struct Logical {
     norm: String,
     /// `norm` with every string and number literal replaced by a placeholder.
     shape: String,
+    /// `shape` with bracket contents and plain names blanked ([`coarse_shape`]), made once.
+    coarse: String,
     /// String and number literals in it.
     literals: usize,
     /// One of its raw lines is longer than [`LONG_LINE`].
@@ -262,6 +264,7 @@ impl Block {
         let mut logical = self.pending.take()?;
         logical.norm = logical.norm.trim().to_string();
         logical.shape = logical.shape.trim().to_string();
+        logical.coarse = coarse_shape(&logical.shape);
         Some(logical)
     }
 
@@ -424,10 +427,10 @@ impl Block {
     /// [`COARSE_COPIES`] of them: the first [`ENUMERATION_KEPT`] are kept.
     fn coarse_enumeration(&mut self, text: &str) -> Option<Stop> {
         let n = self.lines.len();
-        let coarse: Vec<(usize, String)> = self
+        let coarse: Vec<(usize, &str)> = self
             .lines
             .iter()
-            .map(|l| (l.indent, coarse_shape(&l.shape)))
+            .map(|l| (l.indent, l.coarse.as_str()))
             .collect();
         for p in 2..=MAX_COARSE_PERIOD {
             if COARSE_COPIES * p > n {

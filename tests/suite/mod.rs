@@ -279,6 +279,13 @@ pub fn improve_json(repo: &Path, args: &[&str]) -> serde_json::Value {
     json(c)
 }
 
+/// What `improve <args>` on `repo` prints on standard output (a review command: no LLM).
+pub async fn improve_stdout(repo: &Path, args: &[&str]) -> String {
+    let mut c = improve(repo);
+    c.args(args);
+    stdout(&output(c).await)
+}
+
 /// The flags that point `improve` at a stand-in speaking `wire` at `url`.
 fn point_at(cmd: &mut Command, wire: Wire, url: &str) {
     let provider = match wire {

@@ -115,14 +115,7 @@ async fn a_since_run_targets_the_changed_modules_marks_the_change_and_raises_dif
     assert_eq!(status["change"]["other_files"], 1);
 
     // The report's table, per changed module, before and after.
-    let report = stdout(
-        &output({
-            let mut c = improve(fx.root());
-            c.arg("report");
-            c
-        })
-        .await,
-    );
+    let report = improve_stdout(fx.root(), &["report"]).await;
     assert!(report.contains("## The change since `HEAD~1`"), "{report}");
     assert!(
         report.contains("**0.0%** at the start, **100.0%** now"),
@@ -138,14 +131,7 @@ async fn a_since_run_targets_the_changed_modules_marks_the_change_and_raises_dif
     );
 
     // The pull-request body says the same, shortly.
-    let body = stdout(
-        &output({
-            let mut c = improve(fx.root());
-            c.args(["report", "--format", "pr"]);
-            c
-        })
-        .await,
-    );
+    let body = improve_stdout(fx.root(), &["report", "--format", "pr"]).await;
     assert!(body.starts_with("## improve: "), "{body}");
     assert!(
         body.contains("| diff coverage since `HEAD~1` | 0.0% | 100.0% |"),
@@ -183,14 +169,7 @@ async fn a_change_that_touches_only_docs_ends_at_once_with_a_report_that_says_wh
         report.contains("It changes no line of the code under test: nothing to do."),
         "{report}"
     );
-    let body = stdout(
-        &output({
-            let mut c = improve(fx.root());
-            c.args(["report", "--format", "pr"]);
-            c
-        })
-        .await,
-    );
+    let body = improve_stdout(fx.root(), &["report", "--format", "pr"]).await;
     assert!(
         body.contains("The change touches no line of the code under test"),
         "{body}"
@@ -264,14 +243,7 @@ async fn the_pull_request_body_of_a_long_run_stays_under_githubs_limit() {
     state["iterations"] = iterations.into();
     state["iterations_target"] = 4_000.into();
     std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
-    let body = stdout(
-        &output({
-            let mut c = improve(fx.root());
-            c.args(["report", "--format", "pr"]);
-            c
-        })
-        .await,
-    );
+    let body = improve_stdout(fx.root(), &["report", "--format", "pr"]).await;
     assert!(body.len() < 65_536, "{} characters", body.len());
     assert!(
         body.contains("### Kept commits (4000)"),
