@@ -9,8 +9,10 @@ never imports or runs the files it reads.
       collect (it has an `__init__`, or no test methods: a helper or a model the tests build)
       gets `__test__ = False` as its first statement, so pytest neither warns nor runs it;
       unless it derives from a class or others derive from it (the attribute is inherited).
-      -> {"ok": true, "marked": <classes marked>, "tests": <test functions in the file>}
-      or {"ok": false, "error": "line N: message"}
+      A top-level test that is not valid Python is dropped (the rest of the file is kept).
+      -> {"ok": true, "marked": <classes marked>, "tests": <test functions in the file>,
+      "dropped": ["test_x (line N: message)", ...]} or {"ok": false, "error": "line N: message"}
+      when what breaks is not a test
   {"op": "prune", "file": F, "names": ["test_a", "TestK::test_b", ...]}
       Removes those test functions (a class left without tests goes whole).
       -> {"ok": true, "removed": N} or {"ok": false, "error": ...} (the file is then unchanged)
@@ -22,8 +24,9 @@ never imports or runs the files it reads.
       -> {"ok": true, "tests": N, "kept": <passing tests carried>, "changed": <tests of F new
       or different from P>}
   {"op": "api", "file": F}
-      The public functions, classes and methods of module F with their signatures.
-      -> {"ok": true, "text": "...", "names": [every top-level name]}
+      The public functions, classes and methods of module F with their signatures, and the
+      top-level definitions an import further down binds again (dead once it runs).
+      -> {"ok": true, "text": "...", "names": [every top-level name], "superseded": [[a, b]]}
   {"op": "asserting", "file": F}
       For each test function of test file F (`test_a`, `TestK::test_b`), whether it holds an
       assertion of any kind in its body or in a helper of the file it calls (one level deep):
@@ -36,13 +39,20 @@ never imports or runs the files it reads.
       added, imports of the package under a wrong path rewritten, copies of example tests
       dropped. -> {"ok": true, "fixes": [what was done], "imports": N, "dropped": [tests],
       "tests": N}
+  {"op": "instrument", "file": F, "tests": [names], "record": R, "package": P}
+  {"op": "adopt", "file": F, "tests": [names], "record": R, "package": P}
+      Expected values from the code for the failing tests `tests` (see expect.py, a module
+      beside this script): the asserts to observe rewritten to record into R, then the values
+      recorded adopted as the asserts' literals.
   {"op": "mutants", ...}: see mutants.py, a module beside this script.
 """
+
 import ast
 import json
 import re
 import sys
 
+import expect
 import localfix
 import mutants
 from localfix import read, write
@@ -55,15 +65,59 @@ def span(node):
     return start, node.end_lineno
 
 
+# A line that starts a top-level test (or its decorators): where a chunk of the file begins.
+TEST_START = re.compile(r"(@|(async\s+)?def\s+test|class\s+Test)")
+MAX_BROKEN = 20
+
+
+def chunks(lines):
+    """[start, end) line indexes of the file's top-level chunks: each begins at a line at column
+    0 that is neither blank, a comment nor a closing bracket; decorators stay with what they
+    decorate."""
+    starts, previous = [], ""
+    for i, line in enumerate(lines):
+        if not line[:1].strip() or line[0] in "#)]}":
+            continue
+        if not previous.startswith("@"):
+            starts.append(i)
+        previous = line
+    return list(zip(starts, starts[1:] + [len(lines)]))
+
+
+def drop_broken_tests(source):
+    """`source` without the top-level tests that are not valid Python, as long as what breaks
+    is a test. -> (tree, source, [(test name, "line N: message")]); raises the first
+    SyntaxError when something else breaks."""
+    dropped = []
+    first_error = None
+    for _ in range(MAX_BROKEN):
+        try:
+            return ast.parse(source), source, dropped
+        except SyntaxError as e:
+            first_error = first_error or e
+            lines = source.splitlines(keepends=True)
+            at = (e.lineno or 1) - 1
+            chunk = next(((a, b) for a, b in chunks(lines) if a <= at < b), None)
+            if chunk is None or not TEST_START.match(lines[chunk[0]]):
+                raise first_error from None
+            a, b = chunk
+            head = "".join(lines[a:b])
+            name = re.search(r"(?:def|class)\s+(\w+)", head)
+            dropped.append((name.group(1) if name else f"line {a + 1}", f"line {e.lineno}: {e.msg}"))
+            source = "".join(lines[:a] + lines[b:])
+    raise first_error
+
+
 def tidy(path):
     source = read(path)
     try:
-        tree = ast.parse(source)
+        tree, mended, broken = drop_broken_tests(source)
     except SyntaxError as e:
         return {"ok": False, "error": f"line {e.lineno}: {e.msg}"}
-    tests = sum(
-        1 for node in ast.walk(tree) if isinstance(node, FUNCS) and node.name.startswith("test")
-    )
+    if broken:
+        source = mended
+        write(path, source)
+    tests = sum(1 for node in ast.walk(tree) if isinstance(node, FUNCS) and node.name.startswith("test"))
     # `__test__` is inherited: a class that others in the file derive from is left alone.
     bases = {
         b.id
@@ -98,7 +152,8 @@ def tidy(path):
         result = "".join(lines)
         ast.parse(result)
         write(path, result)
-    return {"ok": True, "marked": len(inserts), "tests": tests}
+    dropped = [f"{name} ({why})" for name, why in broken]
+    return {"ok": True, "marked": len(inserts), "tests": tests, "dropped": dropped}
 
 
 def prune(path, names):
@@ -321,9 +376,7 @@ def merge(previous, answer, passing):
     result = "\n\n".join(t.rstrip("\n") for t in out) + "\n"
     tree = ast.parse(result)
     write(answer, result)
-    tests = sum(
-        1 for node in ast.walk(tree) if isinstance(node, FUNCS) and node.name.startswith("test")
-    )
+    tests = sum(1 for node in ast.walk(tree) if isinstance(node, FUNCS) and node.name.startswith("test"))
     return {"ok": True, "tests": tests, "kept": len(kept_names), "changed": changed}
 
 
@@ -371,7 +424,38 @@ def api(path):
                         lines.append(t.id)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.extend((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
-    return {"ok": True, "text": "\n".join(lines), "names": names}
+    return {"ok": True, "text": "\n".join(lines), "names": names, "superseded": superseded(tree)}
+
+
+def imported_later(tree):
+    """name -> the first line of a module-level import (in the module's body, or the body of a
+    top-level `try`, `if` or `else`, but not an `except` handler: that is the fallback) that
+    binds it."""
+    bound, todo = {}, list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                if a.name != "*":
+                    name = (a.asname or a.name).split(".")[0]
+                    bound[name] = min(bound.get(name, node.lineno), node.lineno)
+        elif isinstance(node, ast.Try):
+            todo.extend(node.body + node.orelse + node.finalbody)
+        elif isinstance(node, ast.If):
+            todo.extend(node.body + node.orelse)
+    return bound
+
+
+def superseded(tree):
+    """[first, last] lines of each top-level function or class that an import further down
+    the module binds again (`class OMD: ...` then `from .dictutils import OMD`): once the
+    import runs, nothing reaches the definition, so no test can cover it."""
+    later = imported_later(tree)
+    return [
+        list(span(node))
+        for node in tree.body
+        if isinstance(node, FUNCS + (ast.ClassDef,)) and later.get(node.name, 0) > node.end_lineno
+    ]
 
 
 # pytest's (and unittest's) calls that check something; `raises` only with a specific type.
@@ -482,6 +566,12 @@ def answer(request):
             request.get("examples", {}),
             prune,
         )
+    if op == "instrument":
+        return expect.instrument(
+            request["file"], request.get("tests", []), request["record"], request["package"]
+        )
+    if op == "adopt":
+        return expect.adopt(request["file"], request["record"], request.get("tests", []), request["package"])
     if op == "mutants":
         return mutants.mutants(request["file"], request.get("tests"), int(request.get("cap", 20)))
     return {"ok": False, "error": f"unknown op {op!r}"}

@@ -17,6 +17,7 @@ right, fixed before pytest runs it (and before a repair is asked for).
 Python's own parser reads everything; nothing is imported or run (but `importlib.util.find_spec`
 of a top-level name, to leave alone an import of a module that exists outside the package).
 """
+
 import ast
 import builtins
 import importlib.util
@@ -118,12 +119,7 @@ class Module:
         self.open = self.open or "__getattr__" in self.defines
 
     def provides(self, name, modules):
-        return (
-            self.open
-            or name in self.defines
-            or name in self.imports
-            or f"{self.name}.{name}" in modules
-        )
+        return self.open or name in self.defines or name in self.imports or f"{self.name}.{name}" in modules
 
 
 class Package:
@@ -163,9 +159,7 @@ class Package:
         if not dotted or dotted in self.modules or self.exists_elsewhere(dotted):
             return None
         return self.only(
-            name
-            for name in self.modules
-            if dotted.endswith("." + name) or name.endswith("." + dotted)
+            name for name in self.modules if dotted.endswith("." + name) or name.endswith("." + dotted)
         )
 
 
@@ -209,8 +203,7 @@ def fix_import_from(node, package):
     if list(groups) == [node.module]:
         return None
     return [
-        f"from {m} import "
-        + ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in names)
+        f"from {m} import " + ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in names)
         for m, names in groups.items()
     ]
 
@@ -247,9 +240,9 @@ def fix_import_paths(source, tree, package):
             continue
         if new is None or not own_lines(node, lines):
             continue
-        old = " ".join(
-            line.strip() for line in lines[node.lineno - 1 : node.end_lineno]
-        ).split("#")[0].strip()
+        old = (
+            " ".join(line.strip() for line in lines[node.lineno - 1 : node.end_lineno]).split("#")[0].strip()
+        )
         indent = " " * node.col_offset
         text = "".join(f"{indent}{s}\n" for s in new)
         edits.append((node.lineno, node.end_lineno, text))
@@ -285,15 +278,27 @@ def bound_names(tree):
     return bound
 
 
-def undefined_names(tree):
+def star_names(tree, package):
+    """The names the file's star imports bind (`from calc.ops import *`: the public names of a
+    module of the package), or None when one of them is of a module whose names are unknown."""
+    names = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names)):
+            continue
+        module = package.modules.get(node.module) if package and not node.level else None
+        if module is None or module.open:
+            return None
+        names.update(n for n in module.defines | set(module.imports) if not n.startswith("_"))
+    return names
+
+
+def undefined_names(tree, package=None):
     """Names read and bound nowhere in the file, nor built in, in order of first use. None when
-    a star import makes that unknowable."""
-    if any(
-        isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names)
-        for n in ast.walk(tree)
-    ):
+    a star import of a module outside `package` makes that unknowable."""
+    starred = star_names(tree, package)
+    if starred is None:
         return None
-    known = bound_names(tree) | set(dir(builtins)) | MODULE_DUNDERS
+    known = bound_names(tree) | starred | set(dir(builtins)) | MODULE_DUNDERS
     uses = sorted(
         (n.lineno, n.col_offset, n.id)
         for n in ast.walk(tree)
@@ -379,7 +384,7 @@ def import_line(tree):
 
 def add_missing_imports(source, tree, package):
     """Imports for the names the file uses and binds nowhere. -> (source, fixes)"""
-    names = undefined_names(tree) or []
+    names = undefined_names(tree, package) or []
     statements = []
     for name in names:
         text = import_for(name, package)
@@ -442,9 +447,7 @@ def example_keys(paths):
 def copied_tests(tree, examples):
     """(test, example) of each test of the file that is an example test again."""
     keys = example_keys(examples)
-    return [
-        (name, keys[test_key(node)]) for name, node in tests_of(tree) if test_key(node) in keys
-    ]
+    return [(name, keys[test_key(node)]) for name, node in tests_of(tree) if test_key(node) in keys]
 
 
 def is_check(node):

@@ -135,6 +135,10 @@ pub mod scratch {
     pub fn helper_localfix(helper_dir: &Path) -> PathBuf {
         helper_dir.join("localfix.py")
     }
+    /// The expected values from the code (observe, then adopt) the helper imports.
+    pub fn helper_expect(helper_dir: &Path) -> PathBuf {
+        helper_dir.join("expect.py")
+    }
 }
 
 /// The lock every run takes in the repository's git folder, whatever its state dir.
@@ -252,6 +256,10 @@ pub enum Label {
     New,
     /// The new test file after repair round k.
     NewRepaired(u32),
+    /// The new test file with its failing asserts recording what the code gave.
+    Observed,
+    /// The new test file with expected values taken from the code.
+    NewAdopted,
     /// The fixed test file of a fix iteration.
     Fix,
     /// The whole suite.
@@ -274,6 +282,8 @@ impl fmt::Display for Label {
             Label::Collect => write!(f, "pytest-collect"),
             Label::New => write!(f, "pytest-new"),
             Label::NewRepaired(k) => write!(f, "pytest-new-repair-{k}"),
+            Label::Observed => write!(f, "pytest-observed"),
+            Label::NewAdopted => write!(f, "pytest-new-adopted"),
             Label::Fix => write!(f, "pytest-fix"),
             Label::Suite => write!(f, "pytest-suite"),
             Label::SuiteRound(k) => write!(f, "pytest-suite-{k}"),

@@ -21,6 +21,36 @@ impl Missing {
         self.lines.is_empty() && self.branches.is_empty()
     }
 
+    /// What is missing on the lines in `shown` (a branch by the line it leaves).
+    pub fn within(&self, shown: &std::collections::BTreeSet<u32>) -> Missing {
+        let on = |line: i64| u32::try_from(line).is_ok_and(|l| shown.contains(&l));
+        Missing {
+            lines: self
+                .lines
+                .iter()
+                .copied()
+                .filter(|l| shown.contains(l))
+                .collect(),
+            branches: self
+                .branches
+                .iter()
+                .copied()
+                .filter(|(from, _)| on(*from))
+                .collect(),
+        }
+    }
+
+    /// What is missing outside the line ranges `dead` ([first, last] each).
+    pub fn outside(&self, dead: &[(u32, u32)]) -> Missing {
+        let live = |l: u32| !dead.iter().any(|&(a, b)| (a..=b).contains(&l));
+        Missing {
+            lines: self.lines.iter().copied().filter(|&l| live(l)).collect(),
+            branches: (self.branches.iter().copied())
+                .filter(|&(from, _)| u32::try_from(from).map_or(true, live))
+                .collect(),
+        }
+    }
+
     /// `lines 16, 24, 54-58; branches 15->16, 23->exit`
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();

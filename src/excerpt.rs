@@ -266,6 +266,18 @@ pub fn excerpt_within(
     (text, Some(note))
 }
 
+/// The source line numbers an excerpt made by [`excerpt`] shows.
+pub fn shown_lines(excerpt: &str) -> BTreeSet<u32> {
+    excerpt
+        .lines()
+        .filter_map(|l| {
+            let t = l.trim_start();
+            let digits = t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            t[..digits].parse().ok()
+        })
+        .collect()
+}
+
 fn floor_boundary(text: &str, at: usize) -> usize {
     let mut end = at.min(text.len());
     while !text.is_char_boundary(end) {
@@ -421,5 +433,9 @@ mod tests {
             note.as_deref(),
             Some("the module excerpt narrowed to the 1 of 2 functions with the most missing lines")
         );
+        // What the prompt then says is missing: the lines it shows, not f90's.
+        let shown = shown_lines(&tight);
+        assert!(shown.contains(&1) && shown.contains(&53) && !shown.contains(&453));
+        assert_eq!(m.within(&shown).summary(), "lines 55-56");
     }
 }

@@ -27,6 +27,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const HELPER_PY: &str = include_str!("../python/helper.py");
 const MUTANTS_PY: &str = include_str!("../python/mutants.py");
 const LOCALFIX_PY: &str = include_str!("../python/localfix.py");
+const EXPECT_PY: &str = include_str!("../python/expect.py");
 
 /// Why a request to the helper got no answer of use.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +97,19 @@ pub enum Request<'a> {
         tests: Option<&'a BTreeMap<String, Vec<u32>>>,
         cap: u32,
     },
+    Instrument {
+        file: String,
+        tests: &'a [String],
+        record: String,
+        /// The top-level import name of the code under test: only what reads it is observed.
+        package: &'a str,
+    },
+    Adopt {
+        file: String,
+        tests: &'a [String],
+        record: String,
+        package: &'a str,
+    },
 }
 
 /// Every answer's envelope: whether the op went through, else why not.
@@ -107,12 +121,30 @@ struct Envelope {
 }
 
 /// The answer to [`Request::Tidy`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TidyCounts {
     /// `Test*` classes marked `__test__ = False`.
     pub marked: u32,
     /// Test functions the file defines.
     pub tests: u32,
+    /// Top-level tests dropped as invalid Python, with why (`test_x (line 3: invalid syntax)`).
+    #[serde(default)]
+    pub dropped: Vec<String>,
+}
+
+/// The answer to [`Request::Instrument`].
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct Instrumented {
+    asserts: u32,
+}
+
+/// The answer to [`Request::Adopt`]: the expected values taken from the code.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Adopted {
+    /// Asserts whose literal became the value the code gave.
+    pub adopted: u32,
+    /// One line each (`test_a line 7: expected \`3\` -> \`4\``).
+    pub values: Vec<String>,
 }
 
 /// The answer to [`Request::Prune`].
@@ -150,6 +182,10 @@ pub struct Api {
     pub text: String,
     /// Every top-level name the module defines or imports.
     pub names: Vec<String>,
+    /// [first, last] lines of the top-level definitions an import further down binds again:
+    /// no test reaches them.
+    #[serde(default)]
+    pub superseded: Vec<(u32, u32)>,
 }
 
 /// The answer to [`Request::Asserting`].
@@ -244,6 +280,7 @@ impl PyHelper {
         };
         write(&scratch::helper_mutants(&dir), MUTANTS_PY)?;
         write(&scratch::helper_localfix(&dir), LOCALFIX_PY)?;
+        write(&scratch::helper_expect(&dir), EXPECT_PY)?;
         let script = scratch::helper_script(&dir);
         write(&script, HELPER_PY)?;
         let stderr_path = scratch::helper_stderr(&self.scratch);
@@ -381,6 +418,45 @@ impl PyHelper {
             examples: project.examples,
         })
         .await
+    }
+
+    /// Rewrites, in the failing tests `tests` of `file`, each `assert <expr> == <literal>`
+    /// whose `<expr>` reads the code under test (`package`) into a call that records what
+    /// `<expr>` gave into `record` (and lets the test go on). Returns how many asserts were
+    /// rewritten; the caller runs the file, then puts it back.
+    pub async fn instrument(
+        &self,
+        file: &Path,
+        tests: &[String],
+        record: &Path,
+        package: &str,
+    ) -> Result<u32, HelperError> {
+        let request = Request::Instrument {
+            file: path(file),
+            tests,
+            record: path(record),
+            package,
+        };
+        let done: Instrumented = self.call(request).await?;
+        Ok(done.asserts)
+    }
+
+    /// Gives each assert of `tests` in `file` that failed in the run [`Self::instrument`]
+    /// prepared, always on one value that Python writes as a literal, that value.
+    pub async fn adopt(
+        &self,
+        file: &Path,
+        tests: &[String],
+        record: &Path,
+        package: &str,
+    ) -> Result<Adopted, HelperError> {
+        let request = Request::Adopt {
+            file: path(file),
+            tests,
+            record: path(record),
+            package,
+        };
+        self.call(request).await
     }
 
     /// Up to `cap` mutants of the module `file`, on the lines each test in `tests` covers

@@ -68,6 +68,8 @@ pub struct ShowView {
     pub answers: AnswerNotes,
     /// What was fixed in the answers without the model.
     pub local_fixes: Vec<String>,
+    /// Expected values taken from the code.
+    pub values_from_code: Vec<String>,
     /// The kept commit's patch, or the rejected proposal's; null when it never became a file.
     pub diff: Option<String>,
 }
@@ -183,6 +185,7 @@ fn view(repo_root: &Path, files: &IterationFiles, run_id: &str, it: &Iteration) 
         answer: path_of(files.response(0)),
         answers: it.answers.clone(),
         local_fixes: it.local_fixes.clone(),
+        values_from_code: it.values_from_code.clone(),
         diff: diff(repo_root, files, it),
     }
 }
@@ -336,17 +339,21 @@ fn cost_and_files(v: &ShowView, out: &mut String) {
     if !a.is_empty() {
         let _ = writeln!(
             out,
-            "answers:  {} cut off ({} complete tests kept), {} repeating, {} repairs changing nothing, {} prompts refused as too long, {} repairs avoided by local fixes",
+            "answers:  {} cut off ({} complete tests kept), {} repeating, {} repairs changing nothing, {} prompts refused as too long, {} repairs avoided by local fixes, {} expected values taken from the code",
             a.salvaged,
             a.salvaged_tests,
             a.repeating,
             a.unchanged_repairs,
             a.context_refusals,
-            a.repairs_avoided
+            a.repairs_avoided,
+            a.values_adopted
         );
     }
     for fix in &v.local_fixes {
         let _ = writeln!(out, "fixed:    {fix}");
+    }
+    for value in &v.values_from_code {
+        let _ = writeln!(out, "value:    {value} (from the code)");
     }
     for stop in &a.stops {
         let which = match stop.round {

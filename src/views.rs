@@ -285,6 +285,9 @@ pub fn log_json(it: &Iteration) -> Value {
     if !it.local_fixes.is_empty() {
         row["local_fixes"] = json!(it.local_fixes);
     }
+    if !it.values_from_code.is_empty() {
+        row["values_from_code"] = json!(it.values_from_code);
+    }
     // A `--since` run's kept iterations: diff coverage of the change before and after.
     let diff = it
         .verdict

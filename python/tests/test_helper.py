@@ -1,4 +1,5 @@
 """The helper's ops, called as the JSON loop calls them, on files in a temp dir."""
+
 import ast
 import io
 import json
@@ -27,7 +28,7 @@ def test_tidy_marks_a_helper_class_and_counts_tests(write):
             assert TestData().x == 1
         """,
     )
-    assert helper.tidy(path) == {"ok": True, "marked": 1, "tests": 2}
+    assert helper.tidy(path) == {"ok": True, "marked": 1, "tests": 2, "dropped": []}
     text = read(path)
     assert "class TestData:\n    __test__ = False  # not a test class (improve)\n    def __init__" in text
     assert text.count("__test__") == 1
@@ -46,15 +47,70 @@ def test_tidy_leaves_base_and_derived_classes_alone(write):
         """,
     )
     before = read(path)
-    assert helper.tidy(path) == {"ok": True, "marked": 0, "tests": 0}
+    assert helper.tidy(path) == {"ok": True, "marked": 0, "tests": 0, "dropped": []}
     assert read(path) == before
 
 
-def test_tidy_reports_a_syntax_error_by_line(write):
-    path = write("test_x.py", "def test_a():\n    return (\n")
+def test_tidy_reports_a_syntax_error_outside_the_tests_by_line(write):
+    path = write("test_x.py", "from calc import (add\n\n\ndef test_a():\n    assert add(1, 2) == 3\n")
+    before = read(path)
     answer = helper.tidy(path)
     assert answer["ok"] is False
-    assert answer["error"].startswith("line ")
+    assert answer["error"].startswith("line 1: ")
+    assert read(path) == before
+
+
+def test_tidy_drops_the_tests_that_are_not_valid_python_and_keeps_the_others(write):
+    path = write(
+        "test_x.py",
+        """
+        import pytest
+        from m import f
+
+
+        @pytest.mark.parametrize(
+            "x", [1, 2]
+        )
+        @pytest.mark.slow
+        def test_kept(x):
+            assert f(x) == 1
+
+
+        def test_quotes():
+            assert f("aa") == 'aa [bb] cc'cc dd'
+
+
+        class TestK:
+            def test_open(self):
+                assert f(3) == (3,
+
+
+        def test_last():
+            assert f(4) == 4
+        """,
+    )
+    answer = helper.tidy(path)
+    assert answer["ok"] is True
+    assert answer["tests"] == 2
+    assert [d.split(" (")[0] for d in answer["dropped"]] == ["test_quotes", "TestK"]
+    assert answer["dropped"][0].startswith("test_quotes (line 14: unterminated string literal")
+    text = read(path)
+    assert "def test_kept(x):" in text
+    assert "@pytest.mark.slow" in text
+    assert "def test_last" in text
+    assert "test_quotes" not in text
+    assert "TestK" not in text
+
+
+def test_tidy_of_a_file_whose_every_test_is_broken_keeps_none(write):
+    path = write("test_x.py", "def test_a():\n    return (\n")
+    answer = helper.tidy(path)
+    assert answer == {
+        "ok": True,
+        "marked": 0,
+        "tests": 0,
+        "dropped": ["test_a (line 2: '(' was never closed)"],
+    }
 
 
 def test_prune_removes_functions_and_an_emptied_class(write):
@@ -446,3 +502,31 @@ def test_asserting_finds_each_kind_of_assertion_and_none(write):
         "TestK::test_assert_raises_any",
     }
     assert len(tests) == 18
+
+
+def test_api_names_the_definitions_an_import_further_down_replaces(write):
+    path = write(
+        "mod.py",
+        """
+        class OrderedMultiDict(dict):
+            def add(self, k, v):
+                return None
+
+
+        def helper():
+            return 1
+
+
+        def fallback():
+            return 2
+
+
+        try:
+            from .dictutils import OrderedMultiDict
+        except ImportError:
+            from ._compat import fallback
+        """,
+    )
+    answer = helper.api(path)
+    # The class is dead once the import runs; `fallback` is only bound again when it fails.
+    assert answer["superseded"] == [[1, 3]]

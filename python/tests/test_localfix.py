@@ -1,4 +1,5 @@
 """The helper's local fixes (op fix): what needs no model, put right before pytest runs."""
+
 import helper
 from conftest import read
 
@@ -304,3 +305,34 @@ def test_a_test_whose_paragraphs_share_setup_or_check_nothing_alone_stays_whole(
     )
     assert not any(f.startswith("split") for f in answer["fixes"]), answer
     assert text.count("def test_") == 1
+
+
+def test_a_star_import_of_the_module_under_test_still_gets_pytest_imported(write):
+    answer, text = fix(
+        write,
+        """
+        from calc.ops import *
+
+
+        def test_raises():
+            with pytest.raises(TypeError):
+                add(1, None)
+            assert clamp(5, 0, 3) == 3
+        """,
+    )
+    assert answer["fixes"] == ["added `import pytest`"]
+    assert text.startswith("from calc.ops import *\nimport pytest\n")
+
+
+def test_a_star_import_of_a_module_outside_the_package_leaves_the_names_alone(write):
+    source = """
+        from os.path import *
+
+
+        def test_raises():
+            with pytest.raises(TypeError):
+                add(1, None)
+        """
+    answer, text = fix(write, source)
+    assert answer["fixes"] == []
+    assert "import pytest" not in text

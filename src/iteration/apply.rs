@@ -12,7 +12,7 @@ use crate::llm::ChatResponse;
 use crate::project::import_name;
 use crate::proposal::{self, Proposal, ProposalError};
 use crate::pyhelper::{FixContext, LocalFixes};
-use crate::state::{Kind, Outcome, RejectReason, Rejection, Step};
+use crate::state::{Iteration, Kind, Outcome, RejectReason, Rejection, Step};
 use crate::target;
 
 /// An answer's test file, tidied.
@@ -91,7 +91,20 @@ pub async fn tidy_answer(
     write_artifact(&file, proposal.code.as_bytes())?;
     let ctx = cx.ctx;
     let mut tests = match cx.in_helper(ctx.helper.tidy(&file)).await {
-        Ok(tidy) => tidy.tests,
+        Ok(tidy) if tidy.tests == 0 && !tidy.dropped.is_empty() => {
+            return Ok(Err(Rejection::new(
+                RejectReason::InvalidPython,
+                format!("invalid Python: every test is: {}", tidy.dropped.join(", ")),
+            )));
+        }
+        Ok(tidy) => {
+            let fixes = tidy
+                .dropped
+                .iter()
+                .map(|t| format!("dropped {t}: invalid Python"));
+            note_fixes(cx.it_mut(), round, fixes);
+            tidy.tests
+        }
         Err(msg) => {
             return Ok(Err(Rejection::new(
                 RejectReason::InvalidPython,
@@ -162,19 +175,24 @@ async fn local_fixes(
     };
     let max_repairs = cx.settings().max_repairs;
     let it = cx.it_mut();
-    for fix in &fixed.fixes {
+    note_fixes(it, round, fixed.fixes.iter().cloned());
+    if fixed.imports > 0 && round < max_repairs {
+        it.answers.repairs_avoided += 1;
+    }
+    Ok(Some(fixed))
+}
+
+/// Records in the iteration what was put right without a model in answer `round`, once each.
+fn note_fixes(it: &mut Iteration, round: u32, fixes: impl Iterator<Item = String>) {
+    for fix in fixes {
         let line = match round {
-            0 => fix.clone(),
+            0 => fix,
             k => format!("repair {k}: {fix}"),
         };
         if !it.local_fixes.contains(&line) {
             it.local_fixes.push(line);
         }
     }
-    if fixed.imports > 0 && round < max_repairs {
-        it.answers.repairs_avoided += 1;
-    }
-    Ok(Some(fixed))
 }
 
 /// What a cut-off answer (its code block never closed) got right: its complete tests, after

@@ -13,6 +13,7 @@ use crate::coverage::Missing;
 use crate::fsutil::{read_json, write_artifact, write_durable};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, LlmError, Role};
 use crate::prompt;
+use crate::pyhelper::Api;
 use crate::pytest::{self, CaseOutcome};
 use crate::state::{AnswerStop, Kind, Outcome, RejectReason, Rejection, RunState, Step};
 use crate::target;
@@ -65,7 +66,7 @@ pub async fn ask(cx: &mut StepCx<'_>) -> Result<AskEnd, StepError> {
     loop {
         let cuts = std::cell::RefCell::new(Vec::new());
         let answer = saved_or_asked(cx, 0, |cx| {
-            let (request, cut) = build_request_within(cx, budget, api.as_deref())?;
+            let (request, cut) = build_request_within(cx, budget, api.as_ref())?;
             let files = cx.files();
             write_artifact(&files.prompt(), prompt_text(&request).as_bytes())?;
             // The conversation repair rounds continue.
@@ -108,7 +109,7 @@ pub async fn ask(cx: &mut StepCx<'_>) -> Result<AskEnd, StepError> {
 }
 
 /// The public names of an add iteration's module, as its source at the tip defines them.
-async fn module_api(cx: &mut StepCx<'_>) -> Result<Option<String>, StepError> {
+async fn module_api(cx: &mut StepCx<'_>) -> Result<Option<Api>, StepError> {
     if cx.it().kind == Kind::Fix {
         return Ok(None);
     }
@@ -118,8 +119,7 @@ async fn module_api(cx: &mut StepCx<'_>) -> Result<Option<String>, StepError> {
     let file = cx.files().module_source();
     write_artifact(&file, source.as_bytes())?;
     let ctx = cx.ctx;
-    let api = cx.in_helper(ctx.helper.api(&file)).await;
-    Ok(api.ok().map(|a| a.text).filter(|t| !t.trim().is_empty()))
+    Ok(cx.in_helper(ctx.helper.api(&file)).await.ok())
 }
 
 /// The answer to request `round` (0: the first, k: repair round k): the one saved, else what
@@ -268,6 +268,8 @@ struct PromptData {
     api: Option<String>,
     /// Mutants of the module the last iteration on it left alive: what its tests miss.
     unnoticed: Vec<String>,
+    /// Example tests were cut or left out to fit (so "no tests yet" would be untrue).
+    examples_cut: bool,
     /// The module's whole source, for narrowing the excerpt (not shown as such).
     #[serde(skip)]
     full_source: String,
@@ -454,14 +456,18 @@ fn request_chars(request: &ChatRequest) -> usize {
 fn build_request_within(
     cx: &StepCx<'_>,
     budget: u32,
-    api: Option<&str>,
+    api: Option<&Api>,
 ) -> Result<(ChatRequest, Vec<String>), StepError> {
     let max_chars = budget as usize * CHARS_PER_TOKEN;
     if cx.it().kind == Kind::Fix {
         return Ok((build_fix_request(cx, max_chars)?, Vec::new()));
     }
-    let (mut data, missing) = prompt_data(cx, cx.tip()?)?;
-    data.api = api.map(|a| cut(a, MAX_EXAMPLE_CHARS));
+    let dead = api.map_or(&[][..], |a| &a.superseded[..]);
+    let (mut data, missing) = prompt_data(cx, cx.tip()?, dead)?;
+    data.api = api
+        .map(|a| a.text.as_str())
+        .filter(|t| !t.trim().is_empty())
+        .map(|a| cut(a, MAX_EXAMPLE_CHARS));
     let cuts = fit(cx, &mut data, missing.as_ref(), max_chars)?;
     let request = first_request(cx, format!("add:{}", cx.it().target), prompt::ADD, &data)?;
     Ok((request, cuts))
@@ -492,6 +498,7 @@ fn fit(
         if let Some(cut) = shrink_last(&mut data.guidelines, over, "the guidelines") {
             cuts.push(cut);
         } else if let Some(cut) = shrink_last(&mut data.existing_tests, over, "the example") {
+            data.examples_cut = true;
             cuts.push(cut);
         } else if data.api.take().is_some() {
             cuts.push("the module's API summary left out".into());
@@ -524,6 +531,9 @@ fn shrink_module(data: &mut PromptData, missing: Option<&Missing>, over: usize) 
             let room = numbered.len().saturating_sub(over);
             let (text, note) =
                 crate::excerpt::excerpt_within(&data.full_source, m, &data.changed, room);
+            // Lines the model cannot see are no aim it can take.
+            let shown = m.within(&crate::excerpt::shown_lines(&text));
+            data.missing_summary = (!shown.is_empty()).then(|| shown.summary());
             data.numbered = Some(text);
             note.unwrap_or_else(|| "the module excerpt cut short".into())
         }
@@ -534,7 +544,13 @@ fn shrink_module(data: &mut PromptData, missing: Option<&Missing>, over: usize) 
     }
 }
 
-fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<(PromptData, Option<Missing>), StepError> {
+/// What the first prompt shows; `dead`: line ranges of definitions no test can reach (their
+/// missing lines are no aim).
+fn prompt_data(
+    cx: &StepCx<'_>,
+    tip: Oid,
+    dead: &[(u32, u32)],
+) -> Result<(PromptData, Option<Missing>), StepError> {
     let (repo, state, it) = (&cx.ctx.repo, &cx.state, cx.it());
     let import_name = crate::project::import_name(&it.target, &state.settings.source_roots);
     let source = read_at_tip(repo, tip, &it.target).unwrap_or_default();
@@ -557,7 +573,8 @@ fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<(PromptData, Option<Missing>
         .unwrap_or_default();
     let missing = latest_coverage_json(cx)
         .and_then(|path| crate::coverage::read_missing(&path, &it.target))
-        .map(|m| only_changed(m, &changed, state.change.is_some()));
+        .map(|m| only_changed(m, &changed, state.change.is_some()))
+        .map(|m| m.outside(dead));
     let data = PromptData {
         numbered: missing
             .as_ref()
@@ -587,6 +604,7 @@ fn prompt_data(cx: &StepCx<'_>, tip: Oid) -> Result<(PromptData, Option<Missing>
         guidelines,
         api: None,
         unnoticed: unnoticed(state, &it.target),
+        examples_cut: false,
         full_source: source.clone(),
         change: state.change.as_ref().map(|c| ChangeNote {
             since: c.since.clone(),

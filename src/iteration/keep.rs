@@ -174,6 +174,18 @@ fn commit_message(cx: &StepCx<'_>, verdict: &Verdict) -> String {
     .filter(|(k, _)| *k > 0)
     .map(|(k, what)| format!("; {k} {what} tests dropped"))
     .collect();
+    // Values a test asserts because the code gave them, not because the model expected them.
+    let values: String = match it.values_from_code.as_slice() {
+        [] => String::new(),
+        values => format!(
+            "\n\nExpected values taken from the code (check that each is what it should do):\n{}",
+            values
+                .iter()
+                .map(|v| format!("- {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    };
     format!(
         "improve #{n}: {subject}\n\n\
          Target: {target}\n\
@@ -182,7 +194,7 @@ fn commit_message(cx: &StepCx<'_>, verdict: &Verdict) -> String {
          Tests added: {added} ({file}){dropped}\n\
          Tests fixed: {fixed}\n\
          Pytest: {summary}\n\
-         Coverage: {coverage}{diff}\n\n\
+         Coverage: {coverage}{diff}{values}\n\n\
          Improve-Run: {run}\n\
          Improve-Iteration: {n}\n",
         n = it.n,

@@ -175,6 +175,11 @@ pub struct Iteration {
     /// `repair N: `.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local_fixes: Vec<String>,
+    /// Expected values of failing asserts taken from what the code gave, one line each
+    /// (`test_a line 7: expected \`3\` -> \`4\``): the review checks each is what the code
+    /// should do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_from_code: Vec<String>,
     /// What was left out of the first prompt to fit the budget (`--max-prompt-tokens`, halved
     /// after each refusal of the server).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -225,6 +230,10 @@ pub struct AnswerNotes {
     /// the model was asked for in this run so far changed nothing.
     #[serde(default)]
     pub repairs_skipped: u32,
+    /// Asserts of failing new tests whose expected literal became the value the code gave
+    /// (never a test the model stood by through a repair; each is listed in the local fixes).
+    #[serde(default)]
+    pub values_adopted: u32,
 }
 
 /// One answer stopped while streaming.
@@ -270,6 +279,7 @@ impl AnswerNotes {
         self.runaways += other.runaways;
         self.tokens_saved += other.tokens_saved;
         self.repairs_skipped += other.repairs_skipped;
+        self.values_adopted += other.values_adopted;
         self.stops.extend(other.stops.iter().cloned());
     }
 }
@@ -315,6 +325,7 @@ impl Iteration {
             timeline: Vec::new(),
             answers: AnswerNotes::default(),
             local_fixes: Vec::new(),
+            values_from_code: Vec::new(),
             prompt_cuts: Vec::new(),
             origin: None,
         }

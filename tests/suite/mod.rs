@@ -497,10 +497,10 @@ pub fn good_answer(i: usize) -> Answer {
     })
 }
 
-/// Every test in it fails: nothing to keep.
-pub const FAILING: &str = "from calc.ops import add\n\n\ndef test_add_wrong():\n    assert add(1, 1) == 3\n\n\ndef test_add_wrong_too():\n    assert add(2, 2) == 5\n";
+/// Every test in it fails: nothing to keep (and no value to take from the code: `>` is not `==`).
+pub const FAILING: &str = "from calc.ops import add\n\n\ndef test_add_wrong():\n    assert add(1, 1) > 2\n\n\ndef test_add_wrong_too():\n    assert add(2, 2) > 4\n";
 /// Some tests pass, some fail (one parametrized case, one method): the failing ones go.
-pub const PARTLY_FAILING: &str = "import pytest\n\nfrom calc.ops import add, clamp\n\n\ndef test_add_right():\n    assert add(1, 1) == 2\n\n\n@pytest.mark.parametrize('a, b, total', [(1, 2, 3), (2, 2, 5)])\ndef test_add_table(a, b, total):\n    assert add(a, b) == total\n\n\nclass TestClamp:\n    def test_inside(self):\n        assert clamp(2, 0, 5) == 2\n\n    def test_wrong(self):\n        assert clamp(9, 0, 5) == 9\n";
+pub const PARTLY_FAILING: &str = "import pytest\n\nfrom calc.ops import add, clamp\n\n\ndef test_add_right():\n    assert add(1, 1) == 2\n\n\n@pytest.mark.parametrize('a, b, total', [(1, 2, 3), (2, 2, 5)])\ndef test_add_table(a, b, total):\n    assert add(a, b) == total\n\n\nclass TestClamp:\n    def test_inside(self):\n        assert clamp(2, 0, 5) == 2\n\n    def test_wrong(self):\n        assert clamp(9, 0, 5) > 5\n";
 pub const INVALID: &str = "def test_broken(:\n    pass\n";
 pub const ESCAPING: &str = "# ../../evil_test.py\ndef test_evil():\n    assert True\n";
 

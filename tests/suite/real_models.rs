@@ -578,3 +578,83 @@ async fn once_the_server_says_it_is_slow_prompts_are_sized_to_the_call_budget() 
         "{cuts:?}"
     );
 }
+
+/// A small model's guess at a value: `divide(9, 3)` is `3.0`, not `4`; its other test passes.
+const WRONG_VALUE: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 4\n    assert divide(1, 4) == 0.25\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_expected_value_becomes_the_value_the_code_gave_and_the_commit_says_so() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(WRONG_VALUE)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1", "--max-repairs", "0"]).await;
+    let log = log_of(&fx);
+    assert_eq!(llm.requests().await.len(), 1, "{log:#?}");
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    assert_eq!(log[0]["answers"]["values_adopted"], 1, "{log:#?}");
+    let values = serde_json::json!(["test_divide_exact line 5: expected `4` -> `3.0`"]);
+    assert_eq!(log[0]["values_from_code"], values, "{log:#?}");
+    let kept = kept_file(&fx, &log[0]);
+    assert!(
+        kept.contains("    assert divide(9, 3) == 3.0\n    assert divide(1, 4) == 0.25\n"),
+        "{kept}"
+    );
+    let message = git(fx.root(), &["log", "-1", "--format=%B", &fx.run_branch()]);
+    assert!(
+        message.contains(
+            "Expected values taken from the code (check that each is what it should do):\n\
+             - test_divide_exact line 5: expected `4` -> `3.0`\n"
+        ),
+        "{message}"
+    );
+    let show = improve_json(fx.root(), &["show", "1", "--json"]);
+    assert_eq!(show["values_from_code"], values, "{show:#?}");
+    let text = stdout(&output(improve_cmd(fx.root(), &["show", "1"])).await);
+    assert!(
+        text.contains("value:    test_divide_exact line 5: expected `4` -> `3.0` (from the code)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 expected values taken from the code"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_the_model_stood_by_through_a_repair_keeps_its_value_and_stays_a_finding() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(
+        Wire::OpenAi,
+        vec![code_answer(WRONG_VALUE), code_answer(WRONG_VALUE)],
+    )
+    .await;
+    run_ok(fx.root(), &llm, &["-n", "1", "--max-repairs", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["repairs"], 1, "{log:#?}");
+    assert!(log[0].get("values_from_code").is_none(), "{log:#?}");
+    assert_eq!(log[0]["findings"].as_array().unwrap().len(), 1, "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 1, "{log:#?}");
+    assert!(!kept_file(&fx, &log[0]).contains("test_divide_exact"));
+}
+
+/// One test with an unterminated string, as a small model quotes a quote; two valid ones.
+const ONE_BROKEN: &str = "from calc.ops import clamp, divide\n\n\ndef test_divide_exact():\n    assert divide(9, 3) == 3\n\n\ndef test_quotes():\n    assert str(clamp(1, 0, 3)) == 'it's 1'\n\n\ndef test_clamp_high():\n    assert clamp(5, 0, 3) == 3\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_that_is_not_valid_python_is_dropped_and_the_others_are_kept() {
+    let fx = Fixture::new();
+    let llm = StandIn::start(Wire::OpenAi, vec![code_answer(ONE_BROKEN)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1"]).await;
+    let log = log_of(&fx);
+    assert_eq!(llm.requests().await.len(), 1, "{log:#?}");
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    assert_eq!(
+        log[0]["local_fixes"],
+        serde_json::json!([
+            "dropped test_quotes (line 9: unterminated string literal (detected at line 9)): invalid Python"
+        ]),
+        "{log:#?}"
+    );
+    assert!(!kept_file(&fx, &log[0]).contains("test_quotes"));
+}

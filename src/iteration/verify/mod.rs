@@ -6,6 +6,7 @@
 
 mod add;
 mod covered;
+mod expect;
 mod fix;
 pub mod judge;
 mod mutation;

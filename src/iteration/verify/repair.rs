@@ -160,7 +160,7 @@ fn findings(
 }
 
 /// A failure on an assertion about what the code did (not an error in the test itself).
-fn is_assertion(f: &Failure) -> bool {
+pub(super) fn is_assertion(f: &Failure) -> bool {
     f.message.starts_with("assert") || f.detail.contains("AssertionError")
 }
 
