@@ -658,3 +658,26 @@ async fn a_test_that_is_not_valid_python_is_dropped_and_the_others_are_kept() {
     );
     assert!(!kept_file(&fx, &log[0]).contains("test_quotes"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_server_too_slow_for_repairs_the_values_come_from_the_code_before_any_repair() {
+    let fx = Fixture::new();
+    // llama.cpp's timings: 5 answer tokens a second, a repair would take minutes.
+    let slow = |code: &str| timed_answer(code, 40.0, 5.0);
+    let llm = StandIn::start(Wire::OpenAi, vec![slow(WRONG_VALUE), slow(WRONG_VALUE)]).await;
+    run_ok(fx.root(), &llm, &["-n", "1", "--max-repairs", "2"]).await;
+    let log = log_of(&fx);
+    assert_eq!(
+        llm.requests().await.len(),
+        1,
+        "no repair was asked: {log:#?}"
+    );
+    assert_eq!(log[0]["repairs"], 0, "{log:#?}");
+    assert_eq!(log[0]["outcome"], "kept", "{log:#?}");
+    assert_eq!(log[0]["tests_added"], 2, "{log:#?}");
+    assert_eq!(
+        log[0]["values_from_code"],
+        serde_json::json!(["test_divide_exact line 5: expected `4` -> `3.0`"]),
+        "{log:#?}"
+    );
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::judge::{self, NewRun};
 use super::stage::{Pipeline, Stage, StageEnd, StageResult, always, run_stages, stage_run};
-use super::{covered, expect, mutation, pollution, repair, suite, trouble};
+use super::{covered, mutation, pollution, repair, suite, trouble};
 use crate::artifacts::Label;
 use crate::fsutil::write_artifact;
 use crate::iteration::context::{StepCx, StepError};
@@ -75,13 +75,10 @@ pub async fn verify_add(
 }
 
 /// Stages collect, run and repair: the new file runs, and goes back to the LLM while tests
-/// fail and rounds are left; then the values the model got wrong come from the code.
+/// fail and rounds are left (the values the model got wrong come from the code, see
+/// [`repair::run_and_repair`]).
 async fn collect(cx: &mut StepCx<'_>, p: &mut Pipeline) -> StageResult {
-    let mut new = repair::run_and_repair(cx, &p.worktree, &p.test_file, &mut p.verdict).await?;
-    if new.touched.is_empty() && !new.run.timed_out {
-        let findings = &p.verdict.findings;
-        expect::adopt_values(cx, &p.worktree, &p.test_file, &mut new, findings).await?;
-    }
+    let new = repair::run_and_repair(cx, &p.worktree, &p.test_file, &mut p.verdict).await?;
     let (run, tally) = (&new.run, &new.tally);
     p.verdict.pytest_summary = run.summary.clone();
     p.verdict.new_failed = tally.failing();

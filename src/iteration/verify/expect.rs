@@ -11,43 +11,32 @@
 
 use std::path::Path;
 
-use super::judge::Tally;
-use super::repair::{Repaired, is_assertion};
-use super::{measure_new, repeated_runs, run_timed, side_effects};
+use super::{measure_new, repeated_runs, run_timed};
 use crate::artifacts::Label;
 use crate::fsutil::write_artifact;
 use crate::git;
-use crate::iteration::ask::first_failures;
 use crate::iteration::context::{StepCx, StepError};
 use crate::project::import_name;
-use crate::pytest::Measure;
-use crate::state::Finding;
-use crate::testid::prune_names;
+use crate::pytest::{Measure, PytestRun};
 
 /// Where the instrumented run writes what it saw, in the worktree (the only place a sandboxed
 /// test may write that outlives its process); removed after.
 const RECORD_FILE: &str = ".improve-observed.jsonl";
 
-/// Takes the expected values of the failing tests of `new` (but `findings`) from the code and
-/// runs the file again; `new` becomes that run. Nothing changes when no value can be taken.
+/// Takes the expected values of the failing tests `tests` (as the pruner names them) from the
+/// code and runs the file again as the pipeline runs it: that run, or None when no value could
+/// be taken (the file is then as it was).
 pub async fn adopt_values(
     cx: &mut StepCx<'_>,
     worktree: &Path,
     test_file: &str,
-    new: &mut Repaired,
-    findings: &[Finding],
-) -> Result<(), StepError> {
-    let failing: Vec<String> = first_failures(&new.run.cases, &new.tally.failing())
-        .into_iter()
-        .filter(|f| is_assertion(f) && !findings.iter().any(|g| g.test == f.name))
-        .map(|f| f.name)
-        .collect();
-    let tests = prune_names(&failing, test_file);
+    tests: &[String],
+) -> Result<Option<PytestRun>, StepError> {
     if tests.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let Some(adopted) = observe(cx, worktree, test_file, &tests).await? else {
-        return Ok(());
+    let Some(adopted) = observe(cx, worktree, test_file, tests).await? else {
+        return Ok(None);
     };
     let n = cx.it().n;
     let message = format!("improve: proposal of iteration {n}, expected values from the code");
@@ -62,13 +51,23 @@ pub async fn adopt_values(
     }
     let args = repeated_runs(test_file, cx.settings().reruns as usize);
     let run = run_timed(cx, worktree, &args, Label::NewAdopted, measure_new(cx)).await?;
-    *new = Repaired {
-        touched: side_effects(cx, worktree)?,
-        tally: Tally::of(&run.cases),
-        run,
-    };
-    Ok(())
+    Ok(Some(run))
 }
+
+/// Whether the values come from the code before any repair is asked: when the server writes
+/// so slowly that a repair takes minutes (a small model on a modest machine, which seldom
+/// repairs a value anyway). Elsewhere the model is asked first, and a test it stands by is a
+/// finding, not a value to take.
+pub fn values_first(cx: &StepCx<'_>) -> bool {
+    cx.ctx
+        .speed()
+        .and_then(|s| s.generated_per_second)
+        .is_some_and(|w| w < SLOW_WRITING)
+}
+
+/// Answer tokens a second below which a server is slow: a repair of a few hundred tokens takes
+/// it over ten seconds of writing alone (hosted endpoints write 50 and more).
+const SLOW_WRITING: f64 = 30.0;
 
 /// The instrumented run and the values it saw written into the file. None when no assert could
 /// be observed or none took a value (the file is then as it was).

@@ -2,14 +2,16 @@
 //! in the same conversation with their failure output, for up to `--max-repairs` rounds, and
 //! the corrected file replaces the proposal (the iteration commit is amended). A repair that
 //! breaks a file that collected is undone. Tests the model stands by while they fail on an
-//! assertion about the code become findings: possible bugs for a human to look at.
+//! assertion about the code become findings: possible bugs for a human to look at. The values
+//! of the other failing asserts come from the code ([`expect`]): after the repairs, or before
+//! any on a server too slow for them.
 
 use std::path::Path;
 
 use serde::Serialize;
 
 use super::judge::Tally;
-use super::{measure_new, repeated_runs, run_timed, side_effects};
+use super::{expect, measure_new, repeated_runs, run_timed, side_effects};
 use crate::artifacts::Label;
 use crate::fsutil::{read_json, write_artifact};
 use crate::git;
@@ -30,6 +32,17 @@ pub struct Repaired {
     pub tally: Tally,
 }
 
+impl Repaired {
+    /// The new file's `run`, with what it changed in `worktree`.
+    fn after(cx: &StepCx<'_>, worktree: &Path, run: PytestRun) -> Result<Repaired, StepError> {
+        Ok(Repaired {
+            touched: side_effects(cx, worktree)?,
+            tally: Tally::of(&run.cases),
+            run,
+        })
+    }
+}
+
 /// Runs the new tests, and repairs them while they fail and rounds are left. Fills the
 /// verdict's repairs and findings.
 pub async fn run_and_repair(
@@ -41,11 +54,11 @@ pub async fn run_and_repair(
     let args = repeated_runs(test_file, cx.settings().reruns as usize);
     let measure = measure_new(cx);
     let run = run_timed(cx, worktree, &args, Label::New, measure.clone()).await?;
-    let mut new = Repaired {
-        touched: side_effects(cx, worktree)?,
-        tally: Tally::of(&run.cases),
-        run,
-    };
+    let mut new = Repaired::after(cx, worktree, run)?;
+    let values_first = expect::values_first(cx);
+    if values_first {
+        take_values(cx, worktree, test_file, &mut new, &[]).await?;
+    }
     let first_failing = first_failures(&new.run.cases, &new.tally.failing());
     let mut repairs = 0;
     let futile = cx.state.repairs_futile();
@@ -81,11 +94,7 @@ pub async fn run_and_repair(
         }
         let label = Label::NewRepaired(repairs);
         let run = run_timed(cx, worktree, &args, label, measure.clone()).await?;
-        new = Repaired {
-            touched: side_effects(cx, worktree)?,
-            tally: Tally::of(&run.cases),
-            run,
-        };
+        new = Repaired::after(cx, worktree, run)?;
         if let (true, (Some(previous), previous_run)) =
             (!uncollectable && new.run.does_not_collect(), before)
         {
@@ -106,7 +115,34 @@ pub async fn run_and_repair(
     if repairs > 0 {
         verdict.findings = findings(worktree, test_file, &new, &first_failing);
     }
+    if !values_first {
+        take_values(cx, worktree, test_file, &mut new, &verdict.findings).await?;
+    }
     Ok(new)
+}
+
+/// The expected values of the tests of `new` failing on an assertion (but `findings`) taken
+/// from the code ([`expect`]); `new` becomes the run after.
+async fn take_values(
+    cx: &mut StepCx<'_>,
+    worktree: &Path,
+    test_file: &str,
+    new: &mut Repaired,
+    findings: &[Finding],
+) -> Result<(), StepError> {
+    if !new.touched.is_empty() || new.run.timed_out {
+        return Ok(());
+    }
+    let failing: Vec<String> = first_failures(&new.run.cases, &new.tally.failing())
+        .into_iter()
+        .filter(|f| is_assertion(f) && !findings.iter().any(|g| g.test == f.name))
+        .map(|f| f.name)
+        .collect();
+    let tests = prune_names(&failing, test_file);
+    if let Some(run) = expect::adopt_values(cx, worktree, test_file, &tests).await? {
+        *new = Repaired::after(cx, worktree, run)?;
+    }
+    Ok(())
 }
 
 /// What the next repair round shows the model: the file's collection error (in the first
@@ -160,7 +196,7 @@ fn findings(
 }
 
 /// A failure on an assertion about what the code did (not an error in the test itself).
-pub(super) fn is_assertion(f: &Failure) -> bool {
+fn is_assertion(f: &Failure) -> bool {
     f.message.starts_with("assert") || f.detail.contains("AssertionError")
 }
 
