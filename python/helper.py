@@ -46,7 +46,6 @@ never imports or runs the files it reads.
       recorded adopted as the asserts' literals.
   {"op": "mutants", ...}: see mutants.py, a module beside this script.
 """
-
 import ast
 import json
 import re
@@ -117,7 +116,9 @@ def tidy(path):
     if broken:
         source = mended
         write(path, source)
-    tests = sum(1 for node in ast.walk(tree) if isinstance(node, FUNCS) and node.name.startswith("test"))
+    tests = sum(
+        1 for node in ast.walk(tree) if isinstance(node, FUNCS) and node.name.startswith("test")
+    )
     # `__test__` is inherited: a class that others in the file derive from is left alone.
     bases = {
         b.id
@@ -376,7 +377,9 @@ def merge(previous, answer, passing):
     result = "\n\n".join(t.rstrip("\n") for t in out) + "\n"
     tree = ast.parse(result)
     write(answer, result)
-    tests = sum(1 for node in ast.walk(tree) if isinstance(node, FUNCS) and node.name.startswith("test"))
+    tests = sum(
+        1 for node in ast.walk(tree) if isinstance(node, FUNCS) and node.name.startswith("test")
+    )
     return {"ok": True, "tests": tests, "kept": len(kept_names), "changed": changed}
 
 
@@ -571,7 +574,9 @@ def answer(request):
             request["file"], request.get("tests", []), request["record"], request["package"]
         )
     if op == "adopt":
-        return expect.adopt(request["file"], request["record"], request.get("tests", []), request["package"])
+        return expect.adopt(
+            request["file"], request["record"], request.get("tests", []), request["package"]
+        )
     if op == "mutants":
         return mutants.mutants(request["file"], request.get("tests"), int(request.get("cap", 20)))
     return {"ok": False, "error": f"unknown op {op!r}"}

@@ -40,7 +40,6 @@ With IMPROVE_BYTECODE_CACHE set, the bytecode of everything imported from here o
 package, conftest files and tests) is cached there, outside the worktree, for the next run in
 the same worktree to reuse.
 """
-
 import contextlib
 import importlib
 import io
@@ -265,7 +264,12 @@ def gain_candidates(outcomes):
     for nodeid, (passed, failed) in outcomes.items():
         ok = passed > 0 and failed == 0
         by_name.setdefault(name_of(nodeid), []).append((nodeid, ok))
-    return [nodeid for cases in by_name.values() if all(ok for _, ok in cases) for nodeid, _ in cases]
+    return [
+        nodeid
+        for cases in by_name.values()
+        if all(ok for _, ok in cases)
+        for nodeid, _ in cases
+    ]
 
 
 def _write_gain(cov, session, out):

@@ -17,7 +17,6 @@ right, fixed before pytest runs it (and before a repair is asked for).
 Python's own parser reads everything; nothing is imported or run (but `importlib.util.find_spec`
 of a top-level name, to leave alone an import of a module that exists outside the package).
 """
-
 import ast
 import builtins
 import importlib.util
@@ -119,7 +118,12 @@ class Module:
         self.open = self.open or "__getattr__" in self.defines
 
     def provides(self, name, modules):
-        return self.open or name in self.defines or name in self.imports or f"{self.name}.{name}" in modules
+        return (
+            self.open
+            or name in self.defines
+            or name in self.imports
+            or f"{self.name}.{name}" in modules
+        )
 
 
 class Package:
@@ -159,7 +163,9 @@ class Package:
         if not dotted or dotted in self.modules or self.exists_elsewhere(dotted):
             return None
         return self.only(
-            name for name in self.modules if dotted.endswith("." + name) or name.endswith("." + dotted)
+            name
+            for name in self.modules
+            if dotted.endswith("." + name) or name.endswith("." + dotted)
         )
 
 
@@ -203,7 +209,8 @@ def fix_import_from(node, package):
     if list(groups) == [node.module]:
         return None
     return [
-        f"from {m} import " + ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in names)
+        f"from {m} import "
+        + ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in names)
         for m, names in groups.items()
     ]
 
@@ -240,9 +247,9 @@ def fix_import_paths(source, tree, package):
             continue
         if new is None or not own_lines(node, lines):
             continue
-        old = (
-            " ".join(line.strip() for line in lines[node.lineno - 1 : node.end_lineno]).split("#")[0].strip()
-        )
+        old = " ".join(
+            line.strip() for line in lines[node.lineno - 1 : node.end_lineno]
+        ).split("#")[0].strip()
         indent = " " * node.col_offset
         text = "".join(f"{indent}{s}\n" for s in new)
         edits.append((node.lineno, node.end_lineno, text))
@@ -447,7 +454,9 @@ def example_keys(paths):
 def copied_tests(tree, examples):
     """(test, example) of each test of the file that is an example test again."""
     keys = example_keys(examples)
-    return [(name, keys[test_key(node)]) for name, node in tests_of(tree) if test_key(node) in keys]
+    return [
+        (name, keys[test_key(node)]) for name, node in tests_of(tree) if test_key(node) in keys
+    ]
 
 
 def is_check(node):

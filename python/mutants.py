@@ -15,7 +15,6 @@ The operators are the classic ones: a comparison flipped or moved off by one, `a
 swapped, `not` dropped, an arithmetic operator swapped, a number changed by one, a boolean
 negated, a statement removed, a returned value replaced by None.
 """
-
 import ast
 import bisect
 import io
@@ -296,7 +295,9 @@ def mutants(path, tests, cap):
         m["before"], m["after"] = describe(src, m)
         if m["before"] == m["after"]:
             continue
-        m["tests"] = sorted(name for name, lines in (tests or {}).items() if m["line"] in set(lines))
+        m["tests"] = sorted(
+            name for name, lines in (tests or {}).items() if m["line"] in set(lines)
+        )
         m["id"] = len(out) + 1
         out.append(m)
         if len(out) >= cap:

@@ -3,7 +3,6 @@
 The modules under test sit in python/, one folder up: that folder goes first on the path, as
 it is for the helper (its script's folder) and for the plugin (improve's plugin folder).
 """
-
 import os
 import sys
 import textwrap

@@ -1,5 +1,4 @@
 """The helper's ops, called as the JSON loop calls them, on files in a temp dir."""
-
 import ast
 import io
 import json

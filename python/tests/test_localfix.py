@@ -1,5 +1,4 @@
 """The helper's local fixes (op fix): what needs no model, put right before pytest runs."""
-
 import helper
 from conftest import read
 

@@ -1,5 +1,4 @@
 """The mutation operators: each one's change, its byte offsets and lines, and what is skipped."""
-
 import ast
 
 import pytest

@@ -1,6 +1,5 @@
 """The pytest plugin's bookkeeping: names, outcomes, per-test gain, the mutant loop's choices;
 then a few real pytest runs (in a subprocess: the plugin keeps its counts in module globals)."""
-
 import json
 import os
 import sys
@@ -213,18 +212,9 @@ def test_each_kill_says_whether_an_assertion_or_a_crash_noticed_it(pytester, mon
 
     def mutant(mid, old, new):
         start = source.index(old.encode())
-        return {
-            "id": mid,
-            "line": 1,
-            "start": start,
-            "end": start + len(old),
-            "text": new,
-            "scopes": [["half", 1]],
-            "tests": everyone,
-            "operator": "x",
-            "before": "",
-            "after": "",
-        }
+        return {"id": mid, "line": 1, "start": start, "end": start + len(old), "text": new,
+                "scopes": [["half", 1]], "tests": everyone, "operator": "x", "before": "",
+                "after": ""}
 
     chosen = [
         # Every call raises: test_calls crashes, test_value too; test_error still passes.
@@ -297,18 +287,8 @@ def test_a_run_under_coverage_writes_each_tests_gain(project, monkeypatch):
     monkeypatch.setenv(plugin.ENV_GAIN_OUT, str(out))
     monkeypatch.setenv(plugin.ENV_GAIN_BEFORE, str(before))
     project.run(
-        sys.executable,
-        "-m",
-        "coverage",
-        "run",
-        "--branch",
-        "--source=.",
-        "--omit=test_*",
-        "-m",
-        "pytest",
-        "-p",
-        "improve_plugin",
-        "-q",
+        sys.executable, "-m", "coverage", "run", "--branch", "--source=.", "--omit=test_*",
+        "-m", "pytest", "-p", "improve_plugin", "-q",
     )
     result = json.loads(out.read_text())
     # test_broken failed: it adds nothing. test_runs_add covers what test_add did before it.
