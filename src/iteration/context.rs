@@ -68,6 +68,10 @@ impl From<PrepareError> for StepError {
     }
 }
 
+/// Answer tokens a second below which a server is slow: a repair of a few hundred tokens takes
+/// it over ten seconds of writing alone (hosted endpoints write 50 and more).
+pub const SLOW_WRITING: f64 = 30.0;
+
 /// What every iteration needs from the run; owned by the driver.
 pub struct RunContext {
     pub repo: Repository,
@@ -111,6 +115,14 @@ impl RunContext {
     /// The server's speed as the latest answer gave it.
     pub fn speed(&self) -> Option<crate::llm::ServerSpeed> {
         *self.server_speed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the server writes so slowly that a repair takes minutes (a small model on a
+    /// modest machine, which seldom repairs anything anyway): under [`SLOW_WRITING`].
+    pub fn slow_server(&self) -> bool {
+        self.speed()
+            .and_then(|s| s.generated_per_second)
+            .is_some_and(|w| w < SLOW_WRITING)
     }
 
     /// Remembers the speed an answer gave, when it gave one.

@@ -253,13 +253,14 @@ pub struct AnswerStop {
 pub const FUTILE_REPAIRS: u32 = 3;
 
 impl RunState {
-    /// Every repair of the run so far changed nothing, and there were [`FUTILE_REPAIRS`] of them.
-    pub fn repairs_futile(&self) -> bool {
+    /// Every repair of the run so far changed nothing, and there were `enough` of them
+    /// ([`FUTILE_REPAIRS`], or fewer where each costs minutes).
+    pub fn repairs_futile(&self, enough: u32) -> bool {
         let (asked, unchanged) = self.iterations.iter().fold((0, 0), |(a, u), it| {
             let rounds = it.verdict.as_ref().map_or(0, |v| v.repairs);
             (a + rounds, u + it.answers.unchanged_repairs)
         });
-        asked >= FUTILE_REPAIRS && unchanged == asked
+        asked >= enough.max(1) && unchanged == asked
     }
 }
 

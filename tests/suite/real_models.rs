@@ -681,3 +681,21 @@ async fn on_a_server_too_slow_for_repairs_the_values_come_from_the_code_before_a
         "{log:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_slow_server_one_repair_that_changed_nothing_is_enough_to_ask_for_none_again() {
+    let fx = Fixture::new();
+    // The model stands by a test that is no value to take (`>`), on a server writing 5 tokens
+    // a second: its one repair changes nothing, and the next iteration asks for none.
+    let insists =
+        "from calc.ops import clamp\n\n\ndef test_clamp_above():\n    assert clamp(9, 0, 5) > 5\n";
+    let slow = || timed_answer(insists, 40.0, 5.0);
+    let llm = StandIn::start(Wire::OpenAi, vec![slow(), slow(), slow(), slow()]).await;
+    run_ok(fx.root(), &llm, &["-n", "2", "--max-repairs", "2"]).await;
+    let log = log_of(&fx);
+    assert_eq!(log[0]["llm_calls"], 2, "{log:#?}");
+    assert_eq!(log[0]["answers"]["unchanged_repairs"], 1, "{log:#?}");
+    assert_eq!(log[1]["llm_calls"], 1, "{log:#?}");
+    assert_eq!(log[1]["answers"]["repairs_skipped"], 1, "{log:#?}");
+    assert_eq!(llm.requests().await.len(), 3);
+}

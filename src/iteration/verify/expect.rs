@@ -54,21 +54,6 @@ pub async fn adopt_values(
     Ok(Some(run))
 }
 
-/// Whether the values come from the code before any repair is asked: when the server writes
-/// so slowly that a repair takes minutes (a small model on a modest machine, which seldom
-/// repairs a value anyway). Elsewhere the model is asked first, and a test it stands by is a
-/// finding, not a value to take.
-pub fn values_first(cx: &StepCx<'_>) -> bool {
-    cx.ctx
-        .speed()
-        .and_then(|s| s.generated_per_second)
-        .is_some_and(|w| w < SLOW_WRITING)
-}
-
-/// Answer tokens a second below which a server is slow: a repair of a few hundred tokens takes
-/// it over ten seconds of writing alone (hosted endpoints write 50 and more).
-const SLOW_WRITING: f64 = 30.0;
-
 /// The instrumented run and the values it saw written into the file. None when no assert could
 /// be observed or none took a value (the file is then as it was).
 async fn observe(

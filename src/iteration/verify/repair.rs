@@ -21,7 +21,7 @@ use crate::iteration::context::{StepCx, StepError};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, Role};
 use crate::prompt;
 use crate::pytest::PytestRun;
-use crate::state::{Finding, Verdict};
+use crate::state::{FUTILE_REPAIRS, Finding, Verdict};
 use crate::testid::{TestId, prune_names};
 
 /// The new file's last runs, after any repair.
@@ -55,13 +55,18 @@ pub async fn run_and_repair(
     let measure = measure_new(cx);
     let run = run_timed(cx, worktree, &args, Label::New, measure.clone()).await?;
     let mut new = Repaired::after(cx, worktree, run)?;
-    let values_first = expect::values_first(cx);
-    if values_first {
+    // On a slow server the values come from the code before any repair, and one repair that
+    // changed nothing is enough to ask for none again: each costs minutes. Elsewhere the model
+    // is asked first, and a test it stands by is a finding, not a value to take.
+    let slow = cx.ctx.slow_server();
+    if slow {
         take_values(cx, worktree, test_file, &mut new, &[]).await?;
     }
     let first_failing = first_failures(&new.run.cases, &new.tally.failing());
     let mut repairs = 0;
-    let futile = cx.state.repairs_futile();
+    let futile = cx
+        .state
+        .repairs_futile(if slow { 1 } else { FUTILE_REPAIRS });
     if futile && !new.tally.failing().is_empty() && cx.settings().max_repairs > 0 {
         cx.it_mut().answers.repairs_skipped += 1;
     }
@@ -115,7 +120,7 @@ pub async fn run_and_repair(
     if repairs > 0 {
         verdict.findings = findings(worktree, test_file, &new, &first_failing);
     }
-    if !values_first {
+    if !slow {
         take_values(cx, worktree, test_file, &mut new, &verdict.findings).await?;
     }
     Ok(new)
