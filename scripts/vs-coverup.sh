@@ -20,6 +20,8 @@
 #   IMPROVE_ARGS        more improve flags, word-split (default: none), e.g. '--max-prompt-tokens 4000'
 #   COVERUP_VENV        venv of CoverUp 0.6.3; created when missing (default: /work/vs/coverup-venv)
 #   VS_OUT              where the clones, logs and measurements go (default: a new dir in /tmp)
+#   VS_TOOLS            `both` (default), or `improve` to run improve alone (a new build against
+#                       CoverUp's figures of an earlier run on the same server)
 #   VS_PACKAGE_DIR, VS_TESTS_DIR   CoverUp's --package-dir / --tests-dir (default: what improve
 #                       detected: `improve status --json` packages[0] / tests_dirs[0])
 set -euo pipefail
@@ -49,6 +51,8 @@ SECS=$((MINUTES * 60))
 say() { echo "vs-coverup: $*" >&2; }
 
 [ -x "$IMPROVE_BIN" ] || { say "no improve binary at $IMPROVE_BIN (cargo build --release)"; exit 2; }
+VS_TOOLS=${VS_TOOLS:-both}
+case "$VS_TOOLS" in both | improve) ;; *) say "VS_TOOLS must be both or improve"; exit 2 ;; esac
 
 # --- CoverUp 0.6.3 in its own venv. pytest is pinned below 8.4: pytest-isolate 0.0.17 (CoverUp's
 # --isolate-tests, on by default) calls _pytest.warnings.apply_warning_filters, gone in later pytest.
@@ -148,19 +152,24 @@ esac
 log2=$log1
 t0=$(date +%s)
 cov_rc=0
-# tiktoken fetches gpt-4o-mini's encoding from the network unless it finds it in its cache: point
-# it at the copy litellm bundles (the registries are all this machine reaches).
-tokenizers=$("$COVERUP_VENV/bin/python" -c 'import litellm, os; print(os.path.join(os.path.dirname(litellm.__file__), "litellm_core_utils", "tokenizers"))' 2>/dev/null || true)
-( cd "$OUT/coverup" &&
-  OPENAI_API_BASE=$URL OPENAI_API_KEY=sk-local-dummy LITELLM_LOCAL_MODEL_COST_MAP=True \
-  TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$tokenizers} \
-  timeout -s INT -k 60 "$SECS" "$COVERUP_VENV/bin/coverup" "${coverup_args[@]}" ) \
-  > "$OUT/coverup.out" 2>&1 || cov_rc=$?
-cov_secs=$(( $(date +%s) - t0 ))
-wait_idle
-log3=$(log_size)
-say "CoverUp exited $cov_rc after ${cov_secs}s"
-find "$OUT/coverup/$tests_dir" -maxdepth 1 -name 'tmp_test_*.py' -delete  # its candidate in flight, if killed
+if [ "$VS_TOOLS" = both ]; then
+  # tiktoken fetches gpt-4o-mini's encoding from the network unless it finds it in its cache: point
+  # it at the copy litellm bundles (the registries are all this machine reaches).
+  tokenizers=$("$COVERUP_VENV/bin/python" -c 'import litellm, os; print(os.path.join(os.path.dirname(litellm.__file__), "litellm_core_utils", "tokenizers"))' 2>/dev/null || true)
+  ( cd "$OUT/coverup" &&
+    OPENAI_API_BASE=$URL OPENAI_API_KEY=sk-local-dummy LITELLM_LOCAL_MODEL_COST_MAP=True \
+    TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$tokenizers} \
+    timeout -s INT -k 60 "$SECS" "$COVERUP_VENV/bin/coverup" "${coverup_args[@]}" ) \
+    > "$OUT/coverup.out" 2>&1 || cov_rc=$?
+  cov_secs=$(( $(date +%s) - t0 ))
+  wait_idle
+  log3=$(log_size)
+  say "CoverUp exited $cov_rc after ${cov_secs}s"
+  find "$OUT/coverup/$tests_dir" -maxdepth 1 -name 'tmp_test_*.py' -delete  # its candidate in flight, if killed
+else
+  cov_rc=skipped cov_secs=0 log3=$log2
+  say "CoverUp not run (VS_TOOLS=improve)"
+fi
 
 # --- the same measurement for the three trees
 if [ -n "$run_branch" ]; then
@@ -185,7 +194,7 @@ measure() {  # tree label
 say "measuring baseline, improve's branch ${run_branch:-(none)} and CoverUp's tree"
 measure "$OUT/baseline" baseline
 if [ -n "$run_branch" ]; then measure "$OUT/improve-after" improve; fi
-measure "$OUT/coverup" coverup
+if [ "$VS_TOOLS" = both ]; then measure "$OUT/coverup" coverup; fi
 
 # --- one table
 python3 - "$OUT" "$SERVER_LOG" "$NAME" "$MINUTES" "$MODEL" "$packages" "$tests_dir" "$started_server" \
@@ -287,6 +296,8 @@ def srv(s):
     return f"{s['requests']} requests ({s['cancelled']} cancelled), {s['prompt']} prompt tokens evaluated, {s['gen']} generated"
 
 def how(rc):
+    if rc == "skipped":
+        return "not run"
     return "stopped by SIGINT at the time limit" if rc == "124" else f"exit {rc}"
 
 def num(v):

@@ -255,6 +255,10 @@ pub fn switch_worktree(
     wt.checkout_head(Some(&mut opts))
         .ctx(|| format!("check out {branch} in {}", path.display()))?;
     drop(opts);
+    // The checkout leaves folders a test made but no file in them.
+    for dir in empty_dirs(&wt, path) {
+        let _ = std::fs::remove_dir_all(path.join(dir));
+    }
     Ok(written)
 }
 
@@ -341,8 +345,45 @@ pub fn dirty_paths(worktree: &Path) -> Result<Vec<String>, GitError> {
         .iter()
         .filter_map(|e| e.path().ok().map(str::to_string))
         .collect();
+    // Git sees no folder without files, but a test that made one (`mkdir_p('out')`) wrote
+    // into the project all the same.
+    paths.extend(empty_dirs(&repo, worktree));
     paths.sort();
     Ok(paths)
+}
+
+/// The topmost folders under `root` that hold no file at any depth and that git does not
+/// ignore (`out/`, with its slash), `.git` left out. A checkout never makes one.
+pub fn empty_dirs(repo: &Repository, root: &Path) -> Vec<String> {
+    fn walk(repo: &Repository, root: &Path, dir: &Path, found: &mut Vec<String>) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        let mut empty = true;
+        let mut inside = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if rel == Path::new(".git") || repo.status_should_ignore(rel).unwrap_or(false) {
+                empty = false;
+            } else if is_dir && walk(repo, root, &path, &mut inside) {
+                inside.push(format!("{}/", rel.display()));
+            } else {
+                empty = false;
+            }
+        }
+        // An empty folder is reported whole, not folder by folder.
+        if !empty {
+            found.append(&mut inside);
+        }
+        empty
+    }
+    let mut found = Vec::new();
+    walk(repo, root, root, &mut found);
+    found
 }
 
 /// Files in the working tree at `root` that git does not track, under `under` (all of it when
@@ -702,5 +743,27 @@ pub(crate) mod tests_support {
         let parents: Vec<&git2::Commit> = parent.iter().collect();
         repo.commit(Some("HEAD"), &sig, &sig, "c", &tree, &parents)
             .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_a_test_made_is_dirty_even_without_a_file_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        tests_support::commit(&repo, &[(".gitignore", "build/\n"), ("pkg/mod.py", "x = 1\n")]);
+        assert!(dirty_paths(dir.path()).unwrap().is_empty());
+        for made in ["out", "a/b/c", "build/tmp", "pkg/empty"] {
+            std::fs::create_dir_all(dir.path().join(made)).unwrap();
+        }
+        std::fs::write(dir.path().join("new.txt"), "x").unwrap();
+        // The topmost empty folder only; an ignored one not at all.
+        assert_eq!(
+            dirty_paths(dir.path()).unwrap(),
+            ["a/", "new.txt", "out/", "pkg/empty/"]
+        );
     }
 }

@@ -290,6 +290,7 @@ mod tests {
         std::fs::write(first.join("run.log"), "x").unwrap();
         std::fs::create_dir_all(first.join("out/deep")).unwrap();
         std::fs::write(first.join("out/deep/f"), "x").unwrap();
+        std::fs::create_dir_all(first.join("made/by/mkdir_p")).unwrap();
         std::fs::write(first.join("tests/test_core.py"), "broken").unwrap();
         let util_inode = std::fs::metadata(first.join("pkg/util.py")).unwrap().ino();
         let core_pyc = fake_bytecode(&cache, &first.join("pkg/core.py"));
@@ -302,7 +303,7 @@ mod tests {
 
         let second = pool.check_out(&repo, 2, "wip/2", b).unwrap();
         assert_eq!(second, first, "the slot is reused");
-        for gone in ["junk.txt", "run.log", "out"] {
+        for gone in ["junk.txt", "run.log", "out", "made"] {
             assert!(!second.join(gone).exists(), "{gone} is left");
         }
         assert_eq!(

@@ -84,6 +84,10 @@ def test_tidy_drops_the_tests_that_are_not_valid_python_and_keeps_the_others(wri
                 assert f(3) == (3,
 
 
+        def test_twice():
+            f(1, key=1, key=2)
+
+
         def test_last():
             assert f(4) == 4
         """,
@@ -91,7 +95,7 @@ def test_tidy_drops_the_tests_that_are_not_valid_python_and_keeps_the_others(wri
     answer = helper.tidy(path)
     assert answer["ok"] is True
     assert answer["tests"] == 2
-    assert [d.split(" (")[0] for d in answer["dropped"]] == ["test_quotes", "TestK"]
+    assert [d.split(" (")[0] for d in answer["dropped"]] == ["test_quotes", "TestK", "test_twice"]
     assert answer["dropped"][0].startswith("test_quotes (line 14: unterminated string literal")
     text = read(path)
     assert "def test_kept(x):" in text
@@ -99,6 +103,7 @@ def test_tidy_drops_the_tests_that_are_not_valid_python_and_keeps_the_others(wri
     assert "def test_last" in text
     assert "test_quotes" not in text
     assert "TestK" not in text
+    assert "test_twice" not in text
 
 
 def test_tidy_of_a_file_whose_every_test_is_broken_keeps_none(write):
