@@ -754,7 +754,10 @@ mod tests {
     fn a_folder_a_test_made_is_dirty_even_without_a_file_in_it() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init(dir.path()).unwrap();
-        tests_support::commit(&repo, &[(".gitignore", "build/\n"), ("pkg/mod.py", "x = 1\n")]);
+        tests_support::commit(
+            &repo,
+            &[(".gitignore", "build/\n"), ("pkg/mod.py", "x = 1\n")],
+        );
         assert!(dirty_paths(dir.path()).unwrap().is_empty());
         for made in ["out", "a/b/c", "build/tmp", "pkg/empty"] {
             std::fs::create_dir_all(dir.path().join(made)).unwrap();

@@ -174,16 +174,22 @@ fn commit_message(cx: &StepCx<'_>, verdict: &Verdict) -> String {
     .filter(|(k, _)| *k > 0)
     .map(|(k, what)| format!("; {k} {what} tests dropped"))
     .collect();
-    // Values a test asserts because the code gave them, not because the model expected them.
-    let values: String = match it.values_from_code.as_slice() {
-        [] => String::new(),
-        values => format!(
+    // Values a kept test asserts because the code gave them, not because the model expected
+    // them (`test_a line 7: ...`, `TestK::test_b line 9: ...`).
+    let kept = |value: &&String| {
+        let test = value.split(" line ").next().unwrap_or_default();
+        let id_end = format!("::{test}");
+        (verdict.new_tests.iter())
+            .any(|id| id.split('[').next().is_some_and(|f| f.ends_with(&id_end)))
+    };
+    let values: Vec<String> = (it.values_from_code.iter().filter(kept))
+        .map(|v| format!("- {v}"))
+        .collect();
+    let values = match values.is_empty() {
+        true => String::new(),
+        false => format!(
             "\n\nExpected values taken from the code (check that each is what it should do):\n{}",
-            values
-                .iter()
-                .map(|v| format!("- {v}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            values.join("\n")
         ),
     };
     format!(
