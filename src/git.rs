@@ -366,10 +366,13 @@ pub fn empty_dirs(repo: &Repository, root: &Path) -> Vec<String> {
             let Ok(rel) = path.strip_prefix(root) else {
                 continue;
             };
+            // A file (ignored or not) makes its folder no empty one; only folders need the
+            // ignore rules, to leave `.venv/` and the like unwalked.
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if rel == Path::new(".git") || repo.status_should_ignore(rel).unwrap_or(false) {
-                empty = false;
-            } else if is_dir && walk(repo, root, &path, &mut inside) {
+            let walked = is_dir
+                && rel != Path::new(".git")
+                && !repo.status_should_ignore(rel).unwrap_or(false);
+            if walked && walk(repo, root, &path, &mut inside) {
                 inside.push(format!("{}/", rel.display()));
             } else {
                 empty = false;

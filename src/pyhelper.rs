@@ -97,19 +97,28 @@ pub enum Request<'a> {
         tests: Option<&'a BTreeMap<String, Vec<u32>>>,
         cap: u32,
     },
-    Instrument {
-        file: String,
-        tests: &'a [String],
-        record: String,
-        /// The top-level import name of the code under test: only what reads it is observed.
-        package: &'a str,
-    },
-    Adopt {
-        file: String,
-        tests: &'a [String],
-        record: String,
-        package: &'a str,
-    },
+    Instrument(Observed<'a>),
+    Adopt(Observed<'a>),
+}
+
+/// What both steps of taking expected values from the code ([`PyHelper::instrument`], then
+/// [`PyHelper::adopt`]) are about.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Observed<'a> {
+    /// The test file.
+    #[serde(serialize_with = "as_display")]
+    pub file: &'a Path,
+    /// Its failing tests, as the pruner names them.
+    pub tests: &'a [String],
+    /// Where the instrumented run writes what it saw.
+    #[serde(serialize_with = "as_display")]
+    pub record: &'a Path,
+    /// The top-level import name of the code under test: only what reads it is observed.
+    pub package: &'a str,
+}
+
+fn as_display<S: serde::Serializer>(p: &&Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.display().to_string())
 }
 
 /// Every answer's envelope: whether the op went through, else why not.
@@ -420,43 +429,19 @@ impl PyHelper {
         .await
     }
 
-    /// Rewrites, in the failing tests `tests` of `file`, each `assert <expr> == <literal>`
-    /// whose `<expr>` reads the code under test (`package`) into a call that records what
-    /// `<expr>` gave into `record` (and lets the test go on). Returns how many asserts were
-    /// rewritten; the caller runs the file, then puts it back.
-    pub async fn instrument(
-        &self,
-        file: &Path,
-        tests: &[String],
-        record: &Path,
-        package: &str,
-    ) -> Result<u32, HelperError> {
-        let request = Request::Instrument {
-            file: path(file),
-            tests,
-            record: path(record),
-            package,
-        };
-        let done: Instrumented = self.call(request).await?;
+    /// Rewrites, in the failing tests of `o.file`, each `assert <expr> == <literal>` whose
+    /// `<expr>` reads the code under test into a call that records what `<expr>` gave into
+    /// `o.record` (and lets the test go on). Returns how many asserts were rewritten; the caller
+    /// runs the file, then puts it back.
+    pub async fn instrument(&self, o: Observed<'_>) -> Result<u32, HelperError> {
+        let done: Instrumented = self.call(Request::Instrument(o)).await?;
         Ok(done.asserts)
     }
 
-    /// Gives each assert of `tests` in `file` that failed in the run [`Self::instrument`]
-    /// prepared, always on one value that Python writes as a literal, that value.
-    pub async fn adopt(
-        &self,
-        file: &Path,
-        tests: &[String],
-        record: &Path,
-        package: &str,
-    ) -> Result<Adopted, HelperError> {
-        let request = Request::Adopt {
-            file: path(file),
-            tests,
-            record: path(record),
-            package,
-        };
-        self.call(request).await
+    /// Gives each assert that [`Self::instrument`] prepared and that failed in the run, always
+    /// on one value that Python writes as a literal, that value.
+    pub async fn adopt(&self, o: Observed<'_>) -> Result<Adopted, HelperError> {
+        self.call(Request::Adopt(o)).await
     }
 
     /// Up to `cap` mutants of the module `file`, on the lines each test in `tests` covers
@@ -487,6 +472,16 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&prune).unwrap(),
             r#"{"op":"prune","file":"t.py","names":["test_a"]}"#
+        );
+        let observed = Request::Adopt(Observed {
+            file: Path::new("t.py"),
+            tests: &names,
+            record: Path::new("r.jsonl"),
+            package: "calc",
+        });
+        assert_eq!(
+            serde_json::to_string(&observed).unwrap(),
+            r#"{"op":"adopt","file":"t.py","tests":["test_a"],"record":"r.jsonl","package":"calc"}"#
         );
         let mutants = Request::Mutants {
             file: "m.py".into(),

@@ -17,6 +17,7 @@ use crate::fsutil::write_artifact;
 use crate::git;
 use crate::iteration::context::{StepCx, StepError};
 use crate::project::import_name;
+use crate::pyhelper::{Adopted, Observed};
 use crate::pytest::{Measure, PytestRun};
 
 /// Where the instrumented run writes what it saw, in the worktree (the only place a sandboxed
@@ -61,7 +62,7 @@ async fn observe(
     worktree: &Path,
     test_file: &str,
     tests: &[String],
-) -> Result<Option<crate::pyhelper::Adopted>, StepError> {
+) -> Result<Option<Adopted>, StepError> {
     let (file, record) = (worktree.join(test_file), worktree.join(RECORD_FILE));
     let import_name = import_name(&cx.it().target, &cx.state.settings.source_roots);
     let package = import_name
@@ -74,9 +75,13 @@ async fn observe(
     };
     let _ = std::fs::remove_file(&record);
     let ctx = cx.ctx;
-    let instrumented = cx
-        .in_helper(ctx.helper.instrument(&file, tests, &record, &package))
-        .await;
+    let observed = Observed {
+        file: &file,
+        tests,
+        record: &record,
+        package: &package,
+    };
+    let instrumented = cx.in_helper(ctx.helper.instrument(observed)).await;
     let n = cx.it().n;
     match instrumented {
         Ok(0) => return Ok(None),
@@ -91,7 +96,7 @@ async fn observe(
     let ran = run_timed(cx, worktree, &args, Label::Observed, Measure::Outcomes).await;
     write_artifact(&file, &original)?;
     ran?;
-    let adopted = (cx.in_helper(ctx.helper.adopt(&file, tests, &record, &package))).await;
+    let adopted = cx.in_helper(ctx.helper.adopt(observed)).await;
     let _ = std::fs::remove_file(&record);
     match adopted {
         Ok(a) if a.adopted > 0 => Ok(Some(a)),
